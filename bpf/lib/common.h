@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* common.h: includes, attributes and the settings the agent writes before load. */
+#ifndef SLUICE_COMMON_H
+#define SLUICE_COMMON_H
+
+#include <stdbool.h>
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+/* linux/icmp.h drags in libc's socket headers; ICMP needs only this. */
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	union {
+		struct {
+			__be16 id;
+			__be16 sequence;
+		} echo;
+		__be32 gateway;
+	} un;
+};
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+
+#define NSEC_PER_SEC 1000000000ULL
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* Settings, written from Go (spec.Variables) before the object is loaded. Defaults here are the
+ * agent's defaults, so the golden-packet tests run with what users get. */
+volatile const __u16 cfg_snat_port_min = 61000;
+volatile const __u16 cfg_snat_port_max = 65535;
+volatile const __u32 cfg_ct_tcp_timeout_s = 21600;  /* established TCP: 6 h, as Cilium */
+volatile const __u32 cfg_ct_close_timeout_s = 10;   /* after FIN or RST */
+volatile const __u32 cfg_ct_udp_timeout_s = 60;
+volatile const __u32 cfg_max_services = 65536;      /* size of the per-service stats array */
+/* Trace mode: the program decides as usual but writes no conntrack entry, so a trace run
+ * against the live maps leaves nothing behind (sluicectl trace). */
+volatile const __u8 cfg_trace = 0;
+
+#endif

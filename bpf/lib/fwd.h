@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* fwd.h: send a translated packet on its way. Local backends: hand it to the stack, which routes
+ * it into the pod's veth. Everything else: bpf_fib_lookup for the next hop, rewrite the MACs and
+ * XDP_TX / redirect. When the next hop has no neighbour entry yet, XDP leaves the untranslated
+ * packet to the tc ingress program (which finds the same conntrack entry) because only tc has
+ * bpf_redirect_neigh to resolve it. */
+#ifndef SLUICE_FWD_H
+#define SLUICE_FWD_H
+
+#include "ct.h"
+#include "nat.h"
+#include "stats.h"
+
+#define FWD_PASS_UNTOUCHED 1
+
+/* Translate p to `to` and forward. Returns the program's verdict. */
+static __always_inline int fwd_translated(void *ctx, const bool xdp, const struct pkt *p,
+					  const struct tuple *to, bool local)
+{
+	if (local) {
+		if (nat_rewrite(ctx, xdp, p, to, false))
+			return VERDICT_DROP(xdp);
+		return VERDICT_PASS(xdp);
+	}
+
+	struct bpf_fib_lookup fib = {};
+	fib.family = AF_INET;
+	fib.tos = p->tos;
+	fib.l4_protocol = p->proto;
+	fib.sport = to->sport;
+	fib.dport = to->dport;
+	fib.tot_len = p->ip_len;
+	fib.ipv4_src = to->saddr;
+	fib.ipv4_dst = to->daddr;
+	fib.ifindex = ctx_ifindex(ctx, xdp);
+
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH && xdp) {
+		count_reason(REASON_PASS_NO_NEIGH);
+		return XDP_PASS;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+		count_reason(REASON_DROP_FIB);
+		return VERDICT_DROP(xdp);
+	}
+
+	{
+		void *data = ctx_data(ctx, xdp);
+		void *data_end = ctx_data_end(ctx, xdp);
+		struct iphdr *iph = data + (p->l3_off & 0x1f);
+		if ((void *)(iph + 1) > data_end)
+			return VERDICT_DROP(xdp);
+		if (iph->ttl <= 1) {
+			count_reason(REASON_DROP_TTL);
+			return VERDICT_DROP(xdp);
+		}
+	}
+	if (nat_rewrite(ctx, xdp, p, to, true))
+		return VERDICT_DROP(xdp);
+
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* tc only: let the kernel resolve the next hop and fill in the MACs. */
+		struct bpf_redir_neigh nh = {};
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib.ipv4_dst;
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+
+	void *data = ctx_data(ctx, xdp);
+	void *data_end = ctx_data_end(ctx, xdp);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return VERDICT_DROP(xdp);
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return ctx_redirect(ctx, xdp, fib.ifindex);
+}
+
+#endif

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: every map and every struct shared with Go. bpf2go generates the Go mirror of each
+ * struct (sluice<Name> in internal/datapath); internal/maps wraps them in typed Go values.
+ * Sizes here are defaults: the agent sets max_entries from its flags before load.
+ * All maps are pinned by name under the agent's --bpffs directory. */
+#ifndef SLUICE_MAPS_H
+#define SLUICE_MAPS_H
+
+#include "common.h"
+
+/* Frontend: a node address and NodePort. Go: datapath.SluiceFrontendKey */
+struct frontend_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Go: datapath.SluiceFrontend. count == 0 means "no ready endpoint": reject. */
+struct frontend {
+	__u32 svc_id;     /* one per service port; keys slots and stats */
+	__u16 count;      /* backends in slots 1..count */
+	__u16 flags;      /* reserved for policy (affinity, traffic policy, algorithm) */
+};
+
+/* A service's slot: slots 1..count each name one backend. Go: datapath.SluiceSlotKey */
+struct slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+#define BACKEND_F_LOCAL 0x01 /* a pod on this node: DNAT only, delivered by the stack */
+
+/* Go: datapath.SluiceBackend */
+struct backend {
+	__be32 addr;
+	__be16 port;
+	__u8 flags;
+	__u8 pad;
+};
+
+/* A connection table key: the packet's tuple as it is seen at that hook. Go: datapath.SluiceCtKey */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+#define CT_F_INGRESS 0x01  /* applies to packets arriving on a device (XDP, tc ingress) */
+#define CT_F_EGRESS 0x02   /* applies to packets leaving a device (tc egress) */
+#define CT_F_LOCAL 0x04    /* deliver to the stack after translation (local backend) */
+#define CT_F_REPLY 0x08    /* the reverse entry of a flow */
+#define CT_F_CLOSING 0x10  /* FIN or RST seen: short timeout */
+
+/* A connection table entry: the tuple the packet gets. Go: datapath.SluiceCtEntry */
+struct ct_entry {
+	__be32 nat_saddr;
+	__be32 nat_daddr;
+	__be16 nat_sport;
+	__be16 nat_dport;
+	__u32 svc_id;
+	__u32 backend_id;
+	__u8 flags;
+	__u8 pad[3];
+	__u64 last_seen; /* bpf_ktime_get_ns() */
+};
+
+/* Per-service counters (per CPU). Go: datapath.SluiceSvcStats */
+struct svc_stats {
+	__u64 packets;        /* client -> service */
+	__u64 bytes;
+	__u64 reply_packets;  /* backend -> client */
+	__u64 reply_bytes;
+	__u64 rejected;       /* no endpoint: RST / ICMP sent */
+};
+
+/* Why a packet was not simply translated. Indexes the per-CPU counters map. The PASS_ reasons
+ * are packets left to the kernel untouched; the DROP_ reasons are packets dropped. */
+enum reason {
+	REASON_PASS_MALFORMED = 0,  /* truncated or bad IPv4/TCP/UDP header */
+	REASON_PASS_FRAGMENT,       /* IPv4 fragment: we never rewrite a fragment */
+	REASON_PASS_NO_NEIGH,       /* XDP: next hop not resolved, left to tc (redirect_neigh) */
+	REASON_REJECT_TCP,          /* no endpoint: TCP RST sent */
+	REASON_REJECT_UDP,          /* no endpoint: ICMP port unreachable sent */
+	REASON_DROP_SNAT_EXHAUSTED, /* no free SNAT port to this backend */
+	REASON_DROP_NO_BACKEND,     /* slot or backend missing (agent mid-update) */
+	REASON_DROP_FIB,            /* no route to the backend or client */
+	REASON_DROP_TTL,            /* TTL would reach 0 */
+	REASON_DROP_REJECT_FAILED,  /* could not build the RST / ICMP reply */
+	REASON_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct frontend_key);
+	__type(value, struct frontend);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct slot_key);
+	__type(value, __u32);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, 524288);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct svc_stats);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_svc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, enum reason); /* 4 bytes, as an array key must be; puts the enum in BTF */
+	__type(value, __u64);
+	__uint(max_entries, REASON_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_reasons SEC(".maps");
+
+#endif

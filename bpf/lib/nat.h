@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* nat.h: rewrite a parsed packet's addresses and ports with correct IPv4 and L4 checksums.
+ *
+ * XDP updates the checksums by hand (RFC 1624). tc uses bpf_l4_csum_replace, which also handles
+ * CHECKSUM_PARTIAL skbs (where the L4 field only holds the pseudo-header sum, so port changes
+ * must not touch it). A UDP checksum of 0 means "none" and stays 0. */
+#ifndef SLUICE_NAT_H
+#define SLUICE_NAT_H
+
+#include "csum.h"
+#include "parse.h"
+
+struct tuple {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+static __always_inline __u16 l4_csum_off(const struct pkt *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+						     : offsetof(struct udphdr, check));
+}
+
+/* Rewrite p's tuple to `to`; with dec_ttl, also decrement the TTL (we forward the packet
+ * ourselves). Returns 0, or -1 if the packet no longer has the headers parse_pkt saw. */
+static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct pkt *p,
+				       const struct tuple *to, bool dec_ttl)
+{
+	void *data = ctx_data(ctx, xdp);
+	void *data_end = ctx_data_end(ctx, xdp);
+	struct iphdr *iph = data + (p->l3_off & 0x1f);
+	if ((void *)(iph + 1) > data_end)
+		return -1;
+	/* Ports are the first 4 bytes of both TCP and UDP; the checksum is at 16 (TCP) / 6 (UDP). */
+	void *l4 = data + (p->l4_off & 0x7f);
+	if (l4 + sizeof(struct tcphdr) > data_end && p->proto == IPPROTO_TCP)
+		return -1;
+	if (l4 + sizeof(struct udphdr) > data_end)
+		return -1;
+
+	__u32 addr_diff = 0, port_diff = 0, ip_diff = 0;
+	addr_diff = csum_diff4(addr_diff, iph->saddr, to->saddr);
+	addr_diff = csum_diff4(addr_diff, iph->daddr, to->daddr);
+	__be16 *ports = l4;
+	port_diff = csum_diff2(port_diff, ports[0], to->sport);
+	port_diff = csum_diff2(port_diff, ports[1], to->dport);
+
+	ip_diff = addr_diff;
+	if (dec_ttl) {
+		/* TTL shares a 16-bit word with the protocol. */
+		__u16 old = *(__u16 *)&iph->ttl;
+		iph->ttl--;
+		ip_diff = csum_diff2(ip_diff, old, *(__u16 *)&iph->ttl);
+	}
+	iph->saddr = to->saddr;
+	iph->daddr = to->daddr;
+	iph->check = csum_apply(iph->check, ip_diff);
+	ports[0] = to->sport;
+	ports[1] = to->dport;
+
+	__u16 *check;
+	if (p->proto == IPPROTO_TCP)
+		check = &((struct tcphdr *)l4)->check;
+	else
+		check = &((struct udphdr *)l4)->check;
+
+	if (xdp) {
+		if (p->proto == IPPROTO_UDP && *check == 0)
+			return 0;
+		__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
+		if (p->proto == IPPROTO_UDP && c == 0)
+			c = 0xffff;
+		*check = c;
+		return 0;
+	}
+
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 off = l4_csum_off(p);
+	if (bpf_l4_csum_replace(ctx, off, 0, addr_diff, BPF_F_PSEUDO_HDR | mangled))
+		return -1;
+	if (bpf_l4_csum_replace(ctx, off, 0, port_diff, mangled))
+		return -1;
+	return 0;
+}
+
+#endif

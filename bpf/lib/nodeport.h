@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* nodeport.h: the packet path, shared by the XDP and tc programs.
+ *
+ * ingress: parse -> conntrack (established flow, or a remote backend's reply) -> frontend ->
+ *          no endpoint: reject | new flow: pick, claim SNAT port, create both entries -> forward.
+ * egress:  conntrack only: the replies of local backends, restored to the frontend's tuple. */
+#ifndef SLUICE_NODEPORT_H
+#define SLUICE_NODEPORT_H
+
+#include "ct.h"
+#include "fwd.h"
+#include "lb.h"
+#include "reject.h"
+
+static __always_inline int pass_parse_result(const bool xdp, int res)
+{
+	if (res == PARSE_MALFORMED)
+		count_reason(REASON_PASS_MALFORMED);
+	else if (res == PARSE_FRAGMENT)
+		count_reason(REASON_PASS_FRAGMENT);
+	return VERDICT_PASS(xdp);
+}
+
+static __always_inline void tuple_of(struct tuple *t, const struct ct_entry *e)
+{
+	t->saddr = e->nat_saddr;
+	t->daddr = e->nat_daddr;
+	t->sport = e->nat_sport;
+	t->dport = e->nat_dport;
+}
+
+/* A new flow to fe: choose its backend and translation and record both directions. */
+static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const struct pkt *p,
+					     const struct frontend *fe, __u64 now)
+{
+	__u32 backend_id = 0;
+	struct backend *be = lb_pick(fe, &backend_id);
+	if (!be) {
+		count_reason(REASON_DROP_NO_BACKEND);
+		return VERDICT_DROP(xdp);
+	}
+
+	struct ct_key fk, rk;
+	struct ct_entry fwd = {}, rev;
+	bool local = be->flags & BACKEND_F_LOCAL;
+	ct_key_of(&fk, p);
+	fwd.svc_id = fe->svc_id;
+	fwd.backend_id = backend_id;
+	fwd.last_seen = now;
+	fwd.nat_daddr = be->addr;
+	fwd.nat_dport = be->port;
+	if (local) {
+		/* DNAT only: the pod sees the client's address, and its reply, routed back out by
+		 * the stack, is restored at tc egress. */
+		fwd.nat_saddr = p->saddr;
+		fwd.nat_sport = p->sport;
+		fwd.flags = CT_F_INGRESS | CT_F_LOCAL;
+		ct_reverse(p, &fwd, &rk, &rev);
+		if (!cfg_trace)
+			bpf_map_update_elem(&sluice_ct, &rk, &rev, BPF_ANY);
+	} else {
+		/* DNAT + SNAT to the frontend's address, so the reply comes back through us. */
+		fwd.nat_saddr = p->daddr;
+		fwd.flags = CT_F_INGRESS;
+		ct_reverse(p, &fwd, &rk, &rev);
+		__u16 port = ct_snat_claim(&rk, &rev, now);
+		if (!port) {
+			count_reason(REASON_DROP_SNAT_EXHAUSTED);
+			return VERDICT_DROP(xdp);
+		}
+		fwd.nat_sport = bpf_htons(port);
+	}
+	if (!cfg_trace)
+		bpf_map_update_elem(&sluice_ct, &fk, &fwd, BPF_ANY);
+
+	struct tuple to;
+	tuple_of(&to, &fwd);
+	count_svc(fe->svc_id, false, p->len);
+	return fwd_translated(ctx, xdp, p, &to, local);
+}
+
+static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
+{
+	struct pkt p = {};
+	int res = parse_pkt(ctx, xdp, &p);
+	if (res != PARSE_OK)
+		return pass_parse_result(xdp, res);
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key k;
+	ct_key_of(&k, &p);
+	struct ct_entry *e = ct_lookup(&k, CT_F_INGRESS, now);
+	/* A SYN on a closing flow starts a new connection on the same tuple: choose again. */
+	if (e && !(p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN &&
+		   (e->flags & CT_F_CLOSING))) {
+		struct tuple to;
+		tuple_of(&to, e);
+		bool reply = e->flags & CT_F_REPLY;
+		bool local = e->flags & CT_F_LOCAL;
+		ct_touch(&p, e, now);
+		count_svc(e->svc_id, reply, p.len);
+		return fwd_translated(ctx, xdp, &p, &to, local);
+	}
+
+	struct frontend *fe = lb_frontend(&p);
+	if (!fe)
+		return VERDICT_PASS(xdp);
+	if (fe->count == 0) {
+		/* Never answer a RST with a RST. */
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_F_RST))
+			return VERDICT_DROP(xdp);
+		return reject(ctx, xdp, &p, fe->svc_id);
+	}
+	return nodeport_new_flow(ctx, xdp, &p, fe, now);
+}
+
+static __always_inline int nodeport_egress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	int res = parse_pkt(skb, false, &p);
+	if (res != PARSE_OK)
+		return TC_ACT_OK;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key k;
+	ct_key_of(&k, &p);
+	struct ct_entry *e = ct_lookup(&k, CT_F_EGRESS, now);
+	if (!e)
+		return TC_ACT_OK;
+
+	struct tuple to;
+	tuple_of(&to, e);
+	ct_touch(&p, e, now);
+	count_svc(e->svc_id, true, p.len);
+	if (nat_rewrite(skb, false, &p, &to, false))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+#endif

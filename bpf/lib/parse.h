@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* parse.h: Ethernet (one VLAN tag), IPv4 (with options), TCP and UDP, with a bounds check before
+ * every read. The result is a struct pkt of offsets and header fields, so later stages can
+ * re-derive pointers after a helper has invalidated them. */
+#ifndef SLUICE_PARSE_H
+#define SLUICE_PARSE_H
+
+#include "ctx.h"
+
+#ifndef ETH_P_8021Q
+#define ETH_P_8021Q 0x8100
+#endif
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+/* The largest L2 + L3 header we parse: Ethernet, one VLAN tag, IPv4 with 40 bytes of options. */
+#define L2_MAX 18
+#define L4_OFF_MAX (L2_MAX + 60)
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_IPV4,   /* ARP, IPv6, ...: not ours */
+	PARSE_OTHER_L4,   /* ICMP, SCTP, ...: not ours (yet) */
+	PARSE_MALFORMED,  /* truncated or inconsistent headers: passed untouched, counted */
+	PARSE_FRAGMENT,   /* IPv4 fragment: passed untouched, counted */
+};
+
+/* A parsed packet. Offsets are from the start of the frame. */
+struct pkt {
+	__u32 len;        /* whole frame */
+	__u16 l3_off;     /* 14 or 18 */
+	__u16 l4_off;     /* l3_off + IHL*4 */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u16 ip_len;     /* IPv4 total length */
+	__u8 proto;
+	__u8 tcp_flags;   /* TCP_F_* below */
+	__u8 tos;
+	__u8 ihl;
+};
+
+#define TCP_F_FIN 0x01
+#define TCP_F_SYN 0x02
+#define TCP_F_RST 0x04
+#define TCP_F_ACK 0x10
+
+static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
+{
+	/* Headers may sit in a non-linear tc skb: pull the most we could need. */
+	ctx_pull(ctx, xdp, L4_OFF_MAX + sizeof(struct tcphdr));
+
+	void *data = ctx_data(ctx, xdp);
+	void *data_end = ctx_data_end(ctx, xdp);
+	struct ethhdr *eth = data;
+	__u16 l3_off = sizeof(*eth);
+
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_MALFORMED;
+	__be16 h_proto = eth->h_proto;
+	if (h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = (void *)(eth + 1);
+		if ((void *)(vh + 1) > data_end)
+			return PARSE_MALFORMED;
+		h_proto = vh->proto;
+		l3_off += sizeof(*vh);
+	}
+	if (h_proto != bpf_htons(ETH_P_IP))
+		return PARSE_NOT_IPV4;
+
+	struct iphdr *iph = data + l3_off;
+	if ((void *)(iph + 1) > data_end)
+		return PARSE_MALFORMED;
+	if (iph->version != 4 || iph->ihl < 5)
+		return PARSE_MALFORMED;
+
+	__u32 len = ctx_len(ctx, xdp);
+	__u16 ip_len = bpf_ntohs(iph->tot_len);
+	__u16 hlen = iph->ihl * 4;
+	if (ip_len < hlen || l3_off + ip_len > len)
+		return PARSE_MALFORMED;
+
+	p->len = len;
+	p->l3_off = l3_off;
+	p->l4_off = l3_off + hlen;
+	p->saddr = iph->saddr;
+	p->daddr = iph->daddr;
+	p->proto = iph->protocol;
+	p->ip_len = ip_len;
+	p->tos = iph->tos;
+	p->ihl = iph->ihl;
+
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return PARSE_FRAGMENT;
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return PARSE_OTHER_L4;
+
+	/* The verifier needs l4 bounded; hlen <= 60 already holds. */
+	void *l4 = data + (p->l4_off & 0x7f);
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return PARSE_MALFORMED;
+		if (th->doff < 5 || ip_len < hlen + th->doff * 4)
+			return PARSE_MALFORMED;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = (th->fin ? TCP_F_FIN : 0) | (th->syn ? TCP_F_SYN : 0) |
+			       (th->rst ? TCP_F_RST : 0) | (th->ack ? TCP_F_ACK : 0);
+	} else {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return PARSE_MALFORMED;
+		if (ip_len < hlen + sizeof(*uh) || bpf_ntohs(uh->len) < sizeof(*uh) ||
+		    bpf_ntohs(uh->len) > ip_len - hlen)
+			return PARSE_MALFORMED;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+	}
+	return PARSE_OK;
+}
+
+#endif

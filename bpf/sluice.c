@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* sluice.c: the entry programs. All logic lives in lib/; these only name the context. */
+#include "lib/nodeport.h"
+
+SEC("xdp")
+int sluice_xdp(struct xdp_md *ctx)
+{
+	return nodeport_ingress(ctx, true);
+}
+
+SEC("tc")
+int sluice_tc_ingress(struct __sk_buff *skb)
+{
+	return nodeport_ingress(skb, false);
+}
+
+SEC("tc")
+int sluice_tc_egress(struct __sk_buff *skb)
+{
+	return nodeport_egress(skb);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,138 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// XDPMode is how the XDP program is attached.
+type XDPMode string
+
+const (
+	XDPNative  XDPMode = "native"
+	XDPGeneric XDPMode = "generic"
+	XDPOff     XDPMode = "off"
+)
+
+// ParseXDPMode checks a --xdp-mode value.
+func ParseXDPMode(s string) (XDPMode, error) {
+	switch m := XDPMode(s); m {
+	case XDPNative, XDPGeneric, XDPOff:
+		return m, nil
+	}
+	return "", fmt.Errorf("parse xdp mode: %q is not native, generic or off", s)
+}
+
+// Attachment is the set of programs attached to one device.
+type Attachment struct {
+	Device  string
+	Ifindex int
+	// XDP is the mode the XDP program runs in, or XDPOff when ingress is handled at tc.
+	XDP XDPMode
+	// TC is "tcx" or "clsact".
+	TC string
+
+	links   []link.Link
+	filters []*netlink.BpfFilter
+}
+
+// Attach puts the programs on dev: tc ingress and egress always (egress restores local
+// backends' replies; ingress is the fallback for whatever XDP hands up, and the whole ingress
+// path when XDP is off), and XDP in front unless mode is off. If XDP cannot attach, ingress
+// stays with tc and the error is returned alongside the attachment (xdpErr) for the caller
+// to log.
+func (d *Datapath) Attach(dev string, mode XDPMode) (a *Attachment, xdpErr error, err error) {
+	iface, err := net.InterfaceByName(dev)
+	if err != nil {
+		return nil, nil, fmt.Errorf("find device %s: %w", dev, err)
+	}
+	a = &Attachment{Device: dev, Ifindex: iface.Index, XDP: XDPOff}
+	if err := a.attachTC(d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress); err != nil {
+		a.Detach()
+		return nil, nil, fmt.Errorf("attach tc to %s: %w", dev, err)
+	}
+	if mode == XDPOff {
+		return a, nil, nil
+	}
+	flags := link.XDPDriverMode
+	if mode == XDPGeneric {
+		flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: d.Objs.SluiceXdp, Interface: iface.Index, Flags: flags})
+	if err != nil {
+		return a, fmt.Errorf("attach xdp (%s) to %s: %w", mode, dev, err), nil
+	}
+	a.links = append(a.links, l)
+	a.XDP = mode
+	return a, nil, nil
+}
+
+func (a *Attachment) attachTC(ingress, egress *ebpf.Program) error {
+	li, err := link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: ingress, Attach: ebpf.AttachTCXIngress})
+	if err == nil {
+		a.links = append(a.links, li)
+		le, err := link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: egress, Attach: ebpf.AttachTCXEgress})
+		if err != nil {
+			return fmt.Errorf("attach tcx egress: %w", err)
+		}
+		a.links = append(a.links, le)
+		a.TC = "tcx"
+		return nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("attach tcx ingress: %w", err)
+	}
+	// Before 6.6 there is no TCX: a clsact qdisc with direct-action cls_bpf filters.
+	a.TC = "clsact"
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.Ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	for _, f := range []struct {
+		parent uint32
+		prog   *ebpf.Program
+		name   string
+	}{{netlink.HANDLE_MIN_INGRESS, ingress, "sluice_ingress"}, {netlink.HANDLE_MIN_EGRESS, egress, "sluice_egress"}} {
+		filter := &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: a.Ifindex, Parent: f.parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1,
+			},
+			Fd: f.prog.FD(), Name: f.name, DirectAction: true,
+		}
+		if err := netlink.FilterReplace(filter); err != nil {
+			return fmt.Errorf("add cls_bpf filter %s: %w", f.name, err)
+		}
+		a.filters = append(a.filters, filter)
+	}
+	return nil
+}
+
+// Detach removes everything Attach put on the device.
+func (a *Attachment) Detach() error {
+	var errs []error
+	for i := len(a.links) - 1; i >= 0; i-- {
+		if err := a.links[i].Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.links = nil
+	for _, f := range a.filters {
+		if err := netlink.FilterDel(f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.filters = nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("detach from %s: %w", a.Device, err)
+	}
+	return nil
+}

@@ -1,0 +1,203 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Config holds the settings the object is loaded with: map sizes and the program constants.
+// The zero value of a field means its default (Defaults()).
+type Config struct {
+	// PinPath is the bpffs directory the maps are pinned in; empty loads unpinned maps
+	// (tests, and `trace`, which passes live maps in through Replacements).
+	PinPath string
+
+	MaxFrontends uint32
+	MaxServices  uint32 // also the size of the per-service stats array: svc_id < MaxServices
+	MaxSlots     uint32
+	MaxBackends  uint32
+	MaxConntrack uint32
+
+	SNATPortMin, SNATPortMax uint16
+
+	CTTCPTimeout   time.Duration
+	CTCloseTimeout time.Duration
+	CTUDPTimeout   time.Duration
+
+	// Trace loads the programs so that they write no conntrack entry.
+	Trace bool
+}
+
+// Defaults are the agent's default flag values.
+func Defaults() Config {
+	return Config{
+		MaxFrontends:   65536,
+		MaxServices:    65536,
+		MaxSlots:       262144,
+		MaxBackends:    262144,
+		MaxConntrack:   524288,
+		SNATPortMin:    61000,
+		SNATPortMax:    65535,
+		CTTCPTimeout:   6 * time.Hour,
+		CTCloseTimeout: 10 * time.Second,
+		CTUDPTimeout:   60 * time.Second,
+	}
+}
+
+func (c *Config) fill() {
+	d := Defaults()
+	set32 := func(v *uint32, def uint32) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	set32(&c.MaxFrontends, d.MaxFrontends)
+	set32(&c.MaxServices, d.MaxServices)
+	set32(&c.MaxSlots, d.MaxSlots)
+	set32(&c.MaxBackends, d.MaxBackends)
+	set32(&c.MaxConntrack, d.MaxConntrack)
+	if c.SNATPortMin == 0 && c.SNATPortMax == 0 {
+		c.SNATPortMin, c.SNATPortMax = d.SNATPortMin, d.SNATPortMax
+	}
+	if c.CTTCPTimeout == 0 {
+		c.CTTCPTimeout = d.CTTCPTimeout
+	}
+	if c.CTCloseTimeout == 0 {
+		c.CTCloseTimeout = d.CTCloseTimeout
+	}
+	if c.CTUDPTimeout == 0 {
+		c.CTUDPTimeout = d.CTUDPTimeout
+	}
+}
+
+// Validate reports settings the datapath cannot work with.
+func (c Config) Validate() error {
+	c.fill()
+	if c.SNATPortMin == 0 || c.SNATPortMin > c.SNATPortMax {
+		return fmt.Errorf("validate config: SNAT port range %d-%d is empty", c.SNATPortMin, c.SNATPortMax)
+	}
+	return nil
+}
+
+// Datapath is the loaded object.
+type Datapath struct {
+	Objs   SluiceObjects
+	Config Config
+}
+
+// Spec returns the collection spec configured by cfg, ready to load.
+func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	spec, err := LoadSluice()
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	sizes := map[string]uint32{
+		SluiceMapSluiceFrontends: cfg.MaxFrontends,
+		SluiceMapSluiceSvcStats:  cfg.MaxServices,
+		SluiceMapSluiceSlots:     cfg.MaxSlots,
+		SluiceMapSluiceBackends:  cfg.MaxBackends,
+		SluiceMapSluiceCt:        cfg.MaxConntrack,
+	}
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = n
+	}
+	if cfg.PinPath == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	trace := uint8(0)
+	if cfg.Trace {
+		trace = 1
+	}
+	vars := map[string]any{
+		SluiceVarCfgSnatPortMin:     cfg.SNATPortMin,
+		SluiceVarCfgSnatPortMax:     cfg.SNATPortMax,
+		SluiceVarCfgCtTcpTimeoutS:   uint32(cfg.CTTCPTimeout / time.Second),
+		SluiceVarCfgCtCloseTimeoutS: uint32(cfg.CTCloseTimeout / time.Second),
+		SluiceVarCfgCtUdpTimeoutS:   uint32(cfg.CTUDPTimeout / time.Second),
+		SluiceVarCfgMaxServices:     cfg.MaxServices,
+		SluiceVarCfgTrace:           trace,
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return spec, nil
+}
+
+// Load loads the object into the kernel, creating or reusing the pinned maps. replacements
+// (optional) are live maps used instead of the object's own.
+func Load(cfg Config, replacements map[string]*ebpf.Map) (*Datapath, error) {
+	cfg.fill()
+	spec, err := Spec(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.PinPath != "" {
+		if err := EnsureBPFFS(cfg.PinPath); err != nil {
+			return nil, err
+		}
+	}
+	dp := &Datapath{Config: cfg}
+	opts := &ebpf.CollectionOptions{
+		Maps:            ebpf.MapOptions{PinPath: cfg.PinPath},
+		MapReplacements: replacements,
+	}
+	if err := spec.LoadAndAssign(&dp.Objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load datapath: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load datapath: pinned maps in %s were made with other sizes or an older layout (remove them to start afresh): %w", cfg.PinPath, err)
+		}
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	return dp, nil
+}
+
+// Close releases the object's file descriptors. Pinned maps stay.
+func (d *Datapath) Close() error { return d.Objs.Close() }
+
+// EnsureBPFFS makes sure dir lives on a mounted bpffs, mounting /sys/fs/bpf if needed.
+func EnsureBPFFS(dir string) error {
+	root := "/sys/fs/bpf"
+	if rel, err := filepath.Rel(root, dir); err == nil && !filepath.IsAbs(rel) && rel != ".." && !startsWithDotDot(rel) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(root, &st); err != nil {
+			return fmt.Errorf("stat %s: %w", root, err)
+		}
+		if st.Type != unix.BPF_FS_MAGIC {
+			if err := unix.Mount("bpf", root, "bpf", 0, "mode=0700"); err != nil {
+				return fmt.Errorf("mount bpffs on %s: %w", root, err)
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("check pin directory: %s is not on a bpf filesystem", dir)
+	}
+	return nil
+}
+
+func startsWithDotDot(rel string) bool {
+	return len(rel) >= 3 && rel[:3] == "../"
+}

@@ -1,0 +1,116 @@
+package maps
+
+import (
+	"fmt"
+	"sync"
+)
+
+// Fake is an in-memory Maps for unit tests. Max* > 0 make a map report ErrFull like the
+// kernel's; Writes records every call in order, so tests can check write ordering.
+type Fake struct {
+	mu           sync.Mutex
+	FrontendMap  map[FrontendKey]Frontend
+	SlotMap      map[SlotKey]uint32
+	BackendMap   map[uint32]Backend
+	MaxFrontends int
+	MaxSlots     int
+	MaxBackends  int
+	Writes       []string
+}
+
+// NewFake returns an empty Fake.
+func NewFake() *Fake {
+	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{}}
+}
+
+func (f *Fake) log(format string, args ...any) { f.Writes = append(f.Writes, fmt.Sprintf(format, args...)) }
+
+func full[K comparable, V any](m map[K]V, k K, max int) bool {
+	_, ok := m[k]
+	return !ok && max > 0 && len(m) >= max
+}
+
+func (f *Fake) UpdateFrontend(k FrontendKey, v Frontend) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if full(f.FrontendMap, k, f.MaxFrontends) {
+		return fmt.Errorf("update frontend %s: %w", k, ErrFull)
+	}
+	f.FrontendMap[k] = v
+	f.log("frontend %s = svc %d count %d", k, v.ServiceID, v.Count)
+	return nil
+}
+
+func (f *Fake) DeleteFrontend(k FrontendKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.FrontendMap, k)
+	f.log("delete frontend %s", k)
+	return nil
+}
+
+func (f *Fake) UpdateSlot(k SlotKey, id uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if full(f.SlotMap, k, f.MaxSlots) {
+		return fmt.Errorf("update slot %d/%d: %w", k.ServiceID, k.Slot, ErrFull)
+	}
+	f.SlotMap[k] = id
+	f.log("slot %d/%d = %d", k.ServiceID, k.Slot, id)
+	return nil
+}
+
+func (f *Fake) DeleteSlot(k SlotKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.SlotMap, k)
+	f.log("delete slot %d/%d", k.ServiceID, k.Slot)
+	return nil
+}
+
+func (f *Fake) UpdateBackend(id uint32, b Backend) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if full(f.BackendMap, id, f.MaxBackends) {
+		return fmt.Errorf("update backend %d: %w", id, ErrFull)
+	}
+	f.BackendMap[id] = b
+	f.log("backend %d = %s", id, b)
+	return nil
+}
+
+func (f *Fake) DeleteBackend(id uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.BackendMap, id)
+	f.log("delete backend %d", id)
+	return nil
+}
+
+func (f *Fake) ResetServiceStats(id uint32) error { return nil }
+
+func (f *Fake) Frontends() (map[FrontendKey]Frontend, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.FrontendMap), nil
+}
+
+func (f *Fake) Slots() (map[SlotKey]uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.SlotMap), nil
+}
+
+func (f *Fake) Backends() (map[uint32]Backend, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.BackendMap), nil
+}
+
+func clone[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,189 @@
+package maps
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+)
+
+// ErrFull is returned when a map has no room for a new entry.
+var ErrFull = errors.New("map is full")
+
+// Kernel implements Maps on the loaded datapath's maps.
+type Kernel struct {
+	objs *datapath.SluiceMaps
+}
+
+// NewKernel wraps the datapath's maps.
+func NewKernel(m *datapath.SluiceMaps) *Kernel { return &Kernel{objs: m} }
+
+// Addr4 converts an IPv4 address to the datapath's network-order u32 (as stored by the host).
+func Addr4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// AddrFrom4 converts the datapath's u32 back.
+func AddrFrom4(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// Port16 converts a host-order port to network order as the datapath stores it.
+func Port16(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// PortFrom16 converts a stored network-order port back to host order.
+func PortFrom16(v uint16) uint16 { return Port16(v) }
+
+func frontendKey(k FrontendKey) datapath.SluiceFrontendKey {
+	return datapath.SluiceFrontendKey{Addr: Addr4(k.Addr), Port: Port16(k.Port), Proto: uint8(k.Proto)}
+}
+
+func backendValue(b Backend) datapath.SluiceBackend {
+	v := datapath.SluiceBackend{Addr: Addr4(b.Addr), Port: Port16(b.Port)}
+	if b.Local {
+		v.Flags |= 1
+	}
+	return v
+}
+
+func wrapUpdate(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	// A full hash map answers E2BIG (ENOSPC for some types).
+	if errors.Is(err, errTooBig) || errors.Is(err, errNoSpace) {
+		return fmt.Errorf("update %s: %w", what, ErrFull)
+	}
+	return fmt.Errorf("update %s: %w", what, err)
+}
+
+func ignoreMissing(what string, err error) error {
+	if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return fmt.Errorf("delete %s: %w", what, err)
+}
+
+func (k *Kernel) UpdateFrontend(key FrontendKey, v Frontend) error {
+	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: v.Flags}
+	fk := frontendKey(key)
+	return wrapUpdate("frontend "+key.String(), k.objs.SluiceFrontends.Update(&fk, &val, ebpf.UpdateAny))
+}
+
+func (k *Kernel) DeleteFrontend(key FrontendKey) error {
+	fk := frontendKey(key)
+	return ignoreMissing("frontend "+key.String(), k.objs.SluiceFrontends.Delete(&fk))
+}
+
+func (k *Kernel) UpdateSlot(key SlotKey, id uint32) error {
+	sk := datapath.SluiceSlotKey{SvcId: key.ServiceID, Slot: key.Slot}
+	return wrapUpdate(fmt.Sprintf("slot %d/%d", key.ServiceID, key.Slot), k.objs.SluiceSlots.Update(&sk, &id, ebpf.UpdateAny))
+}
+
+func (k *Kernel) DeleteSlot(key SlotKey) error {
+	sk := datapath.SluiceSlotKey{SvcId: key.ServiceID, Slot: key.Slot}
+	return ignoreMissing(fmt.Sprintf("slot %d/%d", key.ServiceID, key.Slot), k.objs.SluiceSlots.Delete(&sk))
+}
+
+func (k *Kernel) UpdateBackend(id uint32, b Backend) error {
+	v := backendValue(b)
+	return wrapUpdate(fmt.Sprintf("backend %d", id), k.objs.SluiceBackends.Update(&id, &v, ebpf.UpdateAny))
+}
+
+func (k *Kernel) DeleteBackend(id uint32) error {
+	return ignoreMissing(fmt.Sprintf("backend %d", id), k.objs.SluiceBackends.Delete(&id))
+}
+
+func (k *Kernel) ResetServiceStats(id uint32) error {
+	zero := make([]datapath.SluiceSvcStats, ebpf.MustPossibleCPU())
+	if err := k.objs.SluiceSvcStats.Update(&id, zero, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("reset stats of service %d: %w", id, err)
+	}
+	return nil
+}
+
+func (k *Kernel) Frontends() (map[FrontendKey]Frontend, error) {
+	out := map[FrontendKey]Frontend{}
+	var key datapath.SluiceFrontendKey
+	var val datapath.SluiceFrontend
+	it := k.objs.SluiceFrontends.Iterate()
+	for it.Next(&key, &val) {
+		fk := FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: Proto(key.Proto)}
+		out[fk] = Frontend{ServiceID: val.SvcId, Count: val.Count, Flags: val.Flags}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump frontends: %w", err)
+	}
+	return out, nil
+}
+
+func (k *Kernel) Slots() (map[SlotKey]uint32, error) {
+	out := map[SlotKey]uint32{}
+	var key datapath.SluiceSlotKey
+	var val uint32
+	it := k.objs.SluiceSlots.Iterate()
+	for it.Next(&key, &val) {
+		out[SlotKey{ServiceID: key.SvcId, Slot: key.Slot}] = val
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump slots: %w", err)
+	}
+	return out, nil
+}
+
+func (k *Kernel) Backends() (map[uint32]Backend, error) {
+	out := map[uint32]Backend{}
+	var key uint32
+	var val datapath.SluiceBackend
+	it := k.objs.SluiceBackends.Iterate()
+	for it.Next(&key, &val) {
+		out[key] = Backend{Addr: AddrFrom4(val.Addr), Port: PortFrom16(val.Port), Local: val.Flags&1 != 0}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump backends: %w", err)
+	}
+	return out, nil
+}
+
+// ServiceStats sums a service's per-CPU counters.
+func (k *Kernel) ServiceStats(id uint32) (ServiceStats, error) {
+	var per []datapath.SluiceSvcStats
+	if err := k.objs.SluiceSvcStats.Lookup(&id, &per); err != nil {
+		return ServiceStats{}, fmt.Errorf("read stats of service %d: %w", id, err)
+	}
+	var s ServiceStats
+	for _, c := range per {
+		s.Packets += c.Packets
+		s.Bytes += c.Bytes
+		s.ReplyPackets += c.ReplyPackets
+		s.ReplyBytes += c.ReplyBytes
+		s.Rejected += c.Rejected
+	}
+	return s, nil
+}
+
+// Reasons sums the per-CPU reason counters.
+func (k *Kernel) Reasons() (map[Reason]uint64, error) {
+	out := map[Reason]uint64{}
+	for r := range ReasonNames {
+		var per []uint64
+		if err := k.objs.SluiceReasons.Lookup(&r, &per); err != nil {
+			return nil, fmt.Errorf("read counter %s: %w", ReasonNames[r], err)
+		}
+		for _, v := range per {
+			out[r] += v
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,108 @@
+// Package maps gives the agent and the CLI typed, Go-native access to the datapath's maps
+// (netip addresses, host-order ports) over the structs bpf2go generates, behind an interface
+// with a real implementation on the kernel's maps and a fake one for unit tests.
+package maps
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+)
+
+// Proto is an IP protocol number.
+type Proto uint8
+
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
+// FrontendKey is a node address, NodePort and protocol: what a client connects to.
+type FrontendKey struct {
+	Addr  netip.Addr
+	Port  uint16
+	Proto Proto
+}
+
+func (k FrontendKey) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
+}
+
+// Frontend is a frontend's service: its ID and how many backend slots it has.
+type Frontend struct {
+	ServiceID uint32
+	Count     uint16
+	Flags     uint16
+}
+
+// SlotKey names slot n (1-based) of a service.
+type SlotKey struct {
+	ServiceID uint32
+	Slot      uint32
+}
+
+// Backend is an endpoint address; Local marks a pod on this node.
+type Backend struct {
+	Addr  netip.Addr
+	Port  uint16
+	Local bool
+}
+
+func (b Backend) String() string {
+	s := netip.AddrPortFrom(b.Addr, b.Port).String()
+	if b.Local {
+		s += " (local)"
+	}
+	return s
+}
+
+// ServiceStats are a service's counters summed over CPUs.
+type ServiceStats struct {
+	Packets, Bytes           uint64
+	ReplyPackets, ReplyBytes uint64
+	Rejected                 uint64
+}
+
+// Reason is a datapath counter of packets not simply translated.
+type Reason = datapath.SluiceReason
+
+// ReasonNames names each counter, in the datapath's order.
+var ReasonNames = map[Reason]string{
+	datapath.SluiceReasonREASON_PASS_MALFORMED:      "pass_malformed",
+	datapath.SluiceReasonREASON_PASS_FRAGMENT:       "pass_fragment",
+	datapath.SluiceReasonREASON_PASS_NO_NEIGH:       "pass_no_neigh",
+	datapath.SluiceReasonREASON_REJECT_TCP:          "reject_tcp_rst",
+	datapath.SluiceReasonREASON_REJECT_UDP:          "reject_icmp_unreachable",
+	datapath.SluiceReasonREASON_DROP_SNAT_EXHAUSTED: "drop_snat_exhausted",
+	datapath.SluiceReasonREASON_DROP_NO_BACKEND:     "drop_no_backend",
+	datapath.SluiceReasonREASON_DROP_FIB:            "drop_no_route",
+	datapath.SluiceReasonREASON_DROP_TTL:            "drop_ttl_exceeded",
+	datapath.SluiceReasonREASON_DROP_REJECT_FAILED:  "drop_reject_failed",
+}
+
+// Maps is what the reconciler writes and restores from. Every write is idempotent.
+type Maps interface {
+	UpdateFrontend(FrontendKey, Frontend) error
+	DeleteFrontend(FrontendKey) error
+	UpdateSlot(SlotKey, uint32) error
+	DeleteSlot(SlotKey) error
+	UpdateBackend(uint32, Backend) error
+	DeleteBackend(uint32) error
+	// ResetServiceStats zeroes a service ID's counters when the ID is given to a new service.
+	ResetServiceStats(uint32) error
+
+	Frontends() (map[FrontendKey]Frontend, error)
+	Slots() (map[SlotKey]uint32, error)
+	Backends() (map[uint32]Backend, error)
+}

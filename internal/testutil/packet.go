@@ -1,0 +1,191 @@
+package testutil
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+)
+
+// Pkt describes an Ethernet/IPv4/TCP-or-UDP frame for the golden-packet tests.
+type Pkt struct {
+	SrcMAC, DstMAC net.HardwareAddr
+	VLAN           uint16 // 802.1Q VLAN ID; 0 means untagged
+	Src, Dst       netip.AddrPort
+	Proto          layers.IPProtocol // TCP or UDP
+	TTL            uint8             // default 64
+	IPID           uint16
+	IPOptions      []layers.IPv4Option
+	FragOffset     uint16 // in 8-byte units
+	MoreFragments  bool
+	SYN, ACK, FIN  bool
+	RST            bool
+	Seq, Ack       uint32
+	Window         uint16 // sent as is, 0 included
+	DF             bool
+	ICMPType       uint8 // with Proto ICMPv4: type and code; Src/Dst ports unused
+	ICMPCode       uint8
+	Payload        []byte
+	NoUDPChecksum  bool // send UDP checksum 0 ("none")
+}
+
+// Bytes serializes the frame with correct lengths and checksums.
+func (p Pkt) Bytes() []byte {
+	ttl := p.TTL
+	if ttl == 0 {
+		ttl = 64
+	}
+	eth := &layers.Ethernet{SrcMAC: p.SrcMAC, DstMAC: p.DstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{
+		Version: 4, TTL: ttl, Protocol: p.Proto, Id: p.IPID,
+		SrcIP: p.Src.Addr().AsSlice(), DstIP: p.Dst.Addr().AsSlice(),
+		Options: p.IPOptions, FragOffset: p.FragOffset,
+	}
+	if p.MoreFragments {
+		ip.Flags |= layers.IPv4MoreFragments
+	}
+	if p.DF {
+		ip.Flags |= layers.IPv4DontFragment
+	}
+	ls := []gopacket.SerializableLayer{eth}
+	if p.VLAN != 0 {
+		eth.EthernetType = layers.EthernetTypeDot1Q
+		ls = append(ls, &layers.Dot1Q{VLANIdentifier: p.VLAN, Type: layers.EthernetTypeIPv4})
+	}
+	ls = append(ls, ip)
+	switch p.Proto {
+	case layers.IPProtocolTCP:
+		tcp := &layers.TCP{
+			SrcPort: layers.TCPPort(p.Src.Port()), DstPort: layers.TCPPort(p.Dst.Port()),
+			SYN: p.SYN, ACK: p.ACK, FIN: p.FIN, RST: p.RST, Seq: p.Seq, Ack: p.Ack, Window: p.Window,
+		}
+		_ = tcp.SetNetworkLayerForChecksum(ip)
+		ls = append(ls, tcp)
+	case layers.IPProtocolUDP:
+		udp := &layers.UDP{SrcPort: layers.UDPPort(p.Src.Port()), DstPort: layers.UDPPort(p.Dst.Port())}
+		_ = udp.SetNetworkLayerForChecksum(ip)
+		ls = append(ls, udp)
+	case layers.IPProtocolICMPv4:
+		ls = append(ls, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(p.ICMPType, p.ICMPCode)})
+	default:
+		panic(fmt.Sprintf("testutil: unsupported protocol %v", p.Proto))
+	}
+	ls = append(ls, gopacket.Payload(p.Payload))
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		panic(fmt.Sprintf("testutil: serialize: %v", err))
+	}
+	b := buf.Bytes()
+	if p.Proto == layers.IPProtocolUDP && p.NoUDPChecksum {
+		off := p.L4Offset()
+		b[off+6], b[off+7] = 0, 0
+	}
+	return b
+}
+
+// L3Offset is where the IPv4 header starts.
+func (p Pkt) L3Offset() int {
+	if p.VLAN != 0 {
+		return 18
+	}
+	return 14
+}
+
+// L4Offset is where the TCP/UDP header starts.
+func (p Pkt) L4Offset() int {
+	n := 20
+	for _, o := range p.IPOptions {
+		if o.OptionType <= 1 {
+			n++
+		} else {
+			n += int(o.OptionLength)
+		}
+	}
+	return p.L3Offset() + (n+3)/4*4
+}
+
+// Checksum is the Internet checksum (RFC 1071) of b with initial sum.
+func Checksum(b []byte, initial uint32) uint16 {
+	sum := initial
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// VerifyChecksums checks, from scratch, the IPv4 header checksum and the TCP, UDP or ICMP
+// checksum of an Ethernet frame. It is independent of how the frame was produced.
+func VerifyChecksums(frame []byte) error {
+	l3 := 14
+	if len(frame) < l3 {
+		return fmt.Errorf("frame of %d bytes has no Ethernet header", len(frame))
+	}
+	if binary.BigEndian.Uint16(frame[12:]) == 0x8100 {
+		l3 = 18
+	}
+	if len(frame) < l3+20 {
+		return fmt.Errorf("frame too short for IPv4")
+	}
+	ip := frame[l3:]
+	ihl := int(ip[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if total > len(ip) || total < ihl {
+		return fmt.Errorf("IPv4 total length %d does not fit the %d bytes after L2", total, len(ip))
+	}
+	if c := Checksum(ip[:ihl], 0); c != 0 {
+		return fmt.Errorf("IPv4 header checksum wrong (residue %#04x)", c)
+	}
+	l4 := ip[ihl:total]
+	var pseudo uint32
+	pseudo += uint32(binary.BigEndian.Uint16(ip[12:])) + uint32(binary.BigEndian.Uint16(ip[14:]))
+	pseudo += uint32(binary.BigEndian.Uint16(ip[16:])) + uint32(binary.BigEndian.Uint16(ip[18:]))
+	pseudo += uint32(ip[9]) + uint32(len(l4))
+	switch ip[9] {
+	case 6:
+		if c := Checksum(l4, pseudo); c != 0 {
+			return fmt.Errorf("TCP checksum wrong (residue %#04x)", c)
+		}
+	case 17:
+		if len(l4) >= 8 && binary.BigEndian.Uint16(l4[6:]) == 0 {
+			return nil // no checksum
+		}
+		if c := Checksum(l4, pseudo); c != 0 {
+			return fmt.Errorf("UDP checksum wrong (residue %#04x)", c)
+		}
+	case 1:
+		if c := Checksum(l4, 0); c != 0 {
+			return fmt.Errorf("ICMP checksum wrong (residue %#04x)", c)
+		}
+	}
+	return nil
+}
+
+// Decode parses a frame for readable test failures.
+func Decode(frame []byte) gopacket.Packet {
+	return gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+}
+
+// Diff describes how got differs from want, field by field where it can.
+func Diff(want, got []byte) string {
+	if string(want) == string(got) {
+		return ""
+	}
+	s := fmt.Sprintf("want %d bytes, got %d bytes\n", len(want), len(got))
+	for i := 0; i < len(want) && i < len(got); i++ {
+		if want[i] != got[i] {
+			s += fmt.Sprintf("first difference at byte %d: want %#02x got %#02x\n", i, want[i], got[i])
+			break
+		}
+	}
+	s += "want: " + Decode(want).String() + "\ngot:  " + Decode(got).String()
+	return s
+}
