@@ -1,0 +1,47 @@
+# sluice: make deps | generate | build | test | demo | bench
+GO      ?= go
+ARCH    := $(shell uname -m)
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu
+
+# Debian packages the build, tests and demo use: package:command-or-file-that-proves-it.
+DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
+	bpftool:bpftool iproute2:ip ethtool:ethtool
+
+.PHONY: deps generate check-generate build test demo bench clean
+
+deps:
+	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
+		if [ "$${what#/}" != "$$what" ]; then [ -e "$$what" ] || missing="$$missing $$pkg"; \
+		else command -v $$what >/dev/null 2>&1 || [ -x /usr/sbin/$$what ] || missing="$$missing $$pkg"; fi; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Rebuild the BPF object and its Go bindings (committed, so `go build` needs no clang).
+generate: deps
+	$(GO) generate ./internal/datapath/
+
+# Fails if the committed object is not what the C sources compile to.
+check-generate: generate
+	@git diff --quiet -- internal/datapath/ || { \
+		echo "internal/datapath: committed BPF object or bindings are stale; commit the output of 'make generate'"; \
+		git diff --stat -- internal/datapath/; exit 1; }
+
+build:
+	@mkdir -p bin
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
+
+# Unit, golden-packet (BPF_PROG_TEST_RUN) and end-to-end (netns) tests. Needs root.
+test: deps check-generate build
+	CI=$${CI:-} $(GO) test -count=1 -timeout 30m ./...
+
+demo: deps build
+	$(GO) run ./tools/demo --agent bin/sluice-agent --manifests examples
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 2000000x ./internal/datapath/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,218 @@
+// Command sluice-agent programs the sluice datapath on a node from Kubernetes objects.
+// It only wires flags to the internal packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/proxy"
+	"github.com/sluicelb/sluice/internal/reconciler"
+	"github.com/sluicelb/sluice/internal/source"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+type options struct {
+	manifests     string
+	devices       string
+	nodeName      string
+	bpffs         string
+	xdpMode       string
+	nodePortRange string
+	snatPorts     string
+	logLevel      string
+	syncPeriod    time.Duration
+	minSync       time.Duration
+	dp            datapath.Config
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{dp: datapath.Defaults()}
+	host, _ := os.Hostname()
+	fs := flag.NewFlagSet("sluice-agent", flag.ContinueOnError)
+	fs.StringVar(&o.manifests, "manifests", "", "folder of Service/EndpointSlice/Node manifests to serve (watched for edits)")
+	fs.StringVar(&o.devices, "devices", "", "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts")
+	fs.StringVar(&o.nodeName, "node-name", host, "this node's name, as EndpointSlices' nodeName (marks local backends)")
+	fs.StringVar(&o.bpffs, "bpffs", "/sys/fs/bpf/sluice", "bpffs directory for the pinned maps")
+	fs.StringVar(&o.xdpMode, "xdp-mode", "native", "XDP attach mode: native, generic, or off (tc ingress only)")
+	fs.StringVar(&o.nodePortRange, "nodeport-range", "30000-32767", "NodePorts outside this range are refused")
+	fs.StringVar(&o.snatPorts, "snat-port-range", fmt.Sprintf("%d-%d", o.dp.SNATPortMin, o.dp.SNATPortMax), "source ports for SNAT to remote backends (keep clear of net.ipv4.ip_local_port_range)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&o.syncPeriod, "sync-period", 30*time.Second, "full resync interval")
+	fs.DurationVar(&o.minSync, "min-sync-interval", 100*time.Millisecond, "minimum time between syncs")
+	fs.Func("max-services", "service ports the maps hold", uintFlag(&o.dp.MaxServices))
+	fs.Func("max-frontends", "frontends (service ports x node addresses) the maps hold", uintFlag(&o.dp.MaxFrontends))
+	fs.Func("max-backends", "backends the maps hold", uintFlag(&o.dp.MaxBackends))
+	fs.Func("max-slots", "backend slots over all services", uintFlag(&o.dp.MaxSlots))
+	fs.Func("max-conntrack", "connection table entries (two per flow; LRU)", uintFlag(&o.dp.MaxConntrack))
+	fs.DurationVar(&o.dp.CTTCPTimeout, "ct-tcp-timeout", o.dp.CTTCPTimeout, "idle timeout of established TCP flows")
+	fs.DurationVar(&o.dp.CTUDPTimeout, "ct-udp-timeout", o.dp.CTUDPTimeout, "idle timeout of UDP flows")
+	fs.DurationVar(&o.dp.CTCloseTimeout, "ct-close-timeout", o.dp.CTCloseTimeout, "timeout of TCP flows after FIN or RST")
+	printVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if *printVersion {
+		fmt.Println(version)
+		os.Exit(0)
+	}
+	if o.manifests == "" {
+		return nil, errors.New("parse flags: --manifests is required (the Kubernetes API source is not there yet)")
+	}
+	if o.devices == "" {
+		return nil, errors.New("parse flags: --devices is required")
+	}
+	r, err := desired.ParsePortRange(o.snatPorts)
+	if err != nil {
+		return nil, err
+	}
+	o.dp.SNATPortMin, o.dp.SNATPortMax = r.Min, r.Max
+	o.dp.PinPath = o.bpffs
+	return o, nil
+}
+
+func uintFlag(dst *uint32) func(string) error {
+	return func(s string) error {
+		var v uint32
+		if _, err := fmt.Sscan(s, &v); err != nil || v == 0 {
+			return fmt.Errorf("want a positive number, got %q", s)
+		}
+		*dst = v
+		return nil
+	}
+}
+
+func newLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("parse log level: %w", err)
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Encoding = "console"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.Sampling = nil
+	return cfg.Build()
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "sluice-agent:", err)
+		os.Exit(2)
+	}
+	log, err := newLogger(o.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-agent:", err)
+		os.Exit(2)
+	}
+	defer log.Sync()
+	if err := run(o, log); err != nil {
+		log.Error("Agent failed", zap.Error(err))
+		os.Exit(1)
+	}
+}
+
+func run(o *options, log *zap.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	alog := log.Named("agent")
+	alog.Info("Starting", zap.String("version", version), zap.String("node", o.nodeName),
+		zap.String("devices", o.devices), zap.String("xdpMode", o.xdpMode), zap.String("bpffs", o.bpffs))
+
+	mode, err := datapath.ParseXDPMode(o.xdpMode)
+	if err != nil {
+		return err
+	}
+	portRange, err := desired.ParsePortRange(o.nodePortRange)
+	if err != nil {
+		return err
+	}
+	devices := strings.Split(o.devices, ",")
+	if ok, err := datapath.ForwardingEnabled(); err == nil && !ok {
+		alog.Warn("net.ipv4.ip_forward is 0: remote backends and local pods are unreachable until it is 1")
+	}
+
+	dp, err := datapath.Load(o.dp, nil)
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	km := maps.NewKernel(&dp.Objs.SluiceMaps)
+	rec := reconciler.New(km, o.dp.MaxServices, o.dp.MaxBackends, log.Named("reconciler"))
+	n, err := rec.Restore()
+	if err != nil {
+		return err
+	}
+	alog.Info("Restored state from pinned maps", zap.Int("services", n))
+
+	dlog := log.Named("datapath")
+	var attached []*datapath.Attachment
+	defer func() {
+		for _, a := range attached {
+			if err := a.Detach(); err != nil {
+				dlog.Error("Detach failed", zap.Error(err))
+			} else {
+				dlog.Info("Detached", zap.String("device", a.Device))
+			}
+		}
+	}()
+	for _, dev := range devices {
+		a, xdpErr, err := dp.Attach(dev, mode)
+		if err != nil {
+			return err
+		}
+		attached = append(attached, a)
+		if xdpErr != nil {
+			dlog.Warn("XDP did not attach: ingress runs at tc", zap.String("device", dev), zap.Error(xdpErr))
+		}
+		dlog.Info("Attached", zap.String("device", dev), zap.String("xdp", string(a.XDP)), zap.String("tc", a.TC))
+	}
+
+	tracker := proxy.NewTracker()
+	syncer := &proxy.Syncer{
+		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange,
+		Addresses: func() ([]netip.Addr, error) { return datapath.DeviceAddresses(devices) },
+		Log:       log.Named("sync"),
+	}
+	runner := &proxy.Runner{
+		MinInterval: o.minSync, MaxInterval: o.syncPeriod, Sync: syncer.Sync,
+		OnError: func(err error, retry time.Duration) {
+			log.Named("sync").Error("Sync failed", zap.Error(err), zap.Duration("retryIn", retry))
+		},
+	}
+	src := source.NewManifests(o.manifests, log.Named("source"))
+	errc := make(chan error, 1)
+	go func() { errc <- src.Run(ctx, tracker) }()
+	go runner.Run(ctx, tracker.Changed())
+
+	select {
+	case <-ctx.Done():
+		alog.Info("Stopping: programs detached, maps stay pinned", zap.String("bpffs", o.bpffs))
+		return nil
+	case err := <-errc:
+		if err != nil && ctx.Err() == nil {
+			return fmt.Errorf("run source: %w", err)
+		}
+		return nil
+	}
+}

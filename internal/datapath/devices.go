@@ -1,0 +1,42 @@
+package datapath
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+)
+
+// DeviceAddresses returns the IPv4 addresses of the devices: the node addresses NodePorts are
+// served on.
+func DeviceAddresses(devices []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, dev := range devices {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return nil, fmt.Errorf("find device %s: %w", dev, err)
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", dev, err)
+		}
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+				out = append(out, ip)
+			}
+		}
+	}
+	return out, nil
+}
+
+// ForwardingEnabled reports net.ipv4.ip_forward: without it the kernel refuses to forward and
+// bpf_fib_lookup reports forwarding disabled, so remote backends are unreachable.
+func ForwardingEnabled() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return false, fmt.Errorf("read ip_forward: %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}

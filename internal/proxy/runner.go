@@ -1,0 +1,77 @@
+package proxy
+
+import (
+	"context"
+	"time"
+)
+
+// Runner calls a sync function when triggered, at most once per MinInterval, at least once
+// per MaxInterval (a periodic full resync that repairs anything changed behind our back), and
+// again after a failure with exponential backoff up to MaxInterval. As kube-proxy's
+// BoundedFrequencyRunner, bursts of changes collapse into one sync.
+type Runner struct {
+	MinInterval time.Duration
+	MaxInterval time.Duration
+	Sync        func() error
+	// OnError is told of each failed sync (logging); optional.
+	OnError func(err error, retryIn time.Duration)
+}
+
+// Run loops until ctx is done. trigger asks for a sync.
+func (r *Runner) Run(ctx context.Context, trigger <-chan struct{}) {
+	var last time.Time
+	backoff := time.Duration(0)
+	timer := time.NewTimer(0) // first sync at once
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-trigger:
+			wait := r.MinInterval - time.Since(last)
+			if backoff > 0 && backoff > wait {
+				continue // a retry is already scheduled
+			}
+			if wait < 0 {
+				wait = 0
+			}
+			resetTimer(timer, wait)
+		case <-timer.C:
+			last = time.Now()
+			if err := r.Sync(); err != nil {
+				backoff = nextBackoff(backoff, r.MinInterval, r.MaxInterval)
+				if r.OnError != nil {
+					r.OnError(err, backoff)
+				}
+				resetTimer(timer, backoff)
+				continue
+			}
+			backoff = 0
+			resetTimer(timer, r.MaxInterval)
+		}
+	}
+}
+
+func nextBackoff(cur, min, max time.Duration) time.Duration {
+	if cur == 0 {
+		cur = min
+		if cur <= 0 {
+			cur = 100 * time.Millisecond
+		}
+		return cur
+	}
+	cur *= 2
+	if cur > max {
+		cur = max
+	}
+	return cur
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	t.Stop()
+	select {
+	case <-t.C:
+	default:
+	}
+	t.Reset(d)
+}

@@ -1,0 +1,145 @@
+// Package proxy turns object events into datapath syncs, as kube-proxy's config and change
+// trackers do: the Tracker holds the current Services, EndpointSlices and Nodes (it is the
+// sources' Handler) and signals changes; the Syncer builds the desired state from a snapshot
+// and hands it to the reconciler; the Runner drives the Syncer at a bounded rate.
+package proxy
+
+import (
+	"sync"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Tracker implements source.Handler.
+type Tracker struct {
+	mu       sync.Mutex
+	services map[types.NamespacedName]*v1.Service
+	slices   map[types.NamespacedName]*discoveryv1.EndpointSlice
+	nodes    map[string]*v1.Node
+	synced   bool
+	changed  chan struct{}
+}
+
+// NewTracker returns an empty tracker.
+func NewTracker() *Tracker {
+	return &Tracker{
+		services: map[types.NamespacedName]*v1.Service{},
+		slices:   map[types.NamespacedName]*discoveryv1.EndpointSlice{},
+		nodes:    map[string]*v1.Node{},
+		changed:  make(chan struct{}, 1),
+	}
+}
+
+// Changed fires (coalesced) after any change that may alter the desired state.
+func (t *Tracker) Changed() <-chan struct{} { return t.changed }
+
+func (t *Tracker) notify() {
+	select {
+	case t.changed <- struct{}{}:
+	default:
+	}
+}
+
+func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+
+func (t *Tracker) OnServiceAdd(svc *v1.Service) { t.OnServiceUpdate(nil, svc) }
+
+func (t *Tracker) OnServiceUpdate(old, svc *v1.Service) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := key(svc.Namespace, svc.Name)
+	// Status and metadata churn that does not change what we program is dropped here.
+	if cur := t.services[k]; cur != nil && equality.Semantic.DeepEqual(cur.Spec, svc.Spec) && equality.Semantic.DeepEqual(cur.Labels, svc.Labels) {
+		t.services[k] = svc
+		return
+	}
+	t.services[k] = svc
+	t.notify()
+}
+
+func (t *Tracker) OnServiceDelete(svc *v1.Service) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.services, key(svc.Namespace, svc.Name))
+	t.notify()
+}
+
+func (t *Tracker) OnEndpointSliceAdd(sl *discoveryv1.EndpointSlice) { t.OnEndpointSliceUpdate(nil, sl) }
+
+func (t *Tracker) OnEndpointSliceUpdate(old, sl *discoveryv1.EndpointSlice) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := key(sl.Namespace, sl.Name)
+	if cur := t.slices[k]; cur != nil && equality.Semantic.DeepEqual(cur.Endpoints, sl.Endpoints) &&
+		equality.Semantic.DeepEqual(cur.Ports, sl.Ports) && equality.Semantic.DeepEqual(cur.Labels, sl.Labels) &&
+		cur.AddressType == sl.AddressType {
+		t.slices[k] = sl
+		return
+	}
+	t.slices[k] = sl
+	t.notify()
+}
+
+func (t *Tracker) OnEndpointSliceDelete(sl *discoveryv1.EndpointSlice) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.slices, key(sl.Namespace, sl.Name))
+	t.notify()
+}
+
+func (t *Tracker) OnNodeAdd(n *v1.Node) { t.OnNodeUpdate(nil, n) }
+
+func (t *Tracker) OnNodeUpdate(old, n *v1.Node) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.nodes[n.Name] = n
+	t.notify()
+}
+
+func (t *Tracker) OnNodeDelete(n *v1.Node) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.nodes, n.Name)
+	t.notify()
+}
+
+func (t *Tracker) OnSynced() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.synced = true
+	t.notify()
+}
+
+// Snapshot is a consistent copy of the tracked objects. The objects themselves are shared
+// and must not be modified.
+type Snapshot struct {
+	Synced   bool
+	Services map[types.NamespacedName]*v1.Service
+	Slices   map[types.NamespacedName]*discoveryv1.EndpointSlice
+	Nodes    map[string]*v1.Node
+}
+
+// Snapshot copies the current objects.
+func (t *Tracker) Snapshot() Snapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := Snapshot{
+		Synced:   t.synced,
+		Services: make(map[types.NamespacedName]*v1.Service, len(t.services)),
+		Slices:   make(map[types.NamespacedName]*discoveryv1.EndpointSlice, len(t.slices)),
+		Nodes:    make(map[string]*v1.Node, len(t.nodes)),
+	}
+	for k, v := range t.services {
+		s.Services[k] = v
+	}
+	for k, v := range t.slices {
+		s.Slices[k] = v
+	}
+	for k, v := range t.nodes {
+		s.Nodes[k] = v
+	}
+	return s
+}

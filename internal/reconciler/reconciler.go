@@ -1,0 +1,365 @@
+// Package reconciler keeps the datapath's maps equal to the desired state: it diffs against
+// what it applied before (restored from the pinned maps at start), writes only what changed,
+// in an order the datapath can read at any moment, and prunes what is left over.
+package reconciler
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+// applied is what the maps hold for one service port.
+type applied struct {
+	id       uint32
+	name     string
+	backends []uint32     // backends[i] is in slot i+1
+	count    uint16       // the count the frontends carry
+	addrs    []netip.Addr // frontends written
+}
+
+// Reconciler owns the writes to the service, slot and backend maps. Not safe for concurrent use:
+// one sync loop drives it.
+type Reconciler struct {
+	m           maps.Maps
+	log         *zap.Logger
+	maxServices uint32
+	maxBackends uint32
+
+	services map[desired.ServiceKey]*applied
+	svcIDs   map[uint32]bool
+
+	backendIDs  map[maps.Backend]uint32
+	backends    map[uint32]maps.Backend
+	backendRefs map[uint32]int
+	nextBackend uint32
+	nextSvc     uint32 // where the search for a free service ID starts
+
+	// Left by a previous agent with no service of ours: deleted on the first Apply.
+	orphanSlots []maps.SlotKey
+}
+
+// New returns a Reconciler with nothing applied; call Restore before the first Apply when the
+// maps may already hold state.
+func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconciler {
+	return &Reconciler{
+		m: m, log: log, maxServices: maxServices, maxBackends: maxBackends,
+		services:    map[desired.ServiceKey]*applied{},
+		svcIDs:      map[uint32]bool{},
+		backendIDs:  map[maps.Backend]uint32{},
+		backends:    map[uint32]maps.Backend{},
+		backendRefs: map[uint32]int{},
+		nextBackend: 1,
+	}
+}
+
+// Restore reads what a previous agent left in the maps, so that the first Apply rewrites only
+// what differs: services whose state is unchanged are not touched, and flows keep going.
+func (r *Reconciler) Restore() (int, error) {
+	fes, err := r.m.Frontends()
+	if err != nil {
+		return 0, fmt.Errorf("restore frontends: %w", err)
+	}
+	slots, err := r.m.Slots()
+	if err != nil {
+		return 0, fmt.Errorf("restore slots: %w", err)
+	}
+	bes, err := r.m.Backends()
+	if err != nil {
+		return 0, fmt.Errorf("restore backends: %w", err)
+	}
+	for id, b := range bes {
+		r.backends[id] = b
+		if cur, ok := r.backendIDs[b]; !ok || id < cur {
+			r.backendIDs[b] = id
+		}
+		r.backendRefs[id] = 0
+		if id >= r.nextBackend {
+			r.nextBackend = id + 1
+		}
+	}
+	// Frontends in a stable order, so a service whose addresses disagree on the ID resolves
+	// the same way each time (the others are rewritten by Apply).
+	keys := make([]maps.FrontendKey, 0, len(fes))
+	for k := range fes {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, k := range keys {
+		fe := fes[k]
+		sk := desired.ServiceKey{NodePort: k.Port, Proto: k.Proto}
+		a := r.services[sk]
+		if a == nil {
+			if r.svcIDs[fe.ServiceID] {
+				continue // two services on one ID: Apply rewrites this one's frontends
+			}
+			a = &applied{id: fe.ServiceID, count: fe.Count, name: sk.String()}
+			r.services[sk] = a
+			r.svcIDs[fe.ServiceID] = true
+		}
+		if fe.ServiceID == a.id && fe.Count == a.count {
+			a.addrs = append(a.addrs, k.Addr)
+		}
+	}
+	byID := map[uint32]*applied{}
+	for _, a := range r.services {
+		byID[a.id] = a
+		a.backends = make([]uint32, a.count)
+	}
+	for sk, id := range slots {
+		a := byID[sk.ServiceID]
+		if a == nil || sk.Slot == 0 || sk.Slot > uint32(a.count) {
+			r.orphanSlots = append(r.orphanSlots, sk)
+			continue
+		}
+		a.backends[sk.Slot-1] = id
+		r.backendRefs[id]++
+	}
+	return len(r.services), nil
+}
+
+// Apply makes the maps hold st. A service that cannot be written (a full map, say) is
+// reported in the returned error by name and left as it was; every other service is applied.
+// Calling Apply again with the same state writes nothing.
+func (r *Reconciler) Apply(st desired.State) error {
+	var errs []error
+	// Removals first: they free service IDs and map room for the additions.
+	for k, a := range r.services {
+		if _, ok := st.Services[k]; !ok {
+			if err := r.removeService(k, a); err != nil {
+				errs = append(errs, fmt.Errorf("remove service %s: %w", a.name, err))
+			}
+		}
+	}
+	keys := make([]desired.ServiceKey, 0, len(st.Services))
+	for k := range st.Services {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].NodePort != keys[j].NodePort {
+			return keys[i].NodePort < keys[j].NodePort
+		}
+		return keys[i].Proto < keys[j].Proto
+	})
+	for _, k := range keys {
+		if err := r.applyService(st.Services[k], st.Addresses); err != nil {
+			errs = append(errs, fmt.Errorf("apply service %s: %w", st.Services[k].Name, err))
+		}
+	}
+	for _, sk := range r.orphanSlots {
+		if err := r.m.DeleteSlot(sk); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	r.orphanSlots = nil
+	if err := r.pruneBackends(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) error {
+	a := r.services[svc.Key]
+	if a == nil {
+		id, err := r.allocServiceID()
+		if err != nil {
+			return err
+		}
+		if err := r.m.ResetServiceStats(id); err != nil {
+			r.log.Warn("Could not reset service counters", zap.String("service", svc.Name), zap.Error(err))
+		}
+		a = &applied{id: id}
+		r.services[svc.Key] = a
+		r.svcIDs[id] = true
+	}
+	a.name = svc.Name
+
+	// 1. Backends, so that every slot written next names an existing backend.
+	want := make([]uint32, len(svc.Backends))
+	for i, b := range svc.Backends {
+		id, err := r.backendID(b)
+		if err != nil {
+			return err
+		}
+		want[i] = id
+	}
+	if len(want) > 0xffff {
+		return fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
+	}
+	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
+	// or a new backend in each slot, never an empty one.
+	for i, id := range want {
+		if i < len(a.backends) && a.backends[i] == id {
+			continue
+		}
+		if err := r.m.UpdateSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}, id); err != nil {
+			return err
+		}
+		r.ref(id, +1)
+		if i < len(a.backends) {
+			r.ref(a.backends[i], -1)
+			a.backends[i] = id
+		} else {
+			a.backends = append(a.backends, id)
+		}
+	}
+	// 3. Frontends: new addresses, and the new count everywhere.
+	count := uint16(len(want))
+	fe := maps.Frontend{ServiceID: a.id, Count: count}
+	written := make([]netip.Addr, 0, len(addrs))
+	var ferr error
+	for _, addr := range addrs {
+		if count == a.count && slices.Contains(a.addrs, addr) {
+			written = append(written, addr)
+			continue
+		}
+		if err := r.m.UpdateFrontend(maps.FrontendKey{Addr: addr, Port: svc.Key.NodePort, Proto: svc.Key.Proto}, fe); err != nil {
+			ferr = err
+			continue
+		}
+		written = append(written, addr)
+	}
+	// 4. Frontends on addresses no longer served.
+	for _, addr := range a.addrs {
+		if !slices.Contains(addrs, addr) {
+			if err := r.m.DeleteFrontend(maps.FrontendKey{Addr: addr, Port: svc.Key.NodePort, Proto: svc.Key.Proto}); err != nil {
+				ferr = errors.Join(ferr, err)
+				written = append(written, addr) // still there: retried next time
+			}
+		}
+	}
+	a.addrs = written
+	if ferr != nil {
+		// Frontends disagree on the count: keep the old slots until all carry the new one.
+		a.count = 0xffff
+		return ferr
+	}
+	a.count = count
+	// 5. Slots past the new count, now that no frontend points at them.
+	for len(a.backends) > len(want) {
+		last := len(a.backends)
+		if err := r.m.DeleteSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(last)}); err != nil {
+			return err
+		}
+		r.ref(a.backends[last-1], -1)
+		a.backends = a.backends[:last-1]
+	}
+	return nil
+}
+
+// removeService deletes frontends first, so no packet reaches a slot being deleted.
+func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
+	for len(a.addrs) > 0 {
+		addr := a.addrs[len(a.addrs)-1]
+		if err := r.m.DeleteFrontend(maps.FrontendKey{Addr: addr, Port: k.NodePort, Proto: k.Proto}); err != nil {
+			return err
+		}
+		a.addrs = a.addrs[:len(a.addrs)-1]
+	}
+	for len(a.backends) > 0 {
+		last := len(a.backends)
+		if err := r.m.DeleteSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(last)}); err != nil {
+			return err
+		}
+		r.ref(a.backends[last-1], -1)
+		a.backends = a.backends[:last-1]
+	}
+	delete(r.services, k)
+	delete(r.svcIDs, a.id)
+	return nil
+}
+
+func (r *Reconciler) ref(id uint32, d int) {
+	if id != 0 {
+		r.backendRefs[id] += d
+	}
+}
+
+func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
+	if id, ok := r.backendIDs[b]; ok {
+		return id, nil
+	}
+	if uint32(len(r.backends)) >= r.maxBackends {
+		return 0, fmt.Errorf("add backend %s: %w (%d backends)", b, maps.ErrFull, r.maxBackends)
+	}
+	id := r.nextBackend
+	for {
+		if _, used := r.backends[id]; !used && id != 0 {
+			break
+		}
+		id++
+	}
+	if err := r.m.UpdateBackend(id, b); err != nil {
+		return 0, err
+	}
+	r.nextBackend = id + 1
+	r.backendIDs[b] = id
+	r.backends[id] = b
+	r.backendRefs[id] = 0
+	return id, nil
+}
+
+func (r *Reconciler) pruneBackends() error {
+	var errs []error
+	for id, n := range r.backendRefs {
+		if n > 0 {
+			continue
+		}
+		if err := r.m.DeleteBackend(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b := r.backends[id]
+		if r.backendIDs[b] == id {
+			delete(r.backendIDs, b)
+		}
+		delete(r.backends, id)
+		delete(r.backendRefs, id)
+	}
+	if len(r.backends) == 0 {
+		r.nextBackend = 1
+	}
+	return errors.Join(errs...)
+}
+
+// allocServiceID hands out the lowest free ID; 0 is never used, and IDs index the per-service
+// stats array, so they stay below maxServices.
+func (r *Reconciler) allocServiceID() (uint32, error) {
+	n := r.maxServices - 1
+	for i := uint32(0); i < n; i++ {
+		id := (r.nextSvc+i)%n + 1
+		if !r.svcIDs[id] {
+			r.nextSvc = id % n
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("allocate service ID: %w (%d services)", maps.ErrFull, r.maxServices-1)
+}
+
+// Stats is a summary of what is applied.
+type Stats struct{ Services, Backends, Frontends int }
+
+// Stats reports what the maps hold now.
+func (r *Reconciler) Stats() Stats {
+	s := Stats{Services: len(r.services), Backends: len(r.backends)}
+	for _, a := range r.services {
+		s.Frontends += len(a.addrs)
+	}
+	return s
+}
+
+// ServiceID returns the datapath ID of an applied service.
+func (r *Reconciler) ServiceID(k desired.ServiceKey) (uint32, bool) {
+	a, ok := r.services[k]
+	if !ok {
+		return 0, false
+	}
+	return a.id, true
+}

@@ -1,0 +1,316 @@
+// Package lab owns the lab topology: a throwaway "cluster" of network namespaces (a bridge, a
+// client, two nodes with one pod each) that the demo, the end-to-end tests and the benchmarks
+// run against. Every address lives only inside the namespaces a lab creates, so labs never touch
+// the host's network and any number of them can run at once.
+//
+//	client 10.89.0.10 ─┐
+//	node1  10.89.0.11 ─┼─ br0 (ns br)      node1 vpod1 10.244.1.1 ── pod1 eth0 10.244.1.10
+//	node2  10.89.0.12 ─┘                   node2 vpod2 10.244.2.1 ── pod2 eth0 10.244.2.10
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sluicelb/sluice/internal/testutil"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// roles are the lab's namespaces, in creation order; each is named sl-<id>-<role>.
+var roles = []string{"br", "client", "node1", "node2", "pod1", "pod2"}
+
+const netnsDir = "/var/run/netns"
+
+// Lab is one running topology. Every lab has the same addresses: its namespaces keep it apart.
+type Lab struct {
+	ID                                       string
+	Bridge, Client, Node1, Node2, Pod1, Pod2 *testutil.Netns
+
+	ClientIP, Node1IP, Node2IP, Pod1IP, Pod2IP netip.Addr
+	// MACs of the eth0 of client, node1 and node2, for datapaths that rewrite Ethernet headers.
+	ClientMAC, Node1MAC, Node2MAC net.HardwareAddr
+}
+
+// end is one side of a veth pair as it should end up.
+type end struct {
+	ns     *testutil.Netns
+	name   string
+	master string            // bridge to enslave it to, if any
+	mac    *net.HardwareAddr // where to record its MAC, if wanted
+}
+
+func nsName(id, role string) string { return "sl-" + id + "-" + role }
+
+// tmpPrefix names the veths of lab id while they sit in the root namespace during Up.
+func tmpPrefix(id string) string { return "sl" + id }
+
+// Up builds a new lab. On error it removes whatever it created.
+func Up() (*Lab, error) {
+	l := &Lab{
+		ID:       testutil.UniqueName(""),
+		ClientIP: netip.MustParseAddr("10.89.0.10"),
+		Node1IP:  netip.MustParseAddr("10.89.0.11"),
+		Node2IP:  netip.MustParseAddr("10.89.0.12"),
+		Pod1IP:   netip.MustParseAddr("10.244.1.10"),
+		Pod2IP:   netip.MustParseAddr("10.244.2.10"),
+	}
+	if err := l.build(); err != nil {
+		return nil, fmt.Errorf("create lab: %w", errors.Join(err, l.Down()))
+	}
+	return l, nil
+}
+
+// UpForTest builds a lab removed when the test ends; start backends after it so that their
+// cleanups run first.
+func UpForTest(t testing.TB) *Lab {
+	t.Helper()
+	testutil.RequirePrivileges(t)
+	l, err := Up()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(); err != nil {
+			t.Error(err)
+		}
+	})
+	return l
+}
+
+// Down removes the lab. It is idempotent. Sockets still open inside (an unclosed Backend) keep
+// their namespace and its links alive, unnamed, until they are closed.
+func (l *Lab) Down() error { return Remove(l.ID) }
+
+func (l *Lab) build() error {
+	nss := []**testutil.Netns{&l.Bridge, &l.Client, &l.Node1, &l.Node2, &l.Pod1, &l.Pod2}
+	for i, role := range roles {
+		n, err := testutil.NewNetns(nsName(l.ID, role))
+		if err != nil {
+			return err
+		}
+		*nss[i] = n
+	}
+	// Set the defaults before any link moves in, so that every interface inherits them.
+	for _, n := range []*testutil.Netns{l.Node1, l.Node2} {
+		if err := sysctl(n, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+			"net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.accept_local=1"); err != nil {
+			return err
+		}
+	}
+	if err := l.Bridge.Do(func() error {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("add bridge br0: %w", err)
+		}
+		return netlink.LinkSetUp(br)
+	}); err != nil {
+		return err
+	}
+
+	pairs := [][2]end{
+		{{l.Client, "eth0", "", &l.ClientMAC}, {l.Bridge, "client", "br0", nil}},
+		{{l.Node1, "eth0", "", &l.Node1MAC}, {l.Bridge, "node1", "br0", nil}},
+		{{l.Node2, "eth0", "", &l.Node2MAC}, {l.Bridge, "node2", "br0", nil}},
+		{{l.Node1, "vpod1", "", nil}, {l.Pod1, "eth0", "", nil}},
+		{{l.Node2, "vpod2", "", nil}, {l.Pod2, "eth0", "", nil}},
+	}
+	for i, p := range pairs {
+		if err := l.addVeth(i, p); err != nil {
+			return err
+		}
+	}
+	for _, n := range []*testutil.Netns{l.Node1, l.Node2} {
+		if err := sysctl(n, "net.ipv4.conf.eth0.rp_filter=0"); err != nil {
+			return err
+		}
+	}
+
+	addrs := []struct {
+		ns   *testutil.Netns
+		dev  string
+		addr netip.Prefix
+	}{
+		{l.Client, "eth0", netip.PrefixFrom(l.ClientIP, 24)},
+		{l.Node1, "eth0", netip.PrefixFrom(l.Node1IP, 24)},
+		{l.Node2, "eth0", netip.PrefixFrom(l.Node2IP, 24)},
+		{l.Node1, "vpod1", netip.MustParsePrefix("10.244.1.1/24")},
+		{l.Node2, "vpod2", netip.MustParsePrefix("10.244.2.1/24")},
+		{l.Pod1, "eth0", netip.PrefixFrom(l.Pod1IP, 24)},
+		{l.Pod2, "eth0", netip.PrefixFrom(l.Pod2IP, 24)},
+	}
+	for _, a := range addrs {
+		if err := a.ns.Do(func() error {
+			link, err := netlink.LinkByName(a.dev)
+			if err == nil {
+				err = netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(a.addr)})
+			}
+			if err != nil {
+				return fmt.Errorf("add address %s to %s in %s: %w", a.addr, a.dev, a.ns.Name, err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+
+	routes := []struct {
+		ns      *testutil.Netns
+		dst, gw string
+	}{
+		{l.Node1, "10.244.2.0/24", "10.89.0.12"},
+		{l.Node2, "10.244.1.0/24", "10.89.0.11"},
+		{l.Pod1, "0.0.0.0/0", "10.244.1.1"},
+		{l.Pod2, "0.0.0.0/0", "10.244.2.1"},
+	}
+	for _, r := range routes {
+		if err := r.ns.Do(func() error {
+			route := &netlink.Route{Dst: ipNet(netip.MustParsePrefix(r.dst)), Gw: net.ParseIP(r.gw)}
+			if err := netlink.RouteAdd(route); err != nil {
+				return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.gw, r.ns.Name, err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addVeth creates pair i in the root namespace under names unique to the lab, then moves,
+// renames and configures each end.
+func (l *Lab) addVeth(i int, p [2]end) error {
+	tmp := [2]string{fmt.Sprintf("%s%da", tmpPrefix(l.ID), i), fmt.Sprintf("%s%db", tmpPrefix(l.ID), i)}
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: tmp[0]}, PeerName: tmp[1]}); err != nil {
+		return fmt.Errorf("add veth %s: %w", tmp[0], err)
+	}
+	for j, e := range p {
+		if err := moveLink(tmp[j], e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func moveLink(tmp string, e end) error {
+	link, err := netlink.LinkByName(tmp)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", tmp, err)
+	}
+	target, err := netns.GetFromName(e.ns.Name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", e.ns.Name, err)
+	}
+	defer target.Close()
+	if err := netlink.LinkSetNsFd(link, int(target)); err != nil {
+		return fmt.Errorf("move link %s to %s: %w", tmp, e.ns.Name, err)
+	}
+	if err := e.ns.Do(func() error {
+		link, err := netlink.LinkByName(tmp)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetName(link, e.name); err != nil {
+			return err
+		}
+		if e.master != "" {
+			br, err := netlink.LinkByName(e.master)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetMaster(link, br); err != nil {
+				return err
+			}
+		}
+		if e.mac != nil {
+			*e.mac = link.Attrs().HardwareAddr
+		}
+		return netlink.LinkSetUp(link)
+	}); err != nil {
+		return fmt.Errorf("set up link %s in %s: %w", e.name, e.ns.Name, err)
+	}
+	// With tx checksumming on, veth hands XDP packets with partial checksums, which the
+	// datapath's incremental updates get wrong. XDP_TX or a redirect into a veth is dropped
+	// silently unless the receiving end has GRO on (or an XDP program of its own).
+	_, err = e.ns.Exec("ethtool", "-K", e.name, "tx", "off", "gro", "on")
+	return err
+}
+
+// sysctl writes key=value settings (dotted keys) inside ns.
+func sysctl(ns *testutil.Netns, settings ...string) error {
+	return ns.Do(func() error {
+		for _, s := range settings {
+			k, v, _ := strings.Cut(s, "=")
+			path := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+			if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+				return fmt.Errorf("set %s in %s: %w", k, ns.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// Remove deletes the namespaces of lab id and any of its veths left in the root namespace by
+// an interrupted Up. Removing a lab that is already gone is not an error.
+func Remove(id string) error {
+	var errs []error
+	for _, role := range roles {
+		path := filepath.Join(netnsDir, nsName(id, role))
+		// Like `ip netns delete`: detach the bind mount, then drop the name.
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("delete netns %s: %w", nsName(id, role), err))
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		errs = append(errs, fmt.Errorf("list links: %w", err))
+	}
+	for _, link := range links {
+		// Deleting one end of a veth takes its peer along.
+		if name := link.Attrs().Name; strings.HasPrefix(name, tmpPrefix(id)) {
+			if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+				errs = append(errs, fmt.Errorf("delete link %s: %w", name, err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove lab %s: %w", id, err)
+	}
+	return nil
+}
+
+// List returns the IDs of the labs whose namespaces exist, for instance to remove the ones a
+// crashed run left behind.
+func List() ([]string, error) {
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list labs: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), "sl-")
+		id, role, _ := strings.Cut(rest, "-")
+		if ok && len(id) == 6 && slices.Contains(roles, role) && !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
