@@ -150,10 +150,14 @@ func TestBuild(t *testing.T) {
 			problems: []string{`Service default/a: port "": nodePort 30300/TCP already used by default/b:`},
 		},
 		{
-			name:   "slices of other services, IPv6 slices and wrong-protocol ports do not match",
-			svcs:   []*v1.Service{service("web", v1.ServiceTypeNodePort, port("", tcp, 30080))},
-			slices: []*discoveryv1.EndpointSlice{slice("x", "other", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.9.9"}), slice("y", "web", []discoveryv1.EndpointPort{sport("", udp, 80)}, ep{addr: "10.244.9.8"}), func() *discoveryv1.EndpointSlice { s := slice("z", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "fd00::1"}); s.AddressType = discoveryv1.AddressTypeIPv6; return s }()},
-			want:   map[ServiceKey][]maps.Backend{{30080, maps.TCP}: nil},
+			name: "slices of other services, IPv6 slices and wrong-protocol ports do not match",
+			svcs: []*v1.Service{service("web", v1.ServiceTypeNodePort, port("", tcp, 30080))},
+			slices: []*discoveryv1.EndpointSlice{slice("x", "other", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.9.9"}), slice("y", "web", []discoveryv1.EndpointPort{sport("", udp, 80)}, ep{addr: "10.244.9.8"}), func() *discoveryv1.EndpointSlice {
+				s := slice("z", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "fd00::1"})
+				s.AddressType = discoveryv1.AddressTypeIPv6
+				return s
+			}()},
+			want: map[ServiceKey][]maps.Backend{{30080, maps.TCP}: nil},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

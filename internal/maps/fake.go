@@ -23,7 +23,9 @@ func NewFake() *Fake {
 	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{}}
 }
 
-func (f *Fake) log(format string, args ...any) { f.Writes = append(f.Writes, fmt.Sprintf(format, args...)) }
+func (f *Fake) log(format string, args ...any) {
+	f.Writes = append(f.Writes, fmt.Sprintf(format, args...))
+}
 
 func full[K comparable, V any](m map[K]V, k K, max int) bool {
 	_, ok := m[k]

@@ -55,9 +55,11 @@ func nsName(id, role string) string { return "sl-" + id + "-" + role }
 func tmpPrefix(id string) string { return "sl" + id }
 
 // Up builds a new lab. On error it removes whatever it created.
-func Up() (*Lab, error) {
+func Up() (*Lab, error) { return up(testutil.UniqueName("")) }
+
+func up(id string) (*Lab, error) {
 	l := &Lab{
-		ID:       testutil.UniqueName(""),
+		ID:       id,
 		ClientIP: netip.MustParseAddr("10.89.0.10"),
 		Node1IP:  netip.MustParseAddr("10.89.0.11"),
 		Node2IP:  netip.MustParseAddr("10.89.0.12"),

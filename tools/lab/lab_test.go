@@ -189,6 +189,27 @@ func TestTwoLabs(t *testing.T) {
 	}
 }
 
+// TestUpFails makes Up fail halfway and checks that it leaves nothing behind.
+func TestUpFails(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	t.Parallel()
+	id := testutil.UniqueName("")
+	// Take the temporary name of the third veth pair, after namespaces and two pairs exist.
+	squatter := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: tmpPrefix(id) + "2a"}, PeerName: tmpPrefix(id) + "x"}
+	if err := netlink.LinkAdd(squatter); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Remove(id) })
+	l, err := up(id)
+	t.Log(err)
+	if err == nil || !strings.HasPrefix(err.Error(), "create lab: ") {
+		t.Errorf("up with a squatted link name = %v, %v; want a create lab error", l, err)
+	}
+	if left := leftovers(t, id); len(left) > 0 {
+		t.Errorf("left after a failed Up: %v", left)
+	}
+}
+
 func TestParseReply(t *testing.T) {
 	b, c, err := ParseReply(reply("pod1", "10.89.0.11:40000"))
 	if err != nil || b != "pod1" || c != netip.MustParseAddrPort("10.89.0.11:40000") {
