@@ -44,7 +44,7 @@ type env struct {
 	nodeMAC net.HardwareAddr
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	testutil.RequirePrivileges(t)
 	ns := testutil.NewTestNetns(t, "sl-golden-")
@@ -94,7 +94,7 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -70,7 +70,11 @@ func (m *Manifests) Run(ctx context.Context, h Handler) error {
 	s.deliver(h)
 	h.OnSynced()
 
-	t := time.NewTicker(cmp.Or(max(m.PollInterval, 0), DefaultPollInterval))
+	interval := m.PollInterval
+	if interval <= 0 {
+		interval = DefaultPollInterval
+	}
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {

@@ -257,6 +257,9 @@ func TestManifestsBrokenFileKeepsObjects(t *testing.T) {
 		t.Errorf("log has no error field: %v", e.ContextMap())
 	}
 	h.quiet(t)
+	if n := h.logs.FilterMessageSnippet("parse manifest").Len(); n != 1 {
+		t.Errorf("%d parse errors logged, want 1 (once per change)", n)
+	}
 
 	h.write(t, "web.yaml", svcYAML("web", 30090))
 	_, cur := servicePair(t, h.next(t, "update svc default/web")[0])
@@ -340,6 +343,38 @@ func TestManifestsDirRemovedKeepsState(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	h.quiet(t)
+}
+
+// A ConfigMap volume links each key to ..data/key and updates by swapping the ..data link.
+func TestManifestsConfigMapSwap(t *testing.T) {
+	h := start(t, nil)
+	h.next(t, "synced")
+	swap := func(version, content string) {
+		t.Helper()
+		dir := filepath.Join(h.dir, version)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "web.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(version, filepath.Join(h.dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(h.dir, "..data_tmp"), filepath.Join(h.dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swap("..v1", svcYAML("web", 30001))
+	if err := os.Symlink("..data/web.yaml", filepath.Join(h.dir, "web.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	h.next(t, "add svc default/web")
+	swap("..v2", svcYAML("web", 30002))
+	_, cur := servicePair(t, h.next(t, "update svc default/web")[0])
+	if cur.Spec.Ports[0].NodePort != 30002 {
+		t.Errorf("nodePort = %d, want 30002", cur.Spec.Ports[0].NodePort)
+	}
 }
 
 func TestManifestsMissingDir(t *testing.T) {

@@ -201,7 +201,6 @@ func TestUpFails(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = Remove(id) })
 	l, err := up(id)
-	t.Log(err)
 	if err == nil || !strings.HasPrefix(err.Error(), "create lab: ") {
 		t.Errorf("up with a squatted link name = %v, %v; want a create lab error", l, err)
 	}

@@ -1,0 +1,339 @@
+package lab_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
+	"github.com/sluicelb/sluice/tools/lab"
+)
+
+// End-to-end: real TCP (HTTP) and UDP from the client namespace to node1's NodePorts, through
+// the agent's programs, to a local pod on node1 and a remote pod on node2, and back.
+
+var (
+	buildOnce sync.Once
+	agentBin  string
+	buildErr  error
+)
+
+// agentBinary builds cmd/sluice-agent once per test binary.
+func agentBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sluice-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		agentBin = filepath.Join(dir, "sluice-agent")
+		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/sluicelb/sluice/cmd/sluice-agent").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build agent: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return agentBin
+}
+
+// cluster is a lab with backends in both pods and the agent on node1.
+type cluster struct {
+	*lab.Lab
+	agent     *lab.Agent
+	manifests string
+}
+
+func startCluster(t *testing.T, mode string) *cluster {
+	t.Helper()
+	c := startClusterNoWait(t, mode)
+	c.waitFor(t, "the echo service", func() error {
+		_, err := lab.HTTPGet(c.Client, c.nodePort(30080))
+		return err
+	})
+	return c
+}
+
+func startClusterNoWait(t *testing.T, mode string) *cluster {
+	t.Helper()
+	testutil.RequirePrivileges(t)
+	bin := agentBinary(t)
+	l := lab.UpForTest(t)
+	c := &cluster{Lab: l, manifests: t.TempDir()}
+	copyExamples(t, c.manifests)
+	for _, p := range []struct {
+		ns   *testutil.Netns
+		name string
+	}{{l.Pod1, "pod1"}, {l.Pod2, "pod2"}} {
+		b, err := lab.StartBackend(p.ns, p.name, []uint16{80}, []uint16{5353})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+	}
+	a, err := l.StartAgent(lab.AgentOptions{Binary: bin, Manifests: c.manifests, XDPMode: mode, Extra: []string{"--log-level", "debug"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	t.Cleanup(func() {
+		if err := a.Stop(); err != nil {
+			t.Errorf("agent exit: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", a.Logs())
+		}
+	})
+	return c
+}
+
+func copyExamples(t *testing.T, dst string) {
+	t.Helper()
+	for _, f := range []string{"echo.yaml", "empty.yaml"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "examples", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (c *cluster) nodePort(p uint16) netip.AddrPort { return netip.AddrPortFrom(c.Node1IP, p) }
+
+// waitFor polls fn until it succeeds, for up to 5 s.
+func (c *cluster) waitFor(t *testing.T, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || c.agent.Exited() {
+			t.Fatalf("waiting for %s: %v\nagent logs:\n%s", what, err, c.agent.Logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// request sends one request of the protocol and returns who answered and whom they saw.
+func (c *cluster) request(proto string, port uint16) (string, netip.AddrPort, error) {
+	var body string
+	var err error
+	if proto == "tcp" {
+		body, err = lab.HTTPGet(c.Client, c.nodePort(port))
+	} else {
+		body, err = lab.UDPRequest(c.Client, c.nodePort(port), "hello")
+	}
+	if err != nil {
+		return "", netip.AddrPort{}, err
+	}
+	return lab.ParseReply(body)
+}
+
+// checkSpreadAndAddresses sends n requests and checks both pods answer, the remote pod sees
+// the node's address with a SNAT port, and the local pod sees the client itself.
+func (c *cluster) checkSpreadAndAddresses(t *testing.T, proto string, port uint16, n int) {
+	t.Helper()
+	seen := map[string]int{}
+	d := datapath.Defaults()
+	for i := 0; i < n; i++ {
+		who, client, err := c.request(proto, port)
+		if err != nil {
+			t.Fatalf("%s request %d: %v", proto, i, err)
+		}
+		seen[who]++
+		switch who {
+		case "pod1": // local: DNAT only, the client address is kept
+			if client.Addr() != c.ClientIP {
+				t.Errorf("local pod saw %s, want the client %s", client, c.ClientIP)
+			}
+		case "pod2": // remote: SNAT to the node address and a port from the SNAT range
+			if client.Addr() != c.Node1IP || client.Port() < d.SNATPortMin || client.Port() > d.SNATPortMax {
+				t.Errorf("remote pod saw %s, want %s with a port in %d-%d", client, c.Node1IP, d.SNATPortMin, d.SNATPortMax)
+			}
+		default:
+			t.Errorf("unexpected backend %q", who)
+		}
+	}
+	if seen["pod1"] == 0 || seen["pod2"] == 0 {
+		t.Errorf("%s: %d requests answered by %v, want both pods", proto, n, seen)
+	}
+	t.Logf("%s: %v", proto, seen)
+}
+
+func forEachMode(t *testing.T, fn func(t *testing.T, c *cluster)) {
+	for _, mode := range []string{"native", "generic", "off"} {
+		t.Run("xdp-"+mode, func(t *testing.T) {
+			c := startCluster(t, mode)
+			fn(t, c)
+		})
+	}
+}
+
+func TestE2ETCPAndUDPReachBothBackendKinds(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *cluster) {
+		c.checkSpreadAndAddresses(t, "tcp", 30080, 40)
+		c.checkSpreadAndAddresses(t, "udp", 30053, 40)
+		c.checkCounters(t)
+	})
+}
+
+func TestE2ENoEndpointsRefusedAtOnce(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *cluster) {
+		start := time.Now()
+		err := lab.TCPConnect(c.Client, c.nodePort(30090), 2*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("TCP to a service without endpoints: %v, want connection refused (RST)", err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			t.Errorf("TCP refusal took %v", d)
+		}
+		_, err = lab.UDPRequest(c.Client, c.nodePort(30091), "anyone?")
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("UDP to a service without endpoints: %v, want connection refused (ICMP port unreachable)", err)
+		}
+	})
+}
+
+func TestE2ENodeTrafficUntouched(t *testing.T) {
+	forEachMode(t, func(t *testing.T, c *cluster) {
+		// The node's own server on a port that is no NodePort, and a closed NodePort-range port.
+		b, err := lab.StartBackend(c.Node1, "node1-sshd", []uint16{2222}, []uint16{2223})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		body, err := lab.HTTPGet(c.Client, c.nodePort(2222))
+		if err != nil {
+			t.Fatal(err)
+		}
+		who, client, err := lab.ParseReply(body)
+		if err != nil || who != "node1-sshd" || client.Addr() != c.ClientIP {
+			t.Errorf("node's own TCP server: %q %v %v", who, client, err)
+		}
+		body, err = lab.UDPRequest(c.Client, c.nodePort(2223), "x")
+		if who, _, _ := lab.ParseReply(body); err != nil || who != "node1-sshd" {
+			t.Errorf("node's own UDP server: %q %v", body, err)
+		}
+		// A NodePort-range port no service uses is the kernel's to refuse.
+		if err := lab.TCPConnect(c.Client, c.nodePort(31999), time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("unused port: %v", err)
+		}
+		// And the node still reaches pods on other nodes itself.
+		if _, err := lab.HTTPGet(c.Node1, netip.AddrPortFrom(c.Pod2IP, 80)); err != nil {
+			t.Errorf("node1 -> pod2: %v", err)
+		}
+	})
+}
+
+// Manifest edits are applied within a second, and a stopped agent leaves its maps pinned.
+func TestE2EManifestEditsAndShutdown(t *testing.T) {
+	c := startCluster(t, "native")
+	echo := filepath.Join(c.manifests, "echo.yaml")
+	b, err := os.ReadFile(echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Drop pod2 (the remote endpoint): only pod1 may answer new connections within a second.
+	edited := strings.Replace(string(b), `  - addresses: ["10.244.2.10"]
+    conditions: {ready: true}
+    nodeName: node2
+`, "", 1)
+	if edited == string(b) {
+		t.Fatal("example manifest changed shape; update this test")
+	}
+	writeAtomic(t, echo, edited)
+	edit := time.Now()
+	c.waitFor(t, "pod2 to leave the service", func() error {
+		for i := 0; i < 10; i++ {
+			if who, _, err := c.request("tcp", 30080); err != nil || who != "pod1" {
+				return fmt.Errorf("answered by %q (%v)", who, err)
+			}
+		}
+		return nil
+	})
+	if d := time.Since(edit); d > 1500*time.Millisecond {
+		t.Errorf("edit took %v to apply", d)
+	}
+	// A broken file is logged and skipped; the service keeps working.
+	writeAtomic(t, filepath.Join(c.manifests, "broken.yaml"), "kind: Service\nmetadata: [oops\n")
+	time.Sleep(700 * time.Millisecond)
+	if who, _, err := c.request("tcp", 30080); err != nil || who != "pod1" {
+		t.Errorf("after a broken file: %q %v", who, err)
+	}
+	if !strings.Contains(c.agent.Logs(), "broken.yaml") {
+		t.Errorf("broken file not named in the logs")
+	}
+
+	if err := c.agent.Stop(); err != nil {
+		t.Fatalf("agent exit: %v", err)
+	}
+	out := c.Node1.MustExec(t, "ip", "-d", "link", "show", "eth0")
+	if strings.Contains(out, "xdp") {
+		t.Errorf("XDP still attached after SIGTERM:\n%s", out)
+	}
+	for _, m := range []string{"sluice_frontends", "sluice_ct", "sluice_backends"} {
+		if _, err := os.Stat(filepath.Join(c.PinDir(), m)); err != nil {
+			t.Errorf("map %s not pinned after stop: %v", m, err)
+		}
+	}
+	// With the programs gone, the NodePort is the kernel's again: nothing listens, refused.
+	if err := lab.TCPConnect(c.Client, c.nodePort(30080), time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("after stop: %v", err)
+	}
+}
+
+func writeAtomic(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkCounters reads the pinned per-service counters: the traffic went through our programs.
+func (c *cluster) checkCounters(t *testing.T) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(c.PinDir(), "sluice_svc_stats"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var total, replies uint64
+	var key uint32
+	var per []datapath.SluiceSvcStats
+	it := m.Iterate()
+	for it.Next(&key, &per) {
+		for _, s := range per {
+			total += s.Packets
+			replies += s.ReplyPackets
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if total == 0 || replies == 0 {
+		t.Errorf("service counters: %d packets, %d replies; want both > 0", total, replies)
+	}
+	_ = maps.TCP
+}
