@@ -34,6 +34,7 @@ type options struct {
 	nodeName      string
 	bpffs         string
 	xdpMode       string
+	tcAttach      string
 	nodePortRange string
 	snatPorts     string
 	logLevel      string
@@ -51,6 +52,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.nodeName, "node-name", host, "this node's name, as EndpointSlices' nodeName (marks local backends)")
 	fs.StringVar(&o.bpffs, "bpffs", "/sys/fs/bpf/sluice", "bpffs directory for the pinned maps")
 	fs.StringVar(&o.xdpMode, "xdp-mode", "native", "XDP attach mode: native, generic, or off (tc ingress only)")
+	fs.StringVar(&o.tcAttach, "tc-attach", "auto", "tc attach mode: auto (TCX on 6.6+, else clsact), tcx, or clsact")
 	fs.StringVar(&o.nodePortRange, "nodeport-range", "30000-32767", "NodePorts outside this range are refused")
 	fs.StringVar(&o.snatPorts, "snat-port-range", fmt.Sprintf("%d-%d", o.dp.SNATPortMin, o.dp.SNATPortMax), "source ports for SNAT to remote backends (keep clear of net.ipv4.ip_local_port_range)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -143,6 +145,10 @@ func run(o *options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	tcMode, err := datapath.ParseTCMode(o.tcAttach)
+	if err != nil {
+		return err
+	}
 	portRange, err := desired.ParsePortRange(o.nodePortRange)
 	if err != nil {
 		return err
@@ -177,7 +183,7 @@ func run(o *options, log *zap.Logger) error {
 		}
 	}()
 	for _, dev := range devices {
-		a, xdpErr, err := dp.Attach(dev, mode)
+		a, xdpErr, err := dp.Attach(dev, mode, tcMode)
 		if err != nil {
 			return err
 		}

@@ -29,6 +29,24 @@ func ParseXDPMode(s string) (XDPMode, error) {
 	return "", fmt.Errorf("parse xdp mode: %q is not native, generic or off", s)
 }
 
+// TCMode is how the tc programs are attached.
+type TCMode string
+
+const (
+	TCAuto   TCMode = "auto" // TCX where the kernel has it (6.6+), clsact otherwise
+	TCX      TCMode = "tcx"
+	TCClsact TCMode = "clsact"
+)
+
+// ParseTCMode checks a --tc-attach value.
+func ParseTCMode(s string) (TCMode, error) {
+	switch m := TCMode(s); m {
+	case TCAuto, TCX, TCClsact:
+		return m, nil
+	}
+	return "", fmt.Errorf("parse tc attach mode: %q is not auto, tcx or clsact", s)
+}
+
 // Attachment is the set of programs attached to one device.
 type Attachment struct {
 	Device  string
@@ -47,13 +65,13 @@ type Attachment struct {
 // path when XDP is off), and XDP in front unless mode is off. If XDP cannot attach, ingress
 // stays with tc and the error is returned alongside the attachment (xdpErr) for the caller
 // to log.
-func (d *Datapath) Attach(dev string, mode XDPMode) (a *Attachment, xdpErr error, err error) {
+func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, xdpErr error, err error) {
 	iface, err := net.InterfaceByName(dev)
 	if err != nil {
 		return nil, nil, fmt.Errorf("find device %s: %w", dev, err)
 	}
 	a = &Attachment{Device: dev, Ifindex: iface.Index, XDP: XDPOff}
-	if err := a.attachTC(d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress); err != nil {
+	if err := a.attachTC(d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress, tc); err != nil {
 		a.Detach()
 		return nil, nil, fmt.Errorf("attach tc to %s: %w", dev, err)
 	}
@@ -73,7 +91,10 @@ func (d *Datapath) Attach(dev string, mode XDPMode) (a *Attachment, xdpErr error
 	return a, nil, nil
 }
 
-func (a *Attachment) attachTC(ingress, egress *ebpf.Program) error {
+func (a *Attachment) attachTC(ingress, egress *ebpf.Program, mode TCMode) error {
+	if mode == TCClsact {
+		return a.attachClsact(ingress, egress)
+	}
 	li, err := link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: ingress, Attach: ebpf.AttachTCXIngress})
 	if err == nil {
 		a.links = append(a.links, li)
@@ -85,10 +106,14 @@ func (a *Attachment) attachTC(ingress, egress *ebpf.Program) error {
 		a.TC = "tcx"
 		return nil
 	}
-	if !errors.Is(err, ebpf.ErrNotSupported) {
+	if mode == TCX || !errors.Is(err, ebpf.ErrNotSupported) {
 		return fmt.Errorf("attach tcx ingress: %w", err)
 	}
-	// Before 6.6 there is no TCX: a clsact qdisc with direct-action cls_bpf filters.
+	return a.attachClsact(ingress, egress)
+}
+
+// attachClsact is the pre-6.6 way: a clsact qdisc with direct-action cls_bpf filters.
+func (a *Attachment) attachClsact(ingress, egress *ebpf.Program) error {
 	a.TC = "clsact"
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.Ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},

@@ -58,9 +58,9 @@ type cluster struct {
 	manifests string
 }
 
-func startCluster(t *testing.T, mode string) *cluster {
+func startCluster(t *testing.T, mode string, extra ...string) *cluster {
 	t.Helper()
-	c := startClusterNoWait(t, mode)
+	c := startClusterNoWait(t, mode, extra...)
 	c.waitFor(t, "the echo service", func() error {
 		_, err := lab.HTTPGet(c.Client, c.nodePort(30080))
 		return err
@@ -68,7 +68,7 @@ func startCluster(t *testing.T, mode string) *cluster {
 	return c
 }
 
-func startClusterNoWait(t *testing.T, mode string) *cluster {
+func startClusterNoWait(t *testing.T, mode string, extra ...string) *cluster {
 	t.Helper()
 	testutil.RequirePrivileges(t)
 	bin := agentBinary(t)
@@ -85,7 +85,7 @@ func startClusterNoWait(t *testing.T, mode string) *cluster {
 		}
 		t.Cleanup(b.Close)
 	}
-	a, err := l.StartAgent(lab.AgentOptions{Binary: bin, Manifests: c.manifests, XDPMode: mode, Extra: []string{"--log-level", "debug"}})
+	a, err := l.StartAgent(lab.AgentOptions{Binary: bin, Manifests: c.manifests, XDPMode: mode, Extra: append([]string{"--log-level", "debug"}, extra...)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,10 +178,17 @@ func (c *cluster) checkSpreadAndAddresses(t *testing.T, proto string, port uint1
 	t.Logf("%s: %v", proto, seen)
 }
 
+// forEachMode runs fn on each way the datapath attaches: XDP native and generic (with tc for
+// egress), tc alone through TCX, and tc alone through clsact (what kernels before 6.6 get).
 func forEachMode(t *testing.T, fn func(t *testing.T, c *cluster)) {
-	for _, mode := range []string{"native", "generic", "off"} {
-		t.Run("xdp-"+mode, func(t *testing.T) {
-			c := startCluster(t, mode)
+	for _, m := range []struct{ name, xdp, tc string }{
+		{"xdp-native", "native", "auto"},
+		{"xdp-generic", "generic", "auto"},
+		{"tcx", "off", "tcx"},
+		{"clsact", "off", "clsact"},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			c := startCluster(t, m.xdp, "--tc-attach", m.tc)
 			fn(t, c)
 		})
 	}
