@@ -46,6 +46,11 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return newEnvWith(t, datapath.Config{})
+}
+
+func newEnvWith(t testing.TB, cfg datapath.Config) *env {
+	t.Helper()
 	testutil.RequirePrivileges(t)
 	ns := testutil.NewTestNetns(t, "sl-golden-")
 	for _, cmd := range [][]string{
@@ -71,7 +76,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dp, err := datapath.Load(datapath.Config{}, nil)
+	dp, err := datapath.Load(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,4 +496,40 @@ func TestGoldenTCEgressLocalReply(t *testing.T) {
 				return p.Bytes()
 			}},
 	})
+}
+
+// With every SNAT port to a backend taken, a new flow is dropped and counted; established
+// flows and flows to other backends are unaffected.
+func TestGoldenSNATExhaustion(t *testing.T) {
+	e := newEnvWith(t, datapath.Config{SNATPortMin: 61000, SNATPortMax: 61001})
+	syn := func(sport, dport uint16) []byte {
+		p := e.fromClient(layers.IPProtocolTCP, sport, dport)
+		p.SYN, p.Payload = true, nil
+		return p.Bytes()
+	}
+	used := map[uint16]bool{}
+	for i, sport := range []uint16{42001, 42002} {
+		ret, out := e.run(t, e.dp.Objs.SluiceXdp, true, syn(sport, 30080))
+		if ret != xdpTX {
+			t.Fatalf("flow %d: verdict %d", i, ret)
+		}
+		used[binary.BigEndian.Uint16(out[34:])] = true
+	}
+	if !used[61000] || !used[61001] {
+		t.Fatalf("two flows should take both ports: %v", used)
+	}
+	before := e.reasons(t)[datapath.SluiceReasonREASON_DROP_SNAT_EXHAUSTED]
+	if ret, _ := e.run(t, e.dp.Objs.SluiceXdp, true, syn(42003, 30080)); ret != xdpDrop {
+		t.Errorf("third flow: verdict %d, want drop", ret)
+	}
+	if after := e.reasons(t)[datapath.SluiceReasonREASON_DROP_SNAT_EXHAUSTED]; after != before+1 {
+		t.Errorf("drop_snat_exhausted %d -> %d", before, after)
+	}
+	// The established flow still goes through, and so does a flow to another backend port.
+	if ret, _ := e.run(t, e.dp.Objs.SluiceXdp, true, syn(42001, 30080)); ret != xdpTX {
+		t.Errorf("established flow: verdict %d", ret)
+	}
+	if ret, _ := e.run(t, e.dp.Objs.SluiceXdp, true, e.fromClient(layers.IPProtocolUDP, 42004, 30081).Bytes()); ret != xdpTX {
+		t.Errorf("flow to another backend: verdict %d", ret)
+	}
 }
