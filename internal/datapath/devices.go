@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -19,6 +20,11 @@ func DeviceAddresses(devices []string) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("find device %s: %w", dev, err)
 		}
 		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		// Links and addresses changing elsewhere on the node (pods coming and going) interrupt
+		// the dump and the answer may be partial: ask again.
+		for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
+			addrs, err = netlink.AddrList(l, netlink.FAMILY_V4)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", dev, err)
 		}

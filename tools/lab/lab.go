@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -310,9 +311,9 @@ func Remove(id string) error {
 			errs = append(errs, fmt.Errorf("delete netns %s: %w", nsName(id, role), err))
 		}
 	}
-	links, err := netlink.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		errs = append(errs, fmt.Errorf("list links: %w", err))
+	links, err := linkList()
+	if err != nil {
+		errs = append(errs, err)
 	}
 	for _, link := range links {
 		// Deleting one end of a veth takes its peer along.
@@ -326,6 +327,21 @@ func Remove(id string) error {
 		return fmt.Errorf("remove lab %s: %w", id, err)
 	}
 	return nil
+}
+
+// linkList lists the links of the calling thread's namespace. Other labs changing links at the
+// same time interrupt the dump (the answer may then miss links), so it asks again.
+func linkList() ([]netlink.Link, error) {
+	for i := 0; ; i++ {
+		links, err := netlink.LinkList()
+		if err == nil || !errors.Is(err, netlink.ErrDumpInterrupted) || i == 9 {
+			if err != nil {
+				return links, fmt.Errorf("list links: %w", err)
+			}
+			return links, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // List returns the IDs of the labs whose namespaces exist, for instance to remove the ones a

@@ -51,7 +51,7 @@ func leftovers(t *testing.T, id string) []string {
 			left = append(left, line)
 		}
 	}
-	links, err := netlink.LinkList()
+	links, err := linkList()
 	if err != nil {
 		t.Fatal(err)
 	}
