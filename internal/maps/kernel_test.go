@@ -1,0 +1,75 @@
+package maps_test
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+func load(t *testing.T, cfg datapath.Config) *maps.Kernel {
+	t.Helper()
+	testutil.RequirePrivileges(t)
+	dp, err := datapath.Load(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return maps.NewKernel(&dp.Objs.SluiceMaps)
+}
+
+// What the reconciler writes is what it reads back when it restores.
+func TestKernelRoundTrip(t *testing.T) {
+	k := load(t, datapath.Config{})
+	fk := maps.FrontendKey{Addr: netip.MustParseAddr("10.89.0.11"), Port: 30080, Proto: maps.TCP}
+	fe := maps.Frontend{ServiceID: 7, Count: 2}
+	be := maps.Backend{Addr: netip.MustParseAddr("10.244.1.10"), Port: 8080, Local: true}
+	sk := maps.SlotKey{ServiceID: 7, Slot: 2}
+	for _, err := range []error{k.UpdateFrontend(fk, fe), k.UpdateBackend(3, be), k.UpdateSlot(sk, 3), k.ResetServiceStats(7)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fes, err := k.Frontends()
+	if err != nil || len(fes) != 1 || fes[fk] != fe {
+		t.Errorf("frontends %v %v", fes, err)
+	}
+	bes, err := k.Backends()
+	if err != nil || len(bes) != 1 || bes[3] != be {
+		t.Errorf("backends %v %v", bes, err)
+	}
+	slots, err := k.Slots()
+	if err != nil || len(slots) != 1 || slots[sk] != 3 {
+		t.Errorf("slots %v %v", slots, err)
+	}
+	if s, err := k.ServiceStats(7); err != nil || s != (maps.ServiceStats{}) {
+		t.Errorf("stats %v %v", s, err)
+	}
+	// Deletes are idempotent.
+	for i := 0; i < 2; i++ {
+		if err := errors.Join(k.DeleteFrontend(fk), k.DeleteSlot(sk), k.DeleteBackend(3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fes, _ := k.Frontends(); len(fes) != 0 {
+		t.Errorf("left: %v", fes)
+	}
+}
+
+// A full map is reported as ErrFull, naming the entry, not silently dropped.
+func TestKernelFullMap(t *testing.T) {
+	k := load(t, datapath.Config{MaxFrontends: 2})
+	for p := uint16(30000); p < 30002; p++ {
+		if err := k.UpdateFrontend(maps.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: p, Proto: maps.TCP}, maps.Frontend{ServiceID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := k.UpdateFrontend(maps.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30002, Proto: maps.TCP}, maps.Frontend{ServiceID: 1})
+	if !errors.Is(err, maps.ErrFull) {
+		t.Fatalf("third frontend: %v, want ErrFull", err)
+	}
+	t.Log(err)
+}

@@ -1,0 +1,117 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/reconciler"
+)
+
+func drained(t *Tracker) bool {
+	select {
+	case <-t.Changed():
+		return true
+	default:
+		return false
+	}
+}
+
+func TestTrackerDropsNoOpUpdates(t *testing.T) {
+	tr := NewTracker()
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"}, Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort}}
+	tr.OnServiceAdd(svc)
+	if !drained(tr) {
+		t.Fatal("add did not signal")
+	}
+	// Same spec, new resourceVersion and status: nothing to program.
+	same := svc.DeepCopy()
+	same.ResourceVersion = "2"
+	same.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "1.2.3.4"}}
+	tr.OnServiceUpdate(svc, same)
+	if drained(tr) {
+		t.Error("a status-only update signalled a sync")
+	}
+	changed := same.DeepCopy()
+	changed.Spec.Ports = []v1.ServicePort{{NodePort: 30080}}
+	tr.OnServiceUpdate(same, changed)
+	if !drained(tr) {
+		t.Error("a spec change did not signal")
+	}
+	if got := tr.Snapshot().Services; len(got) != 1 {
+		t.Errorf("snapshot %v", got)
+	}
+	tr.OnServiceDelete(changed)
+	if !drained(tr) || len(tr.Snapshot().Services) != 0 {
+		t.Error("delete")
+	}
+}
+
+func TestSyncerWaitsForTheFirstFullSet(t *testing.T) {
+	f := maps.NewFake()
+	tr := NewTracker()
+	s := &Syncer{
+		Tracker: tr, Reconciler: reconciler.New(f, 100, 100, zap.NewNop()), NodeName: "node1",
+		NodePortRange: desired.PortRange{Min: 30000, Max: 32767}, Log: zap.NewNop(),
+		Addresses: func() ([]netip.Addr, error) { return []netip.Addr{netip.MustParseAddr("10.89.0.11")}, nil },
+	}
+	tr.OnServiceAdd(&v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, Ports: []v1.ServicePort{{Protocol: v1.ProtocolTCP, NodePort: 30080}}}})
+	tr.OnEndpointSliceAdd(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-1",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "web"}}, AddressType: discoveryv1.AddressTypeIPv4})
+	if err := s.Sync(); err != nil || len(f.Writes) != 0 {
+		t.Fatalf("synced before the source's first full set: %v %q", err, f.Writes)
+	}
+	tr.OnSynced()
+	if err := s.Sync(); err != nil || len(f.FrontendMap) != 1 {
+		t.Fatalf("after synced: %v %v", err, f.FrontendMap)
+	}
+}
+
+func TestRunnerCoalescesAndRetries(t *testing.T) {
+	var calls atomic.Int32
+	var fail atomic.Bool
+	fail.Store(true)
+	r := &Runner{
+		MinInterval: 50 * time.Millisecond, MaxInterval: time.Hour,
+		Sync: func() error {
+			calls.Add(1)
+			if fail.Load() {
+				fail.Store(false)
+				return errors.New("transient")
+			}
+			return nil
+		},
+	}
+	trigger := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx, trigger)
+	// First sync at once (fails), the retry after backoff succeeds.
+	time.Sleep(150 * time.Millisecond)
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("%d syncs after a failure, want 2 (first + retry)", n)
+	}
+	// A burst of triggers is one sync.
+	for i := 0; i < 20; i++ {
+		select {
+		case trigger <- struct{}{}:
+		default:
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(150 * time.Millisecond)
+	if n := calls.Load(); n < 3 || n > 4 {
+		t.Errorf("%d syncs after a burst, want 1-2 more", n)
+	}
+}
