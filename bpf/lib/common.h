@@ -46,7 +46,11 @@ struct icmphdr {
 volatile const __u16 cfg_snat_port_min = 61000;
 volatile const __u16 cfg_snat_port_max = 65535;
 volatile const __u32 cfg_ct_tcp_timeout_s = 21600;  /* established TCP: 6 h, as Cilium */
-volatile const __u32 cfg_ct_close_timeout_s = 10;   /* after FIN or RST */
+volatile const __u32 cfg_ct_close_timeout_s = 10;   /* after RST, or FIN both ways */
+volatile const __u32 cfg_ct_syn_timeout_s = 60;     /* a TCP flow not answered yet */
+/* A closed flow's SNAT port is not handed out again for this long: the backend may still hold
+ * the old connection in TIME_WAIT (60 s on Linux) and would not accept a new SYN on it. */
+volatile const __u32 cfg_snat_reuse_s = 60;
 volatile const __u32 cfg_ct_udp_timeout_s = 60;
 volatile const __u32 cfg_max_services = 65536;      /* size of the per-service stats array */
 /* Trace mode: the program decides as usual but writes no conntrack entry, so a trace run

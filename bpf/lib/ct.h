@@ -3,7 +3,11 @@
  * the tuple a packet carries at the hook that sees it and both holding the tuple to rewrite it
  * to: the forward entry (client -> frontend, seen at ingress) and the reverse entry (the reply,
  * seen at ingress for remote backends, at tc egress for local ones). One lookup per packet, no
- * matter the direction. */
+ * matter the direction.
+ *
+ * The two entries are peers: each one's key is the other's rewritten tuple turned around, so
+ * either finds the other without extra state. TCP state (SYN unanswered, closing) is kept equal
+ * on both, and each refreshes the other, so neither direction expires under a live flow. */
 #ifndef SLUICE_CT_H
 #define SLUICE_CT_H
 
@@ -26,11 +30,13 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p)
 
 static __always_inline __u64 ct_lifetime_ns(__u8 proto, __u8 flags)
 {
+	if (proto != IPPROTO_TCP)
+		return (__u64)cfg_ct_udp_timeout_s * NSEC_PER_SEC;
 	if (flags & CT_F_CLOSING)
 		return (__u64)cfg_ct_close_timeout_s * NSEC_PER_SEC;
-	if (proto == IPPROTO_TCP)
-		return (__u64)cfg_ct_tcp_timeout_s * NSEC_PER_SEC;
-	return (__u64)cfg_ct_udp_timeout_s * NSEC_PER_SEC;
+	if (flags & CT_F_SYN)
+		return (__u64)cfg_ct_syn_timeout_s * NSEC_PER_SEC;
+	return (__u64)cfg_ct_tcp_timeout_s * NSEC_PER_SEC;
 }
 
 static __always_inline bool ct_expired(const struct ct_entry *e, __u8 proto, __u64 now)
@@ -47,87 +53,124 @@ static __always_inline struct ct_entry *ct_lookup(const struct ct_key *k, __u8 h
 	return e;
 }
 
-/* The reverse of a forward translation: the key the other direction's packets carry, and the
- * tuple to restore. */
-static __always_inline void ct_reverse(const struct pkt *p, const struct ct_entry *fwd,
-				       struct ct_key *rk, struct ct_entry *rv)
+/* The peer of entry e matched by packet p: its key (e's rewritten tuple, turned around) and the
+ * entry it should hold (restoring p's tuple). */
+static __always_inline void ct_peer(const struct pkt *p, const struct ct_entry *e,
+				    struct ct_key *pk, struct ct_entry *pv)
 {
-	rk->saddr = fwd->nat_daddr;
-	rk->daddr = fwd->nat_saddr;
-	rk->sport = fwd->nat_dport;
-	rk->dport = fwd->nat_sport;
-	rk->proto = p->proto;
-	rk->pad[0] = rk->pad[1] = rk->pad[2] = 0;
-	rv->nat_saddr = p->daddr;
-	rv->nat_daddr = p->saddr;
-	rv->nat_sport = p->dport;
-	rv->nat_dport = p->sport;
-	rv->svc_id = fwd->svc_id;
-	rv->backend_id = fwd->backend_id;
-	rv->pad[0] = rv->pad[1] = rv->pad[2] = 0;
-	/* Local backends' replies leave through tc egress; remote ones come back in. */
-	rv->flags = CT_F_REPLY | ((fwd->flags & CT_F_LOCAL) ? CT_F_EGRESS : CT_F_INGRESS);
-	rv->last_seen = fwd->last_seen;
+	pk->saddr = e->nat_daddr;
+	pk->daddr = e->nat_saddr;
+	pk->sport = e->nat_dport;
+	pk->dport = e->nat_sport;
+	pk->proto = p->proto;
+	pk->pad[0] = pk->pad[1] = pk->pad[2] = 0;
+	pv->nat_saddr = p->daddr;
+	pv->nat_daddr = p->saddr;
+	pv->nat_sport = p->dport;
+	pv->nat_dport = p->sport;
+	pv->svc_id = e->svc_id;
+	pv->backend_id = e->backend_id;
+	pv->pad[0] = pv->pad[1] = pv->pad[2] = 0;
+	__u8 local = e->flags & CT_F_LOCAL;
+	__u8 hook;
+	if (e->flags & CT_F_REPLY)
+		hook = CT_F_INGRESS; /* the peer is the forward entry */
+	else
+		hook = CT_F_REPLY | (local ? CT_F_EGRESS : CT_F_INGRESS);
+	pv->flags = hook | local | (e->flags & CT_F_STATE);
+	pv->last_seen = e->last_seen;
 }
 
-/* Track TCP teardown and keep both entries fresh. `e` is the entry the packet matched. */
+/* Whether `cur`, found at the peer key, belongs to the same flow as the expected peer `want`
+ * (and not to another flow that took the tuple after an eviction). */
+static __always_inline bool ct_same_flow(const struct ct_entry *cur, const struct ct_entry *want)
+{
+	return cur->nat_saddr == want->nat_saddr && cur->nat_daddr == want->nat_daddr &&
+	       cur->nat_sport == want->nat_sport && cur->nat_dport == want->nat_dport;
+}
+
+static __always_inline void ct_apply(struct ct_entry *e, __u8 set, __u8 clear, __u64 now)
+{
+	e->flags = (e->flags & ~clear) | set;
+	if (set & CT_F_CLOSING)
+		e->flags &= ~CT_F_SYN;
+	e->last_seen = now;
+}
+
+/* Account packet p to its entry e: TCP state on both entries, and last_seen on both, at most
+ * once a second (recreating the peer if the LRU evicted it). */
 static __always_inline void ct_touch(const struct pkt *p, struct ct_entry *e, __u64 now)
 {
 	if (cfg_trace)
 		return;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_F_FIN | TCP_F_RST)) &&
-	    !(e->flags & CT_F_CLOSING)) {
-		e->flags |= CT_F_CLOSING;
-		e->last_seen = now;
+	__u8 set = 0, clear = 0;
+	if (p->proto == IPPROTO_TCP) {
+		if ((e->flags & CT_F_SYN) && (e->flags & CT_F_REPLY))
+			clear |= CT_F_SYN; /* answered: established */
+		if (p->tcp_flags & TCP_F_RST)
+			set |= CT_F_CLOSING;
+		if ((p->tcp_flags & TCP_F_FIN) && !(e->flags & CT_F_FIN))
+			e->flags |= CT_F_FIN;
 	}
-	if (now - e->last_seen < CT_REFRESH_NS)
+	bool fin = (e->flags & CT_F_FIN) && !(e->flags & CT_F_CLOSING);
+	bool state = ((e->flags & clear) || (set & ~e->flags)) != 0;
+	if (!state && !fin && now - e->last_seen < CT_REFRESH_NS)
 		return;
-	e->last_seen = now;
-	/* The forward direction also refreshes (and, if the LRU evicted it, recreates) the
-	 * reverse entry, so a reply after a long one-way silence is still translated. */
-	if (!(e->flags & CT_F_REPLY)) {
-		struct ct_key rk;
-		struct ct_entry rv;
-		ct_reverse(p, e, &rk, &rv);
-		struct ct_entry *cur = bpf_map_lookup_elem(&sluice_ct, &rk);
-		if (cur) {
-			cur->last_seen = now;
-		} else {
-			bpf_map_update_elem(&sluice_ct, &rk, &rv, BPF_ANY);
-		}
+
+	struct ct_key pk;
+	struct ct_entry pv;
+	ct_peer(p, e, &pk, &pv);
+	struct ct_entry *peer = bpf_map_lookup_elem(&sluice_ct, &pk);
+	if (peer && ct_same_flow(peer, &pv)) {
+		/* FIN both ways closes the flow. */
+		if (fin && (peer->flags & CT_F_FIN))
+			set |= CT_F_CLOSING;
+		ct_apply(e, set, clear, now);
+		peer->flags = (peer->flags & ~CT_F_STATE) | (e->flags & CT_F_STATE);
+		peer->last_seen = now;
+		return;
 	}
+	ct_apply(e, set, clear, now);
+	if (peer)
+		return; /* the tuple belongs to another flow now: leave it alone */
+	pv.flags = (pv.flags & ~CT_F_STATE) | (e->flags & CT_F_STATE);
+	pv.last_seen = now;
+	bpf_map_update_elem(&sluice_ct, &pk, &pv, BPF_NOEXIST);
 }
 
-/* Is this reverse key free to take (absent, or a dead flow's)? */
-static __always_inline bool ct_free(const struct ct_key *k, __u64 now)
+/* Whether a reverse tuple may be claimed for a new flow: nobody holds it, or its flow is dead
+ * and, for a closed TCP flow, long enough ago that the backend has left TIME_WAIT. */
+static __always_inline bool ct_claimable(const struct ct_entry *e, __u8 proto, __u64 now)
 {
-	struct ct_entry *e = bpf_map_lookup_elem(&sluice_ct, k);
-	return !e || ct_expired(e, k->proto, now);
+	if (!e)
+		return true;
+	if (!ct_expired(e, proto, now))
+		return false;
+	if (proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING))
+		return now - e->last_seen > (__u64)cfg_snat_reuse_s * NSEC_PER_SEC;
+	return true;
 }
 
-/* Choose the SNAT source port for a flow to a remote backend: start at a random port in the
- * range and probe up to SNAT_PROBES ports for a reverse tuple (backend, node address, port)
- * nobody holds. Claims it by inserting the reverse entry. Returns 0 when every probe failed:
- * the range is (nearly) exhausted for this backend; the caller drops and counts. */
+/* Choose the SNAT source port for a flow to a remote backend: probe up to SNAT_PROBES random
+ * ports in the range for a reverse tuple (backend, node address, port) that is claimable, and
+ * claim it by inserting the reverse entry with BPF_NOEXIST (so two CPUs never get one port).
+ * Returns 0 when every probe failed: the range is (nearly) exhausted for this backend; the
+ * caller drops and counts. */
 static __always_inline __u16 ct_snat_claim(struct ct_key *rk, struct ct_entry *rv, __u64 now)
 {
 	__u32 range = (__u32)cfg_snat_port_max - cfg_snat_port_min + 1;
-	__u32 off = bpf_get_prandom_u32() % range;
 
 	for (int i = 0; i < SNAT_PROBES; i++) {
-		__u16 port = cfg_snat_port_min + (__u16)((off + i) % range);
+		__u16 port = cfg_snat_port_min + (__u16)(bpf_get_prandom_u32() % range);
 		rk->dport = bpf_htons(port);
-		if (!ct_free(rk, now))
+		struct ct_entry *old = bpf_map_lookup_elem(&sluice_ct, rk);
+		if (!ct_claimable(old, rk->proto, now))
 			continue;
 		if (cfg_trace)
 			return port;
-		/* BPF_NOEXIST loses the race against another CPU claiming the same port; a dead
-		 * entry is overwritten. */
+		if (old)
+			bpf_map_delete_elem(&sluice_ct, rk);
 		if (bpf_map_update_elem(&sluice_ct, rk, rv, BPF_NOEXIST) == 0)
-			return port;
-		struct ct_entry *old = bpf_map_lookup_elem(&sluice_ct, rk);
-		if (old && ct_expired(old, rk->proto, now) &&
-		    bpf_map_update_elem(&sluice_ct, rk, rv, BPF_EXIST) == 0)
 			return port;
 	}
 	return 0;

@@ -13,11 +13,29 @@
 
 #define FWD_PASS_UNTOUCHED 1
 
-/* Translate p to `to` and forward. Returns the program's verdict. */
+/* Can XDP transmit on ifindex? Only on the device it runs on (XDP_TX) or on another device
+ * where the agent attached XDP natively: redirecting to anything else drops silently. */
+static __always_inline bool fwd_xdp_target(void *ctx, const bool xdp, __u32 ifindex)
+{
+	if (ifindex == ctx_ifindex(ctx, xdp))
+		return true;
+	__u32 *flags = bpf_map_lookup_elem(&sluice_devices, &ifindex);
+	return flags && (*flags & DEVICE_F_XDP_NATIVE);
+}
+
+static __always_inline bool mac_zero(const __u8 *mac)
+{
+	return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
+}
+
+/* Translate p to `to` and forward; svc_id/reply say which counter the packet goes to. Returns
+ * the program's verdict. */
 static __always_inline int fwd_translated(void *ctx, const bool xdp, const struct pkt *p,
-					  const struct tuple *to, bool local)
+					  const struct tuple *to, bool local, __u32 svc_id,
+					  bool reply)
 {
 	if (local) {
+		count_svc(svc_id, reply, p->len);
 		if (nat_rewrite(ctx, xdp, p, to, false))
 			return VERDICT_DROP(xdp);
 		return VERDICT_PASS(xdp);
@@ -35,13 +53,21 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	fib.ifindex = ctx_ifindex(ctx, xdp);
 
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH && xdp) {
-		count_reason(REASON_PASS_NO_NEIGH);
-		return XDP_PASS;
+	/* 5.10 kernels without the NUD_FAILED fix report success with a zero MAC. */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && mac_zero(fib.dmac))
+		rc = BPF_FIB_LKUP_RET_NO_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		count_reason(REASON_DROP_FRAG_NEEDED);
+		return VERDICT_DROP(xdp);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_DROP_FIB);
 		return VERDICT_DROP(xdp);
+	}
+	/* What XDP cannot send, it leaves untranslated to tc ingress, which finds the same flow. */
+	if (xdp && (rc == BPF_FIB_LKUP_RET_NO_NEIGH || !fwd_xdp_target(ctx, xdp, fib.ifindex))) {
+		count_reason(REASON_PASS_TO_TC);
+		return XDP_PASS;
 	}
 
 	{
@@ -57,6 +83,7 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	}
 	if (nat_rewrite(ctx, xdp, p, to, true))
 		return VERDICT_DROP(xdp);
+	count_svc(svc_id, reply, p->len);
 
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		/* tc only: let the kernel resolve the next hop and fill in the MACs. */

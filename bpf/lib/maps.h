@@ -51,9 +51,12 @@ struct ct_key {
 
 #define CT_F_INGRESS 0x01  /* applies to packets arriving on a device (XDP, tc ingress) */
 #define CT_F_EGRESS 0x02   /* applies to packets leaving a device (tc egress) */
-#define CT_F_LOCAL 0x04    /* deliver to the stack after translation (local backend) */
+#define CT_F_LOCAL 0x04    /* a flow to a local backend: translated packets go to the stack */
 #define CT_F_REPLY 0x08    /* the reverse entry of a flow */
-#define CT_F_CLOSING 0x10  /* FIN or RST seen: short timeout */
+#define CT_F_CLOSING 0x10  /* TCP: RST, or FIN both ways: short timeout (both entries) */
+#define CT_F_SYN 0x20      /* TCP: not answered yet: SYN timeout (both entries) */
+#define CT_F_FIN 0x40      /* TCP: this direction sent FIN */
+#define CT_F_STATE (CT_F_CLOSING | CT_F_SYN) /* kept equal on both entries */
 
 /* A connection table entry: the tuple the packet gets. Go: datapath.SluiceCtEntry */
 struct ct_entry {
@@ -82,14 +85,19 @@ struct svc_stats {
 enum reason {
 	REASON_PASS_MALFORMED = 0,  /* truncated or bad IPv4/TCP/UDP header */
 	REASON_PASS_FRAGMENT,       /* IPv4 fragment: we never rewrite a fragment */
-	REASON_PASS_NO_NEIGH,       /* XDP: next hop not resolved, left to tc (redirect_neigh) */
+	REASON_PASS_TO_TC,          /* XDP left it to tc: next hop unresolved, VLAN tag, or an
+				     * egress device XDP cannot transmit on */
+	REASON_PASS_NO_FLOW,        /* TCP segment other than SYN to a frontend, no flow: the
+				     * kernel answers it (only a SYN opens a flow) */
 	REASON_REJECT_TCP,          /* no endpoint: TCP RST sent */
 	REASON_REJECT_UDP,          /* no endpoint: ICMP port unreachable sent */
 	REASON_DROP_SNAT_EXHAUSTED, /* no free SNAT port to this backend */
 	REASON_DROP_NO_BACKEND,     /* slot or backend missing (agent mid-update) */
 	REASON_DROP_FIB,            /* no route to the backend or client */
+	REASON_DROP_FRAG_NEEDED,    /* larger than the egress MTU (no ICMP sent yet) */
 	REASON_DROP_TTL,            /* TTL would reach 0 */
 	REASON_DROP_REJECT_FAILED,  /* could not build the RST / ICMP reply */
+	REASON_DROP_CT_COLLISION,   /* a local backend's reply tuple is held by another flow */
 	REASON_MAX,
 };
 
@@ -120,6 +128,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_backends SEC(".maps");
 
+static __always_inline bool port_bit(void *map, __be16 port_be)
+{
+	__u16 port = bpf_ntohs(port_be);
+	__u32 word = port >> 5;
+	__u32 *w = bpf_map_lookup_elem(map, &word);
+	return w && (*w & (1U << (port & 31)));
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ct_key);
@@ -127,6 +143,40 @@ struct {
 	__uint(max_entries, 524288);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_ct SEC(".maps");
+
+/* Port bitmaps, one bit per port, so traffic that cannot be ours is passed after one array
+ * lookup instead of a clock read and two hash lookups. Written by the agent, set-only while it
+ * runs (a bit outliving its service keeps established flows translated; it only costs speed). */
+#define PORT_WORDS (65536 / 32)
+
+/* Destination ports of frontends (NodePorts). SNAT ports are a range checked in code. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, PORT_WORDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_frontend_ports SEC(".maps");
+
+/* Source ports of local backends, whose replies tc egress restores. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, PORT_WORDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backend_ports SEC(".maps");
+
+#define DEVICE_F_XDP_NATIVE 0x01 /* XDP runs natively there: a valid XDP redirect target */
+
+/* The devices the agent attached to, by ifindex. Go: flags as uint32. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 256);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_devices SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

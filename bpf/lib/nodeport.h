@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* nodeport.h: the packet path, shared by the XDP and tc programs.
  *
- * ingress: parse -> conntrack (established flow, or a remote backend's reply) -> frontend ->
- *          no endpoint: reject | new flow: pick, claim SNAT port, create both entries -> forward.
- * egress:  conntrack only: the replies of local backends, restored to the frontend's tuple. */
+ * ingress: parse -> port prefilter -> conntrack (established flow, or a remote backend's
+ *          reply) -> frontend -> no endpoint: reject | new flow: pick, claim SNAT port, create
+ *          both entries -> forward.
+ * egress:  port prefilter -> conntrack: the replies of local backends, restored to the
+ *          frontend's tuple. */
 #ifndef SLUICE_NODEPORT_H
 #define SLUICE_NODEPORT_H
 
@@ -29,6 +31,30 @@ static __always_inline void tuple_of(struct tuple *t, const struct ct_entry *e)
 	t->dport = e->nat_dport;
 }
 
+/* Could p be ours at ingress? Frontend ports are in the bitmap; a remote backend's reply goes
+ * to a SNAT port. Everything else is the node's own traffic and leaves at once. */
+static __always_inline bool ingress_candidate(const struct pkt *p)
+{
+	__u16 dport = bpf_ntohs(p->dport);
+	if (dport >= cfg_snat_port_min && dport <= cfg_snat_port_max)
+		return true;
+	return port_bit(&sluice_frontend_ports, p->dport);
+}
+
+/* A local backend's reverse entry is keyed by (pod, client) tuples the pod could also use
+ * for other traffic; never take one over from a live flow. */
+static __always_inline int ct_claim_local(struct ct_key *rk, struct ct_entry *rv, __u64 now)
+{
+	if (cfg_trace)
+		return 0;
+	if (bpf_map_update_elem(&sluice_ct, rk, rv, BPF_NOEXIST) == 0)
+		return 0;
+	struct ct_entry *old = bpf_map_lookup_elem(&sluice_ct, rk);
+	if (old && !ct_same_flow(old, rv) && !ct_expired(old, rk->proto, now))
+		return -1;
+	return bpf_map_update_elem(&sluice_ct, rk, rv, BPF_ANY);
+}
+
 /* A new flow to fe: choose its backend and translation and record both directions. */
 static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const struct pkt *p,
 					     const struct frontend *fe, __u64 now)
@@ -49,20 +75,22 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	fwd.last_seen = now;
 	fwd.nat_daddr = be->addr;
 	fwd.nat_dport = be->port;
+	fwd.flags = CT_F_INGRESS | (p->proto == IPPROTO_TCP ? CT_F_SYN : 0);
 	if (local) {
 		/* DNAT only: the pod sees the client's address, and its reply, routed back out by
 		 * the stack, is restored at tc egress. */
 		fwd.nat_saddr = p->saddr;
 		fwd.nat_sport = p->sport;
-		fwd.flags = CT_F_INGRESS | CT_F_LOCAL;
-		ct_reverse(p, &fwd, &rk, &rev);
-		if (!cfg_trace)
-			bpf_map_update_elem(&sluice_ct, &rk, &rev, BPF_ANY);
+		fwd.flags |= CT_F_LOCAL;
+		ct_peer(p, &fwd, &rk, &rev);
+		if (ct_claim_local(&rk, &rev, now)) {
+			count_reason(REASON_DROP_CT_COLLISION);
+			return VERDICT_DROP(xdp);
+		}
 	} else {
 		/* DNAT + SNAT to the frontend's address, so the reply comes back through us. */
 		fwd.nat_saddr = p->daddr;
-		fwd.flags = CT_F_INGRESS;
-		ct_reverse(p, &fwd, &rk, &rev);
+		ct_peer(p, &fwd, &rk, &rev);
 		__u16 port = ct_snat_claim(&rk, &rev, now);
 		if (!port) {
 			count_reason(REASON_DROP_SNAT_EXHAUSTED);
@@ -75,8 +103,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 
 	struct tuple to;
 	tuple_of(&to, &fwd);
-	count_svc(fe->svc_id, false, p->len);
-	return fwd_translated(ctx, xdp, p, &to, local);
+	return fwd_translated(ctx, xdp, p, &to, local, fe->svc_id, false);
 }
 
 static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
@@ -85,21 +112,29 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 	int res = parse_pkt(ctx, xdp, &p);
 	if (res != PARSE_OK)
 		return pass_parse_result(xdp, res);
+	if (!ingress_candidate(&p))
+		return VERDICT_PASS(xdp);
+	/* A tagged frame may have to leave untagged or on another VLAN device: only tc, where
+	 * the tag is skb metadata and redirect goes through the right device, gets that right. */
+	if (xdp && p.vlan) {
+		count_reason(REASON_PASS_TO_TC);
+		return XDP_PASS;
+	}
 
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key k;
 	ct_key_of(&k, &p);
 	struct ct_entry *e = ct_lookup(&k, CT_F_INGRESS, now);
+	bool syn = p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN;
 	/* A SYN on a closing flow starts a new connection on the same tuple: choose again. */
-	if (e && !(p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN &&
-		   (e->flags & CT_F_CLOSING))) {
+	if (e && !(syn && (e->flags & CT_F_CLOSING))) {
 		struct tuple to;
 		tuple_of(&to, e);
+		__u32 svc_id = e->svc_id;
 		bool reply = e->flags & CT_F_REPLY;
 		bool local = e->flags & CT_F_LOCAL;
 		ct_touch(&p, e, now);
-		count_svc(e->svc_id, reply, p.len);
-		return fwd_translated(ctx, xdp, &p, &to, local);
+		return fwd_translated(ctx, xdp, &p, &to, local, svc_id, reply);
 	}
 
 	struct frontend *fe = lb_frontend(&p);
@@ -111,6 +146,13 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 			return VERDICT_DROP(xdp);
 		return reject(ctx, xdp, &p, fe->svc_id);
 	}
+	/* Only a SYN opens a TCP flow: anything else lost its flow (or never had one) and a new
+	 * backend would not know it. The kernel answers it, or kube-proxy's rules still there
+	 * during a migration take it. */
+	if (p.proto == IPPROTO_TCP && !syn) {
+		count_reason(REASON_PASS_NO_FLOW);
+		return VERDICT_PASS(xdp);
+	}
 	return nodeport_new_flow(ctx, xdp, &p, fe, now);
 }
 
@@ -118,7 +160,7 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	int res = parse_pkt(skb, false, &p);
-	if (res != PARSE_OK)
+	if (res != PARSE_OK || !port_bit(&sluice_backend_ports, p.sport))
 		return TC_ACT_OK;
 
 	__u64 now = bpf_ktime_get_ns();
@@ -130,8 +172,8 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 
 	struct tuple to;
 	tuple_of(&to, e);
-	ct_touch(&p, e, now);
 	count_svc(e->svc_id, true, p.len);
+	ct_touch(&p, e, now);
 	if (nat_rewrite(skb, false, &p, &to, false))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

@@ -48,6 +48,7 @@ struct pkt {
 	__u8 tcp_flags;   /* TCP_F_* below */
 	__u8 tos;
 	__u8 ihl;
+	__u8 vlan;        /* 1 if the frame carries a VLAN tag */
 };
 
 #define TCP_F_FIN 0x01
@@ -77,6 +78,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	}
 	if (h_proto != bpf_htons(ETH_P_IP))
 		return PARSE_NOT_IPV4;
+	p->vlan = l3_off != sizeof(*eth);
 
 	struct iphdr *iph = data + l3_off;
 	if ((void *)(iph + 1) > data_end)

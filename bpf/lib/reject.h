@@ -131,6 +131,10 @@ static __always_inline int reject_udp(void *ctx, const bool xdp, const struct pk
 /* Refuse p; returns the verdict. */
 static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p, __u32 svc_id)
 {
+	/* A GSO skb's checksum offload state would be applied to the rebuilt packet on the way
+	 * out: let the kernel answer it (it has no socket there either). */
+	if (!xdp && ((struct __sk_buff *)ctx)->gso_segs > 1)
+		return TC_ACT_OK;
 	int err = p->proto == IPPROTO_TCP ? reject_tcp(ctx, xdp, p) : reject_udp(ctx, xdp, p);
 	if (err) {
 		count_reason(REASON_DROP_REJECT_FAILED);

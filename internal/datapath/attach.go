@@ -58,6 +58,7 @@ type Attachment struct {
 
 	links   []link.Link
 	filters []*netlink.BpfFilter
+	devices *ebpf.Map // where the device is registered as a redirect target, if it is
 }
 
 // Attach puts the programs on dev: tc ingress and egress always (egress restores local
@@ -88,8 +89,20 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 	}
 	a.links = append(a.links, l)
 	a.XDP = mode
+	if mode == XDPNative {
+		// Other devices' XDP programs may now redirect here.
+		idx, flags := uint32(iface.Index), uint32(deviceXDPNative)
+		if err := d.Objs.SluiceDevices.Update(&idx, &flags, ebpf.UpdateAny); err != nil {
+			a.Detach()
+			return nil, nil, fmt.Errorf("register device %s: %w", dev, err)
+		}
+		a.devices = d.Objs.SluiceDevices
+	}
 	return a, nil, nil
 }
+
+// deviceXDPNative mirrors DEVICE_F_XDP_NATIVE in bpf/lib/maps.h.
+const deviceXDPNative = 0x01
 
 func (a *Attachment) attachTC(ingress, egress *ebpf.Program, mode TCMode) error {
 	if mode == TCClsact {
@@ -144,6 +157,13 @@ func (a *Attachment) attachClsact(ingress, egress *ebpf.Program) error {
 // Detach removes everything Attach put on the device.
 func (a *Attachment) Detach() error {
 	var errs []error
+	if a.devices != nil {
+		idx := uint32(a.Ifindex)
+		if err := a.devices.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+		a.devices = nil
+	}
 	for i := len(a.links) - 1; i >= 0; i-- {
 		if err := a.links[i].Close(); err != nil {
 			errs = append(errs, err)

@@ -28,7 +28,11 @@ type Config struct {
 
 	CTTCPTimeout   time.Duration
 	CTCloseTimeout time.Duration
+	CTSYNTimeout   time.Duration
 	CTUDPTimeout   time.Duration
+	// SNATReuse is how long a closed TCP flow's SNAT port stays unused (the backend's
+	// TIME_WAIT).
+	SNATReuse time.Duration
 
 	// Trace loads the programs so that they write no conntrack entry.
 	Trace bool
@@ -46,7 +50,9 @@ func Defaults() Config {
 		SNATPortMax:    65535,
 		CTTCPTimeout:   6 * time.Hour,
 		CTCloseTimeout: 10 * time.Second,
+		CTSYNTimeout:   60 * time.Second,
 		CTUDPTimeout:   60 * time.Second,
+		SNATReuse:      60 * time.Second,
 	}
 }
 
@@ -74,6 +80,12 @@ func (c *Config) fill() {
 	if c.CTUDPTimeout == 0 {
 		c.CTUDPTimeout = d.CTUDPTimeout
 	}
+	if c.CTSYNTimeout == 0 {
+		c.CTSYNTimeout = d.CTSYNTimeout
+	}
+	if c.SNATReuse == 0 {
+		c.SNATReuse = d.SNATReuse
+	}
 }
 
 // Validate reports settings the datapath cannot work with.
@@ -81,6 +93,13 @@ func (c Config) Validate() error {
 	c.fill()
 	if c.SNATPortMin == 0 || c.SNATPortMin > c.SNATPortMax {
 		return fmt.Errorf("validate config: SNAT port range %d-%d is empty", c.SNATPortMin, c.SNATPortMax)
+	}
+	// The datapath counts in whole seconds.
+	for name, d := range map[string]time.Duration{"TCP timeout": c.CTTCPTimeout, "close timeout": c.CTCloseTimeout,
+		"SYN timeout": c.CTSYNTimeout, "UDP timeout": c.CTUDPTimeout, "SNAT reuse delay": c.SNATReuse} {
+		if d < time.Second || d > 1<<31*time.Second {
+			return fmt.Errorf("validate config: %s %v: want 1s or more", name, d)
+		}
 	}
 	return nil
 }
@@ -126,6 +145,8 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		SluiceVarCfgCtTcpTimeoutS:   uint32(cfg.CTTCPTimeout / time.Second),
 		SluiceVarCfgCtCloseTimeoutS: uint32(cfg.CTCloseTimeout / time.Second),
 		SluiceVarCfgCtUdpTimeoutS:   uint32(cfg.CTUDPTimeout / time.Second),
+		SluiceVarCfgCtSynTimeoutS:   uint32(cfg.CTSYNTimeout / time.Second),
+		SluiceVarCfgSnatReuseS:      uint32(cfg.SNATReuse / time.Second),
 		SluiceVarCfgMaxServices:     cfg.MaxServices,
 		SluiceVarCfgTrace:           trace,
 	}

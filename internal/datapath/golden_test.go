@@ -96,6 +96,10 @@ func newEnvWith(t testing.TB, cfg datapath.Config) *env {
 	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30082, Proto: maps.TCP}, maps.Frontend{ServiceID: 3, Count: 1}))
 	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30090, Proto: maps.TCP}, maps.Frontend{ServiceID: 4}))
 	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30090, Proto: maps.UDP}, maps.Frontend{ServiceID: 5}))
+	for _, p := range []uint16{30080, 30081, 30082, 30090} {
+		must(t, e.m.SetFrontendPort(p))
+	}
+	must(t, e.m.SetBackendPort(80))
 	return e
 }
 
@@ -162,6 +166,15 @@ func snatFrom(t *testing.T, got []byte, l4 int) uint16 {
 		t.Fatalf("SNAT port %d outside %d-%d", port, d.SNATPortMin, d.SNATPortMax)
 	}
 	return port
+}
+
+// snatFromT reads the port without checking it; the comparison with the expected packet
+// still fails on a wrong one.
+func snatFromT(got []byte, l4 int) uint16 {
+	if len(got) < l4+2 {
+		return 0
+	}
+	return binary.BigEndian.Uint16(got[l4:])
 }
 
 // ingressTable is the ingress path's table; xdp selects the verdict codes.
@@ -266,17 +279,7 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 				p.Dst = ap(podIP, 80)
 				return p.Bytes()
 			}},
-		{desc: "VLAN-tagged SYN: translated, tag kept", verdict: fwd,
-			in: func(*flow) []byte {
-				p := tcpSYN(40005, 30080)
-				p.VLAN = 42
-				return p.Bytes()
-			},
-			want: func(f *flow, got []byte) []byte {
-				p := toRemote(tcpSYN(40005, 30080), snatFrom(t, got, 38), 8080)
-				p.VLAN = 42
-				return p.Bytes()
-			}},
+		vlanRow(e, xdp, fwd, toRemote, tcpSYN),
 		{desc: "SYN with IP options: L4 found past them, translated, options kept", verdict: fwd,
 			in: func(*flow) []byte {
 				p := tcpSYN(40006, 30080)
@@ -305,6 +308,13 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 			want: func(*flow, []byte) []byte {
 				return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolTCP, DF: true,
 					Src: ap(nodeIP, 30090), Dst: ap(clientIP, 40008), RST: true, Seq: 99}.Bytes()
+			}},
+		{desc: "TCP ACK to a NodePort with no flow: left to the kernel, counted (only a SYN opens a flow)", verdict: pass,
+			reason: reasonPtr(datapath.SluiceReasonREASON_PASS_NO_FLOW),
+			in: func(*flow) []byte {
+				p := e.fromClient(layers.IPProtocolTCP, 40019, 30080)
+				p.ACK, p.Seq, p.Ack = true, 5, 6
+				return p.Bytes()
 			}},
 		{desc: "TCP RST, no endpoints: dropped, never answered", verdict: drop,
 			in: func(*flow) []byte {
@@ -378,6 +388,26 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 				return p.Bytes()
 			}},
 	}
+}
+
+// vlanRow: XDP leaves tagged frames to tc (which knows the egress device); tc translates them
+// and, egressing where they came in, keeps the tag.
+func vlanRow(e *env, xdp bool, fwd uint32, toRemote func(testutil.Pkt, uint16, uint16) testutil.Pkt, tcpSYN func(uint16, uint16) testutil.Pkt) golden {
+	in := func(*flow) []byte {
+		p := tcpSYN(40005, 30080)
+		p.VLAN = 42
+		return p.Bytes()
+	}
+	if xdp {
+		return golden{desc: "VLAN-tagged SYN: left to tc untouched, counted", verdict: xdpPass, in: in,
+			reason: reasonPtr(datapath.SluiceReasonREASON_PASS_TO_TC)}
+	}
+	return golden{desc: "VLAN-tagged SYN: translated, tag kept", verdict: fwd, in: in,
+		want: func(f *flow, got []byte) []byte {
+			p := toRemote(tcpSYN(40005, 30080), snatFromT(got, 38), 8080)
+			p.VLAN = 42
+			return p.Bytes()
+		}}
 }
 
 func ipOptions() []layers.IPv4Option {

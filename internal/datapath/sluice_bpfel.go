@@ -64,15 +64,18 @@ type SluiceReason uint32
 const (
 	SluiceReasonREASON_PASS_MALFORMED      SluiceReason = 0
 	SluiceReasonREASON_PASS_FRAGMENT       SluiceReason = 1
-	SluiceReasonREASON_PASS_NO_NEIGH       SluiceReason = 2
-	SluiceReasonREASON_REJECT_TCP          SluiceReason = 3
-	SluiceReasonREASON_REJECT_UDP          SluiceReason = 4
-	SluiceReasonREASON_DROP_SNAT_EXHAUSTED SluiceReason = 5
-	SluiceReasonREASON_DROP_NO_BACKEND     SluiceReason = 6
-	SluiceReasonREASON_DROP_FIB            SluiceReason = 7
-	SluiceReasonREASON_DROP_TTL            SluiceReason = 8
-	SluiceReasonREASON_DROP_REJECT_FAILED  SluiceReason = 9
-	SluiceReasonREASON_MAX                 SluiceReason = 10
+	SluiceReasonREASON_PASS_TO_TC          SluiceReason = 2
+	SluiceReasonREASON_PASS_NO_FLOW        SluiceReason = 3
+	SluiceReasonREASON_REJECT_TCP          SluiceReason = 4
+	SluiceReasonREASON_REJECT_UDP          SluiceReason = 5
+	SluiceReasonREASON_DROP_SNAT_EXHAUSTED SluiceReason = 6
+	SluiceReasonREASON_DROP_NO_BACKEND     SluiceReason = 7
+	SluiceReasonREASON_DROP_FIB            SluiceReason = 8
+	SluiceReasonREASON_DROP_FRAG_NEEDED    SluiceReason = 9
+	SluiceReasonREASON_DROP_TTL            SluiceReason = 10
+	SluiceReasonREASON_DROP_REJECT_FAILED  SluiceReason = 11
+	SluiceReasonREASON_DROP_CT_COLLISION   SluiceReason = 12
+	SluiceReasonREASON_MAX                 SluiceReason = 13
 )
 
 type SluiceSlotKey struct {
@@ -94,22 +97,27 @@ type SluiceSvcStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SluiceMapSluiceBackends     = "sluice_backends"
-	SluiceMapSluiceCt           = "sluice_ct"
-	SluiceMapSluiceFrontends    = "sluice_frontends"
-	SluiceMapSluiceReasons      = "sluice_reasons"
-	SluiceMapSluiceSlots        = "sluice_slots"
-	SluiceMapSluiceSvcStats     = "sluice_svc_stats"
-	SluiceProgSluiceTcEgress    = "sluice_tc_egress"
-	SluiceProgSluiceTcIngress   = "sluice_tc_ingress"
-	SluiceProgSluiceXdp         = "sluice_xdp"
-	SluiceVarCfgCtCloseTimeoutS = "cfg_ct_close_timeout_s"
-	SluiceVarCfgCtTcpTimeoutS   = "cfg_ct_tcp_timeout_s"
-	SluiceVarCfgCtUdpTimeoutS   = "cfg_ct_udp_timeout_s"
-	SluiceVarCfgMaxServices     = "cfg_max_services"
-	SluiceVarCfgSnatPortMax     = "cfg_snat_port_max"
-	SluiceVarCfgSnatPortMin     = "cfg_snat_port_min"
-	SluiceVarCfgTrace           = "cfg_trace"
+	SluiceMapSluiceBackendPorts  = "sluice_backend_ports"
+	SluiceMapSluiceBackends      = "sluice_backends"
+	SluiceMapSluiceCt            = "sluice_ct"
+	SluiceMapSluiceDevices       = "sluice_devices"
+	SluiceMapSluiceFrontendPorts = "sluice_frontend_ports"
+	SluiceMapSluiceFrontends     = "sluice_frontends"
+	SluiceMapSluiceReasons       = "sluice_reasons"
+	SluiceMapSluiceSlots         = "sluice_slots"
+	SluiceMapSluiceSvcStats      = "sluice_svc_stats"
+	SluiceProgSluiceTcEgress     = "sluice_tc_egress"
+	SluiceProgSluiceTcIngress    = "sluice_tc_ingress"
+	SluiceProgSluiceXdp          = "sluice_xdp"
+	SluiceVarCfgCtCloseTimeoutS  = "cfg_ct_close_timeout_s"
+	SluiceVarCfgCtSynTimeoutS    = "cfg_ct_syn_timeout_s"
+	SluiceVarCfgCtTcpTimeoutS    = "cfg_ct_tcp_timeout_s"
+	SluiceVarCfgCtUdpTimeoutS    = "cfg_ct_udp_timeout_s"
+	SluiceVarCfgMaxServices      = "cfg_max_services"
+	SluiceVarCfgSnatPortMax      = "cfg_snat_port_max"
+	SluiceVarCfgSnatPortMin      = "cfg_snat_port_min"
+	SluiceVarCfgSnatReuseS       = "cfg_snat_reuse_s"
+	SluiceVarCfgTrace            = "cfg_trace"
 )
 
 // LoadSluice returns the embedded CollectionSpec for Sluice.
@@ -163,12 +171,15 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
-	SluiceBackends  *ebpf.MapSpec `ebpf:"sluice_backends"`
-	SluiceCt        *ebpf.MapSpec `ebpf:"sluice_ct"`
-	SluiceFrontends *ebpf.MapSpec `ebpf:"sluice_frontends"`
-	SluiceReasons   *ebpf.MapSpec `ebpf:"sluice_reasons"`
-	SluiceSlots     *ebpf.MapSpec `ebpf:"sluice_slots"`
-	SluiceSvcStats  *ebpf.MapSpec `ebpf:"sluice_svc_stats"`
+	SluiceBackendPorts  *ebpf.MapSpec `ebpf:"sluice_backend_ports"`
+	SluiceBackends      *ebpf.MapSpec `ebpf:"sluice_backends"`
+	SluiceCt            *ebpf.MapSpec `ebpf:"sluice_ct"`
+	SluiceDevices       *ebpf.MapSpec `ebpf:"sluice_devices"`
+	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
+	SluiceFrontends     *ebpf.MapSpec `ebpf:"sluice_frontends"`
+	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
+	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
+	SluiceSvcStats      *ebpf.MapSpec `ebpf:"sluice_svc_stats"`
 }
 
 // SluiceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -176,11 +187,13 @@ type SluiceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceVariableSpecs struct {
 	CfgCtCloseTimeoutS *ebpf.VariableSpec `ebpf:"cfg_ct_close_timeout_s"`
+	CfgCtSynTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_syn_timeout_s"`
 	CfgCtTcpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_timeout_s"`
 	CfgCtUdpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_udp_timeout_s"`
 	CfgMaxServices     *ebpf.VariableSpec `ebpf:"cfg_max_services"`
 	CfgSnatPortMax     *ebpf.VariableSpec `ebpf:"cfg_snat_port_max"`
 	CfgSnatPortMin     *ebpf.VariableSpec `ebpf:"cfg_snat_port_min"`
+	CfgSnatReuseS      *ebpf.VariableSpec `ebpf:"cfg_snat_reuse_s"`
 	CfgTrace           *ebpf.VariableSpec `ebpf:"cfg_trace"`
 }
 
@@ -204,18 +217,24 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
-	SluiceBackends  *ebpf.Map `ebpf:"sluice_backends"`
-	SluiceCt        *ebpf.Map `ebpf:"sluice_ct"`
-	SluiceFrontends *ebpf.Map `ebpf:"sluice_frontends"`
-	SluiceReasons   *ebpf.Map `ebpf:"sluice_reasons"`
-	SluiceSlots     *ebpf.Map `ebpf:"sluice_slots"`
-	SluiceSvcStats  *ebpf.Map `ebpf:"sluice_svc_stats"`
+	SluiceBackendPorts  *ebpf.Map `ebpf:"sluice_backend_ports"`
+	SluiceBackends      *ebpf.Map `ebpf:"sluice_backends"`
+	SluiceCt            *ebpf.Map `ebpf:"sluice_ct"`
+	SluiceDevices       *ebpf.Map `ebpf:"sluice_devices"`
+	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
+	SluiceFrontends     *ebpf.Map `ebpf:"sluice_frontends"`
+	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
+	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
+	SluiceSvcStats      *ebpf.Map `ebpf:"sluice_svc_stats"`
 }
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
+		m.SluiceBackendPorts,
 		m.SluiceBackends,
 		m.SluiceCt,
+		m.SluiceDevices,
+		m.SluiceFrontendPorts,
 		m.SluiceFrontends,
 		m.SluiceReasons,
 		m.SluiceSlots,
@@ -228,11 +247,13 @@ func (m *SluiceMaps) Close() error {
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceVariables struct {
 	CfgCtCloseTimeoutS *ebpf.Variable `ebpf:"cfg_ct_close_timeout_s"`
+	CfgCtSynTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_syn_timeout_s"`
 	CfgCtTcpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_tcp_timeout_s"`
 	CfgCtUdpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_udp_timeout_s"`
 	CfgMaxServices     *ebpf.Variable `ebpf:"cfg_max_services"`
 	CfgSnatPortMax     *ebpf.Variable `ebpf:"cfg_snat_port_max"`
 	CfgSnatPortMin     *ebpf.Variable `ebpf:"cfg_snat_port_min"`
+	CfgSnatReuseS      *ebpf.Variable `ebpf:"cfg_snat_reuse_s"`
 	CfgTrace           *ebpf.Variable `ebpf:"cfg_trace"`
 }
 

@@ -8,19 +8,23 @@ import (
 // Fake is an in-memory Maps for unit tests. Max* > 0 make a map report ErrFull like the
 // kernel's; Writes records every call in order, so tests can check write ordering.
 type Fake struct {
-	mu           sync.Mutex
-	FrontendMap  map[FrontendKey]Frontend
-	SlotMap      map[SlotKey]uint32
-	BackendMap   map[uint32]Backend
-	MaxFrontends int
-	MaxSlots     int
-	MaxBackends  int
-	Writes       []string
+	mu          sync.Mutex
+	FrontendMap map[FrontendKey]Frontend
+	SlotMap     map[SlotKey]uint32
+	BackendMap  map[uint32]Backend
+	// Ports set in the prefilter bitmaps.
+	FrontendPorts map[uint16]bool
+	BackendPorts  map[uint16]bool
+	MaxFrontends  int
+	MaxSlots      int
+	MaxBackends   int
+	Writes        []string
 }
 
 // NewFake returns an empty Fake.
 func NewFake() *Fake {
-	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{}}
+	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{},
+		FrontendPorts: map[uint16]bool{}, BackendPorts: map[uint16]bool{}}
 }
 
 func (f *Fake) log(format string, args ...any) {
@@ -86,6 +90,26 @@ func (f *Fake) DeleteBackend(id uint32) error {
 	defer f.mu.Unlock()
 	delete(f.BackendMap, id)
 	f.log("delete backend %d", id)
+	return nil
+}
+
+func (f *Fake) SetFrontendPort(port uint16) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.FrontendPorts[port] {
+		f.FrontendPorts[port] = true
+		f.log("prefilter frontend port %d", port)
+	}
+	return nil
+}
+
+func (f *Fake) SetBackendPort(port uint16) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.BackendPorts[port] {
+		f.BackendPorts[port] = true
+		f.log("prefilter backend port %d", port)
+	}
 	return nil
 }
 

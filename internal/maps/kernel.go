@@ -105,6 +105,32 @@ func (k *Kernel) DeleteBackend(id uint32) error {
 	return ignoreMissing(fmt.Sprintf("backend %d", id), k.objs.SluiceBackends.Delete(&id))
 }
 
+func (k *Kernel) SetFrontendPort(port uint16) error {
+	return setBit(k.objs.SluiceFrontendPorts, port, "frontend port")
+}
+
+func (k *Kernel) SetBackendPort(port uint16) error {
+	return setBit(k.objs.SluiceBackendPorts, port, "backend port")
+}
+
+// setBit sets a port's bit; the agent is the only writer, so read-modify-write is safe.
+func setBit(m *ebpf.Map, port uint16, what string) error {
+	word := uint32(port) >> 5
+	var v uint32
+	if err := m.Lookup(&word, &v); err != nil {
+		return fmt.Errorf("read %s %d: %w", what, port, err)
+	}
+	bit := uint32(1) << (port & 31)
+	if v&bit != 0 {
+		return nil
+	}
+	v |= bit
+	if err := m.Update(&word, &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("set %s %d: %w", what, port, err)
+	}
+	return nil
+}
+
 func (k *Kernel) ResetServiceStats(id uint32) error {
 	zero := make([]datapath.SluiceSvcStats, ebpf.MustPossibleCPU())
 	if err := k.objs.SluiceSvcStats.Update(&id, zero, ebpf.UpdateAny); err != nil {

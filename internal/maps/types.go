@@ -81,12 +81,15 @@ type Reason = datapath.SluiceReason
 var ReasonNames = map[Reason]string{
 	datapath.SluiceReasonREASON_PASS_MALFORMED:      "pass_malformed",
 	datapath.SluiceReasonREASON_PASS_FRAGMENT:       "pass_fragment",
-	datapath.SluiceReasonREASON_PASS_NO_NEIGH:       "pass_no_neigh",
+	datapath.SluiceReasonREASON_PASS_TO_TC:          "pass_to_tc",
+	datapath.SluiceReasonREASON_PASS_NO_FLOW:        "pass_no_flow",
 	datapath.SluiceReasonREASON_REJECT_TCP:          "reject_tcp_rst",
 	datapath.SluiceReasonREASON_REJECT_UDP:          "reject_icmp_unreachable",
 	datapath.SluiceReasonREASON_DROP_SNAT_EXHAUSTED: "drop_snat_exhausted",
 	datapath.SluiceReasonREASON_DROP_NO_BACKEND:     "drop_no_backend",
 	datapath.SluiceReasonREASON_DROP_FIB:            "drop_no_route",
+	datapath.SluiceReasonREASON_DROP_FRAG_NEEDED:    "drop_frag_needed",
+	datapath.SluiceReasonREASON_DROP_CT_COLLISION:   "drop_ct_collision",
 	datapath.SluiceReasonREASON_DROP_TTL:            "drop_ttl_exceeded",
 	datapath.SluiceReasonREASON_DROP_REJECT_FAILED:  "drop_reject_failed",
 }
@@ -99,6 +102,12 @@ type Maps interface {
 	DeleteSlot(SlotKey) error
 	UpdateBackend(uint32, Backend) error
 	DeleteBackend(uint32) error
+	// SetFrontendPort and SetBackendPort mark a port in the datapath's prefilter bitmaps: the
+	// destination port of a frontend, the source port of a local backend's replies. Bits are
+	// never cleared while the agent runs: a bit outliving its service keeps that service's
+	// established flows translated, and costs nothing but the full lookup.
+	SetFrontendPort(uint16) error
+	SetBackendPort(uint16) error
 	// ResetServiceStats zeroes a service ID's counters when the ID is given to a new service.
 	ResetServiceStats(uint32) error
 

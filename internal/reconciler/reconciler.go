@@ -189,6 +189,15 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 			return err
 		}
 		want[i] = id
+		// Before the frontend: replies of a local backend must pass the egress prefilter.
+		if b.Local {
+			if err := r.m.SetBackendPort(b.Port); err != nil {
+				return err
+			}
+		}
+	}
+	if err := r.m.SetFrontendPort(svc.Key.NodePort); err != nil {
+		return err
 	}
 	if len(want) > 0xffff {
 		return fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))

@@ -56,8 +56,13 @@ func indexOf(t *testing.T, writes []string, prefix string) int {
 func TestApplyOrdersWritesAndIsIdempotent(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	st := state([]netip.Addr{node1, node2}, svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80)))
+	local := be("10.244.1.10", 80)
+	local.Local = true
+	st := state([]netip.Addr{node1, node2}, svc(30080, maps.TCP, local, be("10.244.2.10", 8080)))
 	apply(t, r, st)
+	if !f.BackendPorts[80] || f.BackendPorts[8080] {
+		t.Errorf("egress prefilter ports %v: want the local backend's port only", f.BackendPorts)
+	}
 
 	w := f.Writes
 	if indexOf(t, w, "backend") > indexOf(t, w, "slot") || indexOf(t, w, "slot") > indexOf(t, w, "frontend") {
@@ -65,6 +70,9 @@ func TestApplyOrdersWritesAndIsIdempotent(t *testing.T) {
 	}
 	if len(f.FrontendMap) != 2 || len(f.SlotMap) != 2 || len(f.BackendMap) != 2 {
 		t.Fatalf("maps: %v %v %v", f.FrontendMap, f.SlotMap, f.BackendMap)
+	}
+	if indexOf(t, w, "prefilter frontend port 30080") > indexOf(t, w, "frontend ") {
+		t.Errorf("the prefilter must pass the port before the frontend exists: %q", w)
 	}
 	fe := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}]
 	if fe.Count != 2 || fe.ServiceID == 0 {

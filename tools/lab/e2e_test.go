@@ -250,6 +250,25 @@ func TestE2ENodeTrafficUntouched(t *testing.T) {
 	})
 }
 
+// A client with checksum offload on sends CHECKSUM_PARTIAL skbs (the L4 field holds only the
+// pseudo-header sum). tc must update them as such; node1's eth0, with offload off, then
+// completes the checksum on the way out, so a wrong update reaches the pod as a bad checksum
+// and is dropped. (XDP cannot see the difference; real NICs never hand it partial checksums.)
+func TestE2ETCWithChecksumOffloadingClient(t *testing.T) {
+	for _, tc := range []string{"tcx", "clsact"} {
+		t.Run(tc, func(t *testing.T) {
+			c := startCluster(t, "off", "--tc-attach", tc)
+			// Offload on all the way from the client to node1's eth0, so the partial state
+			// survives to node1's tc ingress (a device without it completes the checksum).
+			c.Client.MustExec(t, "ethtool", "-K", "eth0", "tx", "on")
+			c.Bridge.MustExec(t, "ethtool", "-K", "client", "tx", "on")
+			c.Bridge.MustExec(t, "ethtool", "-K", "node1", "tx", "on")
+			c.checkSpreadAndAddresses(t, "tcp", 30080, 30)
+			c.checkSpreadAndAddresses(t, "udp", 30053, 30)
+		})
+	}
+}
+
 // Manifest edits are applied within a second, and a stopped agent leaves its maps pinned.
 func TestE2EManifestEditsAndShutdown(t *testing.T) {
 	c := startCluster(t, "native")

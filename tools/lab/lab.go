@@ -141,7 +141,7 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
-	if err := l.Bridge.Do(func() error { return attachXDPPass("client", "node1", "node2") }); err != nil {
+	if err := l.Bridge.Do(func() error { return attachXDPPass("node1", "node2") }); err != nil {
 		return err
 	}
 

@@ -1,0 +1,240 @@
+package datapath_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+// Connection-table behaviour across packets: TCP state on both entries of a flow, refresh and
+// recreation of the reverse entry, new choices on closed flows, and the XDP -> tc handoff.
+
+const (
+	ctIngress = 0x01
+	ctEgress  = 0x02
+	ctLocal   = 0x04
+	ctReply   = 0x08
+	ctClosing = 0x10
+	ctSYN     = 0x20
+	ctFIN     = 0x40
+)
+
+func ctKey(src, dst netip.AddrPort, proto uint8) datapath.SluiceCtKey {
+	return datapath.SluiceCtKey{Saddr: maps.Addr4(src.Addr()), Daddr: maps.Addr4(dst.Addr()),
+		Sport: maps.Port16(src.Port()), Dport: maps.Port16(dst.Port()), Proto: proto}
+}
+
+func (e *env) ct(t *testing.T, k datapath.SluiceCtKey) (datapath.SluiceCtEntry, bool) {
+	t.Helper()
+	var v datapath.SluiceCtEntry
+	err := e.dp.Objs.SluiceCt.Lookup(&k, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return v, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, true
+}
+
+// age moves an entry's last_seen back by d seconds, as if that much time had passed.
+func (e *env) age(t *testing.T, k datapath.SluiceCtKey, seconds uint64) {
+	t.Helper()
+	v, ok := e.ct(t, k)
+	if !ok {
+		t.Fatal("no entry to age")
+	}
+	v.LastSeen -= seconds * 1e9
+	if err := e.dp.Objs.SluiceCt.Update(&k, &v, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) tcp(sport uint16, syn, ack, fin, rst bool) []byte {
+	p := e.fromClient(layers.IPProtocolTCP, sport, 30080)
+	p.SYN, p.ACK, p.FIN, p.RST, p.Payload = syn, ack, fin, rst, nil
+	return p.Bytes()
+}
+
+func (e *env) fromBackend(snat uint16, syn, ack, fin, rst bool) []byte {
+	p := e.fromClient(layers.IPProtocolTCP, 0, 0)
+	p.SrcMAC, p.Src, p.Dst = backendMAC, ap(backendIP, 8080), ap(nodeIP, snat)
+	p.SYN, p.ACK, p.FIN, p.RST, p.Payload = syn, ack, fin, rst, nil
+	return p.Bytes()
+}
+
+func (e *env) xdp(t *testing.T, in []byte, want uint32) []byte {
+	t.Helper()
+	ret, out := e.run(t, e.dp.Objs.SluiceXdp, true, in)
+	if ret != want {
+		t.Fatalf("verdict %d, want %d", ret, want)
+	}
+	return out
+}
+
+func TestConntrackTCPLifecycle(t *testing.T) {
+	e := newEnv(t)
+	client := ap(clientIP, 43000)
+	fk := ctKey(client, ap(nodeIP, 30080), 6)
+
+	out := e.xdp(t, e.tcp(43000, true, false, false, false), xdpTX)
+	snat := binary.BigEndian.Uint16(out[34:])
+	rk := ctKey(ap(backendIP, 8080), ap(nodeIP, snat), 6)
+	fwd, ok1 := e.ct(t, fk)
+	rev, ok2 := e.ct(t, rk)
+	if !ok1 || !ok2 || fwd.Flags != ctIngress|ctSYN || rev.Flags != ctIngress|ctReply|ctSYN {
+		t.Fatalf("after SYN: fwd %+v (%v) rev %+v (%v): want both entries in SYN state", fwd, ok1, rev, ok2)
+	}
+
+	e.xdp(t, e.fromBackend(snat, true, true, false, false), xdpTX)
+	fwd, _ = e.ct(t, fk)
+	rev, _ = e.ct(t, rk)
+	if fwd.Flags&ctSYN != 0 || rev.Flags&ctSYN != 0 {
+		t.Fatalf("after SYN-ACK: fwd %#x rev %#x: want established on both", fwd.Flags, rev.Flags)
+	}
+
+	// Client half-closes: only its direction has FIN, the flow stays open.
+	e.xdp(t, e.tcp(43000, false, true, true, false), xdpTX)
+	fwd, _ = e.ct(t, fk)
+	rev, _ = e.ct(t, rk)
+	if fwd.Flags&ctFIN == 0 || fwd.Flags&ctClosing != 0 || rev.Flags&ctClosing != 0 {
+		t.Fatalf("after client FIN: fwd %#x rev %#x: want FIN on fwd, not closing", fwd.Flags, rev.Flags)
+	}
+	// The backend keeps sending: still translated, same port.
+	e.xdp(t, e.fromBackend(snat, false, true, false, false), xdpTX)
+	// The backend's FIN closes both.
+	e.xdp(t, e.fromBackend(snat, false, true, true, false), xdpTX)
+	fwd, _ = e.ct(t, fk)
+	rev, _ = e.ct(t, rk)
+	if fwd.Flags&ctClosing == 0 || rev.Flags&ctClosing == 0 {
+		t.Fatalf("after FIN both ways: fwd %#x rev %#x: want closing on both", fwd.Flags, rev.Flags)
+	}
+	// The last ACK still goes through on the same port.
+	out = e.xdp(t, e.tcp(43000, false, true, false, false), xdpTX)
+	if got := binary.BigEndian.Uint16(out[34:]); got != snat {
+		t.Fatalf("last ACK on port %d, want %d", got, snat)
+	}
+	// A new SYN on the closing tuple is a new connection: a new SNAT port (the old one waits
+	// out the backend's TIME_WAIT).
+	out = e.xdp(t, e.tcp(43000, true, false, false, false), xdpTX)
+	if got := binary.BigEndian.Uint16(out[34:]); got == snat {
+		t.Fatalf("new connection reused SNAT port %d of a closing flow", got)
+	}
+}
+
+func TestConntrackRSTClosesBothAndFreesAfterReuseDelay(t *testing.T) {
+	e := newEnvWith(t, datapath.Config{SNATPortMin: 61000, SNATPortMax: 61000})
+	fk := ctKey(ap(clientIP, 43100), ap(nodeIP, 30080), 6)
+	rk := ctKey(ap(backendIP, 8080), ap(nodeIP, 61000), 6)
+	e.xdp(t, e.tcp(43100, true, false, false, false), xdpTX)
+	e.xdp(t, e.tcp(43100, false, false, false, true), xdpTX) // client aborts: RST
+	fwd, _ := e.ct(t, fk)
+	rev, _ := e.ct(t, rk)
+	if fwd.Flags&ctClosing == 0 || rev.Flags&ctClosing == 0 {
+		t.Fatalf("after RST: fwd %#x rev %#x: want closing on both", fwd.Flags, rev.Flags)
+	}
+	// The only port is held until the close timeout and the reuse delay have passed.
+	e.xdp(t, e.tcp(43101, true, false, false, false), xdpDrop)
+	e.age(t, rk, 30)
+	e.xdp(t, e.tcp(43101, true, false, false, false), xdpDrop)
+	e.age(t, rk, 31)
+	e.xdp(t, e.tcp(43101, true, false, false, false), xdpTX)
+
+	// An unanswered SYN holds its port only for the SYN timeout, not the 6 h of a flow.
+	e.age(t, rk, 59)
+	e.xdp(t, e.tcp(43102, true, false, false, false), xdpDrop)
+	e.age(t, rk, 2)
+	e.xdp(t, e.tcp(43102, true, false, false, false), xdpTX)
+}
+
+// Each direction refreshes the other, and recreates it if it was evicted.
+func TestConntrackPeersRefreshAndRecreate(t *testing.T) {
+	e := newEnv(t)
+	udp := func(sport uint16) []byte { return e.fromClient(layers.IPProtocolUDP, sport, 30081).Bytes() }
+	fk := ctKey(ap(clientIP, 43200), ap(nodeIP, 30081), 17)
+	out := e.xdp(t, udp(43200), xdpTX)
+	snat := binary.BigEndian.Uint16(out[34:])
+	rk := ctKey(ap(backendIP, 5353), ap(nodeIP, snat), 17)
+
+	// A backend streaming to a silent client keeps the client's entry alive.
+	e.age(t, fk, 50)
+	e.age(t, rk, 50)
+	reply := e.fromClient(layers.IPProtocolUDP, 0, 0)
+	reply.SrcMAC, reply.Src, reply.Dst = backendMAC, ap(backendIP, 5353), ap(nodeIP, snat)
+	e.xdp(t, reply.Bytes(), xdpTX)
+	e.age(t, fk, 20) // 70 s since the client's last packet, 20 s since the reply
+	out = e.xdp(t, udp(43200), xdpTX)
+	if got := binary.BigEndian.Uint16(out[34:]); got != snat {
+		t.Fatalf("client entry expired under a live flow: port %d, want %d", got, snat)
+	}
+
+	// The LRU evicts the reverse entry: the next forward packet (a second later) recreates it.
+	if err := e.dp.Objs.SluiceCt.Delete(&rk); err != nil {
+		t.Fatal(err)
+	}
+	e.age(t, fk, 2)
+	e.xdp(t, udp(43200), xdpTX)
+	if rev, ok := e.ct(t, rk); !ok || rev.Flags != ctIngress|ctReply || maps.PortFrom16(rev.NatDport) != 43200 {
+		t.Fatalf("reverse entry not recreated: %+v %v", rev, ok)
+	}
+
+	// A reverse tuple taken over by another flow is left alone.
+	other := datapath.SluiceCtEntry{NatSaddr: maps.Addr4(nodeIP), NatDaddr: maps.Addr4(netip.MustParseAddr("10.0.0.77")),
+		NatSport: maps.Port16(30081), NatDport: maps.Port16(999), Flags: ctIngress | ctReply, LastSeen: 1}
+	rev, _ := e.ct(t, rk)
+	other.LastSeen = rev.LastSeen
+	if err := e.dp.Objs.SluiceCt.Update(&rk, &other, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	e.age(t, fk, 2)
+	e.xdp(t, udp(43200), xdpTX)
+	if got, _ := e.ct(t, rk); got.NatDaddr != other.NatDaddr {
+		t.Errorf("another flow's entry was overwritten: %+v", got)
+	}
+}
+
+// Without a neighbour entry XDP leaves the packet untranslated to tc, which finds the same
+// flow and hands it to bpf_redirect_neigh; the service counts it once.
+func TestNoNeighbourHandsOffToTC(t *testing.T) {
+	e := newEnv(t)
+	e.ns.MustExec(t, "ip", "neigh", "del", backendIP.String(), "dev", "eth0")
+	in := e.tcp(43300, true, false, false, false)
+	out := e.xdp(t, in, xdpPass)
+	if string(out) != string(in) {
+		t.Fatal("XDP changed a packet it passed to tc")
+	}
+	if r := e.reasons(t)[datapath.SluiceReasonREASON_PASS_TO_TC]; r != 1 {
+		t.Errorf("pass_to_tc = %d", r)
+	}
+	ret, out := e.run(t, e.dp.Objs.SluiceTcIngress, false, in)
+	if ret != tcRedirect {
+		t.Fatalf("tc verdict %d, want redirect", ret)
+	}
+	if got := netip.AddrFrom4([4]byte(out[30:34])); got != backendIP {
+		t.Errorf("tc sent it to %s", got)
+	}
+	s, err := e.m.ServiceStats(1)
+	if err != nil || s.Packets != 1 {
+		t.Errorf("service counted %d packets (%v), want 1", s.Packets, err)
+	}
+}
+
+// tc egress touches only local backends' replies: not a remote flow's ingress entries.
+func TestEgressIgnoresIngressEntries(t *testing.T) {
+	e := newEnv(t)
+	must(t, e.m.SetBackendPort(8080)) // past the prefilter: the hook flag must stop it
+	out := e.xdp(t, e.tcp(43400, true, false, false, false), xdpTX)
+	snat := binary.BigEndian.Uint16(out[34:])
+	in := e.fromBackend(snat, true, true, false, false) // a tuple with an ingress entry
+	ret, got := e.run(t, e.dp.Objs.SluiceTcEgress, false, in)
+	if ret != tcOK || string(got[:len(in)]) != string(in) {
+		t.Errorf("egress rewrote a packet matching an ingress-only entry (verdict %d)", ret)
+	}
+}
