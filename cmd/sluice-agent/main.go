@@ -158,6 +158,10 @@ func run(o *options, log *zap.Logger) error {
 		alog.Warn("net.ipv4.ip_forward is 0: remote backends and local pods are unreachable until it is 1")
 	}
 
+	if lo, hi, err := datapath.LocalPortRange(); err == nil && o.dp.SNATPortMin <= hi && o.dp.SNATPortMax >= lo {
+		alog.Warn("The SNAT port range overlaps net.ipv4.ip_local_port_range: replies to the node's own connections to a backend may be taken for SNAT flows",
+			zap.String("snatPorts", o.snatPorts), zap.String("localPorts", fmt.Sprintf("%d-%d", lo, hi)))
+	}
 	dp, err := datapath.Load(o.dp, nil)
 	if err != nil {
 		return err

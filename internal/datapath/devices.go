@@ -46,3 +46,16 @@ func ForwardingEnabled() (bool, error) {
 	}
 	return strings.TrimSpace(string(b)) == "1", nil
 }
+
+// LocalPortRange reads net.ipv4.ip_local_port_range: the source ports the node's own
+// connections use, which the SNAT range should stay clear of.
+func LocalPortRange() (lo, hi uint16, err error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, fmt.Errorf("read ip_local_port_range: %w", err)
+	}
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil {
+		return 0, 0, fmt.Errorf("parse ip_local_port_range %q: %w", b, err)
+	}
+	return lo, hi, nil
+}
