@@ -65,7 +65,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.Func("max-conntrack", "connection table entries (two per flow; LRU)", uintFlag(&o.dp.MaxConntrack))
 	fs.DurationVar(&o.dp.CTTCPTimeout, "ct-tcp-timeout", o.dp.CTTCPTimeout, "idle timeout of established TCP flows")
 	fs.DurationVar(&o.dp.CTUDPTimeout, "ct-udp-timeout", o.dp.CTUDPTimeout, "idle timeout of UDP flows")
-	fs.DurationVar(&o.dp.CTCloseTimeout, "ct-close-timeout", o.dp.CTCloseTimeout, "timeout of TCP flows after FIN or RST")
+	fs.DurationVar(&o.dp.CTCloseTimeout, "ct-close-timeout", o.dp.CTCloseTimeout, "timeout of TCP flows after a RST or a FIN both ways")
+	fs.DurationVar(&o.dp.CTSYNTimeout, "ct-syn-timeout", o.dp.CTSYNTimeout, "timeout of TCP flows whose SYN is not answered")
 	printVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -86,6 +87,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	o.dp.SNATPortMin, o.dp.SNATPortMax = r.Min, r.Max
 	o.dp.PinPath = o.bpffs
+	if err := o.dp.Validate(); err != nil {
+		return nil, err
+	}
 	return o, nil
 }
 
