@@ -29,7 +29,8 @@ struct slot_key {
 	__u32 slot;
 };
 
-#define BACKEND_F_LOCAL 0x01 /* a pod on this node: DNAT only, delivered by the stack */
+#define BACKEND_F_LOCAL 0x01       /* a pod on this node: DNAT only, delivered by the stack */
+#define BACKEND_F_TERMINATING 0x02 /* serving but terminating (for tools; not read here) */
 
 /* Go: datapath.SluiceBackend */
 struct backend {
@@ -143,6 +144,133 @@ struct {
 	__uint(max_entries, 524288);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_ct SEC(".maps");
+
+/* What the agent tells inspection tools about a service ID; the datapath never reads it.
+ * Go: datapath.SluiceSvcInfo */
+struct svc_info {
+	char name[112];       /* namespace/name:port */
+	__u16 node_port;
+	__u8 proto;
+	__u8 flags;           /* reserved for policy flags */
+	__u32 pad;
+	__u64 updated_ns;     /* unix time of the last change */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct svc_info);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_svc_info SEC(".maps");
+
+#define AGENT_MAX_DEVICES 8
+
+/* A device the agent attached to. Go: datapath.SluiceDeviceInfo */
+struct device_info {
+	__u32 ifindex;
+	__u32 xdp_prog_id;      /* 0: no XDP */
+	__u32 tc_ingress_prog_id;
+	__u32 tc_egress_prog_id;
+	__u8 xdp_mode;          /* 0 off, 1 native, 2 generic */
+	__u8 tc_mode;           /* 1 tcx, 2 clsact */
+	__u8 pad[2];
+	char name[16];
+};
+
+/* The running agent, for `sluicectl prog show`. Go: datapath.SluiceAgentInfo */
+struct agent_info {
+	char version[32];
+	char object[16];        /* short hash of the BPF object the agent loaded */
+	__u64 started_ns;       /* unix time */
+	__u32 pid;
+	__u32 ndevices;
+	struct device_info devices[AGENT_MAX_DEVICES];
+	/* The settings the programs were loaded with, so a trace copy behaves the same. */
+	__u16 snat_port_min;
+	__u16 snat_port_max;
+	__u32 ct_tcp_timeout_s;
+	__u32 ct_close_timeout_s;
+	__u32 ct_syn_timeout_s;
+	__u32 ct_udp_timeout_s;
+	__u32 snat_reuse_s;
+	__u32 max_services;
+	__u32 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct agent_info);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_agent SEC(".maps");
+
+/* What a trace run decided, written only by a program loaded with cfg_trace (each load has
+ * its own, unpinned). Go: datapath.SluiceTraceRecord */
+enum trace_stage {
+	TRACE_NONE = 0,
+	TRACE_NOT_OURS,        /* not IPv4 TCP/UDP, or a port that is no NodePort / SNAT port */
+	TRACE_PARSE,           /* malformed or fragment: see reason */
+	TRACE_TO_TC,           /* XDP leaves it to tc: see reason */
+	TRACE_ESTABLISHED,     /* a flow's forward entry */
+	TRACE_REPLY,           /* a flow's reverse entry */
+	TRACE_NO_FRONTEND,     /* no frontend for the address and port: the node's */
+	TRACE_REJECT,          /* no endpoint: RST / ICMP */
+	TRACE_NO_FLOW,         /* TCP non-SYN without a flow: the kernel's */
+	TRACE_NEW_FLOW,        /* a new flow: backend picked */
+	TRACE_DROP,            /* see reason */
+};
+
+struct trace_record {
+	__u32 stage;
+	__u32 reason;          /* enum reason + 1, 0 if none */
+	__u32 svc_id;
+	__u32 backend_id;
+	__be32 nat_saddr;
+	__be32 nat_daddr;
+	__be16 nat_sport;
+	__be16 nat_dport;
+	__u32 flags;           /* CT_F_* of the entry or new flow */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, enum trace_stage); /* puts the enum in BTF; only key 0 is used */
+	__type(value, struct trace_record);
+	__uint(max_entries, 1);
+} sluice_trace SEC(".maps");
+
+static __always_inline struct trace_record *trace_rec(void)
+{
+	__u32 zero = 0;
+	if (!cfg_trace)
+		return 0;
+	return bpf_map_lookup_elem(&sluice_trace, &zero);
+}
+
+static __always_inline void trace_stage(__u32 stage)
+{
+	struct trace_record *t = trace_rec();
+	if (t)
+		t->stage = stage;
+}
+
+static __always_inline void trace_flow(__u32 stage, const struct ct_entry *e)
+{
+	struct trace_record *t = trace_rec();
+	if (!t)
+		return;
+	t->stage = stage;
+	t->svc_id = e->svc_id;
+	t->backend_id = e->backend_id;
+	t->nat_saddr = e->nat_saddr;
+	t->nat_daddr = e->nat_daddr;
+	t->nat_sport = e->nat_sport;
+	t->nat_dport = e->nat_dport;
+	t->flags = e->flags;
+}
 
 /* Port bitmaps, one bit per port, so traffic that cannot be ours is passed after one array
  * lookup instead of a clock read and two hash lookups. Written by the agent, set-only while it

@@ -20,6 +20,8 @@ static __always_inline int pass_parse_result(const bool xdp, int res)
 		count_reason(REASON_PASS_MALFORMED);
 	else if (res == PARSE_FRAGMENT)
 		count_reason(REASON_PASS_FRAGMENT);
+	else
+		trace_stage(TRACE_NOT_OURS);
 	return VERDICT_PASS(xdp);
 }
 
@@ -60,6 +62,9 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 					     const struct frontend *fe, __u64 now)
 {
 	__u32 backend_id = 0;
+	struct trace_record *t = trace_rec();
+	if (t)
+		t->svc_id = fe->svc_id;
 	struct backend *be = lb_pick(fe, &backend_id);
 	if (!be) {
 		count_reason(REASON_DROP_NO_BACKEND);
@@ -100,6 +105,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	}
 	if (!cfg_trace)
 		bpf_map_update_elem(&sluice_ct, &fk, &fwd, BPF_ANY);
+	trace_flow(TRACE_NEW_FLOW, &fwd);
 
 	struct tuple to;
 	tuple_of(&to, &fwd);
@@ -112,8 +118,10 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 	int res = parse_pkt(ctx, xdp, &p);
 	if (res != PARSE_OK)
 		return pass_parse_result(xdp, res);
-	if (!ingress_candidate(&p))
+	if (!ingress_candidate(&p)) {
+		trace_stage(TRACE_NOT_OURS);
 		return VERDICT_PASS(xdp);
+	}
 	/* A tagged frame may have to leave untagged or on another VLAN device: only tc, where
 	 * the tag is skb metadata and redirect goes through the right device, gets that right. */
 	if (xdp && p.vlan) {
@@ -133,17 +141,25 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		__u32 svc_id = e->svc_id;
 		bool reply = e->flags & CT_F_REPLY;
 		bool local = e->flags & CT_F_LOCAL;
+		trace_flow(reply ? TRACE_REPLY : TRACE_ESTABLISHED, e);
 		ct_touch(&p, e, now);
 		return fwd_translated(ctx, xdp, &p, &to, local, svc_id, reply);
 	}
 
 	struct frontend *fe = lb_frontend(&p);
-	if (!fe)
+	if (!fe) {
+		trace_stage(TRACE_NO_FRONTEND);
 		return VERDICT_PASS(xdp);
+	}
+	struct trace_record *t = trace_rec();
+	if (t)
+		t->svc_id = fe->svc_id;
 	if (fe->count == 0) {
 		/* Never answer a RST with a RST. */
-		if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_F_RST))
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_F_RST)) {
+			trace_stage(TRACE_DROP);
 			return VERDICT_DROP(xdp);
+		}
 		return reject(ctx, xdp, &p, fe->svc_id);
 	}
 	/* Only a SYN opens a TCP flow: anything else lost its flow (or never had one) and a new

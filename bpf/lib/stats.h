@@ -6,8 +6,24 @@
 
 #include "maps.h"
 
+/* A trace run counts nothing (it leaves no trace in the live maps) but records the reason. */
 static __always_inline void count_reason(__u32 reason)
 {
+	struct trace_record *t = trace_rec();
+	if (t) {
+		t->reason = reason + 1;
+		if (reason >= REASON_DROP_SNAT_EXHAUSTED)
+			t->stage = TRACE_DROP;
+		else if (reason == REASON_PASS_TO_TC)
+			t->stage = TRACE_TO_TC;
+		else if (reason == REASON_PASS_NO_FLOW)
+			t->stage = TRACE_NO_FLOW;
+		else if (reason == REASON_REJECT_TCP || reason == REASON_REJECT_UDP)
+			t->stage = TRACE_REJECT;
+		else
+			t->stage = TRACE_PARSE;
+		return;
+	}
 	__u64 *v = bpf_map_lookup_elem(&sluice_reasons, &reason);
 	if (v)
 		*v += 1;
@@ -15,7 +31,7 @@ static __always_inline void count_reason(__u32 reason)
 
 static __always_inline struct svc_stats *svc_stats(__u32 svc_id)
 {
-	if (svc_id >= cfg_max_services)
+	if (cfg_trace || svc_id >= cfg_max_services)
 		return 0;
 	return bpf_map_lookup_elem(&sluice_svc_stats, &svc_id);
 }

@@ -202,6 +202,26 @@ func run(o *options, log *zap.Logger) error {
 		dlog.Info("Attached", zap.String("device", dev), zap.String("xdp", string(a.XDP)), zap.String("tc", a.TC))
 	}
 
+	info := maps.AgentInfo{Version: version, Object: datapath.ObjectHash(), Started: time.Now(), PID: os.Getpid(), Config: dp.Config}
+	xdpID, tcInID, tcEgID := dp.ProgramIDs()
+	for _, a := range attached {
+		d := maps.DeviceInfo{Name: a.Device, Ifindex: a.Ifindex, XDPMode: string(a.XDP), TCMode: a.TC, TCIngressProg: tcInID, TCEgressProg: tcEgID}
+		if a.XDP != datapath.XDPOff {
+			d.XDPProg = xdpID
+		}
+		info.Devices = append(info.Devices, d)
+	}
+	if err := km.WriteAgentInfo(info); err != nil {
+		return err
+	}
+	defer func() {
+		// Detached on the way out: tools should not report programs that are gone.
+		info.Devices, info.PID = nil, 0
+		if err := km.WriteAgentInfo(info); err != nil {
+			alog.Warn("Could not record the agent's exit", zap.Error(err))
+		}
+	}()
+
 	tracker := proxy.NewTracker()
 	syncer := &proxy.Syncer{
 		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange,

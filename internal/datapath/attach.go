@@ -181,3 +181,16 @@ func (a *Attachment) Detach() error {
 	}
 	return nil
 }
+
+// ProgramIDs are the kernel IDs of the loaded programs, for `sluicectl prog show`.
+func (d *Datapath) ProgramIDs() (xdp, tcIngress, tcEgress uint32) {
+	id := func(p *ebpf.Program) uint32 {
+		info, err := p.Info()
+		if err != nil {
+			return 0
+		}
+		i, _ := info.ID()
+		return uint32(i)
+	}
+	return id(d.Objs.SluiceXdp), id(d.Objs.SluiceTcIngress), id(d.Objs.SluiceTcEgress)
+}

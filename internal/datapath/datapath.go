@@ -1,6 +1,8 @@
 package datapath
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -221,4 +223,57 @@ func EnsureBPFFS(dir string) error {
 
 func startsWithDotDot(rel string) bool {
 	return len(rel) >= 3 && rel[:3] == "../"
+}
+
+// ObjectHash names the compiled BPF object: the agent records it, and sluicectl compares it
+// with its own to tell a datapath built from other sources.
+func ObjectHash() string {
+	sum := sha256.Sum256(_SluiceBytes)
+	return hex.EncodeToString(sum[:6])
+}
+
+// OpenPinned opens the maps an agent pinned in dir, for reading (sluicectl) or writing.
+func OpenPinned(dir string, readOnly bool) (*SluiceMaps, error) {
+	spec, err := LoadSluice()
+	if err != nil {
+		return nil, fmt.Errorf("load spec: %w", err)
+	}
+	m := &SluiceMaps{}
+	opened := map[string]*ebpf.Map{}
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName {
+			continue // per-load maps (the trace record) are not pinned
+		}
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: readOnly})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return nil, fmt.Errorf("open pinned map %s: %w", filepath.Join(dir, name), err)
+		}
+		opened[name] = mp
+	}
+	m.SluiceFrontends = opened[SluiceMapSluiceFrontends]
+	m.SluiceSlots = opened[SluiceMapSluiceSlots]
+	m.SluiceBackends = opened[SluiceMapSluiceBackends]
+	m.SluiceCt = opened[SluiceMapSluiceCt]
+	m.SluiceSvcStats = opened[SluiceMapSluiceSvcStats]
+	m.SluiceReasons = opened[SluiceMapSluiceReasons]
+	m.SluiceFrontendPorts = opened[SluiceMapSluiceFrontendPorts]
+	m.SluiceBackendPorts = opened[SluiceMapSluiceBackendPorts]
+	m.SluiceDevices = opened[SluiceMapSluiceDevices]
+	m.SluiceSvcInfo = opened[SluiceMapSluiceSvcInfo]
+	m.SluiceAgent = opened[SluiceMapSluiceAgent]
+	return m, nil
+}
+
+// Pinned returns the live maps by name, to load a trace copy of the programs on them.
+func (m *SluiceMaps) Pinned() map[string]*ebpf.Map {
+	return map[string]*ebpf.Map{
+		SluiceMapSluiceFrontends: m.SluiceFrontends, SluiceMapSluiceSlots: m.SluiceSlots,
+		SluiceMapSluiceBackends: m.SluiceBackends, SluiceMapSluiceCt: m.SluiceCt,
+		SluiceMapSluiceSvcStats: m.SluiceSvcStats, SluiceMapSluiceReasons: m.SluiceReasons,
+		SluiceMapSluiceFrontendPorts: m.SluiceFrontendPorts, SluiceMapSluiceBackendPorts: m.SluiceBackendPorts,
+		SluiceMapSluiceDevices: m.SluiceDevices, SluiceMapSluiceSvcInfo: m.SluiceSvcInfo, SluiceMapSluiceAgent: m.SluiceAgent,
+	}
 }

@@ -51,31 +51,8 @@ func newEnv(t testing.TB) *env {
 
 func newEnvWith(t testing.TB, cfg datapath.Config) *env {
 	t.Helper()
-	testutil.RequirePrivileges(t)
-	ns := testutil.NewTestNetns(t, "sl-golden-")
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"},
-		{"ip", "addr", "add", "10.0.0.1/24", "dev", "eth0"},
-		{"ip", "link", "set", "eth0", "up"},
-		{"ip", "link", "set", "peer0", "up"},
-		{"ip", "neigh", "replace", backendIP.String(), "lladdr", backendMAC.String(), "dev", "eth0", "nud", "permanent"},
-		{"ip", "neigh", "replace", clientIP.String(), "lladdr", clientMAC.String(), "dev", "eth0", "nud", "permanent"},
-		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
-	} {
-		ns.MustExec(t, cmd...)
-	}
-	e := &env{ns: ns}
-	err := ns.Do(func() error {
-		ifc, err := net.InterfaceByName("eth0")
-		if err != nil {
-			return err
-		}
-		e.ifindex, e.nodeMAC = ifc.Index, ifc.HardwareAddr
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	node := testutil.NewNode(t, "sl-golden-", nodeIP, map[netip.Addr]net.HardwareAddr{backendIP: backendMAC, clientIP: clientMAC})
+	e := &env{ns: node.Netns, ifindex: node.Ifindex, nodeMAC: node.MAC}
 	dp, err := datapath.Load(cfg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,25 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SluiceAgentInfo struct {
+	_               structs.HostLayout
+	Version         [32]int8
+	Object          [16]int8
+	StartedNs       uint64
+	Pid             uint32
+	Ndevices        uint32
+	Devices         [8]SluiceDeviceInfo
+	SnatPortMin     uint16
+	SnatPortMax     uint16
+	CtTcpTimeoutS   uint32
+	CtCloseTimeoutS uint32
+	CtSynTimeoutS   uint32
+	CtUdpTimeoutS   uint32
+	SnatReuseS      uint32
+	MaxServices     uint32
+	Pad2            uint32
+}
+
 type SluiceBackend struct {
 	_     structs.HostLayout
 	Addr  uint32
@@ -42,6 +61,18 @@ type SluiceCtKey struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
+}
+
+type SluiceDeviceInfo struct {
+	_               structs.HostLayout
+	Ifindex         uint32
+	XdpProgId       uint32
+	TcIngressProgId uint32
+	TcEgressProgId  uint32
+	XdpMode         uint8
+	TcMode          uint8
+	Pad             [2]uint8
+	Name            [16]int8
 }
 
 type SluiceFrontend struct {
@@ -84,6 +115,16 @@ type SluiceSlotKey struct {
 	Slot  uint32
 }
 
+type SluiceSvcInfo struct {
+	_         structs.HostLayout
+	Name      [112]int8
+	NodePort  uint16
+	Proto     uint8
+	Flags     uint8
+	Pad       uint32
+	UpdatedNs uint64
+}
+
 type SluiceSvcStats struct {
 	_            structs.HostLayout
 	Packets      uint64
@@ -93,10 +134,40 @@ type SluiceSvcStats struct {
 	Rejected     uint64
 }
 
+type SluiceTraceRecord struct {
+	_         structs.HostLayout
+	Stage     uint32
+	Reason    uint32
+	SvcId     uint32
+	BackendId uint32
+	NatSaddr  uint32
+	NatDaddr  uint32
+	NatSport  uint16
+	NatDport  uint16
+	Flags     uint32
+}
+
+type SluiceTraceStage uint32
+
+const (
+	SluiceTraceStageTRACE_NONE        SluiceTraceStage = 0
+	SluiceTraceStageTRACE_NOT_OURS    SluiceTraceStage = 1
+	SluiceTraceStageTRACE_PARSE       SluiceTraceStage = 2
+	SluiceTraceStageTRACE_TO_TC       SluiceTraceStage = 3
+	SluiceTraceStageTRACE_ESTABLISHED SluiceTraceStage = 4
+	SluiceTraceStageTRACE_REPLY       SluiceTraceStage = 5
+	SluiceTraceStageTRACE_NO_FRONTEND SluiceTraceStage = 6
+	SluiceTraceStageTRACE_REJECT      SluiceTraceStage = 7
+	SluiceTraceStageTRACE_NO_FLOW     SluiceTraceStage = 8
+	SluiceTraceStageTRACE_NEW_FLOW    SluiceTraceStage = 9
+	SluiceTraceStageTRACE_DROP        SluiceTraceStage = 10
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SluiceMapSluiceAgent         = "sluice_agent"
 	SluiceMapSluiceBackendPorts  = "sluice_backend_ports"
 	SluiceMapSluiceBackends      = "sluice_backends"
 	SluiceMapSluiceCt            = "sluice_ct"
@@ -105,7 +176,9 @@ const (
 	SluiceMapSluiceFrontends     = "sluice_frontends"
 	SluiceMapSluiceReasons       = "sluice_reasons"
 	SluiceMapSluiceSlots         = "sluice_slots"
+	SluiceMapSluiceSvcInfo       = "sluice_svc_info"
 	SluiceMapSluiceSvcStats      = "sluice_svc_stats"
+	SluiceMapSluiceTrace         = "sluice_trace"
 	SluiceProgSluiceTcEgress     = "sluice_tc_egress"
 	SluiceProgSluiceTcIngress    = "sluice_tc_ingress"
 	SluiceProgSluiceXdp          = "sluice_xdp"
@@ -171,6 +244,7 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
+	SluiceAgent         *ebpf.MapSpec `ebpf:"sluice_agent"`
 	SluiceBackendPorts  *ebpf.MapSpec `ebpf:"sluice_backend_ports"`
 	SluiceBackends      *ebpf.MapSpec `ebpf:"sluice_backends"`
 	SluiceCt            *ebpf.MapSpec `ebpf:"sluice_ct"`
@@ -179,7 +253,9 @@ type SluiceMapSpecs struct {
 	SluiceFrontends     *ebpf.MapSpec `ebpf:"sluice_frontends"`
 	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
 	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
+	SluiceSvcInfo       *ebpf.MapSpec `ebpf:"sluice_svc_info"`
 	SluiceSvcStats      *ebpf.MapSpec `ebpf:"sluice_svc_stats"`
+	SluiceTrace         *ebpf.MapSpec `ebpf:"sluice_trace"`
 }
 
 // SluiceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -217,6 +293,7 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
+	SluiceAgent         *ebpf.Map `ebpf:"sluice_agent"`
 	SluiceBackendPorts  *ebpf.Map `ebpf:"sluice_backend_ports"`
 	SluiceBackends      *ebpf.Map `ebpf:"sluice_backends"`
 	SluiceCt            *ebpf.Map `ebpf:"sluice_ct"`
@@ -225,11 +302,14 @@ type SluiceMaps struct {
 	SluiceFrontends     *ebpf.Map `ebpf:"sluice_frontends"`
 	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
 	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
+	SluiceSvcInfo       *ebpf.Map `ebpf:"sluice_svc_info"`
 	SluiceSvcStats      *ebpf.Map `ebpf:"sluice_svc_stats"`
+	SluiceTrace         *ebpf.Map `ebpf:"sluice_trace"`
 }
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
+		m.SluiceAgent,
 		m.SluiceBackendPorts,
 		m.SluiceBackends,
 		m.SluiceCt,
@@ -238,7 +318,9 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceFrontends,
 		m.SluiceReasons,
 		m.SluiceSlots,
+		m.SluiceSvcInfo,
 		m.SluiceSvcStats,
+		m.SluiceTrace,
 	)
 }
 

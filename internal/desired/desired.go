@@ -203,6 +203,7 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 			case isReady && !isTerminating:
 				ready = append(ready, b)
 			case isServing && isTerminating:
+				b.Terminating = true
 				terminating = append(terminating, b)
 			}
 		}

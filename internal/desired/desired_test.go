@@ -116,7 +116,7 @@ func TestBuild(t *testing.T) {
 				slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: no, serv: yes, term: yes}, ep{addr: "10.244.1.11", ready: yes}),
 				slice("api-1", "api", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.20", ready: no, serv: yes, term: yes}, ep{addr: "10.244.1.21", ready: no, serv: no, term: yes}),
 			},
-			want: map[ServiceKey][]maps.Backend{{30080, maps.TCP}: {b("10.244.1.11", 80, false)}, {30081, maps.TCP}: {b("10.244.1.20", 80, false)}},
+			want: map[ServiceKey][]maps.Backend{{30080, maps.TCP}: {b("10.244.1.11", 80, false)}, {30081, maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
 		},
 		{
 			name: "LoadBalancer nodePorts served; ClusterIP, ExternalName, other proxies' services ignored",

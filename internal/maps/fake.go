@@ -15,6 +15,7 @@ type Fake struct {
 	// Ports set in the prefilter bitmaps.
 	FrontendPorts map[uint16]bool
 	BackendPorts  map[uint16]bool
+	Info          map[uint32]ServiceInfo
 	MaxFrontends  int
 	MaxSlots      int
 	MaxBackends   int
@@ -24,7 +25,7 @@ type Fake struct {
 // NewFake returns an empty Fake.
 func NewFake() *Fake {
 	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{},
-		FrontendPorts: map[uint16]bool{}, BackendPorts: map[uint16]bool{}}
+		FrontendPorts: map[uint16]bool{}, BackendPorts: map[uint16]bool{}, Info: map[uint32]ServiceInfo{}}
 }
 
 func (f *Fake) log(format string, args ...any) {
@@ -113,6 +114,22 @@ func (f *Fake) SetBackendPort(port uint16) error {
 	return nil
 }
 
+func (f *Fake) UpdateServiceInfo(id uint32, info ServiceInfo) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Info[id] = info
+	f.log("info %d = %s", id, info.Name)
+	return nil
+}
+
+func (f *Fake) DeleteServiceInfo(id uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Info, id)
+	f.log("delete info %d", id)
+	return nil
+}
+
 func (f *Fake) ResetServiceStats(id uint32) error { return nil }
 
 func (f *Fake) Frontends() (map[FrontendKey]Frontend, error) {
@@ -131,6 +148,12 @@ func (f *Fake) Backends() (map[uint32]Backend, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return clone(f.BackendMap), nil
+}
+
+func (f *Fake) ServiceInfos() (map[uint32]ServiceInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.Info), nil
 }
 
 func clone[K comparable, V any](m map[K]V) map[K]V {

@@ -11,6 +11,12 @@ import (
 	"github.com/sluicelb/sluice/internal/datapath"
 )
 
+// Backend flags, mirroring BACKEND_F_* in bpf/lib/maps.h.
+const (
+	backendLocal       = 0x01
+	backendTerminating = 0x02
+)
+
 // ErrFull is returned when a map has no room for a new entry.
 var ErrFull = errors.New("map is full")
 
@@ -52,7 +58,10 @@ func frontendKey(k FrontendKey) datapath.SluiceFrontendKey {
 func backendValue(b Backend) datapath.SluiceBackend {
 	v := datapath.SluiceBackend{Addr: Addr4(b.Addr), Port: Port16(b.Port)}
 	if b.Local {
-		v.Flags |= 1
+		v.Flags |= backendLocal
+	}
+	if b.Terminating {
+		v.Flags |= backendTerminating
 	}
 	return v
 }
@@ -174,7 +183,8 @@ func (k *Kernel) Backends() (map[uint32]Backend, error) {
 	var val datapath.SluiceBackend
 	it := k.objs.SluiceBackends.Iterate()
 	for it.Next(&key, &val) {
-		out[key] = Backend{Addr: AddrFrom4(val.Addr), Port: PortFrom16(val.Port), Local: val.Flags&1 != 0}
+		out[key] = Backend{Addr: AddrFrom4(val.Addr), Port: PortFrom16(val.Port),
+			Local: val.Flags&backendLocal != 0, Terminating: val.Flags&backendTerminating != 0}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump backends: %w", err)

@@ -52,17 +52,22 @@ type SlotKey struct {
 	Slot      uint32
 }
 
-// Backend is an endpoint address; Local marks a pod on this node.
+// Backend is an endpoint address; Local marks a pod on this node, Terminating one that is
+// used only because no endpoint is ready (kube-proxy's fallback).
 type Backend struct {
-	Addr  netip.Addr
-	Port  uint16
-	Local bool
+	Addr        netip.Addr
+	Port        uint16
+	Local       bool
+	Terminating bool
 }
 
 func (b Backend) String() string {
 	s := netip.AddrPortFrom(b.Addr, b.Port).String()
 	if b.Local {
 		s += " (local)"
+	}
+	if b.Terminating {
+		s += " (terminating)"
 	}
 	return s
 }
@@ -108,10 +113,14 @@ type Maps interface {
 	// established flows translated, and costs nothing but the full lookup.
 	SetFrontendPort(uint16) error
 	SetBackendPort(uint16) error
+	// UpdateServiceInfo and DeleteServiceInfo keep the names sluicectl shows.
+	UpdateServiceInfo(uint32, ServiceInfo) error
+	DeleteServiceInfo(uint32) error
 	// ResetServiceStats zeroes a service ID's counters when the ID is given to a new service.
 	ResetServiceStats(uint32) error
 
 	Frontends() (map[FrontendKey]Frontend, error)
 	Slots() (map[SlotKey]uint32, error)
 	Backends() (map[uint32]Backend, error)
+	ServiceInfos() (map[uint32]ServiceInfo, error)
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -44,6 +45,7 @@ type Reconciler struct {
 
 	// Left by a previous agent with no service of ours: deleted on the first Apply.
 	orphanSlots []maps.SlotKey
+	orphanInfos []uint32
 }
 
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the
@@ -75,6 +77,10 @@ func (r *Reconciler) Restore() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("restore backends: %w", err)
 	}
+	infos, err := r.m.ServiceInfos()
+	if err != nil {
+		return 0, fmt.Errorf("restore service names: %w", err)
+	}
 	for id, b := range bes {
 		r.backends[id] = b
 		if cur, ok := r.backendIDs[b]; !ok || id < cur {
@@ -100,7 +106,7 @@ func (r *Reconciler) Restore() (int, error) {
 			if r.svcIDs[fe.ServiceID] {
 				continue // two services on one ID: Apply rewrites this one's frontends
 			}
-			a = &applied{id: fe.ServiceID, count: fe.Count, name: sk.String()}
+			a = &applied{id: fe.ServiceID, count: fe.Count, name: infos[fe.ServiceID].Name}
 			r.services[sk] = a
 			r.svcIDs[fe.ServiceID] = true
 		}
@@ -112,6 +118,11 @@ func (r *Reconciler) Restore() (int, error) {
 	for _, a := range r.services {
 		byID[a.id] = a
 		a.backends = make([]uint32, a.count)
+	}
+	for id := range infos {
+		if byID[id] == nil {
+			r.orphanInfos = append(r.orphanInfos, id)
+		}
 	}
 	for sk, id := range slots {
 		a := byID[sk.ServiceID]
@@ -159,6 +170,14 @@ func (r *Reconciler) Apply(st desired.State) error {
 		}
 	}
 	r.orphanSlots = nil
+	for _, id := range r.orphanInfos {
+		if !r.svcIDs[id] {
+			if err := r.m.DeleteServiceInfo(id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	r.orphanInfos = nil
 	if err := r.pruneBackends(); err != nil {
 		errs = append(errs, err)
 	}
@@ -179,7 +198,13 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 		r.services[svc.Key] = a
 		r.svcIDs[id] = true
 	}
-	a.name = svc.Name
+	if a.name != svc.Name {
+		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now()}
+		if err := r.m.UpdateServiceInfo(a.id, info); err != nil {
+			return err
+		}
+		a.name = svc.Name
+	}
 
 	// 1. Backends, so that every slot written next names an existing backend.
 	want := make([]uint32, len(svc.Backends))
@@ -279,6 +304,9 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 		}
 		r.ref(a.backends[last-1], -1)
 		a.backends = a.backends[:last-1]
+	}
+	if err := r.m.DeleteServiceInfo(a.id); err != nil {
+		return err
 	}
 	delete(r.services, k)
 	delete(r.svcIDs, a.id)
