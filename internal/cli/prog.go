@@ -1,0 +1,152 @@
+package cli
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+// ProgShowJSON is `prog show -o json`.
+type ProgShowJSON struct {
+	Agent   AgentJSON    `json:"agent"`
+	Devices []DeviceJSON `json:"devices"`
+	Pins    []string     `json:"pins"`
+}
+
+// AgentJSON describes the agent that loaded the datapath.
+type AgentJSON struct {
+	Version     string    `json:"version"`
+	Running     bool      `json:"running"`
+	PID         int       `json:"pid,omitempty"`
+	Started     time.Time `json:"started"`
+	Object      string    `json:"datapathObject"`  // hash of the BPF object the agent loaded
+	CLIObject   string    `json:"sluicectlObject"` // hash of the one this sluicectl carries
+	SNATPorts   string    `json:"snatPorts"`
+	MaxServices uint32    `json:"maxServices"`
+}
+
+// DeviceJSON is a device the agent attached to.
+type DeviceJSON struct {
+	Name     string     `json:"name"`
+	Ifindex  int        `json:"ifindex"`
+	XDPMode  string     `json:"xdpMode"` // native, generic, or off
+	TCMode   string     `json:"tcMode"`  // tcx or clsact
+	Programs []ProgJSON `json:"programs"`
+}
+
+// ProgJSON is one attached program.
+type ProgJSON struct {
+	Hook string `json:"hook"` // xdp, tc-ingress, tc-egress
+	ID   uint32 `json:"id"`
+	Name string `json:"name"`
+	Tag  string `json:"tag"`
+}
+
+func running(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
+	return err == nil
+}
+
+func progJSON(hook string, id uint32) ProgJSON {
+	p := ProgJSON{Hook: hook, ID: id}
+	prog, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	if err != nil {
+		p.Name = "(gone)"
+		return p
+	}
+	defer prog.Close()
+	if info, err := prog.Info(); err == nil {
+		p.Name, p.Tag = info.Name, info.Tag
+	}
+	return p
+}
+
+func loadProgShow(e *Env, k *maps.Kernel) (ProgShowJSON, error) {
+	info, err := k.AgentInfo()
+	if err != nil {
+		return ProgShowJSON{}, err
+	}
+	out := ProgShowJSON{
+		Agent: AgentJSON{Version: info.Version, PID: info.PID, Running: running(info.PID), Started: info.Started,
+			Object: info.Object, CLIObject: datapath.ObjectHash(), MaxServices: info.Config.MaxServices,
+			SNATPorts: fmt.Sprintf("%d-%d", info.Config.SNATPortMin, info.Config.SNATPortMax)},
+		Devices: []DeviceJSON{},
+	}
+	if !out.Agent.Running {
+		out.Agent.PID = 0
+	}
+	for _, d := range info.Devices {
+		dj := DeviceJSON{Name: d.Name, Ifindex: d.Ifindex, XDPMode: d.XDPMode, TCMode: d.TCMode}
+		if d.XDPProg != 0 {
+			dj.Programs = append(dj.Programs, progJSON("xdp", d.XDPProg))
+		}
+		dj.Programs = append(dj.Programs, progJSON("tc-ingress", d.TCIngressProg), progJSON("tc-egress", d.TCEgressProg))
+		out.Devices = append(out.Devices, dj)
+	}
+	entries, err := os.ReadDir(e.BPFFS)
+	if err != nil {
+		return out, fmt.Errorf("list pins: %w", err)
+	}
+	for _, en := range entries {
+		out.Pins = append(out.Pins, filepath.Join(e.BPFFS, en.Name()))
+	}
+	sort.Strings(out.Pins)
+	return out, nil
+}
+
+func progShow(e *Env, args []string) error {
+	if err := subFlags("prog show", args, func(*flag.FlagSet) {}); err != nil {
+		return err
+	}
+	k, err := e.Maps()
+	if err != nil {
+		return err
+	}
+	out, err := loadProgShow(e, k)
+	if err != nil {
+		return err
+	}
+	if out.Agent.Version == "" {
+		return errors.New("no agent has recorded itself in these maps")
+	}
+	return e.emit(out, func(w *tabwriter.Writer) {
+		a := out.Agent
+		state := "stopped (programs detached)"
+		if a.Running {
+			state = fmt.Sprintf("running, pid %d", a.PID)
+		}
+		fmt.Fprintf(w, "agent\t%s, %s, started %s\n", a.Version, state, a.Started.Format(time.RFC3339))
+		obj := a.Object
+		if a.Object != a.CLIObject {
+			obj += fmt.Sprintf(" (this sluicectl carries %s: built from other sources)", a.CLIObject)
+		}
+		fmt.Fprintf(w, "datapath object\t%s\n", obj)
+		fmt.Fprintf(w, "SNAT ports\t%s\n", a.SNATPorts)
+		fmt.Fprintf(w, "pins\t%s\n", e.BPFFS)
+		fmt.Fprintln(w, "\nDEVICE\tIFINDEX\tXDP\tTC\tPROGRAMS")
+		for _, d := range out.Devices {
+			var ps []string
+			for _, p := range d.Programs {
+				ps = append(ps, fmt.Sprintf("%s id %d %s tag %s", p.Hook, p.ID, p.Name, p.Tag))
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", d.Name, d.Ifindex, d.XDPMode, d.TCMode, strings.Join(ps, "; "))
+		}
+		if len(out.Devices) == 0 {
+			fmt.Fprintln(w, "(none attached)")
+		}
+	})
+}
