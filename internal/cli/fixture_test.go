@@ -51,7 +51,9 @@ func newFixture(t *testing.T) *fixture {
 		os.RemoveAll(dir)
 	})
 	k := maps.NewKernel(&dp.Objs.SluiceMaps)
-	be := func(a netip.Addr, p uint16, local bool) maps.Backend { return maps.Backend{Addr: a, Port: p, Local: local} }
+	be := func(a netip.Addr, p uint16, local bool) maps.Backend {
+		return maps.Backend{Addr: a, Port: p, Local: local}
+	}
 	st := desired.State{Addresses: []netip.Addr{nodeIP}, Services: map[desired.ServiceKey]*desired.Service{}}
 	for _, s := range []*desired.Service{
 		{Key: desired.ServiceKey{NodePort: 30080, Proto: maps.TCP}, Name: "default/web:http", Backends: []maps.Backend{be(backendIP, 8080, false), be(podIP, 80, true)}},

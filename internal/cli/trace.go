@@ -20,7 +20,7 @@ import (
 
 // TraceJSON is `trace -o json`: what the datapath would do with the packet.
 type TraceJSON struct {
-	Hook        string `json:"hook"`    // xdp or tc
+	Hook        string `json:"hook"` // xdp or tc
 	Device      string `json:"device"`
 	Verdict     string `json:"verdict"` // XDP_TX, XDP_PASS, XDP_DROP, XDP_REDIRECT, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT
 	Stage       string `json:"stage"`   // see traceStages

@@ -189,11 +189,11 @@ func (k *Kernel) Conntrack(fn func(CTEntry) bool) error {
 	it := k.objs.SluiceCt.Iterate()
 	for it.Next(&key, &v) {
 		e := CTEntry{
-			Src:    netip.AddrPortFrom(AddrFrom4(key.Saddr), PortFrom16(key.Sport)),
-			Dst:    netip.AddrPortFrom(AddrFrom4(key.Daddr), PortFrom16(key.Dport)),
-			Proto:  Proto(key.Proto),
-			NatSrc: netip.AddrPortFrom(AddrFrom4(v.NatSaddr), PortFrom16(v.NatSport)),
-			NatDst: netip.AddrPortFrom(AddrFrom4(v.NatDaddr), PortFrom16(v.NatDport)),
+			Src:       netip.AddrPortFrom(AddrFrom4(key.Saddr), PortFrom16(key.Sport)),
+			Dst:       netip.AddrPortFrom(AddrFrom4(key.Daddr), PortFrom16(key.Dport)),
+			Proto:     Proto(key.Proto),
+			NatSrc:    netip.AddrPortFrom(AddrFrom4(v.NatSaddr), PortFrom16(v.NatSport)),
+			NatDst:    netip.AddrPortFrom(AddrFrom4(v.NatDaddr), PortFrom16(v.NatDport)),
 			ServiceID: v.SvcId, BackendID: v.BackendId, Flags: v.Flags,
 			LastSeen: time.Duration(v.LastSeen),
 		}
