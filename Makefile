@@ -38,7 +38,7 @@ test: deps check-generate build
 	CI=$${CI:-} $(GO) test -count=1 -timeout 30m ./...
 
 demo: deps build
-	$(GO) run ./tools/demo --agent bin/sluice-agent --manifests examples
+	$(GO) run ./tools/demo --agent bin/sluice-agent --sluicectl bin/sluicectl --manifests examples
 
 bench: deps build
 	CI=$${CI:-} $(GO) test -run '^$$' -bench . -benchtime 1x ./internal/datapath/

@@ -43,7 +43,7 @@ var traceStages = map[datapath.SluiceTraceStage][2]string{
 	datapath.SluiceTraceStageTRACE_NO_FRONTEND: {"no-frontend", "no service on this address and port: passed to the node"},
 	datapath.SluiceTraceStageTRACE_REJECT:      {"reject", "the service has no ready endpoint: refused (TCP RST / ICMP port unreachable)"},
 	datapath.SluiceTraceStageTRACE_NO_FLOW:     {"no-flow", "a TCP segment other than SYN with no flow: left to the kernel"},
-	datapath.SluiceTraceStageTRACE_NEW_FLOW:    {"new-flow", "a new flow: a backend was picked"},
+	datapath.SluiceTraceStageTRACE_NEW_FLOW:    {"new-flow", "a new flow: a backend was picked for it"},
 	datapath.SluiceTraceStageTRACE_DROP:        {"drop", "dropped"},
 }
 
@@ -235,7 +235,7 @@ func trace(e *Env, args []string) error {
 		fmt.Fprintf(w, "packet\t%s\n", res.Input)
 		fmt.Fprintf(w, "hook\t%s on %s\n", res.Hook, res.Device)
 		fmt.Fprintf(w, "verdict\t%s\n", res.Verdict)
-		fmt.Fprintf(w, "why\t%s: %s\n", res.Stage, res.Explanation)
+		fmt.Fprintf(w, "why\t%s (%s)\n", res.Explanation, res.Stage)
 		if res.Service != "" {
 			fmt.Fprintf(w, "service\t%s\n", res.Service)
 		}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -24,6 +25,7 @@ import (
 
 func main() {
 	agent := flag.String("agent", "bin/sluice-agent", "sluice-agent binary")
+	ctl := flag.String("sluicectl", "bin/sluicectl", "sluicectl binary (empty: skip the inspection step)")
 	manifests := flag.String("manifests", "examples", "manifests the agent serves")
 	mode := flag.String("xdp-mode", "native", "XDP mode for the agent: native, generic or off")
 	n := flag.Int("requests", 10, "requests per protocol")
@@ -35,7 +37,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *agent, *manifests, *mode, *n, *keep); errors.Is(err, context.Canceled) {
+	if err := run(ctx, *agent, *ctl, *manifests, *mode, *n, *keep); errors.Is(err, context.Canceled) {
 		fmt.Fprintln(os.Stderr, "demo: interrupted; the lab is removed")
 		os.Exit(130)
 	} else if err != nil {
@@ -44,7 +46,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, agentBin, manifests, mode string, n int, printLogs bool) (err error) {
+func run(ctx context.Context, agentBin, ctlBin, manifests, mode string, n int, printLogs bool) (err error) {
 	abs, err := filepath.Abs(manifests)
 	if err != nil {
 		return err
@@ -142,6 +144,28 @@ func run(ctx context.Context, agentBin, manifests, mode string, n int, printLogs
 	step("Traffic that is not for a NodePort is the node's own: the kernel refuses an unused port")
 	err = lab.TCPConnect(l.Client, node(22), time.Second)
 	fmt.Printf("   TCP %s: %v\n", node(22), describe(err))
+
+	if ctlBin != "" {
+		// A flow left open, so that ct list and nat list have something to show.
+		conn, cerr := lab.OpenTCP(l.Client, node(30080))
+		if cerr == nil {
+			defer conn.Close()
+		}
+		for _, args := range [][]string{
+			{"service", "list"}, {"backend", "list"}, {"ct", "list"}, {"nat", "list"}, {"stats"}, {"prog", "show"},
+			{"trace", "--src", l.ClientIP.String() + ":40000", "--dst", node(30080).String()},
+			{"trace", "--src", l.ClientIP.String() + ":40001", "--dst", node(30090).String()},
+		} {
+			step("sluicectl " + strings.Join(args, " "))
+			// nsenter --net, not ip netns exec: that remounts /sys and would hide the pins.
+			cmd := exec.Command("nsenter", append([]string{"--net=" + l.Node1.Path(), ctlBin, "--bpffs", l.PinDir()}, args...)...)
+			out, cerr := cmd.CombinedOutput()
+			fmt.Print(indent(string(out)))
+			if cerr != nil {
+				return fmt.Errorf("sluicectl %s: %w", strings.Join(args, " "), cerr)
+			}
+		}
+	}
 	fmt.Println()
 	fmt.Println("Done: sluice served both backend kinds over TCP and UDP, and refused what had no endpoint.")
 	return nil
@@ -185,6 +209,14 @@ func summary(count map[string]int) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ", ")
+}
+
+func indent(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = "   " + l
+	}
+	return strings.Join(lines, "\n") + "\n"
 }
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }

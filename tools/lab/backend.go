@@ -183,6 +183,11 @@ func TCPConnect(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) 
 	return c.Close()
 }
 
+// OpenTCP connects from inside ns and leaves the connection open, for a flow that lasts.
+func OpenTCP(ns *testutil.Netns, addr netip.AddrPort) (net.Conn, error) {
+	return dial(ns, "tcp4", addr, Timeout)
+}
+
 // ParseReply splits a backend's reply line.
 func ParseReply(s string) (backend string, client netip.AddrPort, err error) {
 	f := strings.Fields(s)

@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/sluicelb/sluice/internal/cli"
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
@@ -26,12 +28,12 @@ import (
 
 var (
 	buildOnce sync.Once
-	agentBin  string
+	binDir    string
 	buildErr  error
 )
 
-// agentBinary builds cmd/sluice-agent once per test binary.
-func agentBinary(t *testing.T) string {
+// binaries builds cmd/... once per test binary and returns the folder holding them.
+func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "sluice-e2e-")
@@ -39,17 +41,19 @@ func agentBinary(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		agentBin = filepath.Join(dir, "sluice-agent")
-		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/sluicelb/sluice/cmd/sluice-agent").CombinedOutput()
+		binDir = dir
+		out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/sluicelb/sluice/cmd/...").CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("build agent: %v: %s", err, out)
+			buildErr = fmt.Errorf("build binaries: %v: %s", err, out)
 		}
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	return agentBin
+	return binDir
 }
+
+func agentBinary(t *testing.T) string { return filepath.Join(binaries(t), "sluice-agent") }
 
 // cluster is a lab with backends in both pods and the agent on node1.
 type cluster struct {
@@ -362,4 +366,77 @@ func (c *cluster) checkCounters(t *testing.T) {
 		t.Errorf("service counters: %d packets, %d replies; want both > 0", total, replies)
 	}
 	_ = maps.TCP
+}
+
+// sluicectl runs the CLI on node1 (nsenter --net: ip netns exec would hide the pins) with
+// extra leading arguments (such as setpriv to drop root), returning output and exit error.
+func (c *cluster) sluicectl(t *testing.T, prefix []string, args ...string) (string, error) {
+	t.Helper()
+	cmdline := append(append([]string{"--net=" + c.Node1.Path()}, prefix...), filepath.Join(binaries(t), "sluicectl"), "--bpffs", c.PinDir())
+	out, err := exec.Command("nsenter", append(cmdline, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func (c *cluster) sluicectlJSON(t *testing.T, v any, args ...string) {
+	t.Helper()
+	out, err := c.sluicectl(t, nil, append([]string{"-o", "json"}, args...)...)
+	if err != nil {
+		t.Fatalf("sluicectl %v: %v\n%s", args, err, out)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("sluicectl %v: %v\n%s", args, err, out)
+	}
+}
+
+// sluicectl reads a live agent's datapath, and the maps it left after it stopped; only root.
+func TestE2ESluicectl(t *testing.T) {
+	c := startCluster(t, "native")
+	conn, err := lab.OpenTCP(c.Client, c.nodePort(30080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	var svcs []cli.ServiceJSON
+	c.sluicectlJSON(t, &svcs, "service", "list")
+	found := false
+	for _, s := range svcs {
+		if s.Name == "default/echo:http" && s.NodePort == 30080 && len(s.Backends) == 2 && s.Packets > 0 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("service list: %+v", svcs)
+	}
+	var ps cli.ProgShowJSON
+	c.sluicectlJSON(t, &ps, "prog", "show")
+	if !ps.Agent.Running || len(ps.Devices) != 1 || ps.Devices[0].XDPMode != "native" || len(ps.Devices[0].Programs) != 3 {
+		t.Errorf("prog show (running): %+v", ps)
+	}
+	var flows []cli.FlowJSON
+	c.sluicectlJSON(t, &flows, "ct", "list", "--client", c.ClientIP.String())
+	if len(flows) == 0 {
+		t.Errorf("ct list: no flow from the client")
+	}
+	var tr cli.TraceJSON
+	c.sluicectlJSON(t, &tr, "trace", "--src", c.ClientIP.String()+":50000", "--dst", c.nodePort(30080).String())
+	if tr.Stage != "new-flow" || tr.Service != "default/echo:http" || tr.Backend == "" {
+		t.Errorf("trace: %+v", tr)
+	}
+
+	if out, err := c.sluicectl(t, []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, "service", "list"); err == nil || !strings.Contains(out, "only root") {
+		t.Errorf("as nobody: %v\n%s", err, out)
+	}
+
+	if err := c.agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c.sluicectlJSON(t, &ps, "prog", "show")
+	if ps.Agent.Running || len(ps.Devices) != 0 {
+		t.Errorf("prog show (stopped): %+v", ps)
+	}
+	c.sluicectlJSON(t, &svcs, "service", "list")
+	if len(svcs) != 4 {
+		t.Errorf("service list after stop: %d services", len(svcs))
+	}
 }
