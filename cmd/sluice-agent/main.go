@@ -16,6 +16,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
@@ -30,6 +32,10 @@ var version = "dev"
 
 type options struct {
 	manifests     string
+	kubeconfig    string
+	nodePortAddrs string
+	apiQPS        float64
+	apiBurst      int
 	devices       string
 	nodeName      string
 	bpffs         string
@@ -47,7 +53,11 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{dp: datapath.Defaults()}
 	host, _ := os.Hostname()
 	fs := flag.NewFlagSet("sluice-agent", flag.ContinueOnError)
-	fs.StringVar(&o.manifests, "manifests", "", "folder of Service/EndpointSlice/Node manifests to serve (watched for edits)")
+	fs.StringVar(&o.manifests, "manifests", "", "folder of Service/EndpointSlice/Node manifests to serve (watched for edits) instead of the Kubernetes API")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig to reach the API server (default: in-cluster config)")
+	fs.Float64Var(&o.apiQPS, "kube-api-qps", 50, "API server queries per second")
+	fs.IntVar(&o.apiBurst, "kube-api-burst", 100, "API server query burst")
+	fs.StringVar(&o.nodePortAddrs, "nodeport-addresses", "", "CIDRs (comma-separated) of the device addresses NodePorts are served on, as kube-proxy's flag (default: all)")
 	fs.StringVar(&o.devices, "devices", "", "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts")
 	fs.StringVar(&o.nodeName, "node-name", host, "this node's name, as EndpointSlices' nodeName (marks local backends)")
 	fs.StringVar(&o.bpffs, "bpffs", "/sys/fs/bpf/sluice", "bpffs directory for the pinned maps")
@@ -75,8 +85,8 @@ func parseFlags(args []string) (*options, error) {
 		fmt.Println(version)
 		os.Exit(0)
 	}
-	if o.manifests == "" {
-		return nil, errors.New("parse flags: --manifests is required (the Kubernetes API source is not there yet)")
+	if o.manifests != "" && o.kubeconfig != "" {
+		return nil, errors.New("parse flags: --manifests and --kubeconfig exclude each other")
 	}
 	if o.devices == "" {
 		return nil, errors.New("parse flags: --devices is required")
@@ -158,6 +168,10 @@ func run(o *options, log *zap.Logger) error {
 		return err
 	}
 	devices := strings.Split(o.devices, ",")
+	nodePortCIDRs, err := parseCIDRs(o.nodePortAddrs)
+	if err != nil {
+		return err
+	}
 	if ok, err := datapath.ForwardingEnabled(); err == nil && !ok {
 		alog.Warn("net.ipv4.ip_forward is 0: remote backends and local pods are unreachable until it is 1")
 	}
@@ -225,7 +239,10 @@ func run(o *options, log *zap.Logger) error {
 	tracker := proxy.NewTracker()
 	syncer := &proxy.Syncer{
 		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange,
-		Addresses: func() ([]netip.Addr, error) { return datapath.DeviceAddresses(devices) },
+		Addresses: func() ([]netip.Addr, error) {
+			addrs, err := datapath.DeviceAddresses(devices)
+			return filterAddresses(addrs, nodePortCIDRs), err
+		},
 		Log:       log.Named("sync"),
 	}
 	runner := &proxy.Runner{
@@ -234,7 +251,21 @@ func run(o *options, log *zap.Logger) error {
 			log.Named("sync").Error("Sync failed", zap.Error(err), zap.Duration("retryIn", retry))
 		},
 	}
-	src := source.NewManifests(o.manifests, log.Named("source"))
+	var src source.Source
+	if o.manifests != "" {
+		src = source.NewManifests(o.manifests, log.Named("source"))
+	} else {
+		cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig) // "" and "": in-cluster
+		if err != nil {
+			return fmt.Errorf("load kubeconfig: %w", err)
+		}
+		cfg.QPS, cfg.Burst, cfg.UserAgent = float32(o.apiQPS), o.apiBurst, "sluice-agent/"+version
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("create API client: %w", err)
+		}
+		src = source.NewKube(client, o.nodeName, log.Named("source"))
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- src.Run(ctx, tracker) }()
 	go runner.Run(ctx, tracker.Changed())
@@ -249,4 +280,37 @@ func run(o *options, log *zap.Logger) error {
 		}
 		return nil
 	}
+}
+
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("parse --nodeport-addresses: %w", err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// filterAddresses keeps the addresses inside one of cidrs (all when there are none), as
+// kube-proxy's --nodeport-addresses.
+func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
+	if len(cidrs) == 0 {
+		return addrs
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		for _, c := range cidrs {
+			if c.Contains(a) {
+				out = append(out, a)
+				break
+			}
+		}
+	}
+	return out
 }
