@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/kubernetes"
@@ -22,6 +23,7 @@ import (
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
 	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/metrics"
 	"github.com/sluicelb/sluice/internal/proxy"
 	"github.com/sluicelb/sluice/internal/reconciler"
 	"github.com/sluicelb/sluice/internal/source"
@@ -44,6 +46,7 @@ type options struct {
 	nodePortRange string
 	snatPorts     string
 	logLevel      string
+	metricsAddr   string
 	syncPeriod    time.Duration
 	minSync       time.Duration
 	dp            datapath.Config
@@ -66,6 +69,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.nodePortRange, "nodeport-range", "30000-32767", "NodePorts outside this range are refused")
 	fs.StringVar(&o.snatPorts, "snat-port-range", fmt.Sprintf("%d-%d", o.dp.SNATPortMin, o.dp.SNATPortMax), "source ports for SNAT to remote backends (keep clear of net.ipv4.ip_local_port_range)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:10249", "where /metrics, /healthz and /readyz are served (empty: nowhere)")
 	fs.DurationVar(&o.syncPeriod, "sync-period", 30*time.Second, "full resync interval")
 	fs.DurationVar(&o.minSync, "min-sync-interval", 100*time.Millisecond, "minimum time between syncs")
 	fs.Func("max-services", "service ports the maps hold", uintFlag(&o.dp.MaxServices))
@@ -236,14 +240,18 @@ func run(o *options, log *zap.Logger) error {
 		}
 	}()
 
+	reg := prometheus.NewRegistry()
+	health := &metrics.Health{Stale: 3 * o.syncPeriod}
+	metrics.RegisterDatapath(reg, km)
 	tracker := proxy.NewTracker()
 	syncer := &proxy.Syncer{
+		Metrics: metrics.NewSync(reg), Health: health,
 		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange,
 		Addresses: func() ([]netip.Addr, error) {
 			addrs, err := datapath.DeviceAddresses(devices)
 			return filterAddresses(addrs, nodePortCIDRs), err
 		},
-		Log:       log.Named("sync"),
+		Log: log.Named("sync"),
 	}
 	runner := &proxy.Runner{
 		MinInterval: o.minSync, MaxInterval: o.syncPeriod, Sync: syncer.Sync,
@@ -266,8 +274,19 @@ func run(o *options, log *zap.Logger) error {
 		}
 		src = source.NewKube(client, o.nodeName, log.Named("source"))
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- src.Run(ctx, tracker) }()
+	errc := make(chan error, 2)
+	go func() {
+		if err := src.Run(ctx, tracker); err != nil {
+			errc <- fmt.Errorf("run source: %w", err)
+		}
+	}()
+	if o.metricsAddr != "" {
+		go func() {
+			if err := metrics.Serve(ctx, o.metricsAddr, reg, health, log.Named("metrics")); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	go runner.Run(ctx, tracker.Changed())
 
 	select {
@@ -275,8 +294,8 @@ func run(o *options, log *zap.Logger) error {
 		alog.Info("Stopping: programs detached, maps stay pinned", zap.String("bpffs", o.bpffs))
 		return nil
 	case err := <-errc:
-		if err != nil && ctx.Err() == nil {
-			return fmt.Errorf("run source: %w", err)
+		if ctx.Err() == nil {
+			return err
 		}
 		return nil
 	}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -9,6 +10,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/metrics"
 	"github.com/sluicelb/sluice/internal/reconciler"
 )
 
@@ -22,6 +25,9 @@ type Syncer struct {
 	// address change is picked up by the next periodic resync).
 	Addresses func() ([]netip.Addr, error)
 	Log       *zap.Logger
+	// Metrics and Health are optional.
+	Metrics *metrics.Sync
+	Health  *metrics.Health
 
 	problems map[string]bool // last sync's, so each is logged once, not every sync
 	applied  map[desired.ServiceKey]*desired.Service
@@ -35,6 +41,32 @@ func (s *Syncer) Sync() error {
 		return nil
 	}
 	start := time.Now()
+	err := s.sync(snap)
+	end := time.Now()
+	if s.Metrics != nil {
+		s.Metrics.Duration.Observe(end.Sub(start).Seconds())
+		if err != nil {
+			s.Metrics.Errors.Inc()
+		} else {
+			for _, t := range snap.Triggers {
+				s.Metrics.ProgrammingLatency.Observe(end.Sub(t).Seconds())
+			}
+			s.Metrics.LastSync.Set(float64(end.Unix()))
+		}
+	}
+	if err != nil {
+		// The changes are not all written: measure them on the sync that does.
+		s.Tracker.requeue(snap.Triggers)
+		return err
+	}
+	if s.Health != nil {
+		s.Health.Synced(end)
+	}
+	return nil
+}
+
+func (s *Syncer) sync(snap Snapshot) error {
+	start := time.Now()
 	addrs, err := s.Addresses()
 	if err != nil {
 		return fmt.Errorf("read node addresses: %w", err)
@@ -47,6 +79,14 @@ func (s *Syncer) Sync() error {
 	s.logChanges(st)
 	err = s.Reconciler.Apply(st)
 	stats := s.Reconciler.Stats()
+	if s.Metrics != nil {
+		s.Metrics.Services.Set(float64(stats.Services))
+		s.Metrics.Backends.Set(float64(stats.Backends))
+		s.Metrics.Frontends.Set(float64(stats.Frontends))
+		full, other := countFailures(err)
+		s.Metrics.FailedServices.WithLabelValues("map_full").Set(float64(full))
+		s.Metrics.FailedServices.WithLabelValues("other").Set(float64(other))
+	}
 	s.Log.Debug("Synced", zap.Duration("took", time.Since(start)), zap.Int("services", stats.Services),
 		zap.Int("backends", stats.Backends), zap.Int("frontends", stats.Frontends))
 	if err != nil {
@@ -91,3 +131,22 @@ func (s *Syncer) logChanges(st desired.State) {
 
 // Problem is desired.Problem, named here for the logger.
 type Problem = desired.Problem
+
+// countFailures splits Apply's joined per-service errors into full maps and the rest.
+func countFailures(err error) (full, other int) {
+	if err == nil {
+		return 0, 0
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		if errors.Is(e, maps.ErrFull) {
+			full++
+		} else {
+			other++
+		}
+	}
+	return full, other
+}

@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -21,6 +22,25 @@ type Tracker struct {
 	nodes    map[string]*v1.Node
 	synced   bool
 	changed  chan struct{}
+	// triggers are when the changes not yet synced happened, for the network programming
+	// latency metric.
+	triggers []time.Time
+}
+
+// triggerTimeAnnotation is set by the EndpointSlice controller to when the change that caused
+// this version of the slice happened (what kube-proxy measures programming latency from).
+const triggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
+
+func (t *Tracker) trigger(annotations map[string]string) {
+	when := time.Now()
+	if v, ok := annotations[triggerTimeAnnotation]; ok {
+		if parsed, err := time.Parse(time.RFC3339Nano, v); err == nil && parsed.Before(when) {
+			when = parsed
+		}
+	}
+	if len(t.triggers) < 10000 {
+		t.triggers = append(t.triggers, when)
+	}
 }
 
 // NewTracker returns an empty tracker.
@@ -59,6 +79,7 @@ func (t *Tracker) OnServiceUpdate(old, svc *v1.Service) {
 		return
 	}
 	t.services[k] = svc
+	t.trigger(svc.Annotations)
 	t.notify()
 }
 
@@ -66,6 +87,7 @@ func (t *Tracker) OnServiceDelete(svc *v1.Service) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.services, key(svc.Namespace, svc.Name))
+	t.trigger(nil)
 	t.notify()
 }
 
@@ -82,6 +104,7 @@ func (t *Tracker) OnEndpointSliceUpdate(old, sl *discoveryv1.EndpointSlice) {
 		return
 	}
 	t.slices[k] = sl
+	t.trigger(sl.Annotations)
 	t.notify()
 }
 
@@ -89,6 +112,7 @@ func (t *Tracker) OnEndpointSliceDelete(sl *discoveryv1.EndpointSlice) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.slices, key(sl.Namespace, sl.Name))
+	t.trigger(nil)
 	t.notify()
 }
 
@@ -122,9 +146,11 @@ type Snapshot struct {
 	Services map[types.NamespacedName]*v1.Service
 	Slices   map[types.NamespacedName]*discoveryv1.EndpointSlice
 	Nodes    map[string]*v1.Node
+	// Triggers are when the changes since the last snapshot happened.
+	Triggers []time.Time
 }
 
-// Snapshot copies the current objects.
+// Snapshot copies the current objects and takes the pending change times.
 func (t *Tracker) Snapshot() Snapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -133,7 +159,9 @@ func (t *Tracker) Snapshot() Snapshot {
 		Services: make(map[types.NamespacedName]*v1.Service, len(t.services)),
 		Slices:   make(map[types.NamespacedName]*discoveryv1.EndpointSlice, len(t.slices)),
 		Nodes:    make(map[string]*v1.Node, len(t.nodes)),
+		Triggers: t.triggers,
 	}
+	t.triggers = nil
 	for k, v := range t.services {
 		s.Services[k] = v
 	}
@@ -144,4 +172,11 @@ func (t *Tracker) Snapshot() Snapshot {
 		s.Nodes[k] = v
 	}
 	return s
+}
+
+// requeue puts back the change times of a sync that failed.
+func (t *Tracker) requeue(triggers []time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.triggers = append(triggers, t.triggers...)
 }

@@ -124,33 +124,36 @@ func HTTPGet(ns *testutil.Netns, addr netip.AddrPort) (string, error) {
 }
 
 func httpGet(ns *testutil.Netns, addr netip.AddrPort) (string, error) {
+	status, body, err := HTTPGetPath(ns, addr, "/")
+	if err == nil && status != http.StatusOK {
+		err = fmt.Errorf("status %d", status)
+	}
+	return body, err
+}
+
+// HTTPGetPath GETs path from inside ns on a new connection and returns status and body.
+func HTTPGetPath(ns *testutil.Netns, addr netip.AddrPort, path string) (int, string, error) {
 	c, err := dial(ns, "tcp4", addr, Timeout)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(Timeout))
-	req, err := http.NewRequest(http.MethodGet, "http://"+addr.String()+"/", nil)
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr.String()+path, nil)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	req.Close = true // Connection: close, so every call is a fresh flow through the datapath.
 	if err := req.Write(c); err != nil {
-		return "", err
+		return 0, "", err
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(c), req)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("status %s", resp.Status)
-	}
-	return string(body), nil
+	return resp.StatusCode, string(body), err
 }
 
 // UDPRequest sends payload from a new connected UDP socket inside ns and returns the first

@@ -1,0 +1,316 @@
+package lab_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/sluicelb/sluice/internal/testutil"
+	"github.com/sluicelb/sluice/tools/controlplane"
+	"github.com/sluicelb/sluice/tools/lab"
+)
+
+// Integration with a real kube-apiserver: the agent follows Services and EndpointSlices through
+// client-go, and every change shows in real traffic through the lab within a second.
+
+var (
+	cpOnce   sync.Once
+	cpShared *controlplane.ControlPlane
+	cpErr    error
+)
+
+// sharedControlPlane starts one API server for the test binary (TestMain stops it).
+func sharedControlPlane(t *testing.T) *controlplane.ControlPlane {
+	t.Helper()
+	testutil.RequirePrivileges(t)
+	cpOnce.Do(func() { cpShared, cpErr = controlplane.Start() })
+	if cpErr != nil {
+		t.Fatal(cpErr)
+	}
+	return cpShared
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cpShared != nil {
+		cpShared.Stop()
+	}
+	os.Exit(code)
+}
+
+// apiCluster is a lab whose agent follows the API server, in a namespace of its own.
+type apiCluster struct {
+	*cluster
+	client kubernetes.Interface
+	ns     string
+}
+
+func startAPICluster(t *testing.T, mode string) *apiCluster {
+	t.Helper()
+	cp := sharedControlPlane(t)
+	client, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := lab.UpForTest(t)
+	c := &apiCluster{cluster: &cluster{Lab: l}, client: client, ns: "t-" + l.ID}
+	for _, p := range []struct {
+		ns   *testutil.Netns
+		name string
+	}{{l.Pod1, "pod1"}, {l.Pod2, "pod2"}} {
+		b, err := lab.StartBackend(p.ns, p.name, []uint16{80}, []uint16{5353})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(b.Close)
+	}
+	// The agent runs in node1's namespace: relay its 127.0.0.1:6443 to the API server.
+	var ln net.Listener
+	if err := l.Node1.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", "127.0.0.1:6443")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go cp.Relay(ctx, ln)
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(cp.KubeconfigFor("https://127.0.0.1:6443")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Namespaces().Create(context.Background(), &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: c.ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.CoreV1().Namespaces().Delete(context.Background(), c.ns, metav1.DeleteOptions{}) })
+
+	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), XDPMode: mode,
+		Extra: []string{"--kubeconfig", kubeconfig, "--log-level", "debug", "--min-sync-interval", "20ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	t.Cleanup(func() {
+		if err := a.Stop(); err != nil {
+			t.Errorf("agent exit: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", a.Logs())
+		}
+	})
+	return c
+}
+
+func (c *apiCluster) service(name string, ports ...v1.ServicePort) *v1.Service {
+	return &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: c.ns, Name: name},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, Selector: map[string]string{"app": name}, Ports: ports}}
+}
+
+func endpoint(addr netip.Addr, node string) discoveryv1.Endpoint {
+	ready := true
+	return discoveryv1.Endpoint{Addresses: []string{addr.String()}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}
+}
+
+func (c *apiCluster) slice(svc string, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	name, proto, port := "http", v1.ProtocolTCP, int32(80)
+	return &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: c.ns, Name: svc + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4, Endpoints: eps,
+		Ports: []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
+	}
+}
+
+// within polls check until it succeeds, failing the test if that takes longer than limit.
+func (c *apiCluster) within(t *testing.T, limit time.Duration, what string, check func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		err := check()
+		if err == nil {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("%s: not within %v: %v", what, limit, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// answeredBy checks that n requests are all answered, by exactly the backends in want.
+func (c *apiCluster) answeredBy(port uint16, n int, want ...string) func() error {
+	return func() error {
+		seen := map[string]int{}
+		for i := 0; i < n; i++ {
+			who, _, err := c.request("tcp", port)
+			if err != nil {
+				return err
+			}
+			seen[who]++
+		}
+		if len(seen) != len(want) {
+			return fmt.Errorf("answered by %v, want %v", seen, want)
+		}
+		for _, w := range want {
+			if seen[w] == 0 {
+				return fmt.Errorf("answered by %v, want %v", seen, want)
+			}
+		}
+		return nil
+	}
+}
+
+func (c *apiCluster) refused(port uint16) func() error {
+	return func() error {
+		err := lab.TCPConnect(c.Client, c.nodePort(port), time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("port %d: %v, want connection refused", port, err)
+		}
+		return nil
+	}
+}
+
+func TestAPIServiceLifecycle(t *testing.T) {
+	c := startAPICluster(t, "native")
+	ctx := context.Background()
+	svcs := c.client.CoreV1().Services(c.ns)
+	slices := c.client.DiscoveryV1().EndpointSlices(c.ns)
+
+	svc, err := svcs.Create(ctx, c.service("web", v1.ServicePort{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(80)}), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(svc.Spec.Ports[0].NodePort)
+	// No endpoints yet: refused at once (RST from the datapath).
+	c.within(t, 3*time.Second, "service without endpoints refused", c.refused(port))
+
+	sl, err := slices.Create(ctx, c.slice("web", endpoint(c.Pod1IP, "node1"), endpoint(c.Pod2IP, "node2")), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.within(t, time.Second, "endpoints added", c.answeredBy(port, 30, "pod1", "pod2"))
+	t.Logf("endpoints added: serving after %v", d)
+
+	// From here on, a client keeps sending; no request may fail while its backend lives.
+	var failures, total atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, _, err := c.request("tcp", port); err != nil {
+				failures.Add(1)
+				t.Logf("request failed: %v", err)
+			}
+			total.Add(1)
+		}
+	}()
+
+	sl.Endpoints = sl.Endpoints[:1]
+	if sl, err = slices.Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d = c.within(t, time.Second, "scaled down to pod1", c.answeredBy(port, 20, "pod1"))
+	t.Logf("scale down: applied after %v", d)
+	sl.Endpoints = append(sl.Endpoints, endpoint(c.Pod2IP, "node2"))
+	if _, err = slices.Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d = c.within(t, time.Second, "scaled up again", c.answeredBy(port, 30, "pod1", "pod2"))
+	t.Logf("scale up: applied after %v", d)
+	close(stop)
+	<-done
+	if f := failures.Load(); f != 0 {
+		t.Errorf("%d of %d requests failed while endpoints changed", f, total.Load())
+	}
+	t.Logf("%d requests during scale down and up, %d failed", total.Load(), failures.Load())
+
+	// A new nodePort: served on the new one, refused on the old one.
+	svc, err = svcs.Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := port
+	for p := int32(30000 + time.Now().UnixNano()%2000); ; p++ {
+		svc.Spec.Ports[0].NodePort = p
+		if svc, err = svcs.Update(ctx, svc, metav1.UpdateOptions{}); err == nil {
+			break
+		}
+		if svc, err = svcs.Get(ctx, "web", metav1.GetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port = uint16(svc.Spec.Ports[0].NodePort)
+	c.within(t, time.Second, "new nodePort served", c.answeredBy(port, 10, "pod1", "pod2"))
+	c.within(t, time.Second, "old nodePort released", c.refused(old))
+
+	// ClusterIP: no NodePort any more.
+	svc.Spec.Type = v1.ServiceTypeClusterIP
+	svc.Spec.Ports[0].NodePort = 0
+	if svc, err = svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.within(t, time.Second, "type ClusterIP: NodePort gone", c.refused(port))
+
+	// Back to NodePort, then deleted.
+	svc.Spec.Type = v1.ServiceTypeNodePort
+	if svc, err = svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	port = uint16(svc.Spec.Ports[0].NodePort)
+	c.within(t, time.Second, "type NodePort again", c.answeredBy(port, 10, "pod1", "pod2"))
+	c.checkMetrics(t)
+	if err := svcs.Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.within(t, time.Second, "service deleted", c.refused(port))
+}
+
+// checkMetrics reads the agent's endpoints on node1's loopback.
+func (c *apiCluster) checkMetrics(t *testing.T) {
+	t.Helper()
+	agent := netip.MustParseAddrPort("127.0.0.1:10249")
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if status, body, err := lab.HTTPGetPath(c.Node1, agent, p); err != nil || status != 200 {
+			t.Errorf("%s: %d %q %v", p, status, body, err)
+		}
+	}
+	status, body, err := lab.HTTPGetPath(c.Node1, agent, "/metrics")
+	if err != nil || status != 200 {
+		t.Fatalf("/metrics: %d %v", status, err)
+	}
+	for _, want := range []string{
+		"sluice_sync_duration_seconds_count",
+		"sluice_network_programming_duration_seconds_count",
+		"sluice_services_programmed 1",
+		`sluice_service_packets_total{service="` + c.ns + `/web:http"}`,
+		`sluice_datapath_packets_total{reason="reject_tcp_rst"}`,
+		`sluice_map_max_entries{map="sluice_ct"} 524288`,
+		`sluice_services_failed{reason="map_full"} 0`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
