@@ -40,8 +40,8 @@ func NewSync(reg prometheus.Registerer) *Sync {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}),
 		ProgrammingLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "sluice_network_programming_duration_seconds",
-			Help: "From an EndpointSlice or Service change (the slice's last-change-trigger-time when set, else when the agent saw it) to its map write, as kube-proxy's network_programming_duration_seconds.",
+			Name:    "sluice_network_programming_duration_seconds",
+			Help:    "From an EndpointSlice or Service change (the slice's last-change-trigger-time when set, else when the agent saw it) to its map write, as kube-proxy's network_programming_duration_seconds.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
 		Errors:    prometheus.NewCounter(prometheus.CounterOpts{Name: "sluice_sync_errors_total", Help: "Syncs that did not apply everything."}),
