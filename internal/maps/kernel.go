@@ -223,3 +223,27 @@ func (k *Kernel) Reasons() (map[Reason]uint64, error) {
 	}
 	return out, nil
 }
+
+// LookupFrontend reads one frontend.
+func (k *Kernel) LookupFrontend(key FrontendKey) (Frontend, bool) {
+	fk := frontendKey(key)
+	var v datapath.SluiceFrontend
+	if err := k.objs.SluiceFrontends.Lookup(&fk, &v); err != nil {
+		return Frontend{}, false
+	}
+	return Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: v.Flags}, true
+}
+
+// LookupSlotBackend reads the backend in one slot.
+func (k *Kernel) LookupSlotBackend(key SlotKey) (Backend, bool) {
+	sk := datapath.SluiceSlotKey{SvcId: key.ServiceID, Slot: key.Slot}
+	var id uint32
+	if err := k.objs.SluiceSlots.Lookup(&sk, &id); err != nil {
+		return Backend{}, false
+	}
+	var v datapath.SluiceBackend
+	if err := k.objs.SluiceBackends.Lookup(&id, &v); err != nil {
+		return Backend{}, false
+	}
+	return Backend{Addr: AddrFrom4(v.Addr), Port: PortFrom16(v.Port), Local: v.Flags&backendLocal != 0, Terminating: v.Flags&backendTerminating != 0}, true
+}

@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -60,6 +61,7 @@ type ControlPlane struct {
 	Token      string // an admin bearer token (group system:masters)
 	Kubeconfig string // a kubeconfig file for Port and Token
 	etcd, api  *exec.Cmd
+	opts       Options
 }
 
 func freePort() (int, error) {
@@ -71,8 +73,21 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// Options change how the API server runs.
+type Options struct {
+	// NodePortRange is --service-node-port-range (default 30000-32767): 10k NodePort services
+	// need a wider one.
+	NodePortRange string
+}
+
 // Start builds if needed, then starts etcd and kube-apiserver and waits until it is ready.
-func Start() (*ControlPlane, error) {
+func Start() (*ControlPlane, error) { return StartWith(Options{}) }
+
+// StartWith is Start with options.
+func StartWith(o Options) (*ControlPlane, error) {
+	if o.NodePortRange == "" {
+		o.NodePortRange = "30000-32767"
+	}
 	if err := Build(); err != nil {
 		return nil, err
 	}
@@ -80,7 +95,7 @@ func Start() (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	cp := &ControlPlane{Dir: dir}
+	cp := &ControlPlane{Dir: dir, opts: o}
 	if err := cp.start(); err != nil {
 		cp.Stop()
 		return nil, fmt.Errorf("start control plane: %w", err)
@@ -148,7 +163,7 @@ func (cp *ControlPlane) start() error {
 		"--authorization-mode", "RBAC",
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", saPub, "--service-account-signing-key-file", saKey,
-		"--service-cluster-ip-range", "10.96.0.0/12", "--service-node-port-range", "30000-32767",
+		"--service-cluster-ip-range", "10.96.0.0/12", "--service-node-port-range", cp.opts.NodePortRange,
 		"--enable-priority-and-fairness=false", "--profiling=false",
 		"--max-requests-inflight", "2000", "--max-mutating-requests-inflight", "1000")
 	cp.api.Stdout, cp.api.Stderr = apiLog, apiLog
@@ -270,19 +285,8 @@ func (cp *ControlPlane) Relay(ctx context.Context, l net.Listener) {
 }
 
 func copyConn(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if tc, ok := dst.(*net.TCPConn); ok {
-				_ = tc.CloseWrite()
-			}
-			return
-		}
+	_, _ = io.Copy(dst, src)
+	if tc, ok := dst.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
 	}
 }

@@ -109,3 +109,6 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// PID is the agent's process ID (nsenter execs it in place).
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
