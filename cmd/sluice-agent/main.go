@@ -246,7 +246,7 @@ func run(o *options, log *zap.Logger) error {
 	tracker := proxy.NewTracker()
 	syncer := &proxy.Syncer{
 		Metrics: metrics.NewSync(reg), Health: health,
-		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange,
+		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange, FullEvery: o.syncPeriod,
 		Addresses: func() ([]netip.Addr, error) {
 			addrs, err := datapath.DeviceAddresses(devices)
 			return filterAddresses(addrs, nodePortCIDRs), err

@@ -81,73 +81,72 @@ type Problem struct {
 
 func (p Problem) Error() string { return p.Object + ": " + p.Err.Error() }
 
-// Build computes the desired state. It never fails as a whole: objects it cannot use are
-// returned as problems and left out.
+// Build computes the desired state from scratch. It never fails as a whole: objects it cannot
+// use are returned as problems and left out. (The agent keeps an Index and updates it per
+// changed service; Build is the same computation over everything.)
 func Build(in Input) (State, []Problem) {
-	st := State{Addresses: slices.Clone(in.Addresses), Services: map[ServiceKey]*Service{}}
-	slices.SortFunc(st.Addresses, func(a, b netip.Addr) int { return a.Compare(b) })
-	var problems []Problem
-
-	// Slices grouped by the service they belong to.
 	bySvc := map[types.NamespacedName][]*discoveryv1.EndpointSlice{}
 	for _, sl := range in.Slices {
-		name := sl.Labels[discoveryv1.LabelServiceName]
-		if name == "" || sl.Labels[LabelHeadless] != "" {
-			continue
+		if key, ok := SliceService(sl); ok {
+			bySvc[key] = append(bySvc[key], sl)
 		}
-		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
-			continue // IPv6 and FQDN slices: not served by this IPv4 datapath
-		}
-		key := types.NamespacedName{Namespace: sl.Namespace, Name: name}
-		bySvc[key] = append(bySvc[key], sl)
 	}
-
-	// Deterministic order, so a NodePort claimed twice goes to the same service every time.
-	names := make([]types.NamespacedName, 0, len(in.Services))
-	for n := range in.Services {
-		names = append(names, n)
+	x := NewIndex(in.NodeName, in.NodePortRange)
+	var problems []Problem
+	for n, svc := range in.Services {
+		_, p := x.Set(n, svc, bySvc[n])
+		problems = append(problems, p...)
 	}
-	sort.Slice(names, func(i, j int) bool {
-		a, b := in.Services[names[i]], in.Services[names[j]]
-		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-			return a.CreationTimestamp.Before(&b.CreationTimestamp)
-		}
-		return names[i].String() < names[j].String()
-	})
-
-	for _, n := range names {
-		svc := in.Services[n]
-		if !wantService(svc) {
-			continue
-		}
-		obj := "Service " + n.String()
-		for _, sp := range svc.Spec.Ports {
-			if sp.NodePort == 0 {
-				continue
-			}
-			proto, err := protoOf(sp.Protocol)
-			if err != nil {
-				problems = append(problems, Problem{obj, fmt.Errorf("port %q: %w", sp.Name, err)})
-				continue
-			}
-			if sp.NodePort < 0 || sp.NodePort > 65535 || !in.NodePortRange.Contains(uint16(sp.NodePort)) {
-				problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %d outside the NodePort range %s", sp.Name, sp.NodePort, in.NodePortRange)})
-				continue
-			}
-			key := ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
-			portName := fmt.Sprintf("%s:%s", n, sp.Name)
-			if other, ok := st.Services[key]; ok {
-				problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %s already used by %s", sp.Name, key, other.Name)})
-				continue
-			}
-			st.Services[key] = &Service{
-				Key:      key,
-				Name:     portName,
-				Backends: backends(bySvc[n], sp, proto, in.NodeName),
-			}
-		}
+	problems = append(problems, x.Conflicts()...)
+	sort.SliceStable(problems, func(i, j int) bool { return problems[i].Object < problems[j].Object })
+	addrs := slices.Clone(in.Addresses)
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	st := State{Addresses: addrs, Services: make(map[ServiceKey]*Service, len(x.Services))}
+	for k, v := range x.Services {
+		st.Services[k] = v
 	}
 	return st, problems
+}
+
+// SliceService names the service a slice belongs to, or false for a slice sluice does not use
+// (no service label, a headless service's, not IPv4).
+func SliceService(sl *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
+	name := sl.Labels[discoveryv1.LabelServiceName]
+	if name == "" || sl.Labels[LabelHeadless] != "" || sl.AddressType != discoveryv1.AddressTypeIPv4 {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: sl.Namespace, Name: name}, true
+}
+
+// ServicePorts computes one service's NodePort service ports from its slices, before any
+// conflict with other services is resolved.
+func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, nodeName string, r PortRange) ([]*Service, []Problem) {
+	if svc == nil || !wantService(svc) {
+		return nil, nil
+	}
+	var out []*Service
+	var problems []Problem
+	obj := "Service " + n.String()
+	for _, sp := range svc.Spec.Ports {
+		if sp.NodePort == 0 {
+			continue
+		}
+		proto, err := protoOf(sp.Protocol)
+		if err != nil {
+			problems = append(problems, Problem{obj, fmt.Errorf("port %q: %w", sp.Name, err)})
+			continue
+		}
+		if sp.NodePort < 0 || sp.NodePort > 65535 || !r.Contains(uint16(sp.NodePort)) {
+			problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %d outside the NodePort range %s", sp.Name, sp.NodePort, r)})
+			continue
+		}
+		out = append(out, &Service{
+			Key:      ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto},
+			Name:     fmt.Sprintf("%s:%s", n, sp.Name),
+			Backends: backends(svcSlices, sp, proto, nodeName),
+		})
+	}
+	return out, problems
 }
 
 // wantService reports whether sluice serves svc's NodePorts, as kube-proxy decides.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -15,48 +16,53 @@ import (
 	"github.com/sluicelb/sluice/internal/reconciler"
 )
 
-// Syncer builds the desired state from the tracker's snapshot and applies it.
+// Syncer keeps the desired state (a desired.Index, updated only for the services that changed)
+// and applies it. Every FullEvery, and whenever the node's addresses change, it rebuilds
+// everything and applies all of it, repairing anything changed behind its back.
 type Syncer struct {
 	Tracker       *Tracker
 	Reconciler    *reconciler.Reconciler
 	NodeName      string
 	NodePortRange desired.PortRange
-	// Addresses returns the node addresses to serve NodePorts on (re-read every sync, so an
-	// address change is picked up by the next periodic resync).
+	// Addresses returns the node addresses to serve NodePorts on.
 	Addresses func() ([]netip.Addr, error)
+	FullEvery time.Duration // 0: every sync is full
 	Log       *zap.Logger
 	// Metrics and Health are optional.
 	Metrics *metrics.Sync
 	Health  *metrics.Health
 
-	problems map[string]bool // last sync's, so each is logged once, not every sync
-	applied  map[desired.ServiceKey]*desired.Service
+	idx      *desired.Index
+	addrs    []netip.Addr
+	lastFull time.Time
+	problems map[string]bool // the problems logged, so each is logged once, not every sync
+	pending  map[desired.ServiceKey]bool
 }
 
 // Sync programs the datapath from the current objects. It does nothing until the source has
 // delivered its first complete set, so a restart never prunes services not yet re-read.
 func (s *Syncer) Sync() error {
-	snap := s.Tracker.Snapshot()
-	if !snap.Synced {
+	ch := s.Tracker.TakeChanges()
+	if !ch.Synced {
 		return nil
 	}
 	start := time.Now()
-	err := s.sync(snap)
+	err := s.sync(ch)
 	end := time.Now()
 	if s.Metrics != nil {
 		s.Metrics.Duration.Observe(end.Sub(start).Seconds())
 		if err != nil {
 			s.Metrics.Errors.Inc()
 		} else {
-			for _, t := range snap.Triggers {
+			for _, t := range ch.Triggers {
 				s.Metrics.ProgrammingLatency.Observe(end.Sub(t).Seconds())
 			}
 			s.Metrics.LastSync.Set(float64(end.Unix()))
 		}
 	}
 	if err != nil {
-		// The changes are not all written: measure them on the sync that does.
-		s.Tracker.requeue(snap.Triggers)
+		// Not all written: measure these changes on the sync that does.
+		s.Tracker.requeue(ch.Triggers)
 		return err
 	}
 	if s.Health != nil {
@@ -65,19 +71,49 @@ func (s *Syncer) Sync() error {
 	return nil
 }
 
-func (s *Syncer) sync(snap Snapshot) error {
+func (s *Syncer) sync(ch Changes) error {
 	start := time.Now()
 	addrs, err := s.Addresses()
 	if err != nil {
 		return fmt.Errorf("read node addresses: %w", err)
 	}
-	st, problems := desired.Build(desired.Input{
-		NodeName: s.NodeName, Addresses: addrs, NodePortRange: s.NodePortRange,
-		Services: snap.Services, Slices: snap.Slices,
-	})
-	s.logProblems(problems)
-	s.logChanges(st)
-	err = s.Reconciler.Apply(st)
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	full := s.idx == nil || !slices.Equal(addrs, s.addrs) || time.Since(s.lastFull) >= s.FullEvery
+	var keys []desired.ServiceKey
+	var problems []desired.Problem
+	names := ch.Dirty
+	if full {
+		s.idx = desired.NewIndex(s.NodeName, s.NodePortRange)
+		names = s.Tracker.ServiceNames()
+	}
+	for _, n := range names {
+		svc, sls := s.Tracker.Service(n)
+		k, p := s.idx.Set(n, svc, sls)
+		keys = append(keys, k...)
+		problems = append(problems, p...)
+	}
+	// A failed service is retried with the next sync's changes.
+	for k := range s.pending {
+		keys = append(keys, k)
+	}
+	if full {
+		problems = append(problems, s.idx.Conflicts()...)
+	} else {
+		problems = append(problems, s.idx.ConflictsFor(keys)...)
+	}
+	s.logProblems(problems, full)
+	st := desired.State{Addresses: addrs, Services: s.idx.Services}
+	s.logChanges(st, keys)
+	if full {
+		err = s.Reconciler.Apply(st)
+		s.lastFull, s.addrs = time.Now(), addrs
+	} else {
+		err = s.Reconciler.ApplyKeys(st, keys)
+	}
+	s.pending = map[desired.ServiceKey]bool{}
+	for _, k := range reconciler.FailedKeys(err) {
+		s.pending[k] = true
+	}
 	stats := s.Reconciler.Stats()
 	if s.Metrics != nil {
 		s.Metrics.Services.Set(float64(stats.Services))
@@ -87,50 +123,51 @@ func (s *Syncer) sync(snap Snapshot) error {
 		s.Metrics.FailedServices.WithLabelValues("map_full").Set(float64(full))
 		s.Metrics.FailedServices.WithLabelValues("other").Set(float64(other))
 	}
-	s.Log.Debug("Synced", zap.Duration("took", time.Since(start)), zap.Int("services", stats.Services),
-		zap.Int("backends", stats.Backends), zap.Int("frontends", stats.Frontends))
+	s.Log.Debug("Synced", zap.Bool("full", full), zap.Int("changed", len(keys)), zap.Duration("took", time.Since(start)),
+		zap.Int("services", stats.Services), zap.Int("backends", stats.Backends), zap.Int("frontends", stats.Frontends))
 	if err != nil {
 		return fmt.Errorf("apply desired state: %w", err)
 	}
 	return nil
 }
 
-func (s *Syncer) logProblems(problems []Problem) {
-	now := map[string]bool{}
+func (s *Syncer) logProblems(problems []desired.Problem, full bool) {
+	if s.problems == nil || full {
+		prev := s.problems
+		s.problems = map[string]bool{}
+		for _, p := range problems {
+			if !prev[p.Error()] {
+				s.Log.Error("Skipping invalid object", zap.String("object", p.Object), zap.Error(p.Err))
+			}
+			s.problems[p.Error()] = true
+		}
+		return
+	}
 	for _, p := range problems {
-		msg := p.Error()
-		now[msg] = true
-		if !s.problems[msg] {
+		if !s.problems[p.Error()] {
 			s.Log.Error("Skipping invalid object", zap.String("object", p.Object), zap.Error(p.Err))
+			s.problems[p.Error()] = true
 		}
 	}
-	s.problems = now
 }
 
-// logChanges logs each service whose programming changes, at info: what an operator greps for.
-func (s *Syncer) logChanges(st desired.State) {
-	keys := make([]desired.ServiceKey, 0, len(st.Services))
-	for k := range st.Services {
-		keys = append(keys, k)
-	}
+// logChanges logs each changed service port at info: what an operator greps for.
+func (s *Syncer) logChanges(st desired.State, keys []desired.ServiceKey) {
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
-	for _, k := range keys {
-		svc := st.Services[k]
-		if old := s.applied[k]; old == nil || !old.Equal(svc) || old.Name != svc.Name {
-			s.Log.Info("Service programmed", zap.String("service", svc.Name), zap.Stringer("nodePort", k),
-				zap.Int("backends", len(svc.Backends)), zap.String("detail", svc.Describe()))
+	for i, k := range keys {
+		if i > 0 && keys[i-1] == k {
+			continue
+		}
+		if svc, ok := st.Services[k]; ok {
+			if prev, had := s.Reconciler.Applied(k); !had || prev == nil || !prev.Equal(svc) || prev.Name != svc.Name {
+				s.Log.Info("Service programmed", zap.String("service", svc.Name), zap.Stringer("nodePort", k),
+					zap.Int("backends", len(svc.Backends)), zap.String("detail", svc.Describe()))
+			}
+		} else if _, had := s.Reconciler.Applied(k); had {
+			s.Log.Info("Service removed", zap.Stringer("nodePort", k))
 		}
 	}
-	for k, old := range s.applied {
-		if _, ok := st.Services[k]; !ok {
-			s.Log.Info("Service removed", zap.String("service", old.Name), zap.Stringer("nodePort", k))
-		}
-	}
-	s.applied = st.Services
 }
-
-// Problem is desired.Problem, named here for the logger.
-type Problem = desired.Problem
 
 // countFailures splits Apply's joined per-service errors into full maps and the rest.
 func countFailures(err error) (full, other int) {

@@ -12,6 +12,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluicelb/sluice/internal/desired"
 )
 
 // Tracker implements source.Handler.
@@ -22,6 +24,10 @@ type Tracker struct {
 	nodes    map[string]*v1.Node
 	synced   bool
 	changed  chan struct{}
+	// bySvc indexes slices by the service they belong to; dirty are the services changed
+	// since the last TakeChanges.
+	bySvc map[types.NamespacedName]map[types.NamespacedName]*discoveryv1.EndpointSlice
+	dirty map[types.NamespacedName]bool
 	// triggers are when the changes not yet synced happened, for the network programming
 	// latency metric.
 	triggers []time.Time
@@ -50,6 +56,8 @@ func NewTracker() *Tracker {
 		slices:   map[types.NamespacedName]*discoveryv1.EndpointSlice{},
 		nodes:    map[string]*v1.Node{},
 		changed:  make(chan struct{}, 1),
+		bySvc:    map[types.NamespacedName]map[types.NamespacedName]*discoveryv1.EndpointSlice{},
+		dirty:    map[types.NamespacedName]bool{},
 	}
 }
 
@@ -79,6 +87,7 @@ func (t *Tracker) OnServiceUpdate(old, svc *v1.Service) {
 		return
 	}
 	t.services[k] = svc
+	t.dirty[k] = true
 	t.trigger(svc.Annotations)
 	t.notify()
 }
@@ -87,6 +96,7 @@ func (t *Tracker) OnServiceDelete(svc *v1.Service) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.services, key(svc.Namespace, svc.Name))
+	t.dirty[key(svc.Namespace, svc.Name)] = true
 	t.trigger(nil)
 	t.notify()
 }
@@ -103,15 +113,41 @@ func (t *Tracker) OnEndpointSliceUpdate(old, sl *discoveryv1.EndpointSlice) {
 		t.slices[k] = sl
 		return
 	}
-	t.slices[k] = sl
+	t.index(k, sl)
 	t.trigger(sl.Annotations)
 	t.notify()
+}
+
+// index files slice k (nil: deleted) under its service, and marks the services it left and
+// joined dirty.
+func (t *Tracker) index(k types.NamespacedName, sl *discoveryv1.EndpointSlice) {
+	if old := t.slices[k]; old != nil {
+		if svc, ok := desired.SliceService(old); ok {
+			delete(t.bySvc[svc], k)
+			if len(t.bySvc[svc]) == 0 {
+				delete(t.bySvc, svc)
+			}
+			t.dirty[svc] = true
+		}
+	}
+	if sl == nil {
+		delete(t.slices, k)
+		return
+	}
+	t.slices[k] = sl
+	if svc, ok := desired.SliceService(sl); ok {
+		if t.bySvc[svc] == nil {
+			t.bySvc[svc] = map[types.NamespacedName]*discoveryv1.EndpointSlice{}
+		}
+		t.bySvc[svc][k] = sl
+		t.dirty[svc] = true
+	}
 }
 
 func (t *Tracker) OnEndpointSliceDelete(sl *discoveryv1.EndpointSlice) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.slices, key(sl.Namespace, sl.Name))
+	t.index(key(sl.Namespace, sl.Name), nil)
 	t.trigger(nil)
 	t.notify()
 }
@@ -179,4 +215,49 @@ func (t *Tracker) requeue(triggers []time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.triggers = append(triggers, t.triggers...)
+}
+
+// Changes are what happened since the last TakeChanges.
+type Changes struct {
+	Synced   bool
+	Dirty    []types.NamespacedName
+	Triggers []time.Time
+}
+
+// TakeChanges returns and clears the services changed since the last call.
+func (t *Tracker) TakeChanges() Changes {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c := Changes{Synced: t.synced, Triggers: t.triggers}
+	if !t.synced {
+		return c // keep collecting until the first full set is in
+	}
+	for k := range t.dirty {
+		c.Dirty = append(c.Dirty, k)
+	}
+	t.dirty = map[types.NamespacedName]bool{}
+	t.triggers = nil
+	return c
+}
+
+// Service returns a service (nil if there is none) and its slices.
+func (t *Tracker) Service(k types.NamespacedName) (*v1.Service, []*discoveryv1.EndpointSlice) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var sls []*discoveryv1.EndpointSlice
+	for _, sl := range t.bySvc[k] {
+		sls = append(sls, sl)
+	}
+	return t.services[k], sls
+}
+
+// ServiceNames lists every service, and every name slices point at, for a full rebuild.
+func (t *Tracker) ServiceNames() []types.NamespacedName {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]types.NamespacedName, 0, len(t.services))
+	for k := range t.services {
+		out = append(out, k)
+	}
+	return out
 }

@@ -24,6 +24,7 @@ type applied struct {
 	backends []uint32     // backends[i] is in slot i+1
 	count    uint16       // the count the frontends carry
 	addrs    []netip.Addr // frontends written
+	last     *desired.Service
 }
 
 // Reconciler owns the writes to the service, slot and backend maps. Not safe for concurrent use:
@@ -40,6 +41,7 @@ type Reconciler struct {
 	backendIDs  map[maps.Backend]uint32
 	backends    map[uint32]maps.Backend
 	backendRefs map[uint32]int
+	unused      map[uint32]bool // backends whose count fell to zero: pruned after the writes
 	nextBackend uint32
 	nextSvc     uint32 // where the search for a free service ID starts
 
@@ -58,6 +60,7 @@ func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconci
 		backendIDs:  map[maps.Backend]uint32{},
 		backends:    map[uint32]maps.Backend{},
 		backendRefs: map[uint32]int{},
+		unused:      map[uint32]bool{},
 		nextBackend: 1,
 	}
 }
@@ -87,6 +90,7 @@ func (r *Reconciler) Restore() (int, error) {
 			r.backendIDs[b] = id
 		}
 		r.backendRefs[id] = 0
+		r.unused[id] = true
 		if id >= r.nextBackend {
 			r.nextBackend = id + 1
 		}
@@ -145,7 +149,7 @@ func (r *Reconciler) Apply(st desired.State) error {
 	for k, a := range r.services {
 		if _, ok := st.Services[k]; !ok {
 			if err := r.removeService(k, a); err != nil {
-				errs = append(errs, fmt.Errorf("remove service %s: %w", a.name, err))
+				errs = append(errs, &ServiceError{Key: k, Name: a.name, Err: err, Removing: true})
 			}
 		}
 	}
@@ -161,7 +165,7 @@ func (r *Reconciler) Apply(st desired.State) error {
 	})
 	for _, k := range keys {
 		if err := r.applyService(st.Services[k], st.Addresses); err != nil {
-			errs = append(errs, fmt.Errorf("apply service %s: %w", st.Services[k].Name, err))
+			errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
 		}
 	}
 	for _, sk := range r.orphanSlots {
@@ -182,6 +186,81 @@ func (r *Reconciler) Apply(st desired.State) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// ApplyKeys is Apply for the service ports in keys only: those in st are written, those not in
+// st are removed. The sync loop uses it for the services that changed; a full Apply repairs
+// everything else periodically.
+func (r *Reconciler) ApplyKeys(st desired.State, keys []desired.ServiceKey) error {
+	var errs []error
+	done := make(map[desired.ServiceKey]bool, len(keys))
+	// Removals first, as in Apply.
+	for _, k := range keys {
+		if a, ok := r.services[k]; ok && st.Services[k] == nil && !done[k] {
+			done[k] = true
+			if err := r.removeService(k, a); err != nil {
+				errs = append(errs, &ServiceError{Key: k, Name: a.name, Err: err, Removing: true})
+			}
+		}
+	}
+	for _, k := range keys {
+		if svc := st.Services[k]; svc != nil && !done[k] {
+			done[k] = true
+			if err := r.applyService(svc, st.Addresses); err != nil {
+				errs = append(errs, &ServiceError{Key: k, Name: svc.Name, Err: err})
+			}
+		}
+	}
+	if err := r.pruneBackends(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// ServiceError is a service port that could not be written or removed.
+type ServiceError struct {
+	Key      desired.ServiceKey
+	Name     string
+	Removing bool
+	Err      error
+}
+
+func (e *ServiceError) Error() string {
+	verb := "apply"
+	if e.Removing {
+		verb = "remove"
+	}
+	return fmt.Sprintf("%s service %s: %v", verb, e.Name, e.Err)
+}
+
+func (e *ServiceError) Unwrap() error { return e.Err }
+
+// FailedKeys lists the service ports an Apply error names.
+func FailedKeys(err error) []desired.ServiceKey {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var out []desired.ServiceKey
+	for _, e := range errs {
+		var se *ServiceError
+		if errors.As(e, &se) {
+			out = append(out, se.Key)
+		}
+	}
+	return out
+}
+
+// Applied returns what was last applied for a service port.
+func (r *Reconciler) Applied(k desired.ServiceKey) (*desired.Service, bool) {
+	a, ok := r.services[k]
+	if !ok || a.last == nil {
+		return nil, ok
+	}
+	return a.last, true
 }
 
 func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) error {
@@ -285,6 +364,7 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 		r.ref(a.backends[last-1], -1)
 		a.backends = a.backends[:last-1]
 	}
+	a.last = svc
 	return nil
 }
 
@@ -316,6 +396,9 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 func (r *Reconciler) ref(id uint32, d int) {
 	if id != 0 {
 		r.backendRefs[id] += d
+		if r.backendRefs[id] <= 0 {
+			r.unused[id] = true
+		}
 	}
 }
 
@@ -340,17 +423,25 @@ func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
 	r.backendIDs[b] = id
 	r.backends[id] = b
 	r.backendRefs[id] = 0
+	r.unused[id] = true
 	return id, nil
 }
 
+// pruneBackends deletes the backends no slot names any more; only those whose count fell to
+// zero since the last prune are looked at.
 func (r *Reconciler) pruneBackends() error {
 	var errs []error
-	for id, n := range r.backendRefs {
-		if n > 0 {
+	for id := range r.unused {
+		delete(r.unused, id)
+		if r.backendRefs[id] > 0 {
+			continue
+		}
+		if _, ok := r.backends[id]; !ok {
 			continue
 		}
 		if err := r.m.DeleteBackend(id); err != nil {
 			errs = append(errs, err)
+			r.unused[id] = true // retried next time
 			continue
 		}
 		b := r.backends[id]
