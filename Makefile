@@ -9,7 +9,7 @@ export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu
 DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
 	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h
 
-.PHONY: deps generate check-generate build test demo bench clean
+.PHONY: deps generate check-generate build test demo bench controlplane clean
 
 deps:
 	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
@@ -40,8 +40,15 @@ test: deps check-generate build
 demo: deps build
 	$(GO) run ./tools/demo --agent bin/sluice-agent --sluicectl bin/sluicectl --manifests examples
 
-bench: deps build
+# kube-apiserver and kube-proxy from source, and etcd (the API tests build them on demand too).
+controlplane:
+	bash tools/controlplane/build.sh
+
+# Per-packet cost (BPF_PROG_TEST_RUN), then the control plane at 10k services through a real
+# kube-apiserver (about 3 minutes).
+bench: deps build controlplane
 	CI=$${CI:-} $(GO) test -run '^$$' -bench . -benchtime 1x ./internal/datapath/
+	$(GO) run ./tools/scale --agent bin/sluice-agent --services 10000 --endpoints 10 --updates 200
 
 clean:
 	rm -rf bin

@@ -50,6 +50,7 @@ func main() {
 	m := flag.Int("endpoints", 10, "endpoints per service")
 	updates := flag.Int("updates", 200, "EndpointSlice updates to time")
 	agentBin := flag.String("agent", "bin/sluice-agent", "sluice-agent binary")
+	flag.StringVar(&agentLog, "agent-log", "", "write the agent's log here")
 	flag.Parse()
 	rep, err := run(*n, *m, *updates, *agentBin)
 	if err != nil {
@@ -62,6 +63,8 @@ func main() {
 }
 
 const firstPort = 20000
+
+var agentLog string
 
 func run(n, m, updates int, agentBin string) (*Report, error) {
 	rep := &Report{Services: n, EndpointsPerSvc: m, Updates: updates}
@@ -107,11 +110,16 @@ func run(n, m, updates int, agentBin string) (*Report, error) {
 	start = time.Now()
 	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBin, XDPMode: "native", Extra: []string{
 		"--kubeconfig", kubeconfig, "--nodeport-range", portRange, "--min-sync-interval", "10ms",
-		"--kube-api-qps", "1000", "--kube-api-burst", "2000"}})
+		"--kube-api-qps", "1000", "--kube-api-burst", "2000", "--log-level", "debug"}})
 	if err != nil {
 		return nil, err
 	}
-	defer a.Stop()
+	defer func() {
+		a.Stop()
+		if agentLog != "" {
+			_ = os.WriteFile(agentLog, []byte(a.Logs()), 0o644)
+		}
+	}()
 	objs, err := waitPins(l.PinDir(), a)
 	if err != nil {
 		return nil, err
