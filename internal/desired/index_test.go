@@ -12,7 +12,9 @@ import (
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
-func nn(name string) types.NamespacedName { return types.NamespacedName{Namespace: "default", Name: name} }
+func nn(name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: "default", Name: name}
+}
 
 // The NodePort goes to the oldest claimant whatever order events come in, and passes to the
 // next one when the owner goes.

@@ -43,6 +43,10 @@ func (k *Kernel) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 	var v datapath.SluiceSvcInfo
 	putCString(v.Name[:], info.Name)
 	v.NodePort, v.Proto, v.UpdatedNs = info.NodePort, uint8(info.Proto), uint64(info.Updated.UnixNano())
+	if b := k.batch; b != nil {
+		b.infoKeys, b.infoVals = append(b.infoKeys, id), append(b.infoVals, v)
+		return nil
+	}
 	return wrapUpdate(fmt.Sprintf("service info %d", id), k.objs.SluiceSvcInfo.Update(&id, &v, ebpf.UpdateAny))
 }
 

@@ -22,7 +22,8 @@ var ErrFull = errors.New("map is full")
 
 // Kernel implements Maps on the loaded datapath's maps.
 type Kernel struct {
-	objs *datapath.SluiceMaps
+	objs  *datapath.SluiceMaps
+	batch *batch // buffered updates between Begin and Flush
 }
 
 // NewKernel wraps the datapath's maps.
@@ -87,6 +88,10 @@ func ignoreMissing(what string, err error) error {
 func (k *Kernel) UpdateFrontend(key FrontendKey, v Frontend) error {
 	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: v.Flags}
 	fk := frontendKey(key)
+	if b := k.batch; b != nil {
+		b.frontKeys, b.frontVals = append(b.frontKeys, fk), append(b.frontVals, val)
+		return nil
+	}
 	return wrapUpdate("frontend "+key.String(), k.objs.SluiceFrontends.Update(&fk, &val, ebpf.UpdateAny))
 }
 
@@ -97,6 +102,10 @@ func (k *Kernel) DeleteFrontend(key FrontendKey) error {
 
 func (k *Kernel) UpdateSlot(key SlotKey, id uint32) error {
 	sk := datapath.SluiceSlotKey{SvcId: key.ServiceID, Slot: key.Slot}
+	if b := k.batch; b != nil {
+		b.slotKeys, b.slotVals = append(b.slotKeys, sk), append(b.slotVals, id)
+		return nil
+	}
 	return wrapUpdate(fmt.Sprintf("slot %d/%d", key.ServiceID, key.Slot), k.objs.SluiceSlots.Update(&sk, &id, ebpf.UpdateAny))
 }
 
@@ -107,6 +116,10 @@ func (k *Kernel) DeleteSlot(key SlotKey) error {
 
 func (k *Kernel) UpdateBackend(id uint32, b Backend) error {
 	v := backendValue(b)
+	if bt := k.batch; bt != nil {
+		bt.beKeys, bt.beVals = append(bt.beKeys, id), append(bt.beVals, v)
+		return nil
+	}
 	return wrapUpdate(fmt.Sprintf("backend %d", id), k.objs.SluiceBackends.Update(&id, &v, ebpf.UpdateAny))
 }
 
@@ -115,17 +128,32 @@ func (k *Kernel) DeleteBackend(id uint32) error {
 }
 
 func (k *Kernel) SetFrontendPort(port uint16) error {
-	return setBit(k.objs.SluiceFrontendPorts, port, "frontend port")
+	return k.setBit(k.objs.SluiceFrontendPorts, port, "frontend port")
 }
 
 func (k *Kernel) SetBackendPort(port uint16) error {
-	return setBit(k.objs.SluiceBackendPorts, port, "backend port")
+	return k.setBit(k.objs.SluiceBackendPorts, port, "backend port")
 }
 
-// setBit sets a port's bit; the agent is the only writer, so read-modify-write is safe.
-func setBit(m *ebpf.Map, port uint16, what string) error {
+// setBit sets a port's bit (buffered per word in a batch); the agent is the only writer, so read-modify-write is safe.
+func (k *Kernel) setBit(m *ebpf.Map, port uint16, what string) error {
 	word := uint32(port) >> 5
 	var v uint32
+	if b := k.batch; b != nil {
+		words := b.portWords[m]
+		if words == nil {
+			words = map[uint32]uint32{}
+			b.portWords[m] = words
+		}
+		cur, ok := words[word]
+		if !ok {
+			if err := m.Lookup(&word, &cur); err != nil {
+				return fmt.Errorf("read %s %d: %w", what, port, err)
+			}
+		}
+		words[word] = cur | 1<<(port&31)
+		return nil
+	}
 	if err := m.Lookup(&word, &v); err != nil {
 		return fmt.Errorf("read %s %d: %w", what, port, err)
 	}

@@ -48,6 +48,7 @@ type Reconciler struct {
 	// Left by a previous agent with no service of ours: deleted on the first Apply.
 	orphanSlots []maps.SlotKey
 	orphanInfos []uint32
+	noBatch     bool // set while recovering from a failed batch
 }
 
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the
@@ -163,9 +164,13 @@ func (r *Reconciler) Apply(st desired.State) error {
 		}
 		return keys[i].Proto < keys[j].Proto
 	})
-	for _, k := range keys {
-		if err := r.applyService(st.Services[k], st.Addresses); err != nil {
-			errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+	if b, ok := r.m.(maps.Batcher); ok && len(keys) >= batchThreshold && !r.noBatch {
+		errs = append(errs, r.applyBatched(b, st, keys)...)
+	} else {
+		for _, k := range keys {
+			if err := r.applyService(st.Services[k], st.Addresses); err != nil {
+				errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+			}
 		}
 	}
 	for _, sk := range r.orphanSlots {
@@ -179,6 +184,7 @@ func (r *Reconciler) Apply(st desired.State) error {
 			if err := r.m.DeleteServiceInfo(id); err != nil {
 				errs = append(errs, err)
 			}
+			_ = r.m.ResetServiceStats(id)
 		}
 	}
 	r.orphanInfos = nil
@@ -186,6 +192,67 @@ func (r *Reconciler) Apply(st desired.State) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// batchThreshold is how many services make Apply batch its writes.
+const batchThreshold = 256
+
+// applyBatched writes every service's backends and slots in one batch, then every frontend in
+// another: the same order as one service at a time, across all of them. If a batch fails (a
+// full map), the bookkeeping no longer matches the maps: it is rebuilt from them and the
+// services are applied one at a time, which names the ones that do not fit.
+func (r *Reconciler) applyBatched(b maps.Batcher, st desired.State, keys []desired.ServiceKey) []error {
+	type prepared struct {
+		a    *applied
+		want []uint32
+	}
+	var errs []error
+	preps := make(map[desired.ServiceKey]prepared, len(keys))
+	b.Begin()
+	for _, k := range keys {
+		a, want, err := r.prepare(st.Services[k])
+		if err != nil {
+			errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+			continue
+		}
+		preps[k] = prepared{a, want}
+	}
+	if err := b.Flush(); err != nil {
+		return r.recover(st, err)
+	}
+	b.Begin()
+	for _, k := range keys {
+		if p, ok := preps[k]; ok {
+			if err := r.publish(st.Services[k], p.a, p.want, st.Addresses); err != nil {
+				errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+			}
+		}
+	}
+	if err := b.Flush(); err != nil {
+		return r.recover(st, err)
+	}
+	return errs
+}
+
+// recover rebuilds the bookkeeping from the maps after a failed batch and applies st one
+// service at a time.
+func (r *Reconciler) recover(st desired.State, cause error) []error {
+	r.log.Warn("Batched write failed; applying service by service", zap.Error(cause))
+	fresh := New(r.m, r.maxServices, r.maxBackends, r.log)
+	if _, err := fresh.Restore(); err != nil {
+		return []error{cause, err}
+	}
+	*r = *fresh
+	r.noBatch = true
+	defer func() { r.noBatch = false }()
+	err := r.Apply(st)
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // ApplyKeys is Apply for the service ports in keys only: those in st are written, those not in
@@ -264,14 +331,21 @@ func (r *Reconciler) Applied(k desired.ServiceKey) (*desired.Service, bool) {
 }
 
 func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) error {
+	a, want, err := r.prepare(svc)
+	if err != nil {
+		return err
+	}
+	return r.publish(svc, a, want, addrs)
+}
+
+// prepare writes what a service's frontends will point at: its backends and slots (and the
+// name tools show). It returns the service's bookkeeping and its backend IDs by slot.
+func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	a := r.services[svc.Key]
 	if a == nil {
 		id, err := r.allocServiceID()
 		if err != nil {
-			return err
-		}
-		if err := r.m.ResetServiceStats(id); err != nil {
-			r.log.Warn("Could not reset service counters", zap.String("service", svc.Name), zap.Error(err))
+			return nil, nil, err
 		}
 		a = &applied{id: id}
 		r.services[svc.Key] = a
@@ -280,7 +354,7 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 	if a.name != svc.Name {
 		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now()}
 		if err := r.m.UpdateServiceInfo(a.id, info); err != nil {
-			return err
+			return nil, nil, err
 		}
 		a.name = svc.Name
 	}
@@ -290,21 +364,21 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 	for i, b := range svc.Backends {
 		id, err := r.backendID(b)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		want[i] = id
 		// Before the frontend: replies of a local backend must pass the egress prefilter.
 		if b.Local {
 			if err := r.m.SetBackendPort(b.Port); err != nil {
-				return err
+				return nil, nil, err
 			}
 		}
 	}
 	if err := r.m.SetFrontendPort(svc.Key.NodePort); err != nil {
-		return err
+		return nil, nil, err
 	}
 	if len(want) > 0xffff {
-		return fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
+		return nil, nil, fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
 	}
 	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
 	// or a new backend in each slot, never an empty one.
@@ -313,7 +387,7 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 			continue
 		}
 		if err := r.m.UpdateSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}, id); err != nil {
-			return err
+			return nil, nil, err
 		}
 		r.ref(id, +1)
 		if i < len(a.backends) {
@@ -323,6 +397,12 @@ func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) erro
 			a.backends = append(a.backends, id)
 		}
 	}
+	return a, want, nil
+}
+
+// publish points the service's frontends at what prepare wrote, then drops the slots past the
+// new count.
+func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, addrs []netip.Addr) error {
 	// 3. Frontends: new addresses, and the new count everywhere.
 	count := uint16(len(want))
 	fe := maps.Frontend{ServiceID: a.id, Count: count}
@@ -387,6 +467,11 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 	}
 	if err := r.m.DeleteServiceInfo(a.id); err != nil {
 		return err
+	}
+	// Zeroed as the ID is freed, so the next service to get it starts at zero (a fresh map is
+	// zero already, so a cold start writes no counters).
+	if err := r.m.ResetServiceStats(a.id); err != nil {
+		r.log.Warn("Could not reset service counters", zap.String("service", a.name), zap.Error(err))
 	}
 	delete(r.services, k)
 	delete(r.svcIDs, a.id)

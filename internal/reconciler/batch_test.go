@@ -1,0 +1,79 @@
+package reconciler
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+func bigState(n int) desired.State {
+	st := desired.State{Addresses: []netip.Addr{node1}, Services: map[desired.ServiceKey]*desired.Service{}}
+	for i := 0; i < n; i++ {
+		var bs []maps.Backend
+		for j := 0; j < 3; j++ {
+			bs = append(bs, be(fmt.Sprintf("10.%d.%d.%d", 100+j, i/256, i%256), 80))
+		}
+		k := desired.ServiceKey{NodePort: uint16(20000 + i), Proto: maps.TCP}
+		st.Services[k] = &desired.Service{Key: k, Name: fmt.Sprintf("default/s%d:http", i), Backends: bs}
+	}
+	return st
+}
+
+func kernelMaps(t *testing.T, cfg datapath.Config) *maps.Kernel {
+	t.Helper()
+	testutil.RequirePrivileges(t)
+	dp, err := datapath.Load(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return maps.NewKernel(&dp.Objs.SluiceMaps)
+}
+
+// A large apply goes through batched writes and leaves the same maps as one at a time.
+func TestBatchedApply(t *testing.T) {
+	k := kernelMaps(t, datapath.Config{})
+	r := New(k, 1000, 10000, zap.NewNop())
+	if err := r.Apply(bigState(400)); err != nil {
+		t.Fatal(err)
+	}
+	fes, _ := k.Frontends()
+	slots, _ := k.Slots()
+	bes, _ := k.Backends()
+	if len(fes) != 400 || len(slots) != 1200 || len(bes) != 1200 {
+		t.Fatalf("frontends %d slots %d backends %d", len(fes), len(slots), len(bes))
+	}
+	fe, ok := k.LookupFrontend(maps.FrontendKey{Addr: node1, Port: 20007, Proto: maps.TCP})
+	b, ok2 := k.LookupSlotBackend(maps.SlotKey{ServiceID: fe.ServiceID, Slot: 3})
+	if !ok || !ok2 || fe.Count != 3 || b.Addr != netip.MustParseAddr("10.102.0.7") {
+		t.Errorf("service 7: %+v %+v", fe, b)
+	}
+	// A restarted agent restores it and writes nothing.
+	r2 := New(k, 1000, 10000, zap.NewNop())
+	if n, err := r2.Restore(); err != nil || n != 400 {
+		t.Fatalf("restore: %d %v", n, err)
+	}
+	if err := r2.Apply(bigState(400)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// When a batch does not fit, the services that do are applied and the others named.
+func TestBatchedApplyFullMap(t *testing.T) {
+	k := kernelMaps(t, datapath.Config{MaxFrontends: 300})
+	r := New(k, 1000, 10000, zap.NewNop())
+	err := r.Apply(bigState(400))
+	if failed := FailedKeys(err); len(failed) != 100 {
+		t.Fatalf("%d services reported failed, want 100: %v", len(failed), err)
+	}
+	if fes, _ := k.Frontends(); len(fes) != 300 {
+		t.Errorf("%d frontends, want 300", len(fes))
+	}
+}
