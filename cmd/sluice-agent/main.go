@@ -276,6 +276,11 @@ func run(o *options, log *zap.Logger) error {
 	metrics.RegisterDatapath(reg, km)
 	syncer := &proxy.Syncer{
 		Metrics: metrics.NewSync(reg), Health: health,
+		AfterFullSync: func(n int) {
+			if n > 1000 {
+				debug.FreeOSMemory() // a big rebuild leaves garbage the heap will not need again soon
+			}
+		},
 		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange, FullEvery: o.syncPeriod,
 		Addresses: func() ([]netip.Addr, error) {
 			addrs, err := datapath.DeviceAddresses(devices)

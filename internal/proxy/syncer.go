@@ -31,6 +31,9 @@ type Syncer struct {
 	// Metrics and Health are optional.
 	Metrics *metrics.Sync
 	Health  *metrics.Health
+	// AfterFullSync, if set, is called after each full sync with the number of service ports
+	// it rebuilt (the agent returns the cold start's garbage to the OS).
+	AfterFullSync func(services int)
 
 	idx      *desired.Index
 	addrs    []netip.Addr
@@ -107,6 +110,9 @@ func (s *Syncer) sync(ch Changes) error {
 	if full {
 		err = s.Reconciler.Apply(st)
 		s.lastFull, s.addrs = time.Now(), addrs
+		if s.AfterFullSync != nil {
+			defer s.AfterFullSync(len(keys))
+		}
 	} else {
 		err = s.Reconciler.ApplyKeys(st, keys)
 	}
