@@ -48,6 +48,7 @@ type options struct {
 	snatPorts     string
 	logLevel      string
 	metricsAddr   string
+	cleanup       bool
 	syncPeriod    time.Duration
 	minSync       time.Duration
 	dp            datapath.Config
@@ -83,12 +84,19 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.dp.CTCloseTimeout, "ct-close-timeout", o.dp.CTCloseTimeout, "timeout of TCP flows after a RST or a FIN both ways")
 	fs.DurationVar(&o.dp.CTSYNTimeout, "ct-syn-timeout", o.dp.CTSYNTimeout, "timeout of TCP flows whose SYN is not answered")
 	printVersion := fs.Bool("version", false, "print the version and exit")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "detach sluice from --devices, delete its pins under --bpffs, and exit (as kube-proxy --cleanup)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if *printVersion {
 		fmt.Println(version)
 		os.Exit(0)
+	}
+	if o.cleanup {
+		if o.devices == "" {
+			return nil, errors.New("parse flags: --cleanup needs --devices")
+		}
+		return o, nil
 	}
 	if o.manifests != "" && o.kubeconfig != "" {
 		return nil, errors.New("parse flags: --manifests and --kubeconfig exclude each other")
@@ -152,6 +160,14 @@ func main() {
 		os.Exit(2)
 	}
 	defer log.Sync()
+	if o.cleanup {
+		if err := datapath.Cleanup(o.bpffs, strings.Split(o.devices, ",")); err != nil {
+			log.Error("Cleanup failed", zap.Error(err))
+			os.Exit(1)
+		}
+		log.Info("Removed sluice", zap.String("devices", o.devices), zap.String("bpffs", o.bpffs))
+		return
+	}
 	if err := run(o, log); err != nil {
 		log.Error("Agent failed", zap.Error(err))
 		os.Exit(1)
@@ -231,12 +247,11 @@ func run(o *options, log *zap.Logger) error {
 	dlog := log.Named("datapath")
 	var attached []*datapath.Attachment
 	defer func() {
+		// The programs stay attached (pinned links, clsact filters) and keep serving with the
+		// pinned maps: a restart or an upgrade drops no flow, and the next agent swaps its
+		// programs in. `--cleanup` removes them.
 		for _, a := range attached {
-			if err := a.Detach(); err != nil {
-				dlog.Error("Detach failed", zap.Error(err))
-			} else {
-				dlog.Info("Detached", zap.String("device", a.Device))
-			}
+			a.Release()
 		}
 	}()
 	for _, dev := range devices {
@@ -264,8 +279,8 @@ func run(o *options, log *zap.Logger) error {
 		return err
 	}
 	defer func() {
-		// Detached on the way out: tools should not report programs that are gone.
-		info.Devices, info.PID = nil, 0
+		// The programs stay attached; only the agent is gone.
+		info.PID = 0
 		if err := km.WriteAgentInfo(info); err != nil {
 			alog.Warn("Could not record the agent's exit", zap.Error(err))
 		}
@@ -305,7 +320,7 @@ func run(o *options, log *zap.Logger) error {
 
 	select {
 	case <-ctx.Done():
-		alog.Info("Stopping: programs detached, maps stay pinned", zap.String("bpffs", o.bpffs))
+		alog.Info("Stopping: the datapath stays attached and keeps serving; --cleanup removes it", zap.String("bpffs", o.bpffs))
 		return nil
 	case err := <-errc:
 		if ctx.Err() == nil {

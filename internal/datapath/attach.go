@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -66,15 +69,30 @@ type Attachment struct {
 // path when XDP is off), and XDP in front unless mode is off. If XDP cannot attach, ingress
 // stays with tc and the error is returned alongside the attachment (xdpErr) for the caller
 // to log.
+//
+// With a pin path, the links are pinned under it (links/) and an agent that restarts finds
+// them and swaps its programs in atomically (bpf_link update): packets see the old program or
+// the new one, never none, so a restart, even by kill -9, drops no flow.
 func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, xdpErr error, err error) {
 	iface, err := net.InterfaceByName(dev)
 	if err != nil {
 		return nil, nil, fmt.Errorf("find device %s: %w", dev, err)
 	}
+	if d.Config.PinPath != "" {
+		if err := os.MkdirAll(filepath.Join(d.Config.PinPath, "links"), 0o700); err != nil {
+			return nil, nil, fmt.Errorf("create link pin directory: %w", err)
+		}
+	}
 	a = &Attachment{Device: dev, Ifindex: iface.Index, XDP: XDPOff}
-	if err := a.attachTC(d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress, tc); err != nil {
+	if err := d.attachTC(a, tc); err != nil {
 		a.Detach()
 		return nil, nil, fmt.Errorf("attach tc to %s: %w", dev, err)
+	}
+	// Only one XDP mode at a time: drop a pinned link of the other mode (or of any, when off).
+	for _, m := range []XDPMode{XDPNative, XDPGeneric} {
+		if m != mode {
+			unpinLink(d.linkPath(dev, "xdp-"+string(m)))
+		}
 	}
 	if mode == XDPOff {
 		return a, nil, nil
@@ -83,7 +101,9 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 	if mode == XDPGeneric {
 		flags = link.XDPGenericMode
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: d.Objs.SluiceXdp, Interface: iface.Index, Flags: flags})
+	l, err := attachLink(d.linkPath(dev, "xdp-"+string(mode)), d.Objs.SluiceXdp, func() (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: d.Objs.SluiceXdp, Interface: iface.Index, Flags: flags})
+	})
 	if err != nil {
 		return a, fmt.Errorf("attach xdp (%s) to %s: %w", mode, dev, err), nil
 	}
@@ -104,25 +124,108 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 // deviceXDPNative mirrors DEVICE_F_XDP_NATIVE in bpf/lib/maps.h.
 const deviceXDPNative = 0x01
 
-func (a *Attachment) attachTC(ingress, egress *ebpf.Program, mode TCMode) error {
+// linkPath is where a device's hook link is pinned, or "" for an unpinned datapath.
+func (d *Datapath) linkPath(dev, hook string) string {
+	if d.Config.PinPath == "" {
+		return ""
+	}
+	// bpffs refuses names with dots (eth0.100 is a VLAN device's name).
+	return filepath.Join(d.Config.PinPath, "links", strings.ReplaceAll(dev, ".", "-")+"_"+hook)
+}
+
+// attachLink takes over the link pinned at path by swapping in prog, or attaches anew and pins.
+func attachLink(path string, prog *ebpf.Program, attach func() (link.Link, error)) (link.Link, error) {
+	if path != "" {
+		if l, err := link.LoadPinnedLink(path, nil); err == nil {
+			if err := l.Update(prog); err == nil {
+				return l, nil
+			}
+			// Its device is gone, or it cannot take this program: replace it.
+			_ = l.Unpin()
+			l.Close()
+		}
+	}
+	l, err := attach()
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		if err := l.Pin(path); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("pin link %s: %w", path, err)
+		}
+	}
+	return l, nil
+}
+
+// unpinLink detaches the link pinned at path, if there is one.
+func unpinLink(path string) {
+	if path == "" {
+		return
+	}
+	if l, err := link.LoadPinnedLink(path, nil); err == nil {
+		_ = l.Unpin()
+		l.Close()
+	}
+}
+
+func (d *Datapath) attachTC(a *Attachment, mode TCMode) error {
+	ingress, egress := d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress
 	if mode == TCClsact {
+		unpinLink(d.linkPath(a.Device, "tcx-ingress"))
+		unpinLink(d.linkPath(a.Device, "tcx-egress"))
 		return a.attachClsact(ingress, egress)
 	}
-	li, err := link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: ingress, Attach: ebpf.AttachTCXIngress})
+	li, err := attachLink(d.linkPath(a.Device, "tcx-ingress"), ingress, func() (link.Link, error) {
+		return link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: ingress, Attach: ebpf.AttachTCXIngress})
+	})
 	if err == nil {
 		a.links = append(a.links, li)
-		le, err := link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: egress, Attach: ebpf.AttachTCXEgress})
+		le, err := attachLink(d.linkPath(a.Device, "tcx-egress"), egress, func() (link.Link, error) {
+			return link.AttachTCX(link.TCXOptions{Interface: a.Ifindex, Program: egress, Attach: ebpf.AttachTCXEgress})
+		})
 		if err != nil {
 			return fmt.Errorf("attach tcx egress: %w", err)
 		}
 		a.links = append(a.links, le)
 		a.TC = "tcx"
+		// Filters a clsact run left would run the programs a second time.
+		removeClsactFilters(a.Ifindex)
 		return nil
 	}
 	if mode == TCX || !errors.Is(err, ebpf.ErrNotSupported) {
 		return fmt.Errorf("attach tcx ingress: %w", err)
 	}
 	return a.attachClsact(ingress, egress)
+}
+
+// clsactFilters are sluice's cls_bpf filters on a device (replaced in place, atomically, by
+// the next agent: netlink replace swaps the program).
+func clsactFilters(ifindex int, ingress, egress *ebpf.Program) []*netlink.BpfFilter {
+	var out []*netlink.BpfFilter
+	for _, f := range []struct {
+		parent uint32
+		prog   *ebpf.Program
+		name   string
+	}{{netlink.HANDLE_MIN_INGRESS, ingress, "sluice_ingress"}, {netlink.HANDLE_MIN_EGRESS, egress, "sluice_egress"}} {
+		fd := -1
+		if f.prog != nil {
+			fd = f.prog.FD()
+		}
+		out = append(out, &netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{
+				LinkIndex: ifindex, Parent: f.parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1,
+			},
+			Fd: fd, Name: f.name, DirectAction: true,
+		})
+	}
+	return out
+}
+
+func removeClsactFilters(ifindex int) {
+	for _, f := range clsactFilters(ifindex, nil, nil) {
+		_ = netlink.FilterDel(f)
+	}
 }
 
 // attachClsact is the pre-6.6 way: a clsact qdisc with direct-action cls_bpf filters.
@@ -135,23 +238,23 @@ func (a *Attachment) attachClsact(ingress, egress *ebpf.Program) error {
 	if err := netlink.QdiscReplace(qdisc); err != nil {
 		return fmt.Errorf("add clsact qdisc: %w", err)
 	}
-	for _, f := range []struct {
-		parent uint32
-		prog   *ebpf.Program
-		name   string
-	}{{netlink.HANDLE_MIN_INGRESS, ingress, "sluice_ingress"}, {netlink.HANDLE_MIN_EGRESS, egress, "sluice_egress"}} {
-		filter := &netlink.BpfFilter{
-			FilterAttrs: netlink.FilterAttrs{
-				LinkIndex: a.Ifindex, Parent: f.parent, Handle: 1, Protocol: unix.ETH_P_ALL, Priority: 1,
-			},
-			Fd: f.prog.FD(), Name: f.name, DirectAction: true,
-		}
+	for _, filter := range clsactFilters(a.Ifindex, ingress, egress) {
 		if err := netlink.FilterReplace(filter); err != nil {
-			return fmt.Errorf("add cls_bpf filter %s: %w", f.name, err)
+			return fmt.Errorf("add cls_bpf filter %s: %w", filter.Name, err)
 		}
 		a.filters = append(a.filters, filter)
 	}
 	return nil
+}
+
+// Release lets go of the attachment and leaves the programs running: pinned links and clsact
+// filters keep them attached, serving, for the next agent to take over. An unpinned
+// datapath's links go with their file descriptors.
+func (a *Attachment) Release() {
+	for _, l := range a.links {
+		l.Close()
+	}
+	a.links, a.filters, a.devices = nil, nil, nil
 }
 
 // Detach removes everything Attach put on the device.
@@ -165,6 +268,7 @@ func (a *Attachment) Detach() error {
 		a.devices = nil
 	}
 	for i := len(a.links) - 1; i >= 0; i-- {
+		_ = a.links[i].Unpin()
 		if err := a.links[i].Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -180,6 +284,25 @@ func (a *Attachment) Detach() error {
 		return fmt.Errorf("detach from %s: %w", a.Device, err)
 	}
 	return nil
+}
+
+// Cleanup removes sluice from a node, as kube-proxy --cleanup: it detaches every pinned link
+// under pinPath, removes sluice's clsact filters from devices, and deletes the pinned maps.
+func Cleanup(pinPath string, devices []string) error {
+	var errs []error
+	links, _ := filepath.Glob(filepath.Join(pinPath, "links", "*"))
+	for _, p := range links {
+		unpinLink(p)
+	}
+	for _, dev := range devices {
+		if iface, err := net.InterfaceByName(dev); err == nil {
+			removeClsactFilters(iface.Index)
+		}
+	}
+	if err := os.RemoveAll(pinPath); err != nil {
+		errs = append(errs, fmt.Errorf("remove pins: %w", err))
+	}
+	return errors.Join(errs...)
 }
 
 // ProgramIDs are the kernel IDs of the loaded programs, for `sluicectl prog show`.

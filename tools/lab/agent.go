@@ -112,3 +112,22 @@ func (s *syncBuffer) String() string {
 
 // PID is the agent's process ID (nsenter execs it in place).
 func (a *Agent) PID() int { return a.cmd.Process.Pid }
+
+// Kill ends the agent with SIGKILL, as a crash would.
+func (a *Agent) Kill() {
+	if a.Exited() {
+		return
+	}
+	_ = a.cmd.Process.Kill()
+	<-a.done
+}
+
+// Cleanup runs `sluice-agent --cleanup` on node1: detach and remove the pins.
+func (l *Lab) Cleanup(binary string) (string, error) {
+	bin, err := filepath.Abs(binary)
+	if err != nil {
+		return "", err
+	}
+	out, err := exec.Command("nsenter", "--net="+l.Node1.Path(), bin, "--cleanup", "--devices", "eth0", "--bpffs", l.PinDir()).CombinedOutput()
+	return string(out), err
+}

@@ -186,6 +186,29 @@ func TCPConnect(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) 
 	return c.Close()
 }
 
+// RequestOn sends one HTTP request on an open connection and returns who answered.
+func RequestOn(c net.Conn, addr netip.AddrPort) (string, error) {
+	_ = c.SetDeadline(time.Now().Add(Timeout))
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr.String()+"/", nil)
+	if err != nil {
+		return "", err
+	}
+	if err := req.Write(c); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	who, _, err := ParseReply(string(body))
+	return who, err
+}
+
 // OpenTCP connects from inside ns and leaves the connection open, for a flow that lasts.
 func OpenTCP(ns *testutil.Netns, addr netip.AddrPort) (net.Conn, error) {
 	return dial(ns, "tcp4", addr, Timeout)
