@@ -19,6 +19,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -29,6 +30,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/controlplane"
 	"github.com/sluicelb/sluice/tools/lab"
@@ -200,6 +203,19 @@ func TestAPIServiceLifecycle(t *testing.T) {
 	svcs := c.client.CoreV1().Services(c.ns)
 	slices := c.client.DiscoveryV1().EndpointSlices(c.ns)
 
+	// The agent follows its own Node object.
+	for _, n := range []struct {
+		name string
+		ip   netip.Addr
+	}{{"node1", c.Node1IP}, {"node2", c.Node2IP}} {
+		node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name},
+			Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.ip.String()}}}}
+		if _, err := c.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.client.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{}) })
+	}
+
 	svc, err := svcs.Create(ctx, c.service("web", v1.ServicePort{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(80)}), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -214,6 +230,7 @@ func TestAPIServiceLifecycle(t *testing.T) {
 	}
 	d := c.within(t, time.Second, "endpoints added", c.answeredBy(port, 30, "pod1", "pod2"))
 	t.Logf("endpoints added: serving after %v", d)
+	c.checkPinned(t, port, 2)
 
 	// From here on, a client keeps sending; no request may fail while its backend lives.
 	var failures, total atomic.Int64
@@ -293,6 +310,25 @@ func TestAPIServiceLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.within(t, time.Second, "service deleted", c.refused(port))
+	c.checkPinned(t, port, -1)
+}
+
+// checkPinned reads the agent's pinned maps: the frontend on node1 for port and its backend
+// count (-1: no frontend).
+func (c *apiCluster) checkPinned(t *testing.T, port uint16, count int) {
+	t.Helper()
+	objs, err := datapath.OpenPinned(c.PinDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	fe, ok := maps.NewKernel(objs).LookupFrontend(maps.FrontendKey{Addr: c.Node1IP, Port: port, Proto: maps.TCP})
+	switch {
+	case count < 0 && ok:
+		t.Errorf("frontend for %d still pinned: %+v", port, fe)
+	case count >= 0 && (!ok || int(fe.Count) != count):
+		t.Errorf("frontend for %d: %+v (%v), want %d backends", port, fe, ok, count)
+	}
 }
 
 // checkMetrics reads the agent's endpoints on node1's loopback.
