@@ -10,20 +10,9 @@ import (
 	"github.com/sluicelb/sluice/internal/testutil"
 )
 
-func load(t *testing.T, cfg datapath.Config) *maps.Kernel {
-	t.Helper()
-	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	return maps.NewKernel(&dp.Objs.SluiceMaps)
-}
-
 // What the reconciler writes is what it reads back when it restores.
 func TestKernelRoundTrip(t *testing.T) {
-	k := load(t, datapath.Config{})
+	k := testutil.KernelMaps(t, datapath.Config{})
 	fk := maps.FrontendKey{Addr: netip.MustParseAddr("10.89.0.11"), Port: 30080, Proto: maps.TCP}
 	fe := maps.Frontend{ServiceID: 7, Count: 2}
 	be := maps.Backend{Addr: netip.MustParseAddr("10.244.1.10"), Port: 8080, Local: true}
@@ -61,7 +50,7 @@ func TestKernelRoundTrip(t *testing.T) {
 
 // A full map is reported as ErrFull, naming the entry, not silently dropped.
 func TestKernelFullMap(t *testing.T) {
-	k := load(t, datapath.Config{MaxFrontends: 2})
+	k := testutil.KernelMaps(t, datapath.Config{MaxFrontends: 2})
 	for p := uint16(30000); p < 30002; p++ {
 		if err := k.UpdateFrontend(maps.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: p, Proto: maps.TCP}, maps.Frontend{ServiceID: 1}); err != nil {
 			t.Fatal(err)

@@ -26,20 +26,9 @@ func bigState(n int) desired.State {
 	return st
 }
 
-func kernelMaps(t *testing.T, cfg datapath.Config) *maps.Kernel {
-	t.Helper()
-	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	return maps.NewKernel(&dp.Objs.SluiceMaps)
-}
-
 // A large apply goes through batched writes and leaves the same maps as one at a time.
 func TestBatchedApply(t *testing.T) {
-	k := kernelMaps(t, datapath.Config{})
+	k := testutil.KernelMaps(t, datapath.Config{})
 	r := New(k, 1000, 10000, zap.NewNop())
 	if err := r.Apply(bigState(400)); err != nil {
 		t.Fatal(err)
@@ -67,7 +56,7 @@ func TestBatchedApply(t *testing.T) {
 
 // When a batch does not fit, the services that do are applied and the others named.
 func TestBatchedApplyFullMap(t *testing.T) {
-	k := kernelMaps(t, datapath.Config{MaxFrontends: 300})
+	k := testutil.KernelMaps(t, datapath.Config{MaxFrontends: 300})
 	r := New(k, 1000, 10000, zap.NewNop())
 	err := r.Apply(bigState(400))
 	if failed := FailedKeys(err); len(failed) != 100 {

@@ -81,16 +81,7 @@ func startAPICluster(t *testing.T, mode string) *apiCluster {
 	}
 	l := lab.UpForTest(t)
 	c := &apiCluster{cluster: &cluster{Lab: l}, client: client, ns: "t-" + l.ID}
-	for _, p := range []struct {
-		ns   *testutil.Netns
-		name string
-	}{{l.Pod1, "pod1"}, {l.Pod2, "pod2"}} {
-		b, err := lab.StartBackend(p.ns, p.name, []uint16{80}, []uint16{5353})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-	}
+	startPods(t, l)
 	// The agent runs in node1's namespace: relay its 127.0.0.1:6443 to the API server.
 	var ln net.Listener
 	if err := l.Node1.Do(func() error {
@@ -118,14 +109,7 @@ func startAPICluster(t *testing.T, mode string) *apiCluster {
 		t.Fatal(err)
 	}
 	c.agent = a
-	t.Cleanup(func() {
-		if err := a.Stop(); err != nil {
-			t.Errorf("agent exit: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("agent logs:\n%s", a.Logs())
-		}
-	})
+	c.stopAgentAtCleanup(t)
 	return c
 }
 

@@ -89,6 +89,19 @@ func startClusterNoWait(t *testing.T, mode string, extra ...string) *cluster {
 	l := lab.UpForTest(t)
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
+	startPods(t, l)
+	a, err := l.StartAgent(lab.AgentOptions{Binary: bin, Manifests: c.manifests, XDPMode: mode, Extra: append([]string{"--log-level", "debug"}, extra...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	c.stopAgentAtCleanup(t)
+	return c
+}
+
+// startPods starts the echo backends in both pods (HTTP on 80, UDP on 5353).
+func startPods(t *testing.T, l *lab.Lab) {
+	t.Helper()
 	for _, p := range []struct {
 		ns   *testutil.Netns
 		name string
@@ -99,11 +112,11 @@ func startClusterNoWait(t *testing.T, mode string, extra ...string) *cluster {
 		}
 		t.Cleanup(b.Close)
 	}
-	a, err := l.StartAgent(lab.AgentOptions{Binary: bin, Manifests: c.manifests, XDPMode: mode, Extra: append([]string{"--log-level", "debug"}, extra...)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.agent = a
+}
+
+// stopAgentAtCleanup stops whichever agent the cluster runs when the test ends, and shows its
+// logs if the test failed.
+func (c *cluster) stopAgentAtCleanup(t *testing.T) {
 	t.Cleanup(func() {
 		if err := c.agent.Stop(); err != nil {
 			t.Errorf("agent exit: %v", err)
@@ -112,7 +125,6 @@ func startClusterNoWait(t *testing.T, mode string, extra ...string) *cluster {
 			t.Logf("agent logs:\n%s", c.agent.Logs())
 		}
 	})
-	return c
 }
 
 func copyExamples(t *testing.T, dst string) {
