@@ -122,6 +122,10 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		trace_stage(TRACE_NOT_OURS);
 		return VERDICT_PASS(xdp);
 	}
+	if (!ipv4_csum_ok(ctx, xdp, &p)) {
+		count_reason(REASON_PASS_MALFORMED);
+		return VERDICT_PASS(xdp);
+	}
 	/* A tagged frame may have to leave untagged or on another VLAN device: only tc, where
 	 * the tag is skb metadata and redirect goes through the right device, gets that right. */
 	if (xdp && p.vlan) {

@@ -169,6 +169,25 @@ func VerifyChecksums(frame []byte) error {
 	return nil
 }
 
+// VerifyIPv4Header checks only the IPv4 header checksum of an Ethernet frame.
+func VerifyIPv4Header(frame []byte) error {
+	l3 := 14
+	if len(frame) >= 14 && binary.BigEndian.Uint16(frame[12:]) == 0x8100 {
+		l3 = 18
+	}
+	if len(frame) < l3+20 {
+		return fmt.Errorf("frame too short for IPv4")
+	}
+	ihl := int(frame[l3]&0x0f) * 4
+	if ihl < 20 || len(frame) < l3+ihl {
+		return fmt.Errorf("bad IHL")
+	}
+	if c := Checksum(frame[l3:l3+ihl], 0); c != 0 {
+		return fmt.Errorf("IPv4 header checksum wrong (residue %#04x)", c)
+	}
+	return nil
+}
+
 // Decode parses a frame for readable test failures.
 func Decode(frame []byte) gopacket.Packet {
 	return gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)

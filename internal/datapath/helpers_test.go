@@ -1,0 +1,42 @@
+package datapath_test
+
+import (
+	"testing"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+)
+
+// lastHelper510 is the highest BPF helper ID Linux 5.10 has (BPF_FUNC_redirect_peer); later
+// kernels add helpers after it, so a higher ID would not load on 5.10.
+const lastHelper510 = asm.BuiltinFunc(155)
+
+// Every program uses only helpers that 5.10 has, and no kfuncs (which 5.10 lacks for these
+// program types): the kernel floor users run, checked on the object we ship.
+func TestHelpersExistOnLinux510(t *testing.T) {
+	spec, err := datapath.LoadSluice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range spec.Programs {
+		used := map[asm.BuiltinFunc]bool{}
+		for _, ins := range p.Instructions {
+			switch {
+			case ins.IsKfuncCall():
+				t.Errorf("%s calls a kfunc (%v): not on 5.10", name, ins)
+			case ins.IsBuiltinCall():
+				fn := asm.BuiltinFunc(ins.Constant)
+				used[fn] = true
+				if fn > lastHelper510 {
+					t.Errorf("%s calls %v (helper %d), newer than 5.10 (last: %d)", name, fn, fn, lastHelper510)
+				}
+			}
+		}
+		var list []string
+		for fn := range used {
+			list = append(list, fn.String())
+		}
+		t.Logf("%s: %d instructions, helpers %v", name, len(p.Instructions), list)
+	}
+}
