@@ -28,6 +28,8 @@ type AgentOptions struct {
 	Manifests string // folder of manifests
 	XDPMode   string // native, generic or off
 	Extra     []string
+	// Wrap runs the agent under another command (setpriv to drop capabilities, say).
+	Wrap []string
 }
 
 // PinDir is where this lab's agent pins its maps.
@@ -39,9 +41,9 @@ func (l *Lab) StartAgent(o AgentOptions) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
-	args := []string{"--net=" + l.Node1.Path(), bin,
+	args := append(append([]string{"--net=" + l.Node1.Path()}, o.Wrap...), bin,
 		"--manifests", o.Manifests, "--devices", "eth0", "--node-name", "node1",
-		"--bpffs", l.PinDir(), "--xdp-mode", o.XDPMode}
+		"--bpffs", l.PinDir(), "--xdp-mode", o.XDPMode)
 	args = append(args, o.Extra...)
 	a := &Agent{PinDir: l.PinDir(), logs: &syncBuffer{}, done: make(chan struct{})}
 	a.cmd = exec.Command("nsenter", args...)

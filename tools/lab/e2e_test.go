@@ -541,3 +541,59 @@ func xdpProgID(t *testing.T, c *cluster) string {
 	}
 	return ""
 }
+
+// The agent needs no more than the capabilities the DaemonSet grants (BPF, NET_ADMIN,
+// SYS_ADMIN, PERFMON): run with every other one dropped from its bounding set, it serves.
+func TestE2EAgentWithOnlyItsCapabilities(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	l := lab.UpForTest(t)
+	c := &cluster{Lab: l, manifests: t.TempDir()}
+	copyExamples(t, c.manifests)
+	startPods(t, l)
+	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native",
+		Wrap: []string{"setpriv", "--bounding-set=-all,+bpf,+net_admin,+sys_admin,+perfmon", "--inh-caps=-all", "--"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	c.stopAgentAtCleanup(t)
+	c.waitReady(t)
+	c.checkSpreadAndAddresses(t, "tcp", 30080, 20)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.PID()))
+	if err != nil || !strings.Contains(string(status), "CapBnd:\t000000c000201000") {
+		t.Errorf("agent's bounding set is not just BPF, NET_ADMIN, SYS_ADMIN, PERFMON: %v\n%s", err, status)
+	}
+}
+
+// NodePorts are served only on the addresses --nodeport-addresses allows: another address of
+// the same device is the kernel's (nothing listens there: refused).
+func TestE2ENodePortAddresses(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	l := lab.UpForTest(t)
+	l.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.21/24", "dev", "eth0")
+	c := &cluster{Lab: l, manifests: t.TempDir()}
+	copyExamples(t, c.manifests)
+	startPods(t, l)
+	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native",
+		Extra: []string{"--nodeport-addresses", "10.89.0.11/32"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	c.stopAgentAtCleanup(t)
+	c.waitReady(t)
+	if _, err := lab.HTTPGet(l.Client, c.nodePort(30080)); err != nil {
+		t.Errorf("allowed address: %v", err)
+	}
+	other := netip.MustParseAddrPort("10.89.0.21:30080")
+	if err := lab.TCPConnect(l.Client, other, time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("address outside --nodeport-addresses: %v, want refused by the kernel", err)
+	}
+	var svcs []cli.ServiceJSON
+	c.sluicectlJSON(t, &svcs, "service", "list")
+	for _, s := range svcs {
+		if len(s.Frontends) != 1 || !strings.HasPrefix(s.Frontends[0], "10.89.0.11:") {
+			t.Errorf("%s frontends %v", s.Name, s.Frontends)
+		}
+	}
+}
