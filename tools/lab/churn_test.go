@@ -1,0 +1,155 @@
+package lab_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sluicelb/sluice/internal/testutil"
+	"github.com/sluicelb/sluice/tools/lab"
+)
+
+// churnManifest is a service with an HTTP port (30060) and a stream port (30070) whose
+// endpoints are pod1, and pod2 when withPod2.
+func churnManifest(withPod2 bool) string {
+	eps := `  - addresses: ["10.244.1.10"]
+    conditions: {ready: true}
+    nodeName: node1
+`
+	if withPod2 {
+		eps += `  - addresses: ["10.244.2.10"]
+    conditions: {ready: true}
+    nodeName: node2
+`
+	}
+	return `apiVersion: v1
+kind: Service
+metadata: {name: churn, namespace: default}
+spec:
+  type: NodePort
+  ports:
+    - {name: http, protocol: TCP, port: 80, nodePort: 30060}
+    - {name: stream, protocol: TCP, port: 7070, nodePort: 30070}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: churn-1
+  namespace: default
+  labels: {kubernetes.io/service-name: churn}
+addressType: IPv4
+ports:
+  - {name: http, protocol: TCP, port: 80}
+  - {name: stream, protocol: TCP, port: 7070}
+endpoints:
+` + eps
+}
+
+// loadCluster is a lab with the churn service, stream servers in both pods, open streams
+// and HTTP load running.
+type loadCluster struct {
+	*cluster
+	streams []*lab.Stream
+	load    *lab.Load
+}
+
+func startLoadCluster(t *testing.T, mode string) *loadCluster {
+	t.Helper()
+	c := &loadCluster{cluster: startCluster(t, mode)}
+	writeAtomic(t, filepath.Join(c.manifests, "churn.yaml"), churnManifest(true))
+	for name, ns := range map[string]*testutil.Netns{"pod1": c.Pod1, "pod2": c.Pod2} {
+		stop, err := lab.StartStreamServer(ns, name, 7070)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+	}
+	c.waitFor(t, "the churn service", func() error {
+		_, err := lab.HTTPGet(c.Client, c.nodePort(30060))
+		return err
+	})
+	for len(c.streams) < 12 {
+		s, err := lab.OpenStream(c.Client, c.nodePort(30070))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Close)
+		c.streams = append(c.streams, s)
+	}
+	c.load = lab.StartLoad(c.Client, c.nodePort(30060), 4)
+	return c
+}
+
+// pingStreams checks every stream still reaches the backend it started with.
+func (c *loadCluster) pingStreams(t *testing.T, when string) {
+	t.Helper()
+	for i, s := range c.streams {
+		who, err := s.Ping()
+		if err != nil || who != s.Backend {
+			t.Errorf("%s: stream %d to %s: %q %v", when, i, s.Backend, who, err)
+		}
+	}
+}
+
+func (c *loadCluster) finish(t *testing.T) {
+	t.Helper()
+	ok, failed, errs := c.load.Stop()
+	if failed != 0 {
+		t.Errorf("%d of %d requests failed: %v", failed, ok+failed, errs)
+	}
+	byBackend := map[string]int{}
+	for _, s := range c.streams {
+		byBackend[s.Backend]++
+	}
+	t.Logf("%d requests, %d failed; %d streams kept (%v)", ok+failed, failed, len(c.streams), byBackend)
+}
+
+// Endpoints come and go every 100 ms under load: no request to a backend that stays fails, and
+// streams to the endpoint being removed and re-added keep going (kube-proxy keeps such flows;
+// users complain when a proxy cuts them). SLUICE_CHURN_SECONDS sets the length (default 5).
+func TestE2EEndpointChurnUnderLoad(t *testing.T) {
+	c := startLoadCluster(t, "native")
+	seconds := 5
+	if v, err := strconv.Atoi(os.Getenv("SLUICE_CHURN_SECONDS")); err == nil && v > 0 {
+		seconds = v
+	}
+	deadline := time.Now().Add(time.Duration(seconds) * time.Second)
+	manifest := filepath.Join(c.manifests, "churn.yaml")
+	for i := 0; time.Now().Before(deadline); i++ {
+		writeAtomic(t, manifest, churnManifest(i%2 == 1))
+		time.Sleep(100 * time.Millisecond)
+		if i%5 == 0 {
+			c.pingStreams(t, fmt.Sprintf("churn step %d", i))
+		}
+	}
+	c.pingStreams(t, "after churn")
+	c.finish(t)
+}
+
+// Restarting the agent under load, by SIGTERM and by SIGKILL: no request fails and every
+// stream survives.
+func TestE2ERestartUnderLoad(t *testing.T) {
+	c := startLoadCluster(t, "native")
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
+		time.Sleep(300 * time.Millisecond)
+		if how == "SIGTERM" {
+			if err := c.agent.Stop(); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			c.agent.Kill()
+		}
+		a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.agent = a
+		c.waitReady(t)
+		c.pingStreams(t, "after "+how)
+	}
+	time.Sleep(300 * time.Millisecond)
+	c.finish(t)
+}
