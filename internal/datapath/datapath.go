@@ -125,6 +125,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	sizes := map[string]uint32{
 		SluiceMapSluiceFrontends: cfg.MaxFrontends,
 		SluiceMapSluiceSvcStats:  cfg.MaxServices,
+		SluiceMapSluiceSvcInfo:   cfg.MaxServices,
 		SluiceMapSluiceSlots:     cfg.MaxSlots,
 		SluiceMapSluiceBackends:  cfg.MaxBackends,
 		SluiceMapSluiceCt:        cfg.MaxConntrack,

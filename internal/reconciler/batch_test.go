@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -65,4 +66,44 @@ func TestBatchedApplyFullMap(t *testing.T) {
 	if fes, _ := k.Frontends(); len(fes) != 300 {
 		t.Errorf("%d frontends, want 300", len(fes))
 	}
+}
+
+// 100k services with 10 backends each (1M backends) fit maps sized for them and load in one
+// batched apply.
+func TestScale100kServices1MBackends(t *testing.T) {
+	const services, per = 100000, 10
+	k := testutil.KernelMaps(t, datapath.Config{MaxServices: 131072, MaxFrontends: 131072,
+		MaxBackends: 1<<20 + 1<<16, MaxSlots: 1<<20 + 1<<16})
+	st := desired.State{Addresses: []netip.Addr{node1}, Services: make(map[desired.ServiceKey]*desired.Service, services)}
+	for i := 0; i < services; i++ {
+		bs := make([]maps.Backend, per)
+		for j := range bs {
+			n := i*per + j
+			bs[j] = maps.Backend{Addr: netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), Port: 8080}
+		}
+		proto := maps.TCP
+		if i >= 50000 {
+			proto = maps.UDP
+		}
+		k := desired.ServiceKey{NodePort: uint16(10000 + i%50000), Proto: proto}
+		st.Services[k] = &desired.Service{Key: k, Name: fmt.Sprintf("default/s%d:p", i), Backends: bs}
+	}
+	r := New(k, 131072, 1<<20+1<<16, zap.NewNop())
+	start := time.Now()
+	if err := r.Apply(st); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	fill, err := k.Fill()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, f := range fill {
+		got[f.Name] = f.Entries
+	}
+	if got["sluice_frontends"] != services || got["sluice_backends"] != services*per || got["sluice_slots"] != services*per {
+		t.Errorf("maps hold %v", got)
+	}
+	t.Logf("applied %d services and %d backends in %v", services, services*per, took)
 }
