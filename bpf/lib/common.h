@@ -43,8 +43,11 @@ struct icmphdr {
 
 /* Settings, written from Go (spec.Variables) before the object is loaded. Defaults here are the
  * agent's defaults, so the golden-packet tests run with what users get. */
-volatile const __u16 cfg_snat_port_min = 61000;
-volatile const __u16 cfg_snat_port_max = 65535;
+/* SNAT source ports: below the NodePort range and Linux's ephemeral ports (32768-60999), so
+ * no SNAT flow takes the tuple of one of the node's own connections, and wide (28976 ports per
+ * backend and node address) because a closed flow's port waits out TIME_WAIT before reuse. */
+volatile const __u16 cfg_snat_port_min = 1024;
+volatile const __u16 cfg_snat_port_max = 29999;
 volatile const __u32 cfg_ct_tcp_timeout_s = 21600;  /* established TCP: 6 h, as Cilium */
 volatile const __u32 cfg_ct_close_timeout_s = 10;   /* after RST, or FIN both ways */
 volatile const __u32 cfg_ct_syn_timeout_s = 60;     /* a TCP flow not answered yet */

@@ -16,10 +16,10 @@ func TestNATList(t *testing.T) {
 	if nat[1].Protocol == "TCP" {
 		tcp = nat[1]
 	}
-	if tcp.NodeAddress != "10.0.0.1" || tcp.Backend != "10.0.0.2:8080" || tcp.PortsInUse != 1 || tcp.Ports[0] != f.snat || tcp.RangeSize != 4536 {
+	if tcp.NodeAddress != "10.0.0.1" || tcp.Backend != "10.0.0.2:8080" || tcp.PortsInUse != 1 || tcp.Ports[0] != f.snat || tcp.RangeSize != 28976 {
 		t.Errorf("tcp: %+v (snat %d)", tcp, f.snat)
 	}
-	if table := f.run(t, "nat", "list"); !strings.Contains(table, "RANGE 61000-65535") || !strings.Contains(table, "10.0.0.2:5353") {
+	if table := f.run(t, "nat", "list"); !strings.Contains(table, "RANGE 1024-29999") || !strings.Contains(table, "10.0.0.2:5353") {
 		t.Errorf("table:\n%s", table)
 	}
 }

@@ -11,7 +11,7 @@ func TestProgShow(t *testing.T) {
 	f := newFixture(t)
 	var ps ProgShowJSON
 	f.runJSON(t, &ps, "prog", "show")
-	if ps.Agent.Version != "v-test" || !ps.Agent.Running || ps.Agent.Object != datapath.ObjectHash() || ps.Agent.SNATPorts != "61000-65535" {
+	if ps.Agent.Version != "v-test" || !ps.Agent.Running || ps.Agent.Object != datapath.ObjectHash() || ps.Agent.SNATPorts != "1024-29999" {
 		t.Errorf("agent %+v", ps.Agent)
 	}
 	if len(ps.Devices) != 1 || ps.Devices[0].Name != "eth0" || ps.Devices[0].XDPMode != "native" || len(ps.Devices[0].Programs) != 3 {

@@ -19,7 +19,7 @@ import (
 //
 // BPF_PROG_TEST_RUN repeats on the same buffer, so a packet the program rewrites is not the
 // input of the next run. The established-flow case therefore uses a flow whose translation is
-// itself (a conntrack reply entry mapping client:8080->backend:61000 onto the same tuple): every run does the full work (prefilter, lookup, FIB, rewrite, checksums, redirect)
+// itself (a conntrack reply entry mapping client:8080->backend:20000 onto the same tuple): every run does the full work (prefilter, lookup, FIB, rewrite, checksums, redirect)
 // and only the TTL changes, so each call runs 250 times from TTL 255 with a fresh packet. Without a context the test run's
 // device is loopback, so the FIB sends the packet to eth0 by XDP_REDIRECT instead of XDP_TX.
 
@@ -67,7 +67,7 @@ func benchProg(b *testing.B, e *env, prog *ebpf.Program, pkt []byte, want uint32
 
 func BenchmarkXDP(b *testing.B) {
 	e := newEnv(b)
-	nat := maps.Port16(61000)
+	nat := maps.Port16(20000)
 	// A tuple from the client to the backend's address on a SNAT port: past the prefilter, and
 	// routable (a node address would be delivered locally, not forwarded).
 	key := datapath.SluiceCtKey{Saddr: maps.Addr4(clientIP), Daddr: maps.Addr4(backendIP), Sport: maps.Port16(8080), Dport: nat, Proto: 6}
@@ -83,8 +83,8 @@ func BenchmarkXDP(b *testing.B) {
 	if err := e.dp.Objs.SluiceDevices.Update(&idx, &native, ebpf.UpdateAny); err != nil {
 		b.Fatal(err)
 	}
-	established := e.fromClient(layers.IPProtocolTCP, 61000, 8080)
-	established.Src, established.Dst = ap(clientIP, 8080), ap(backendIP, 61000)
+	established := e.fromClient(layers.IPProtocolTCP, 20000, 8080)
+	established.Src, established.Dst = ap(clientIP, 8080), ap(backendIP, 20000)
 	established.ACK, established.TTL = true, 255
 	miss := e.fromClient(layers.IPProtocolTCP, 40000, 22)
 	miss.ACK = true
