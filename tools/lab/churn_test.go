@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/cli"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/lab"
 )
@@ -79,7 +80,9 @@ func startLoadCluster(t *testing.T, mode string) *loadCluster {
 		t.Cleanup(s.Close)
 		c.streams = append(c.streams, s)
 	}
-	c.load = lab.StartLoad(c.Client, c.nodePort(30060), 4)
+	// About 600 new connections a second: within what one backend's SNAT ports sustain
+	// (28976 ports, each held 70 s after its flow closes, ~410/s), so failures here are churn's.
+	c.load = lab.StartLoad(c.Client, c.nodePort(30060), 4, 5*time.Millisecond)
 	return c
 }
 
@@ -104,7 +107,9 @@ func (c *loadCluster) finish(t *testing.T) {
 	for _, s := range c.streams {
 		byBackend[s.Backend]++
 	}
-	t.Logf("%d requests, %d failed; %d streams kept (%v)", ok+failed, failed, len(c.streams), byBackend)
+	var st cli.StatsJSON
+	c.sluicectlJSON(t, &st, "stats")
+	t.Logf("%d requests, %d failed; %d streams kept (%v); datapath: %v", ok+failed, failed, len(c.streams), byBackend, nonZero(st.Reasons))
 }
 
 // Endpoints come and go every 100 ms under load: no request to a backend that stays fails, and
@@ -152,4 +157,14 @@ func TestE2ERestartUnderLoad(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	c.finish(t)
+}
+
+func nonZero(m map[string]uint64) map[string]uint64 {
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
 }

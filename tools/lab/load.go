@@ -113,8 +113,8 @@ type Load struct {
 	wg         sync.WaitGroup
 }
 
-// StartLoad starts the workers.
-func StartLoad(ns *testutil.Netns, addr netip.AddrPort, workers int) *Load {
+// StartLoad starts the workers, each pausing between requests.
+func StartLoad(ns *testutil.Netns, addr netip.AddrPort, workers int, pause time.Duration) *Load {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Load{cancel: cancel}
 	for w := 0; w < workers; w++ {
@@ -132,6 +132,7 @@ func StartLoad(ns *testutil.Netns, addr netip.AddrPort, workers int) *Load {
 					continue
 				}
 				l.ok.Add(1)
+				time.Sleep(pause)
 			}
 		}()
 	}
