@@ -98,6 +98,9 @@ func parseFlags(args []string) (*options, error) {
 		}
 		return o, nil
 	}
+	if o.syncPeriod <= 0 || o.minSync < 0 || o.minSync > o.syncPeriod {
+		return nil, fmt.Errorf("parse flags: want 0 <= --min-sync-interval (%v) <= --sync-period (%v), and a positive --sync-period", o.minSync, o.syncPeriod)
+	}
 	if o.manifests != "" && o.kubeconfig != "" {
 		return nil, errors.New("parse flags: --manifests and --kubeconfig exclude each other")
 	}
@@ -316,7 +319,16 @@ func run(o *options, log *zap.Logger) error {
 			}
 		}()
 	}
-	go runner.Run(ctx, tracker.Changed())
+	runnerDone := make(chan struct{})
+	go func() {
+		runner.Run(ctx, tracker.Changed())
+		close(runnerDone)
+	}()
+	// On the way out, let a sync in progress finish before the maps are closed.
+	defer func() {
+		stop()
+		<-runnerDone
+	}()
 
 	select {
 	case <-ctx.Done():

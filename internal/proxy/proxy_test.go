@@ -115,3 +115,21 @@ func TestRunnerCoalescesAndRetries(t *testing.T) {
 		t.Errorf("%d syncs after a burst, want 1-2 more", n)
 	}
 }
+
+// While failures back off, a new change is still synced at the minimum interval.
+func TestRunnerSyncsChangesDuringBackoff(t *testing.T) {
+	var calls atomic.Int32
+	r := &Runner{MinInterval: 10 * time.Millisecond, MaxInterval: time.Hour,
+		Sync: func() error { calls.Add(1); return errors.New("failing") }}
+	trigger := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx, trigger)
+	time.Sleep(400 * time.Millisecond) // the backoff has grown past 100 ms
+	before := calls.Load()
+	trigger <- struct{}{}
+	time.Sleep(60 * time.Millisecond)
+	if calls.Load() == before {
+		t.Error("a change during backoff waited for the retry")
+	}
+}

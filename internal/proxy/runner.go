@@ -28,10 +28,9 @@ func (r *Runner) Run(ctx context.Context, trigger <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case <-trigger:
+			// A change is synced at the minimum interval even while a failure backs off:
+			// the backoff only spaces out retries when nothing new arrives.
 			wait := r.MinInterval - time.Since(last)
-			if backoff > 0 && backoff > wait {
-				continue // a retry is already scheduled
-			}
 			if wait < 0 {
 				wait = 0
 			}

@@ -44,13 +44,29 @@ type Syncer struct {
 
 // Sync programs the datapath from the current objects. It does nothing until the source has
 // delivered its first complete set, so a restart never prunes services not yet re-read.
+//
+// A service that cannot be written (a full map) does not fail the sync: it is logged by name,
+// counted, and retried with the next sync, while everything else goes on being programmed on
+// time and the agent stays healthy.
 func (s *Syncer) Sync() error {
+	// Read the addresses first: a failure here must not lose the pending changes.
+	addrs, err := s.Addresses()
+	if err != nil {
+		return fmt.Errorf("read node addresses: %w", err)
+	}
 	ch := s.Tracker.TakeChanges()
 	if !ch.Synced {
 		return nil
 	}
 	start := time.Now()
-	err := s.sync(ch)
+	err = s.sync(ch, addrs)
+	if err != nil && reconciler.OnlyServiceErrors(err) {
+		s.Log.Error("Some services could not be programmed; retrying with the next sync", zap.Error(err))
+		if s.Metrics != nil {
+			s.Metrics.Errors.Inc()
+		}
+		err = nil
+	}
 	end := time.Now()
 	if s.Metrics != nil {
 		s.Metrics.Duration.Observe(end.Sub(start).Seconds())
@@ -74,12 +90,9 @@ func (s *Syncer) Sync() error {
 	return nil
 }
 
-func (s *Syncer) sync(ch Changes) error {
+func (s *Syncer) sync(ch Changes, addrs []netip.Addr) error {
 	start := time.Now()
-	addrs, err := s.Addresses()
-	if err != nil {
-		return fmt.Errorf("read node addresses: %w", err)
-	}
+	var err error
 	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
 	full := s.idx == nil || !slices.Equal(addrs, s.addrs) || time.Since(s.lastFull) >= s.FullEvery
 	var keys []desired.ServiceKey
@@ -131,10 +144,7 @@ func (s *Syncer) sync(ch Changes) error {
 	}
 	s.Log.Debug("Synced", zap.Bool("full", full), zap.Int("changed", len(keys)), zap.Duration("took", time.Since(start)),
 		zap.Int("services", stats.Services), zap.Int("backends", stats.Backends), zap.Int("frontends", stats.Frontends))
-	if err != nil {
-		return fmt.Errorf("apply desired state: %w", err)
-	}
-	return nil
+	return err
 }
 
 func (s *Syncer) logProblems(problems []desired.Problem, full bool) {

@@ -49,6 +49,7 @@ type Reconciler struct {
 	orphanSlots []maps.SlotKey
 	orphanInfos []uint32
 	noBatch     bool // set while recovering from a failed batch
+	batching    bool // frontend writes are buffered: publish leaves trimming to the caller
 }
 
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the
@@ -173,9 +174,20 @@ func (r *Reconciler) Apply(st desired.State) error {
 			}
 		}
 	}
-	for _, sk := range r.orphanSlots {
-		if err := r.m.DeleteSlot(sk); err != nil {
-			errs = append(errs, err)
+	if len(r.orphanSlots) > 0 {
+		owned := make(map[uint32]*applied, len(r.services))
+		for _, a := range r.services {
+			owned[a.id] = a
+		}
+		for _, sk := range r.orphanSlots {
+			// A service applied since the restore may have taken this ID and written this
+			// slot: then it is no leftover.
+			if a := owned[sk.ServiceID]; a != nil && sk.Slot >= 1 && sk.Slot <= uint32(len(a.backends)) {
+				continue
+			}
+			if err := r.m.DeleteSlot(sk); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	r.orphanSlots = nil
@@ -221,15 +233,28 @@ func (r *Reconciler) applyBatched(b maps.Batcher, st desired.State, keys []desir
 		return r.recover(st, err)
 	}
 	b.Begin()
+	r.batching = true
+	published := map[desired.ServiceKey]bool{}
 	for _, k := range keys {
 		if p, ok := preps[k]; ok {
 			if err := r.publish(st.Services[k], p.a, p.want, st.Addresses); err != nil {
 				errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+				continue
 			}
+			published[k] = true
 		}
 	}
+	r.batching = false
 	if err := b.Flush(); err != nil {
 		return r.recover(st, err)
+	}
+	// Only now that every frontend carries its new count may slots past it go.
+	for _, k := range keys {
+		if p, ok := preps[k]; ok && published[k] {
+			if err := r.trim(p.a, len(p.want)); err != nil {
+				errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+			}
+		}
 	}
 	return errs
 }
@@ -319,6 +344,22 @@ func FailedKeys(err error) []desired.ServiceKey {
 		}
 	}
 	return out
+}
+
+// OnlyServiceErrors reports whether err is made only of per-service failures (retried service
+// by service), as opposed to a failure of the whole apply.
+func OnlyServiceErrors(err error) bool {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		var se *ServiceError
+		if !errors.As(e, &se) {
+			return false
+		}
+	}
+	return len(errs) > 0
 }
 
 // Applied returns what was last applied for a service port.
@@ -435,8 +476,16 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 		return ferr
 	}
 	a.count = count
-	// 5. Slots past the new count, now that no frontend points at them.
-	for len(a.backends) > len(want) {
+	a.last = svc
+	if r.batching {
+		return nil // trimmed once the frontends' batch is written
+	}
+	return r.trim(a, len(want))
+}
+
+// trim deletes the slots past n, once no frontend points at them.
+func (r *Reconciler) trim(a *applied, n int) error {
+	for len(a.backends) > n {
 		last := len(a.backends)
 		if err := r.m.DeleteSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(last)}); err != nil {
 			return err
@@ -444,7 +493,6 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 		r.ref(a.backends[last-1], -1)
 		a.backends = a.backends[:last-1]
 	}
-	a.last = svc
 	return nil
 }
 

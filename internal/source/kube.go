@@ -60,6 +60,7 @@ func (k *Kube) Run(ctx context.Context, h Handler) error {
 	svcInf := svcFactory.Core().V1().Services().Informer()
 	sliceInf := sliceFactory.Discovery().V1().EndpointSlices().Informer()
 	nodeInf := nodeFactory.Core().V1().Nodes().Informer()
+	var regs []cache.ResourceEventHandlerRegistration
 	for _, reg := range []struct {
 		inf cache.SharedIndexInformer
 		h   cache.ResourceEventHandlerFuncs
@@ -94,22 +95,28 @@ func (k *Kube) Run(ctx context.Context, h Handler) error {
 			},
 		}},
 	} {
-		if _, err := reg.inf.AddEventHandler(reg.h); err != nil {
+		r, err := reg.inf.AddEventHandler(reg.h)
+		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
 		}
+		regs = append(regs, r)
 	}
+	defer func() {
+		svcFactory.Shutdown()
+		sliceFactory.Shutdown()
+		nodeFactory.Shutdown()
+	}()
 	svcFactory.Start(ctx.Done())
 	sliceFactory.Start(ctx.Done())
 	nodeFactory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), svcInf.HasSynced, sliceInf.HasSynced, nodeInf.HasSynced) {
+	// The registrations' HasSynced, not the informers': only they say the handlers have been
+	// given the whole initial list (a sync before that would prune what is still coming).
+	if !cache.WaitForCacheSync(ctx.Done(), regs[0].HasSynced, regs[1].HasSynced, regs[2].HasSynced) {
 		return nil // ctx done before the first list
 	}
 	k.log.Info("Informer caches synced")
 	s.do(h.OnSynced)
 	<-ctx.Done()
-	svcFactory.Shutdown()
-	sliceFactory.Shutdown()
-	nodeFactory.Shutdown()
 	return nil
 }
 
