@@ -9,59 +9,9 @@
 
 #ifndef ETH_P_8021Q
 #define ETH_P_8021Q 0x8100
-/* Is the IPv4 header checksum right? The kernel drops a packet whose header checksum is wrong;
- * translating and forwarding it from XDP would launder it, so such packets are left to the
- * kernel. (L4 checksums are updated incrementally: a wrong one stays wrong, and the receiver
- * drops it, as after any router.) */
-static __always_inline bool ipv4_csum_ok(void *ctx, const bool xdp, const struct pkt *p)
-{
-	void *data = ctx_data(ctx, xdp);
-	void *data_end = ctx_data_end(ctx, xdp);
-	void *ip = data + (p->l3_off & 0x1f);
-	__u32 words = p->ihl * 2;
-	__u32 sum = 0;
-	for (__u32 i = 0; i < 30; i++) {
-		if (i >= words)
-			break;
-		void *w = ip + i * 2;
-		asm volatile("" : "+r"(w));
-		if (w + 2 > data_end)
-			return false;
-		sum += *(__u16 *)w;
-	}
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum == 0xffff;
-}
-
 #endif
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
-/* Is the IPv4 header checksum right? The kernel drops a packet whose header checksum is wrong;
- * translating and forwarding it from XDP would launder it, so such packets are left to the
- * kernel. (L4 checksums are updated incrementally: a wrong one stays wrong, and the receiver
- * drops it, as after any router.) */
-static __always_inline bool ipv4_csum_ok(void *ctx, const bool xdp, const struct pkt *p)
-{
-	void *data = ctx_data(ctx, xdp);
-	void *data_end = ctx_data_end(ctx, xdp);
-	void *ip = data + (p->l3_off & 0x1f);
-	__u32 words = p->ihl * 2;
-	__u32 sum = 0;
-	for (__u32 i = 0; i < 30; i++) {
-		if (i >= words)
-			break;
-		void *w = ip + i * 2;
-		asm volatile("" : "+r"(w));
-		if (w + 2 > data_end)
-			return false;
-		sum += *(__u16 *)w;
-	}
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum == 0xffff;
-}
-
 #endif
 
 #define IP_MF 0x2000
