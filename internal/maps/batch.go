@@ -50,12 +50,18 @@ func (k *Kernel) Flush() error {
 			}
 		}
 	}
-	errs = append(errs,
-		batchUpdate("backends", k.objs.SluiceBackends, b.beKeys, b.beVals),
-		batchUpdate("slots", k.objs.SluiceSlots, b.slotKeys, b.slotVals),
-		batchUpdate("service info", k.objs.SluiceSvcInfo, b.infoKeys, b.infoVals),
-		batchUpdate("frontends", k.objs.SluiceFrontends, b.frontKeys, b.frontVals),
-	)
+	// Stage by stage, stopping at the first that fails: nothing later may name what it did
+	// not write.
+	for _, stage := range []func() error{
+		func() error { return batchUpdate("backends", k.objs.SluiceBackends, b.beKeys, b.beVals) },
+		func() error { return batchUpdate("slots", k.objs.SluiceSlots, b.slotKeys, b.slotVals) },
+		func() error { return batchUpdate("service info", k.objs.SluiceSvcInfo, b.infoKeys, b.infoVals) },
+		func() error { return batchUpdate("frontends", k.objs.SluiceFrontends, b.frontKeys, b.frontVals) },
+	} {
+		if err := stage(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -23,6 +23,7 @@ type applied struct {
 	name     string
 	backends []uint32     // backends[i] is in slot i+1
 	count    uint16       // the count the frontends carry
+	stale    bool         // some frontend may carry another count or ID: rewrite them all
 	addrs    []netip.Addr // frontends written
 	last     *desired.Service
 }
@@ -48,8 +49,10 @@ type Reconciler struct {
 	// Left by a previous agent with no service of ours: deleted on the first Apply.
 	orphanSlots []maps.SlotKey
 	orphanInfos []uint32
-	noBatch     bool // set while recovering from a failed batch
-	batching    bool // frontend writes are buffered: publish leaves trimming to the caller
+	// Frontends a crash left on a key whose ID another service holds.
+	orphanFrontends []maps.FrontendKey
+	noBatch         bool // set while recovering from a failed batch
+	batching        bool // frontend writes are buffered: publish leaves trimming to the caller
 }
 
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the
@@ -110,14 +113,20 @@ func (r *Reconciler) Restore() (int, error) {
 		a := r.services[sk]
 		if a == nil {
 			if r.svcIDs[fe.ServiceID] {
-				continue // two services on one ID: Apply rewrites this one's frontends
+				// Two services on one ID: a crash mid-write. Delete this one unless Apply
+				// rewrites it.
+				r.orphanFrontends = append(r.orphanFrontends, k)
+				continue
 			}
 			a = &applied{id: fe.ServiceID, count: fe.Count, name: infos[fe.ServiceID].Name}
 			r.services[sk] = a
 			r.svcIDs[fe.ServiceID] = true
 		}
-		if fe.ServiceID == a.id && fe.Count == a.count {
-			a.addrs = append(a.addrs, k.Addr)
+		// Every address is recorded, so that removing the service removes them all; if they
+		// disagree (a crash mid-publish), the next Apply rewrites each one.
+		a.addrs = append(a.addrs, k.Addr)
+		if fe.ServiceID != a.id || fe.Count != a.count {
+			a.stale = true
 		}
 	}
 	byID := map[uint32]*applied{}
@@ -135,6 +144,9 @@ func (r *Reconciler) Restore() (int, error) {
 		if a == nil || sk.Slot == 0 || sk.Slot > uint32(a.count) {
 			r.orphanSlots = append(r.orphanSlots, sk)
 			continue
+		}
+		if _, ok := bes[id]; !ok {
+			continue // names a backend never written: an empty slot, rewritten by Apply
 		}
 		a.backends[sk.Slot-1] = id
 		r.backendRefs[id]++
@@ -174,6 +186,16 @@ func (r *Reconciler) Apply(st desired.State) error {
 			}
 		}
 	}
+	for _, fk := range r.orphanFrontends {
+		k := desired.ServiceKey{NodePort: fk.Port, Proto: fk.Proto}
+		if a := r.services[k]; a != nil && slices.Contains(a.addrs, fk.Addr) {
+			continue // rewritten by the service that owns the key now
+		}
+		if err := r.m.DeleteFrontend(fk); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	r.orphanFrontends = nil
 	if len(r.orphanSlots) > 0 {
 		owned := make(map[uint32]*applied, len(r.services))
 		for _, a := range r.services {
@@ -450,12 +472,15 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 	written := make([]netip.Addr, 0, len(addrs))
 	var ferr error
 	for _, addr := range addrs {
-		if count == a.count && slices.Contains(a.addrs, addr) {
+		if count == a.count && !a.stale && slices.Contains(a.addrs, addr) {
 			written = append(written, addr)
 			continue
 		}
 		if err := r.m.UpdateFrontend(maps.FrontendKey{Addr: addr, Port: svc.Key.NodePort, Proto: svc.Key.Proto}, fe); err != nil {
 			ferr = err
+			if slices.Contains(a.addrs, addr) {
+				written = append(written, addr) // the old entry is still there
+			}
 			continue
 		}
 		written = append(written, addr)
@@ -472,10 +497,10 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 	a.addrs = written
 	if ferr != nil {
 		// Frontends disagree on the count: keep the old slots until all carry the new one.
-		a.count = 0xffff
+		a.stale = true
 		return ferr
 	}
-	a.count = count
+	a.count, a.stale = count, false
 	a.last = svc
 	if r.batching {
 		return nil // trimmed once the frontends' batch is written

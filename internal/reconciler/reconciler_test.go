@@ -220,3 +220,28 @@ func TestServiceIDsAreReused(t *testing.T) {
 		t.Errorf("ids %v", ids)
 	}
 }
+
+// A crash mid-publish leaves a service's frontends disagreeing on the count: after a restore
+// they are all rewritten, and removing the service removes every one.
+func TestRestoreRepairsDisagreeingFrontends(t *testing.T) {
+	f := maps.NewFake()
+	a := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
+	apply(t, New(f, 100, 100, zap.NewNop()), state([]netip.Addr{node1, node2}, a))
+	k2 := maps.FrontendKey{Addr: node2, Port: 30080, Proto: maps.TCP}
+	fe := f.FrontendMap[k2]
+	fe.Count = 1 // as if the crash hit between the two frontend writes
+	f.FrontendMap[k2] = fe
+
+	r := New(f, 100, 100, zap.NewNop())
+	if _, err := r.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, r, state([]netip.Addr{node1, node2}, a))
+	if got := f.FrontendMap[k2].Count; got != 2 {
+		t.Errorf("stale frontend not rewritten: count %d", got)
+	}
+	apply(t, r, state([]netip.Addr{node1, node2}))
+	if len(f.FrontendMap) != 0 {
+		t.Errorf("frontends left after the service went: %v", f.FrontendMap)
+	}
+}
