@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"text/tabwriter"
 )
@@ -18,10 +17,7 @@ type AffinityJSON struct {
 // service balances at random), so the list is empty; the command and its JSON shape exist so
 // that scripts written today keep working when it arrives.
 func affinityList(e *Env, args []string) error {
-	if err := subFlags("affinity list", args, func(*flag.FlagSet) {}); err != nil {
-		return err
-	}
-	if _, err := e.Maps(); err != nil {
+	if _, err := e.mapsNoFlags("affinity list", args); err != nil {
 		return err
 	}
 	return e.emit([]AffinityJSON{}, func(w *tabwriter.Writer) {

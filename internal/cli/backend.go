@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -19,10 +18,7 @@ type BackendListJSON struct {
 }
 
 func backendList(e *Env, args []string) error {
-	if err := subFlags("backend list", args, func(*flag.FlagSet) {}); err != nil {
-		return err
-	}
-	k, err := e.Maps()
+	k, err := e.mapsNoFlags("backend list", args)
 	if err != nil {
 		return err
 	}

@@ -147,6 +147,14 @@ func sortedKeys[K comparable, V any](m map[K]V, less func(a, b K) bool) []K {
 	return out
 }
 
+// mapsNoFlags starts a subcommand that takes no flags: it refuses arguments and opens the maps.
+func (e *Env) mapsNoFlags(name string, args []string) (*maps.Kernel, error) {
+	if err := subFlags(name, args, func(*flag.FlagSet) {}); err != nil {
+		return nil, err
+	}
+	return e.Maps()
+}
+
 // subFlags parses a subcommand's flags.
 func subFlags(name string, args []string, def func(fs *flag.FlagSet)) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)

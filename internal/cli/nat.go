@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -22,10 +21,7 @@ type NATJSON struct {
 }
 
 func natList(e *Env, args []string) error {
-	if err := subFlags("nat list", args, func(*flag.FlagSet) {}); err != nil {
-		return err
-	}
-	k, err := e.Maps()
+	k, err := e.mapsNoFlags("nat list", args)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -109,10 +108,7 @@ func loadProgShow(e *Env, k *maps.Kernel) (ProgShowJSON, error) {
 }
 
 func progShow(e *Env, args []string) error {
-	if err := subFlags("prog show", args, func(*flag.FlagSet) {}); err != nil {
-		return err
-	}
-	k, err := e.Maps()
+	k, err := e.mapsNoFlags("prog show", args)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -105,10 +104,7 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 }
 
 func serviceList(e *Env, args []string) error {
-	if err := subFlags("service list", args, func(*flag.FlagSet) {}); err != nil {
-		return err
-	}
-	k, err := e.Maps()
+	k, err := e.mapsNoFlags("service list", args)
 	if err != nil {
 		return err
 	}

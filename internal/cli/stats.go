@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"flag"
 	"fmt"
 	"sort"
 	"text/tabwriter"
@@ -35,10 +34,7 @@ type MapFillJSON struct {
 }
 
 func stats(e *Env, args []string) error {
-	if err := subFlags("stats", args, func(*flag.FlagSet) {}); err != nil {
-		return err
-	}
-	k, err := e.Maps()
+	k, err := e.mapsNoFlags("stats", args)
 	if err != nil {
 		return err
 	}

@@ -187,14 +187,7 @@ func (s *Syncer) logChanges(st desired.State, keys []desired.ServiceKey) {
 
 // countFailures splits Apply's joined per-service errors into full maps and the rest.
 func countFailures(err error) (full, other int) {
-	if err == nil {
-		return 0, 0
-	}
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, e := range errs {
+	for _, e := range reconciler.Errors(err) {
 		if errors.Is(e, maps.ErrFull) {
 			full++
 		} else {

@@ -175,41 +175,6 @@ func (t *Tracker) OnSynced() {
 	t.notify()
 }
 
-// Snapshot is a consistent copy of the tracked objects. The objects themselves are shared
-// and must not be modified.
-type Snapshot struct {
-	Synced   bool
-	Services map[types.NamespacedName]*v1.Service
-	Slices   map[types.NamespacedName]*discoveryv1.EndpointSlice
-	Nodes    map[string]*v1.Node
-	// Triggers are when the changes since the last snapshot happened.
-	Triggers []time.Time
-}
-
-// Snapshot copies the current objects and takes the pending change times.
-func (t *Tracker) Snapshot() Snapshot {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	s := Snapshot{
-		Synced:   t.synced,
-		Services: make(map[types.NamespacedName]*v1.Service, len(t.services)),
-		Slices:   make(map[types.NamespacedName]*discoveryv1.EndpointSlice, len(t.slices)),
-		Nodes:    make(map[string]*v1.Node, len(t.nodes)),
-		Triggers: t.triggers,
-	}
-	t.triggers = nil
-	for k, v := range t.services {
-		s.Services[k] = v
-	}
-	for k, v := range t.slices {
-		s.Slices[k] = v
-	}
-	for k, v := range t.nodes {
-		s.Nodes[k] = v
-	}
-	return s
-}
-
 // requeue puts back the change times of a sync that failed.
 func (t *Tracker) requeue(triggers []time.Time) {
 	t.mu.Lock()

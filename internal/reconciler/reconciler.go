@@ -292,14 +292,7 @@ func (r *Reconciler) recover(st desired.State, cause error) []error {
 	*r = *fresh
 	r.noBatch = true
 	defer func() { r.noBatch = false }()
-	err := r.Apply(st)
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
+	return Errors(r.Apply(st))
 }
 
 // ApplyKeys is Apply for the service ports in keys only: those in st are written, those not in
@@ -349,17 +342,22 @@ func (e *ServiceError) Error() string {
 
 func (e *ServiceError) Unwrap() error { return e.Err }
 
-// FailedKeys lists the service ports an Apply error names.
-func FailedKeys(err error) []desired.ServiceKey {
+// Errors splits what Apply returns (errors.Join of per-service errors and others) into its
+// parts; nil gives none.
+func Errors(err error) []error {
 	if err == nil {
 		return nil
 	}
-	errs := []error{err}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
+		return j.Unwrap()
 	}
+	return []error{err}
+}
+
+// FailedKeys lists the service ports an Apply error names.
+func FailedKeys(err error) []desired.ServiceKey {
 	var out []desired.ServiceKey
-	for _, e := range errs {
+	for _, e := range Errors(err) {
 		var se *ServiceError
 		if errors.As(e, &se) {
 			out = append(out, se.Key)
@@ -371,10 +369,7 @@ func FailedKeys(err error) []desired.ServiceKey {
 // OnlyServiceErrors reports whether err is made only of per-service failures (retried service
 // by service), as opposed to a failure of the whole apply.
 func OnlyServiceErrors(err error) bool {
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
+	errs := Errors(err)
 	for _, e := range errs {
 		var se *ServiceError
 		if !errors.As(e, &se) {
