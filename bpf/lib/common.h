@@ -56,6 +56,7 @@ volatile const __u32 cfg_ct_syn_timeout_s = 60;     /* a TCP flow not answered y
 volatile const __u32 cfg_snat_reuse_s = 60;
 volatile const __u32 cfg_ct_udp_timeout_s = 60;
 volatile const __u32 cfg_max_services = 65536;      /* size of the per-service stats array */
+volatile const __u32 cfg_maglev_size = 16381;       /* entries per Maglev table: a prime */
 /* Trace mode: the program decides as usual but writes no conntrack entry, so a trace run
  * against the live maps leaves nothing behind (sluicectl trace). */
 volatile const __u8 cfg_trace = 0;

@@ -16,11 +16,20 @@ struct frontend_key {
 	__u8 pad;
 };
 
-/* Go: datapath.SluiceFrontend. count == 0 means "no ready endpoint": reject. */
+#define FE_F_AFFINITY 0x01      /* sessionAffinity ClientIP: see sluice_affinity */
+#define FE_F_DROP_EMPTY 0x02    /* count == 0 drops instead of rejecting (externalTrafficPolicy
+				 * Local with endpoints only on other nodes, as kube-proxy) */
+#define FE_F_SOURCE_RANGES 0x04 /* loadBalancerSourceRanges: new flows only from
+				 * sluice_source_ranges prefixes */
+#define FE_F_MAGLEV 0x08        /* pick with the service's Maglev table, not a random slot */
+
+/* Go: datapath.SluiceFrontend. count == 0 means "no usable endpoint": reject (or drop). */
 struct frontend {
 	__u32 svc_id;     /* one per service port; keys slots and stats */
 	__u16 count;      /* backends in slots 1..count */
-	__u16 flags;      /* reserved for policy (affinity, traffic policy, algorithm) */
+	__u16 flags;      /* FE_F_* */
+	__u32 affinity_timeout_s; /* FE_F_AFFINITY: sessionAffinityConfig.clientIP.timeoutSeconds */
+	__u32 pad;
 };
 
 /* A service's slot: slots 1..count each name one backend. Go: datapath.SluiceSlotKey */
@@ -99,6 +108,8 @@ enum reason {
 	REASON_DROP_TTL,            /* TTL would reach 0 */
 	REASON_DROP_REJECT_FAILED,  /* could not build the RST / ICMP reply */
 	REASON_DROP_CT_COLLISION,   /* a local backend's reply tuple is held by another flow */
+	REASON_DROP_SOURCE_RANGE,   /* source outside the service's loadBalancerSourceRanges */
+	REASON_DROP_NO_LOCAL,       /* externalTrafficPolicy Local, no endpoint on this node */
 	REASON_MAX,
 };
 
@@ -144,6 +155,78 @@ struct {
 	__uint(max_entries, 524288);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_ct SEC(".maps");
+
+/* Session affinity (ClientIP): a client's backend per service. Go: datapath.SluiceAffinityKey */
+struct affinity_key {
+	__u32 svc_id;
+	__be32 client;
+};
+
+/* Go: datapath.SluiceAffinity */
+struct affinity {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_seen; /* bpf_ktime_get_ns() of the client's last new flow, as kube-proxy's
+			  * `recent` match: the timeout counts from the last connection */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_affinity SEC(".maps");
+
+/* The backends of each affinity service, so a remembered backend that left the service is not
+ * used again (backend IDs are shared between services). Go: datapath.SluiceAffinityMatch */
+struct affinity_match {
+	__u32 svc_id;
+	__u32 backend_id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct affinity_match);
+	__type(value, __u8);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_affinity_match SEC(".maps");
+
+/* loadBalancerSourceRanges: prefixes allowed per service. The LPM key is the service ID
+ * followed by the address, so prefixlen = 32 + the CIDR's bits. Go: datapath.SluiceSourceRange */
+struct source_range {
+	__u32 prefixlen;
+	__u32 svc_id; /* big endian: compared bytewise as the prefix's first 32 bits */
+	__be32 addr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct source_range);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_source_ranges SEC(".maps");
+
+/* Maglev: per service, an array of cfg_maglev_size backend IDs, swapped in whole by the agent
+ * (a new inner map per change), so a packet sees either the old table or the new one. */
+struct maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 16381);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_inner);
+} sluice_maglev SEC(".maps");
 
 /* What the agent tells inspection tools about a service ID; the datapath never reads it.
  * Go: datapath.SluiceSvcInfo */
@@ -196,7 +279,7 @@ struct agent_info {
 	__u32 ct_udp_timeout_s;
 	__u32 snat_reuse_s;
 	__u32 max_services;
-	__u32 pad2;
+	__u32 maglev_size;
 };
 
 struct {

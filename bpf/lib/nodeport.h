@@ -65,7 +65,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	struct trace_record *t = trace_rec();
 	if (t)
 		t->svc_id = fe->svc_id;
-	struct backend *be = lb_pick(fe, &backend_id);
+	struct backend *be = lb_pick(fe, p, now, &backend_id);
 	if (!be) {
 		count_reason(REASON_DROP_NO_BACKEND);
 		return VERDICT_DROP(xdp);
@@ -158,6 +158,14 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 	struct trace_record *t = trace_rec();
 	if (t)
 		t->svc_id = fe->svc_id;
+	if (!lb_source_allowed(fe, &p)) {
+		count_reason(REASON_DROP_SOURCE_RANGE);
+		return VERDICT_DROP(xdp);
+	}
+	if (fe->count == 0 && (fe->flags & FE_F_DROP_EMPTY)) {
+		count_reason(REASON_DROP_NO_LOCAL);
+		return VERDICT_DROP(xdp);
+	}
 	if (fe->count == 0) {
 		/* Never answer a RST with a RST. */
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & TCP_F_RST)) {

@@ -25,6 +25,9 @@ type Config struct {
 	MaxSlots     uint32
 	MaxBackends  uint32
 	MaxConntrack uint32
+	MaxAffinity  uint32 // session affinity entries (an LRU: the oldest clients go first)
+	// MaglevSize is the entries of each Maglev table: a prime (maglev.ValidTableSize).
+	MaglevSize uint32
 
 	SNATPortMin, SNATPortMax uint16
 
@@ -48,6 +51,8 @@ func Defaults() Config {
 		MaxSlots:       262144,
 		MaxBackends:    262144,
 		MaxConntrack:   524288,
+		MaxAffinity:    262144,
+		MaglevSize:     16381,
 		SNATPortMin:    1024,
 		SNATPortMax:    29999,
 		CTTCPTimeout:   6 * time.Hour,
@@ -70,6 +75,8 @@ func (c *Config) fill() {
 	set32(&c.MaxSlots, d.MaxSlots)
 	set32(&c.MaxBackends, d.MaxBackends)
 	set32(&c.MaxConntrack, d.MaxConntrack)
+	set32(&c.MaxAffinity, d.MaxAffinity)
+	set32(&c.MaglevSize, d.MaglevSize)
 	if c.SNATPortMin == 0 && c.SNATPortMax == 0 {
 		c.SNATPortMin, c.SNATPortMax = d.SNATPortMin, d.SNATPortMax
 	}
@@ -129,10 +136,15 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		SluiceMapSluiceSlots:     cfg.MaxSlots,
 		SluiceMapSluiceBackends:  cfg.MaxBackends,
 		SluiceMapSluiceCt:        cfg.MaxConntrack,
+		SluiceMapSluiceAffinity:  cfg.MaxAffinity,
+		// One entry per backend of each affinity service, like the slots.
+		SluiceMapSluiceAffinityMatch: cfg.MaxSlots,
+		SluiceMapSluiceMaglev:        cfg.MaxServices,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
 	}
+	spec.Maps[SluiceMapSluiceMaglev].InnerMap.MaxEntries = cfg.MaglevSize
 	if cfg.PinPath == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -151,6 +163,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		SluiceVarCfgCtSynTimeoutS:   uint32(cfg.CTSYNTimeout / time.Second),
 		SluiceVarCfgSnatReuseS:      uint32(cfg.SNATReuse / time.Second),
 		SluiceVarCfgMaxServices:     cfg.MaxServices,
+		SluiceVarCfgMaglevSize:      cfg.MaglevSize,
 		SluiceVarCfgTrace:           trace,
 	}
 	for name, v := range vars {

@@ -13,6 +13,25 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SluiceAffinity struct {
+	_         structs.HostLayout
+	BackendId uint32
+	Pad       uint32
+	LastSeen  uint64
+}
+
+type SluiceAffinityKey struct {
+	_      structs.HostLayout
+	SvcId  uint32
+	Client uint32
+}
+
+type SluiceAffinityMatch struct {
+	_         structs.HostLayout
+	SvcId     uint32
+	BackendId uint32
+}
+
 type SluiceAgentInfo struct {
 	_               structs.HostLayout
 	Version         [32]int8
@@ -29,7 +48,7 @@ type SluiceAgentInfo struct {
 	CtUdpTimeoutS   uint32
 	SnatReuseS      uint32
 	MaxServices     uint32
-	Pad2            uint32
+	MaglevSize      uint32
 }
 
 type SluiceBackend struct {
@@ -76,10 +95,12 @@ type SluiceDeviceInfo struct {
 }
 
 type SluiceFrontend struct {
-	_     structs.HostLayout
-	SvcId uint32
-	Count uint16
-	Flags uint16
+	_                structs.HostLayout
+	SvcId            uint32
+	Count            uint16
+	Flags            uint16
+	AffinityTimeoutS uint32
+	Pad              uint32
 }
 
 type SluiceFrontendKey struct {
@@ -106,13 +127,22 @@ const (
 	SluiceReasonREASON_DROP_TTL            SluiceReason = 10
 	SluiceReasonREASON_DROP_REJECT_FAILED  SluiceReason = 11
 	SluiceReasonREASON_DROP_CT_COLLISION   SluiceReason = 12
-	SluiceReasonREASON_MAX                 SluiceReason = 13
+	SluiceReasonREASON_DROP_SOURCE_RANGE   SluiceReason = 13
+	SluiceReasonREASON_DROP_NO_LOCAL       SluiceReason = 14
+	SluiceReasonREASON_MAX                 SluiceReason = 15
 )
 
 type SluiceSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
 	Slot  uint32
+}
+
+type SluiceSourceRange struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	SvcId     uint32
+	Addr      uint32
 }
 
 type SluiceSvcInfo struct {
@@ -167,6 +197,8 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SluiceMapSluiceAffinity      = "sluice_affinity"
+	SluiceMapSluiceAffinityMatch = "sluice_affinity_match"
 	SluiceMapSluiceAgent         = "sluice_agent"
 	SluiceMapSluiceBackendPorts  = "sluice_backend_ports"
 	SluiceMapSluiceBackends      = "sluice_backends"
@@ -174,8 +206,10 @@ const (
 	SluiceMapSluiceDevices       = "sluice_devices"
 	SluiceMapSluiceFrontendPorts = "sluice_frontend_ports"
 	SluiceMapSluiceFrontends     = "sluice_frontends"
+	SluiceMapSluiceMaglev        = "sluice_maglev"
 	SluiceMapSluiceReasons       = "sluice_reasons"
 	SluiceMapSluiceSlots         = "sluice_slots"
+	SluiceMapSluiceSourceRanges  = "sluice_source_ranges"
 	SluiceMapSluiceSvcInfo       = "sluice_svc_info"
 	SluiceMapSluiceSvcStats      = "sluice_svc_stats"
 	SluiceMapSluiceTrace         = "sluice_trace"
@@ -186,6 +220,7 @@ const (
 	SluiceVarCfgCtSynTimeoutS    = "cfg_ct_syn_timeout_s"
 	SluiceVarCfgCtTcpTimeoutS    = "cfg_ct_tcp_timeout_s"
 	SluiceVarCfgCtUdpTimeoutS    = "cfg_ct_udp_timeout_s"
+	SluiceVarCfgMaglevSize       = "cfg_maglev_size"
 	SluiceVarCfgMaxServices      = "cfg_max_services"
 	SluiceVarCfgSnatPortMax      = "cfg_snat_port_max"
 	SluiceVarCfgSnatPortMin      = "cfg_snat_port_min"
@@ -244,6 +279,8 @@ type SluiceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceMapSpecs struct {
+	SluiceAffinity      *ebpf.MapSpec `ebpf:"sluice_affinity"`
+	SluiceAffinityMatch *ebpf.MapSpec `ebpf:"sluice_affinity_match"`
 	SluiceAgent         *ebpf.MapSpec `ebpf:"sluice_agent"`
 	SluiceBackendPorts  *ebpf.MapSpec `ebpf:"sluice_backend_ports"`
 	SluiceBackends      *ebpf.MapSpec `ebpf:"sluice_backends"`
@@ -251,8 +288,10 @@ type SluiceMapSpecs struct {
 	SluiceDevices       *ebpf.MapSpec `ebpf:"sluice_devices"`
 	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.MapSpec `ebpf:"sluice_frontends"`
+	SluiceMaglev        *ebpf.MapSpec `ebpf:"sluice_maglev"`
 	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
 	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
+	SluiceSourceRanges  *ebpf.MapSpec `ebpf:"sluice_source_ranges"`
 	SluiceSvcInfo       *ebpf.MapSpec `ebpf:"sluice_svc_info"`
 	SluiceSvcStats      *ebpf.MapSpec `ebpf:"sluice_svc_stats"`
 	SluiceTrace         *ebpf.MapSpec `ebpf:"sluice_trace"`
@@ -266,6 +305,7 @@ type SluiceVariableSpecs struct {
 	CfgCtSynTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_syn_timeout_s"`
 	CfgCtTcpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_timeout_s"`
 	CfgCtUdpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_udp_timeout_s"`
+	CfgMaglevSize      *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgMaxServices     *ebpf.VariableSpec `ebpf:"cfg_max_services"`
 	CfgSnatPortMax     *ebpf.VariableSpec `ebpf:"cfg_snat_port_max"`
 	CfgSnatPortMin     *ebpf.VariableSpec `ebpf:"cfg_snat_port_min"`
@@ -293,6 +333,8 @@ func (o *SluiceObjects) Close() error {
 //
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluiceMaps struct {
+	SluiceAffinity      *ebpf.Map `ebpf:"sluice_affinity"`
+	SluiceAffinityMatch *ebpf.Map `ebpf:"sluice_affinity_match"`
 	SluiceAgent         *ebpf.Map `ebpf:"sluice_agent"`
 	SluiceBackendPorts  *ebpf.Map `ebpf:"sluice_backend_ports"`
 	SluiceBackends      *ebpf.Map `ebpf:"sluice_backends"`
@@ -300,8 +342,10 @@ type SluiceMaps struct {
 	SluiceDevices       *ebpf.Map `ebpf:"sluice_devices"`
 	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.Map `ebpf:"sluice_frontends"`
+	SluiceMaglev        *ebpf.Map `ebpf:"sluice_maglev"`
 	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
 	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
+	SluiceSourceRanges  *ebpf.Map `ebpf:"sluice_source_ranges"`
 	SluiceSvcInfo       *ebpf.Map `ebpf:"sluice_svc_info"`
 	SluiceSvcStats      *ebpf.Map `ebpf:"sluice_svc_stats"`
 	SluiceTrace         *ebpf.Map `ebpf:"sluice_trace"`
@@ -309,6 +353,8 @@ type SluiceMaps struct {
 
 func (m *SluiceMaps) Close() error {
 	return _SluiceClose(
+		m.SluiceAffinity,
+		m.SluiceAffinityMatch,
 		m.SluiceAgent,
 		m.SluiceBackendPorts,
 		m.SluiceBackends,
@@ -316,8 +362,10 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceDevices,
 		m.SluiceFrontendPorts,
 		m.SluiceFrontends,
+		m.SluiceMaglev,
 		m.SluiceReasons,
 		m.SluiceSlots,
+		m.SluiceSourceRanges,
 		m.SluiceSvcInfo,
 		m.SluiceSvcStats,
 		m.SluiceTrace,
@@ -332,6 +380,7 @@ type SluiceVariables struct {
 	CfgCtSynTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_syn_timeout_s"`
 	CfgCtTcpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_tcp_timeout_s"`
 	CfgCtUdpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_udp_timeout_s"`
+	CfgMaglevSize      *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgMaxServices     *ebpf.Variable `ebpf:"cfg_max_services"`
 	CfgSnatPortMax     *ebpf.Variable `ebpf:"cfg_snat_port_max"`
 	CfgSnatPortMin     *ebpf.Variable `ebpf:"cfg_snat_port_min"`

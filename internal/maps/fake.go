@@ -16,6 +16,9 @@ type Fake struct {
 	FrontendPorts map[uint16]bool
 	BackendPorts  map[uint16]bool
 	Info          map[uint32]ServiceInfo
+	Affinity      map[AffinityMatch]bool
+	Ranges        map[SourceRange]bool
+	Maglev        map[uint32][]uint32
 	MaxFrontends  int
 	MaxSlots      int
 	MaxBackends   int
@@ -25,7 +28,8 @@ type Fake struct {
 // NewFake returns an empty Fake.
 func NewFake() *Fake {
 	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{},
-		FrontendPorts: map[uint16]bool{}, BackendPorts: map[uint16]bool{}, Info: map[uint32]ServiceInfo{}}
+		FrontendPorts: map[uint16]bool{}, BackendPorts: map[uint16]bool{}, Info: map[uint32]ServiceInfo{},
+		Affinity: map[AffinityMatch]bool{}, Ranges: map[SourceRange]bool{}, Maglev: map[uint32][]uint32{}}
 }
 
 func (f *Fake) log(format string, args ...any) {
@@ -44,7 +48,11 @@ func (f *Fake) UpdateFrontend(k FrontendKey, v Frontend) error {
 		return fmt.Errorf("update frontend %s: %w", k, ErrFull)
 	}
 	f.FrontendMap[k] = v
-	f.log("frontend %s = svc %d count %d", k, v.ServiceID, v.Count)
+	if v.Flags != 0 {
+		f.log("frontend %s = svc %d count %d flags %s", k, v.ServiceID, v.Count, v.Flags)
+	} else {
+		f.log("frontend %s = svc %d count %d", k, v.ServiceID, v.Count)
+	}
 	return nil
 }
 
@@ -162,4 +170,70 @@ func clone[K comparable, V any](m map[K]V) map[K]V {
 		out[k] = v
 	}
 	return out
+}
+
+func (f *Fake) UpdateAffinityMatch(m AffinityMatch) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Affinity[m] = true
+	f.log("affinity backend %s", m)
+	return nil
+}
+
+func (f *Fake) DeleteAffinityMatch(m AffinityMatch) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Affinity, m)
+	f.log("delete affinity backend %s", m)
+	return nil
+}
+
+func (f *Fake) UpdateSourceRange(r SourceRange) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Ranges[r] = true
+	f.log("source range %s", r)
+	return nil
+}
+
+func (f *Fake) DeleteSourceRange(r SourceRange) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Ranges, r)
+	f.log("delete source range %s", r)
+	return nil
+}
+
+func (f *Fake) UpdateMaglev(svcID uint32, table []uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Maglev[svcID] = append([]uint32(nil), table...)
+	f.log("maglev table %d (%d entries)", svcID, len(table))
+	return nil
+}
+
+func (f *Fake) DeleteMaglev(svcID uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Maglev, svcID)
+	f.log("delete maglev table %d", svcID)
+	return nil
+}
+
+func (f *Fake) AffinityMatches() (map[AffinityMatch]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.Affinity), nil
+}
+
+func (f *Fake) SourceRanges() (map[SourceRange]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.Ranges), nil
+}
+
+func (f *Fake) MaglevTables() (map[uint32][]uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return clone(f.Maglev), nil
 }

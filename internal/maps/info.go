@@ -129,7 +129,7 @@ func (k *Kernel) WriteAgentInfo(a AgentInfo) error {
 	v.SnatPortMin, v.SnatPortMax = c.SNATPortMin, c.SNATPortMax
 	v.CtTcpTimeoutS, v.CtCloseTimeoutS = uint32(c.CTTCPTimeout/time.Second), uint32(c.CTCloseTimeout/time.Second)
 	v.CtSynTimeoutS, v.CtUdpTimeoutS = uint32(c.CTSYNTimeout/time.Second), uint32(c.CTUDPTimeout/time.Second)
-	v.SnatReuseS, v.MaxServices = uint32(c.SNATReuse/time.Second), c.MaxServices
+	v.SnatReuseS, v.MaxServices, v.MaglevSize = uint32(c.SNATReuse/time.Second), c.MaxServices, c.MaglevSize
 	zero := uint32(0)
 	if err := k.objs.SluiceAgent.Update(&zero, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write agent info: %w", err)
@@ -155,7 +155,7 @@ func (k *Kernel) AgentInfo() (AgentInfo, error) {
 			XDPProg: d.XdpProgId, TCIngressProg: d.TcIngressProgId, TCEgressProg: d.TcEgressProgId})
 	}
 	a.Config = datapath.Config{
-		SNATPortMin: v.SnatPortMin, SNATPortMax: v.SnatPortMax, MaxServices: v.MaxServices,
+		SNATPortMin: v.SnatPortMin, SNATPortMax: v.SnatPortMax, MaxServices: v.MaxServices, MaglevSize: v.MaglevSize,
 		CTTCPTimeout: time.Duration(v.CtTcpTimeoutS) * time.Second, CTCloseTimeout: time.Duration(v.CtCloseTimeoutS) * time.Second,
 		CTSYNTimeout: time.Duration(v.CtSynTimeoutS) * time.Second, CTUDPTimeout: time.Duration(v.CtUdpTimeoutS) * time.Second,
 		SNATReuse: time.Duration(v.SnatReuseS) * time.Second,

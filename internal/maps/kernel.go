@@ -24,6 +24,9 @@ var ErrFull = errors.New("map is full")
 type Kernel struct {
 	objs  *datapath.SluiceMaps
 	batch *batch // buffered updates between Begin and Flush
+	// MaglevSize is the entries of each Maglev table, as the datapath was loaded with
+	// (0: DefaultMaglevSize).
+	MaglevSize uint32
 }
 
 // NewKernel wraps the datapath's maps.
@@ -86,7 +89,7 @@ func ignoreMissing(what string, err error) error {
 }
 
 func (k *Kernel) UpdateFrontend(key FrontendKey, v Frontend) error {
-	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: v.Flags}
+	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: uint16(v.Flags), AffinityTimeoutS: v.AffinityTimeout}
 	fk := frontendKey(key)
 	if b := k.batch; b != nil {
 		b.frontKeys, b.frontVals = append(b.frontKeys, fk), append(b.frontVals, val)
@@ -183,7 +186,7 @@ func (k *Kernel) Frontends() (map[FrontendKey]Frontend, error) {
 	it := k.objs.SluiceFrontends.Iterate()
 	for it.Next(&key, &val) {
 		fk := FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: Proto(key.Proto)}
-		out[fk] = Frontend{ServiceID: val.SvcId, Count: val.Count, Flags: val.Flags}
+		out[fk] = Frontend{ServiceID: val.SvcId, Count: val.Count, Flags: FrontendFlags(val.Flags), AffinityTimeout: val.AffinityTimeoutS}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump frontends: %w", err)
@@ -259,7 +262,7 @@ func (k *Kernel) LookupFrontend(key FrontendKey) (Frontend, bool) {
 	if err := k.objs.SluiceFrontends.Lookup(&fk, &v); err != nil {
 		return Frontend{}, false
 	}
-	return Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: v.Flags}, true
+	return Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: FrontendFlags(v.Flags), AffinityTimeout: v.AffinityTimeoutS}, true
 }
 
 // LookupSlotBackend reads the backend in one slot.

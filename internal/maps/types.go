@@ -6,6 +6,7 @@ package maps
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/sluicelb/sluice/internal/datapath"
 )
@@ -39,11 +40,53 @@ func (k FrontendKey) String() string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
 }
 
-// Frontend is a frontend's service: its ID and how many backend slots it has.
+// Frontend is a frontend's service: its ID, how many backend slots it has, and its policy.
 type Frontend struct {
 	ServiceID uint32
 	Count     uint16
-	Flags     uint16
+	Flags     FrontendFlags
+	// AffinityTimeout is the session affinity timeout in seconds (FrontendAffinity).
+	AffinityTimeout uint32
+}
+
+// FrontendFlags mirror FE_F_* in bpf/lib/maps.h.
+type FrontendFlags uint16
+
+const (
+	// FrontendAffinity: sessionAffinity ClientIP.
+	FrontendAffinity FrontendFlags = 0x01
+	// FrontendDropEmpty: no backend drops instead of rejecting (externalTrafficPolicy Local
+	// with endpoints only elsewhere).
+	FrontendDropEmpty FrontendFlags = 0x02
+	// FrontendSourceRanges: new flows only from the service's loadBalancerSourceRanges.
+	FrontendSourceRanges FrontendFlags = 0x04
+	// FrontendMaglev: backends picked with the service's Maglev table.
+	FrontendMaglev FrontendFlags = 0x08
+)
+
+func (f FrontendFlags) String() string {
+	var out []string
+	for _, n := range []struct {
+		f    FrontendFlags
+		name string
+	}{{FrontendAffinity, "affinity"}, {FrontendDropEmpty, "drop-empty"}, {FrontendSourceRanges, "source-ranges"}, {FrontendMaglev, "maglev"}} {
+		if f&n.f != 0 {
+			out = append(out, n.name)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// AffinityMatch says backend BackendID serves service ServiceID, so that a client's
+// remembered backend is used only while it does.
+type AffinityMatch struct {
+	ServiceID, BackendID uint32
+}
+
+// SourceRange is a prefix allowed to open flows to a service (loadBalancerSourceRanges).
+type SourceRange struct {
+	ServiceID uint32
+	Prefix    netip.Prefix
 }
 
 // SlotKey names slot n (1-based) of a service.
@@ -97,6 +140,8 @@ var ReasonNames = map[Reason]string{
 	datapath.SluiceReasonREASON_DROP_CT_COLLISION:   "drop_ct_collision",
 	datapath.SluiceReasonREASON_DROP_TTL:            "drop_ttl_exceeded",
 	datapath.SluiceReasonREASON_DROP_REJECT_FAILED:  "drop_reject_failed",
+	datapath.SluiceReasonREASON_DROP_SOURCE_RANGE:   "drop_source_range",
+	datapath.SluiceReasonREASON_DROP_NO_LOCAL:       "drop_no_local_endpoint",
 }
 
 // Maps is what the reconciler writes and restores from. Every write is idempotent.
@@ -119,8 +164,21 @@ type Maps interface {
 	// ResetServiceStats zeroes a service ID's counters when the ID is given to a new service.
 	ResetServiceStats(uint32) error
 
+	// Policy: session affinity's backend sets, loadBalancerSourceRanges and Maglev tables.
+	UpdateAffinityMatch(AffinityMatch) error
+	DeleteAffinityMatch(AffinityMatch) error
+	UpdateSourceRange(SourceRange) error
+	DeleteSourceRange(SourceRange) error
+	// UpdateMaglev swaps in a service's whole table (backend IDs), atomically.
+	UpdateMaglev(svcID uint32, table []uint32) error
+	DeleteMaglev(svcID uint32) error
+
 	Frontends() (map[FrontendKey]Frontend, error)
 	Slots() (map[SlotKey]uint32, error)
 	Backends() (map[uint32]Backend, error)
 	ServiceInfos() (map[uint32]ServiceInfo, error)
+	AffinityMatches() (map[AffinityMatch]bool, error)
+	SourceRanges() (map[SourceRange]bool, error)
+	// MaglevTables returns each service's Maglev table.
+	MaglevTables() (map[uint32][]uint32, error)
 }

@@ -1,0 +1,251 @@
+package datapath_test
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+// Service policy in the datapath: session affinity, Maglev, loadBalancerSourceRanges and
+// externalTrafficPolicy Local's drop. Backends are local pods, so a translated SYN is passed to
+// the stack with only its destination rewritten: the output names the backend picked.
+
+var policyPods = map[uint32]netip.Addr{
+	3:  podIP,
+	10: netip.MustParseAddr("10.244.1.11"),
+	11: netip.MustParseAddr("10.244.1.12"),
+}
+
+// policyService writes service svc on nodeIP:port/TCP with the three local pods.
+func (e *env) policyService(t *testing.T, svc uint32, port uint16, fe maps.Frontend) {
+	t.Helper()
+	for id, addr := range policyPods {
+		must(t, e.m.UpdateBackend(id, maps.Backend{Addr: addr, Port: 80, Local: true}))
+	}
+	for i, id := range []uint32{3, 10, 11} {
+		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: svc, Slot: uint32(i + 1)}, id))
+		if fe.Flags&maps.FrontendAffinity != 0 {
+			must(t, e.m.UpdateAffinityMatch(maps.AffinityMatch{ServiceID: svc, BackendID: id}))
+		}
+	}
+	fe.ServiceID = svc
+	if fe.Count == 0 && fe.Flags&maps.FrontendDropEmpty == 0 {
+		fe.Count = 3
+	}
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: port, Proto: maps.TCP}, fe))
+	must(t, e.m.SetFrontendPort(port))
+}
+
+// synFrom sends a SYN from src:sport to nodeIP:port and returns the pod it was sent to, checking
+// the rest of the rewrite.
+func (e *env) synFrom(t *testing.T, src netip.Addr, sport, port uint16) netip.Addr {
+	t.Helper()
+	p := e.fromClient(layers.IPProtocolTCP, sport, port)
+	p.Src, p.SYN, p.Payload = ap(src, sport), true, nil
+	out := e.xdp(t, p.Bytes(), xdpPass)
+	if err := testutil.VerifyChecksums(out); err != nil {
+		t.Fatalf("checksums: %v", err)
+	}
+	dst, _ := netip.AddrFromSlice(out[30:34])
+	want := p
+	want.Dst = ap(dst, 80)
+	if d := testutil.Diff(trimPadding(want.Bytes()), trimPadding(out)); d != "" {
+		t.Fatalf("rewrite differs:\n%s", d)
+	}
+	return dst
+}
+
+func TestPolicySessionAffinity(t *testing.T) {
+	e := newEnv(t)
+	e.policyService(t, 20, 30100, maps.Frontend{Flags: maps.FrontendAffinity, AffinityTimeout: 10})
+	first := e.synFrom(t, clientIP, 40000, 30100)
+	for sport := uint16(40001); sport < 40030; sport++ {
+		if got := e.synFrom(t, clientIP, sport, 30100); got != first {
+			t.Fatalf("connection from port %d went to %s, want the client's %s", sport, got, first)
+		}
+	}
+
+	// Other clients are balanced on their own (and remembered apart).
+	seen := map[netip.Addr]bool{}
+	for i := 0; i < 30; i++ {
+		// Without a remembered backend each new client is a fresh random choice.
+		seen[e.synFrom(t, netip.AddrFrom4([4]byte{10, 0, 0, byte(20 + i)}), 40000, 30100)] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("30 clients all went to %v: affinity is per client", seen)
+	}
+
+	// The remembered backend leaves the service: the client is balanced again, then sticks
+	// to its new backend.
+	var keep []uint32
+	var firstID uint32
+	for id, a := range policyPods {
+		if a == first {
+			firstID = id
+		} else {
+			keep = append(keep, id)
+		}
+	}
+	for i, id := range keep {
+		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 20, Slot: uint32(i + 1)}, id))
+	}
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30100, Proto: maps.TCP},
+		maps.Frontend{ServiceID: 20, Count: 2, Flags: maps.FrontendAffinity, AffinityTimeout: 10}))
+	must(t, e.m.DeleteAffinityMatch(maps.AffinityMatch{ServiceID: 20, BackendID: firstID}))
+	second := e.synFrom(t, clientIP, 41000, 30100)
+	if second == first {
+		t.Fatalf("client still sent to %s, which left the service", first)
+	}
+	for sport := uint16(41001); sport < 41010; sport++ {
+		if got := e.synFrom(t, clientIP, sport, 30100); got != second {
+			t.Fatalf("after the change, connection went to %s, want %s", got, second)
+		}
+	}
+
+	// Past the timeout (counted from the client's last connection) the choice is new each time.
+	ak := datapath.SluiceAffinityKey{SvcId: 20, Client: maps.Addr4(clientIP)}
+	seen = map[netip.Addr]bool{}
+	for sport := uint16(42000); sport < 42030; sport++ {
+		var a datapath.SluiceAffinity
+		must(t, e.dp.Objs.SluiceAffinity.Lookup(&ak, &a))
+		a.LastSeen -= 11e9
+		must(t, e.dp.Objs.SluiceAffinity.Update(&ak, &a, 0))
+		seen[e.synFrom(t, clientIP, sport, 30100)] = true
+	}
+	if len(seen) != 2 {
+		t.Errorf("after the timeout, 30 connections went to %v, want both backends", seen)
+	}
+
+	// Without the flag the same client is spread.
+	e.policyService(t, 21, 30101, maps.Frontend{})
+	seen = map[netip.Addr]bool{}
+	for sport := uint16(43000); sport < 43030; sport++ {
+		seen[e.synFrom(t, clientIP, sport, 30101)] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("without affinity, 30 connections all went to %v", seen)
+	}
+}
+
+// lbHash is lb_hash in bpf/lib/lb.h: the Maglev index of a flow.
+func lbHash(a, b, c uint32) uint32 {
+	rol := func(v uint32, s uint) uint32 { return v<<s | v>>(32-s) }
+	a += 0xdeadbeef + 12
+	b += 0xdeadbeef + 12
+	c += 0xdeadbeef + 12
+	c ^= b
+	c -= rol(b, 14)
+	a ^= c
+	a -= rol(c, 11)
+	b ^= a
+	b -= rol(a, 25)
+	c ^= b
+	c -= rol(b, 16)
+	a ^= c
+	a -= rol(c, 4)
+	b ^= a
+	b -= rol(a, 14)
+	c ^= b
+	c -= rol(b, 24)
+	return c
+}
+
+func TestPolicyMaglev(t *testing.T) {
+	e := newEnv(t)
+	e.policyService(t, 22, 30102, maps.Frontend{Flags: maps.FrontendMaglev})
+	ids := []uint32{3, 10, 11}
+	table := make([]uint32, maps.DefaultMaglevSize)
+	for i := range table {
+		table[i] = ids[(i*7/5)%3]
+	}
+	must(t, e.m.UpdateMaglev(22, table))
+	got, err := e.m.MaglevTables()
+	must(t, err)
+	if len(got[22]) != len(table) || got[22][12345] != table[12345] {
+		t.Fatalf("maglev table read back with %d entries", len(got[22]))
+	}
+
+	seen := map[netip.Addr]bool{}
+	for sport := uint16(44000); sport < 44040; sport++ {
+		ports := uint32(maps.Port16(sport))<<16 | uint32(maps.Port16(30102))
+		idx := lbHash(maps.Addr4(clientIP), maps.Addr4(nodeIP), ports^6) % maps.DefaultMaglevSize
+		want := policyPods[table[idx]]
+		if got := e.synFrom(t, clientIP, sport, 30102); got != want {
+			t.Fatalf("flow from port %d went to %s, want table[%d] = %s", sport, got, idx, want)
+		}
+		seen[want] = true
+	}
+	if len(seen) != 3 {
+		t.Errorf("40 flows reached %v, want all three backends", seen)
+	}
+
+	// A new table replaces the old one whole.
+	for i := range table {
+		table[i] = 10
+	}
+	must(t, e.m.UpdateMaglev(22, table))
+	if got := e.synFrom(t, clientIP, 45000, 30102); got != policyPods[10] {
+		t.Fatalf("after the swap, went to %s, want %s", got, policyPods[10])
+	}
+	// No table (the agent mid-update): dropped and counted, never sent to a wrong backend.
+	must(t, e.m.DeleteMaglev(22))
+	before := e.reasons(t)[datapath.SluiceReasonREASON_DROP_NO_BACKEND]
+	p := e.fromClient(layers.IPProtocolTCP, 45001, 30102)
+	p.SYN, p.Payload = true, nil
+	e.xdp(t, p.Bytes(), xdpDrop)
+	if after := e.reasons(t)[datapath.SluiceReasonREASON_DROP_NO_BACKEND]; after != before+1 {
+		t.Errorf("drop_no_backend %d -> %d", before, after)
+	}
+}
+
+func TestPolicySourceRanges(t *testing.T) {
+	e := newEnv(t)
+	e.policyService(t, 23, 30103, maps.Frontend{Flags: maps.FrontendSourceRanges})
+	must(t, e.m.UpdateSourceRange(maps.SourceRange{ServiceID: 23, Prefix: netip.MustParsePrefix("10.0.0.8/30")}))
+	// Another service's range allows nothing here.
+	must(t, e.m.UpdateSourceRange(maps.SourceRange{ServiceID: 24, Prefix: netip.MustParsePrefix("0.0.0.0/0")}))
+	got, err := e.m.SourceRanges()
+	must(t, err)
+	if !got[maps.SourceRange{ServiceID: 23, Prefix: netip.MustParsePrefix("10.0.0.8/30")}] || len(got) != 2 {
+		t.Fatalf("source ranges read back as %v", got)
+	}
+
+	e.synFrom(t, clientIP, 46000, 30103) // 10.0.0.9: inside
+	for _, src := range []string{"10.0.0.12", "10.0.0.200", "192.168.0.9"} {
+		before := e.reasons(t)[datapath.SluiceReasonREASON_DROP_SOURCE_RANGE]
+		p := e.fromClient(layers.IPProtocolTCP, 46001, 30103)
+		p.Src, p.SYN, p.Payload = ap(netip.MustParseAddr(src), 46001), true, nil
+		e.xdp(t, p.Bytes(), xdpDrop)
+		if after := e.reasons(t)[datapath.SluiceReasonREASON_DROP_SOURCE_RANGE]; after != before+1 {
+			t.Errorf("%s: drop_source_range %d -> %d", src, before, after)
+		}
+	}
+}
+
+func TestPolicyDropWithoutLocalEndpoint(t *testing.T) {
+	e := newEnv(t)
+	e.policyService(t, 25, 30104, maps.Frontend{Flags: maps.FrontendDropEmpty})
+	for _, proto := range []layers.IPProtocol{layers.IPProtocolTCP, layers.IPProtocolUDP} {
+		if proto == layers.IPProtocolUDP {
+			must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30104, Proto: maps.UDP}, maps.Frontend{ServiceID: 26, Flags: maps.FrontendDropEmpty}))
+		}
+		before := e.reasons(t)
+		p := e.fromClient(proto, 47000, 30104)
+		p.SYN = proto == layers.IPProtocolTCP
+		e.xdp(t, p.Bytes(), xdpDrop)
+		after := e.reasons(t)
+		if after[datapath.SluiceReasonREASON_DROP_NO_LOCAL] != before[datapath.SluiceReasonREASON_DROP_NO_LOCAL]+1 {
+			t.Errorf("%s: drop_no_local_endpoint not counted", proto)
+		}
+		for _, r := range []maps.Reason{datapath.SluiceReasonREASON_REJECT_TCP, datapath.SluiceReasonREASON_REJECT_UDP} {
+			if after[r] != before[r] {
+				t.Errorf("%s: rejected (%s) instead of dropped", proto, maps.ReasonNames[r])
+			}
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package maps
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+)
+
+// DefaultMaglevSize is the datapath's default Maglev table size (datapath.Config.MaglevSize).
+const DefaultMaglevSize = 16381
+
+func (m AffinityMatch) key() datapath.SluiceAffinityMatch {
+	return datapath.SluiceAffinityMatch{SvcId: m.ServiceID, BackendId: m.BackendID}
+}
+
+func (m AffinityMatch) String() string { return fmt.Sprintf("%d/%d", m.ServiceID, m.BackendID) }
+
+func (r SourceRange) key() datapath.SluiceSourceRange {
+	var svc [4]byte
+	binary.BigEndian.PutUint32(svc[:], r.ServiceID)
+	p := r.Prefix.Masked()
+	return datapath.SluiceSourceRange{Prefixlen: 32 + uint32(p.Bits()), SvcId: binary.NativeEndian.Uint32(svc[:]), Addr: Addr4(p.Addr())}
+}
+
+func (r SourceRange) String() string { return fmt.Sprintf("%d %s", r.ServiceID, r.Prefix) }
+
+func (k *Kernel) UpdateAffinityMatch(m AffinityMatch) error {
+	key, one := m.key(), uint8(1)
+	return wrapUpdate("affinity backend "+m.String(), k.objs.SluiceAffinityMatch.Update(&key, &one, ebpf.UpdateAny))
+}
+
+func (k *Kernel) DeleteAffinityMatch(m AffinityMatch) error {
+	key := m.key()
+	return ignoreMissing("affinity backend "+m.String(), k.objs.SluiceAffinityMatch.Delete(&key))
+}
+
+func (k *Kernel) UpdateSourceRange(r SourceRange) error {
+	if !r.Prefix.Addr().Is4() {
+		return fmt.Errorf("update source range %s: not IPv4", r)
+	}
+	key, one := r.key(), uint8(1)
+	return wrapUpdate("source range "+r.String(), k.objs.SluiceSourceRanges.Update(&key, &one, ebpf.UpdateAny))
+}
+
+func (k *Kernel) DeleteSourceRange(r SourceRange) error {
+	key := r.key()
+	return ignoreMissing("source range "+r.String(), k.objs.SluiceSourceRanges.Delete(&key))
+}
+
+// UpdateMaglev fills a new inner map and puts it in the outer map in one update, so a packet
+// reads a whole old table or a whole new one.
+func (k *Kernel) UpdateMaglev(svcID uint32, table []uint32) error {
+	size := k.MaglevSize
+	if size == 0 {
+		size = DefaultMaglevSize
+	}
+	if len(table) != int(size) {
+		return fmt.Errorf("update maglev table %d: %d entries, the datapath's tables have %d", svcID, len(table), size)
+	}
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: size})
+	if err != nil {
+		return fmt.Errorf("create maglev table %d: %w", svcID, err)
+	}
+	defer inner.Close()
+	keys := make([]uint32, size)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+		// Kernels without array batch ops (before 5.6) write one by one.
+		for i := range keys {
+			if err := inner.Update(&keys[i], &table[i], ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("fill maglev table %d: %w", svcID, err)
+			}
+		}
+	}
+	return wrapUpdate(fmt.Sprintf("maglev table %d", svcID), k.objs.SluiceMaglev.Update(&svcID, inner, ebpf.UpdateAny))
+}
+
+func (k *Kernel) DeleteMaglev(svcID uint32) error {
+	return ignoreMissing(fmt.Sprintf("maglev table %d", svcID), k.objs.SluiceMaglev.Delete(&svcID))
+}
+
+func (k *Kernel) AffinityMatches() (map[AffinityMatch]bool, error) {
+	out := map[AffinityMatch]bool{}
+	var key datapath.SluiceAffinityMatch
+	var one uint8
+	it := k.objs.SluiceAffinityMatch.Iterate()
+	for it.Next(&key, &one) {
+		out[AffinityMatch{ServiceID: key.SvcId, BackendID: key.BackendId}] = true
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump affinity backends: %w", err)
+	}
+	return out, nil
+}
+
+func (k *Kernel) SourceRanges() (map[SourceRange]bool, error) {
+	out := map[SourceRange]bool{}
+	var key datapath.SluiceSourceRange
+	var one uint8
+	it := k.objs.SluiceSourceRanges.Iterate()
+	for it.Next(&key, &one) {
+		var svc [4]byte
+		binary.NativeEndian.PutUint32(svc[:], key.SvcId)
+		p := netip.PrefixFrom(AddrFrom4(key.Addr), int(key.Prefixlen)-32)
+		out[SourceRange{ServiceID: binary.BigEndian.Uint32(svc[:]), Prefix: p}] = true
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump source ranges: %w", err)
+	}
+	return out, nil
+}
+
+func (k *Kernel) MaglevTables() (map[uint32][]uint32, error) {
+	out := map[uint32][]uint32{}
+	var svc, innerID uint32
+	it := k.objs.SluiceMaglev.Iterate()
+	for it.Next(&svc, &innerID) {
+		inner, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
+		if err != nil {
+			return nil, fmt.Errorf("open maglev table %d: %w", svc, err)
+		}
+		var table []uint32
+		var i, v uint32
+		iit := inner.Iterate()
+		for iit.Next(&i, &v) {
+			table = append(table, v)
+		}
+		err = iit.Err()
+		inner.Close()
+		if err != nil {
+			return nil, fmt.Errorf("dump maglev table %d: %w", svc, err)
+		}
+		out[svc] = table
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump maglev tables: %w", err)
+	}
+	return out, nil
+}
