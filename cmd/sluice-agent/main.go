@@ -23,6 +23,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/metrics"
 	"github.com/sluicelb/sluice/internal/proxy"
@@ -49,6 +50,8 @@ type options struct {
 	logLevel      string
 	metricsAddr   string
 	cleanup       bool
+	lbAlgorithm   string
+	maglev        bool
 	syncPeriod    time.Duration
 	minSync       time.Duration
 	dp            datapath.Config
@@ -79,6 +82,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.Func("max-backends", "backends the maps hold", uintFlag(&o.dp.MaxBackends))
 	fs.Func("max-slots", "backend slots over all services", uintFlag(&o.dp.MaxSlots))
 	fs.Func("max-conntrack", "connection table entries (two per flow; LRU)", uintFlag(&o.dp.MaxConntrack))
+	fs.Func("max-affinity", "session affinity entries (one per client and service; LRU)", uintFlag(&o.dp.MaxAffinity))
+	fs.StringVar(&o.lbAlgorithm, "lb-algorithm", "random", "backend selection: random, or maglev (consistent hashing: every node picks the same backend for a flow); a service's annotation "+desired.AnnotationLBAlgorithm+" overrides it")
+	fs.Func("maglev-table-size", fmt.Sprintf("entries of each service's Maglev table, a prime (default %d)", o.dp.MaglevSize), uintFlag(&o.dp.MaglevSize))
 	fs.DurationVar(&o.dp.CTTCPTimeout, "ct-tcp-timeout", o.dp.CTTCPTimeout, "idle timeout of established TCP flows")
 	fs.DurationVar(&o.dp.CTUDPTimeout, "ct-udp-timeout", o.dp.CTUDPTimeout, "idle timeout of UDP flows")
 	fs.DurationVar(&o.dp.CTCloseTimeout, "ct-close-timeout", o.dp.CTCloseTimeout, "timeout of TCP flows after a RST or a FIN both ways")
@@ -106,6 +112,16 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.devices == "" {
 		return nil, errors.New("parse flags: --devices is required")
+	}
+	switch o.lbAlgorithm {
+	case "random":
+	case "maglev":
+		o.maglev = true
+	default:
+		return nil, fmt.Errorf("parse flags: --lb-algorithm %q: want random or maglev", o.lbAlgorithm)
+	}
+	if err := maglev.ValidTableSize(o.dp.MaglevSize); err != nil {
+		return nil, fmt.Errorf("parse flags: --maglev-table-size: %w", err)
 	}
 	r, err := desired.ParsePortRange(o.snatPorts)
 	if err != nil {
@@ -240,6 +256,7 @@ func run(o *options, log *zap.Logger) error {
 	}
 	defer dp.Close()
 	km := maps.NewKernel(&dp.Objs.SluiceMaps)
+	km.MaglevSize = dp.Config.MaglevSize
 	rec := reconciler.New(km, o.dp.MaxServices, o.dp.MaxBackends, log.Named("reconciler"))
 	n, err := rec.Restore()
 	if err != nil {
@@ -299,7 +316,7 @@ func run(o *options, log *zap.Logger) error {
 				debug.FreeOSMemory() // a big rebuild leaves garbage the heap will not need again soon
 			}
 		},
-		Tracker: tracker, Reconciler: rec, NodeName: o.nodeName, NodePortRange: portRange, FullEvery: o.syncPeriod,
+		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.nodeName, NodePortRange: portRange, Maglev: o.maglev}, FullEvery: o.syncPeriod,
 		Addresses: func() ([]netip.Addr, error) {
 			addrs, err := datapath.DeviceAddresses(devices)
 			return filterAddresses(addrs, nodePortCIDRs), err

@@ -21,7 +21,20 @@ const (
 	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 	// LabelHeadless marks the EndpointSlices of headless services.
 	LabelHeadless = "service.kubernetes.io/headless"
+	// AnnotationLBAlgorithm chooses a service's backend selection: "random" or "maglev"
+	// (default: the agent's --lb-algorithm).
+	AnnotationLBAlgorithm = "service.sluice.io/lb-algorithm"
+	// DefaultAffinityTimeout is sessionAffinityConfig.clientIP.timeoutSeconds' default.
+	DefaultAffinityTimeout = 10800
 )
+
+// Options are the agent settings that shape the desired state.
+type Options struct {
+	NodeName      string
+	NodePortRange PortRange
+	// Maglev makes Maglev the default backend selection (--lb-algorithm maglev).
+	Maglev bool
+}
 
 // ServiceKey identifies one service port on the datapath: NodePorts are unique per protocol
 // in a cluster, so the key survives agent restarts (it is what the frontends map holds).
@@ -38,6 +51,55 @@ type Service struct {
 	// Name is "namespace/name:port" for logs, as kube-proxy's ServicePortName.
 	Name     string
 	Backends []maps.Backend // sorted by address and port, no duplicates
+
+	// Port is the service port, which the load-balancer and external IPs are served on.
+	Port uint16
+	// LoadBalancerIPs are status.loadBalancer.ingress IPs (but those with ipMode Proxy: the
+	// load balancer proxies to the NodePort itself); ExternalIPs are spec.externalIPs.
+	LoadBalancerIPs []netip.Addr
+	ExternalIPs     []netip.Addr
+	// SourceRanges are loadBalancerSourceRanges: only these clients reach the
+	// load-balancer IPs (none: everyone). NodePorts are not restricted, as in kube-proxy.
+	SourceRanges []netip.Prefix
+	// AffinityTimeout is sessionAffinity ClientIP's timeout in seconds; 0: no affinity.
+	AffinityTimeout uint32
+	// ExternalLocal is externalTrafficPolicy Local: Backends are this node's endpoints only.
+	ExternalLocal bool
+	// DropEmpty: no local endpoint while other nodes have some; traffic is dropped, not
+	// rejected, so the load balancer's health check moves it elsewhere (kube-proxy).
+	DropEmpty bool
+	// Maglev picks backends by consistent hashing instead of at random.
+	Maglev bool
+}
+
+// Frontends are the addresses the service port is served on, given the node's NodePort
+// addresses, with each one's policy flags.
+func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.FrontendFlags {
+	var flags maps.FrontendFlags
+	if s.AffinityTimeout > 0 {
+		flags |= maps.FrontendAffinity
+	}
+	if s.DropEmpty {
+		flags |= maps.FrontendDropEmpty
+	}
+	if s.Maglev {
+		flags |= maps.FrontendMaglev
+	}
+	out := make(map[maps.FrontendKey]maps.FrontendFlags, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
+	for _, a := range nodeAddrs {
+		out[maps.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = flags
+	}
+	for _, a := range s.ExternalIPs {
+		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = flags
+	}
+	lb := flags
+	if len(s.SourceRanges) > 0 {
+		lb |= maps.FrontendSourceRanges
+	}
+	for _, a := range s.LoadBalancerIPs {
+		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = lb
+	}
+	return out
 }
 
 // State is everything the datapath should hold.
@@ -49,11 +111,10 @@ type State struct {
 
 // Input is what Build works from.
 type Input struct {
-	NodeName      string
-	Addresses     []netip.Addr
-	NodePortRange PortRange
-	Services      map[types.NamespacedName]*v1.Service
-	Slices        map[types.NamespacedName]*discoveryv1.EndpointSlice
+	Options
+	Addresses []netip.Addr
+	Services  map[types.NamespacedName]*v1.Service
+	Slices    map[types.NamespacedName]*discoveryv1.EndpointSlice
 }
 
 // PortRange is an inclusive port range.
@@ -91,7 +152,7 @@ func Build(in Input) (State, []Problem) {
 			bySvc[key] = append(bySvc[key], sl)
 		}
 	}
-	x := NewIndex(in.NodeName, in.NodePortRange)
+	x := NewIndex(in.Options)
 	var problems []Problem
 	for n, svc := range in.Services {
 		_, p := x.Set(n, svc, bySvc[n])
@@ -120,13 +181,19 @@ func SliceService(sl *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 
 // ServicePorts computes one service's NodePort service ports from its slices, before any
 // conflict with other services is resolved.
-func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, nodeName string, r PortRange) ([]*Service, []Problem) {
+func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, o Options) ([]*Service, []Problem) {
 	if svc == nil || !wantService(svc) {
 		return nil, nil
 	}
 	var out []*Service
 	var problems []Problem
 	obj := "Service " + n.String()
+	pol, err := policyOf(svc, o)
+	if err != nil {
+		// A policy we cannot honour is not silently replaced by another.
+		return nil, []Problem{{obj, err}}
+	}
+	r := o.NodePortRange
 	for _, sp := range svc.Spec.Ports {
 		if sp.NodePort == 0 {
 			continue
@@ -140,11 +207,17 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %d outside the NodePort range %s", sp.Name, sp.NodePort, r)})
 			continue
 		}
-		out = append(out, &Service{
-			Key:      ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto},
-			Name:     fmt.Sprintf("%s:%s", n, sp.Name),
-			Backends: backends(svcSlices, sp, proto, nodeName),
-		})
+		s := pol
+		s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
+		s.Name = fmt.Sprintf("%s:%s", n, sp.Name)
+		s.Port = uint16(sp.Port)
+		cluster, local := backends(svcSlices, sp, proto, o.NodeName)
+		s.Backends = cluster
+		if s.ExternalLocal {
+			s.Backends = local
+			s.DropEmpty = len(local) == 0 && len(cluster) > 0
+		}
+		out = append(out, &s)
 	}
 	return out, problems
 }
@@ -172,10 +245,76 @@ func protoOf(p v1.Protocol) (maps.Proto, error) {
 	return 0, fmt.Errorf("protocol %q is not supported (TCP and UDP are)", p)
 }
 
-// backends are the endpoints of sp across all slices: the ready ones, or, when none is
-// ready, the serving-but-terminating ones (kube-proxy's fallback, so that a rolling update
-// does not refuse connections while old pods still serve).
-func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, nodeName string) []maps.Backend {
+// policyOf reads a service's policy fields, shared by all its ports.
+func policyOf(svc *v1.Service, o Options) (Service, error) {
+	var s Service
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		s.AffinityTimeout = DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			t := *c.ClientIP.TimeoutSeconds
+			if t <= 0 || t > 86400 {
+				return s, fmt.Errorf("sessionAffinityConfig.clientIP.timeoutSeconds %d: want 1 to 86400", t)
+			}
+			s.AffinityTimeout = uint32(t)
+		}
+	}
+	s.ExternalLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	switch alg := svc.Annotations[AnnotationLBAlgorithm]; alg {
+	case "":
+		s.Maglev = o.Maglev
+	case "random":
+	case "maglev":
+		s.Maglev = true
+	default:
+		return s, fmt.Errorf("annotation %s: %q is not an algorithm (random, maglev)", AnnotationLBAlgorithm, alg)
+	}
+	for _, ip := range svc.Spec.ExternalIPs {
+		if a, err := netip.ParseAddr(ip); err == nil && a.Is4() {
+			s.ExternalIPs = append(s.ExternalIPs, a)
+		}
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			if in.IPMode != nil && *in.IPMode == v1.LoadBalancerIPModeProxy {
+				continue
+			}
+			if a, err := netip.ParseAddr(in.IP); err == nil && a.Is4() {
+				s.LoadBalancerIPs = append(s.LoadBalancerIPs, a)
+			}
+		}
+		for _, r := range svc.Spec.LoadBalancerSourceRanges {
+			p, err := netip.ParsePrefix(strings.TrimSpace(r))
+			if err != nil {
+				// kube-proxy skips what does not parse; an empty allow-list would open the
+				// service to everyone, so say so.
+				return s, fmt.Errorf("loadBalancerSourceRanges %q: %w", r, err)
+			}
+			if p.Addr().Is4() {
+				s.SourceRanges = append(s.SourceRanges, p.Masked())
+			}
+		}
+	}
+	sortAddrs := func(a []netip.Addr) []netip.Addr {
+		slices.SortFunc(a, netip.Addr.Compare)
+		return slices.Compact(a)
+	}
+	s.ExternalIPs, s.LoadBalancerIPs = sortAddrs(s.ExternalIPs), sortAddrs(s.LoadBalancerIPs)
+	slices.SortFunc(s.SourceRanges, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	s.SourceRanges = slices.Compact(s.SourceRanges)
+	return s, nil
+}
+
+// backends are the endpoints of sp across all slices, as kube-proxy's CategorizeEndpoints
+// picks them: for the cluster, the ready ones, or, when none is ready anywhere, the
+// serving-but-terminating ones (so that a rolling update does not refuse connections while old
+// pods still serve); for externalTrafficPolicy Local, this node's ready ones, or, when none is
+// ready here, this node's serving-but-terminating ones.
+func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, nodeName string) (cluster, local []maps.Backend) {
 	var ready, terminating []maps.Backend
 	for _, sl := range svcSlices {
 		port, ok := slicePort(sl, sp.Name, proto)
@@ -207,12 +346,30 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 			}
 		}
 	}
-	out := ready
-	if len(out) == 0 {
-		out = terminating
+	cluster = ready
+	if len(cluster) == 0 {
+		cluster = terminating
 	}
-	slices.SortFunc(out, compareBackends)
-	return slices.CompactFunc(out, func(a, b maps.Backend) bool { return compareBackends(a, b) == 0 })
+	local = onlyLocal(ready)
+	if len(local) == 0 {
+		local = onlyLocal(terminating)
+	}
+	return sortBackends(cluster), sortBackends(local)
+}
+
+func onlyLocal(bs []maps.Backend) []maps.Backend {
+	var out []maps.Backend
+	for _, b := range bs {
+		if b.Local {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func sortBackends(bs []maps.Backend) []maps.Backend {
+	slices.SortFunc(bs, compareBackends)
+	return slices.CompactFunc(bs, func(a, b maps.Backend) bool { return compareBackends(a, b) == 0 })
 }
 
 func compareBackends(a, b maps.Backend) int {
@@ -247,7 +404,10 @@ func slicePort(sl *discoveryv1.EndpointSlice, name string, proto maps.Proto) (ui
 
 // Equal reports whether two services program the datapath identically.
 func (s *Service) Equal(o *Service) bool {
-	return s.Key == o.Key && slices.Equal(s.Backends, o.Backends)
+	return s.Key == o.Key && slices.Equal(s.Backends, o.Backends) && s.Port == o.Port &&
+		slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) && slices.Equal(s.ExternalIPs, o.ExternalIPs) &&
+		slices.Equal(s.SourceRanges, o.SourceRanges) && s.AffinityTimeout == o.AffinityTimeout &&
+		s.ExternalLocal == o.ExternalLocal && s.DropEmpty == o.DropEmpty && s.Maglev == o.Maglev
 }
 
 // Describe is a one-line summary for logs.
@@ -256,5 +416,31 @@ func (s *Service) Describe() string {
 	for i, be := range s.Backends {
 		b[i] = be.String()
 	}
-	return fmt.Sprintf("%s (%s) -> [%s]", s.Name, s.Key, strings.Join(b, ", "))
+	var pol []string
+	if len(s.LoadBalancerIPs) > 0 {
+		pol = append(pol, fmt.Sprintf("lb=%v", s.LoadBalancerIPs))
+	}
+	if len(s.ExternalIPs) > 0 {
+		pol = append(pol, fmt.Sprintf("external=%v", s.ExternalIPs))
+	}
+	if len(s.SourceRanges) > 0 {
+		pol = append(pol, fmt.Sprintf("sourceRanges=%v", s.SourceRanges))
+	}
+	if s.AffinityTimeout > 0 {
+		pol = append(pol, fmt.Sprintf("affinity=%ds", s.AffinityTimeout))
+	}
+	if s.ExternalLocal {
+		pol = append(pol, "local")
+	}
+	if s.DropEmpty {
+		pol = append(pol, "drop")
+	}
+	if s.Maglev {
+		pol = append(pol, "maglev")
+	}
+	extra := ""
+	if len(pol) > 0 {
+		extra = " {" + strings.Join(pol, " ") + "}"
+	}
+	return fmt.Sprintf("%s (%s)%s -> [%s]", s.Name, s.Key, extra, strings.Join(b, ", "))
 }

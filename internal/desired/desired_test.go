@@ -64,7 +64,7 @@ func b(addr string, port uint16, local bool) maps.Backend {
 }
 
 func build(svcs []*v1.Service, slices []*discoveryv1.EndpointSlice) (State, []Problem) {
-	in := Input{NodeName: "node1", Addresses: []netip.Addr{nodeAddr}, NodePortRange: PortRange{30000, 32767},
+	in := Input{Options: Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}}, Addresses: []netip.Addr{nodeAddr},
 		Services: map[types.NamespacedName]*v1.Service{}, Slices: map[types.NamespacedName]*discoveryv1.EndpointSlice{}}
 	for _, s := range svcs {
 		in.Services[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s

@@ -26,7 +26,7 @@ func FuzzBuild(f *testing.F) {
 		if yaml.Unmarshal(svcJSON, &svc) != nil || json.Unmarshal(sliceJSON, &sl) != nil {
 			return
 		}
-		in := Input{NodeName: "node1", Addresses: []netip.Addr{netip.MustParseAddr("10.89.0.11")}, NodePortRange: PortRange{30000, 32767},
+		in := Input{Options: Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}}, Addresses: []netip.Addr{netip.MustParseAddr("10.89.0.11")},
 			Services: map[types.NamespacedName]*v1.Service{{Namespace: svc.Namespace, Name: svc.Name}: &svc},
 			Slices:   map[types.NamespacedName]*discoveryv1.EndpointSlice{{Namespace: sl.Namespace, Name: sl.Name}: &sl}}
 		st, problems := Build(in)

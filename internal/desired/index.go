@@ -27,8 +27,7 @@ func (a rank) before(b rank) bool {
 // Index is the desired state kept up to date one service at a time, so a change to one
 // EndpointSlice costs that service's work, not the cluster's.
 type Index struct {
-	nodeName string
-	r        PortRange
+	o Options
 	// Services are the service ports the datapath should hold (each key's winner).
 	Services map[ServiceKey]*Service
 	ports    map[types.NamespacedName][]*Service
@@ -37,8 +36,8 @@ type Index struct {
 }
 
 // NewIndex returns an empty Index.
-func NewIndex(nodeName string, r PortRange) *Index {
-	return &Index{nodeName: nodeName, r: r, Services: map[ServiceKey]*Service{},
+func NewIndex(o Options) *Index {
+	return &Index{o: o, Services: map[ServiceKey]*Service{},
 		ports: map[types.NamespacedName][]*Service{}, ranks: map[types.NamespacedName]rank{},
 		claims: map[ServiceKey]map[types.NamespacedName]bool{}}
 }
@@ -46,7 +45,7 @@ func NewIndex(nodeName string, r PortRange) *Index {
 // Set replaces service n (svc nil: deleted) and its slices, and returns the keys whose entry
 // may have changed, and the service's own problems (not conflicts: see Conflicts).
 func (x *Index) Set(n types.NamespacedName, svc *v1.Service, slices []*discoveryv1.EndpointSlice) ([]ServiceKey, []Problem) {
-	ports, problems := ServicePorts(n, svc, slices, x.nodeName, x.r)
+	ports, problems := ServicePorts(n, svc, slices, x.o)
 	affected := map[ServiceKey]bool{}
 	for _, p := range x.ports[n] {
 		affected[p.Key] = true

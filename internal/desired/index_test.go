@@ -24,7 +24,7 @@ func TestIndexConflictHandover(t *testing.T) {
 	older.CreationTimestamp = metav1.NewTime(time.Unix(100, 0))
 	newer.CreationTimestamp = metav1.NewTime(time.Unix(200, 0))
 	k := ServiceKey{30300, maps.TCP}
-	x := NewIndex("node1", PortRange{30000, 32767})
+	x := NewIndex(Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}})
 	x.Set(nn("new"), newer, nil)
 	if x.Services[k].Name != "default/new:" {
 		t.Fatalf("sole claimant: %v", x.Services[k])
@@ -46,7 +46,7 @@ func TestIndexConflictHandover(t *testing.T) {
 // Updating one service touches only its keys.
 func TestIndexSetReturnsOnlyAffectedKeys(t *testing.T) {
 	tcp := v1.ProtocolTCP
-	x := NewIndex("node1", PortRange{30000, 32767})
+	x := NewIndex(Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}})
 	for i, name := range []string{"a", "b", "c"} {
 		x.Set(nn(name), service(name, v1.ServiceTypeNodePort, port("", tcp, int32(30100+i))), nil)
 	}

@@ -34,13 +34,28 @@ func TestTrackerDropsNoOpUpdates(t *testing.T) {
 	if !drained(tr) {
 		t.Fatal("add did not signal")
 	}
-	// Same spec, new resourceVersion and status: nothing to program.
+	// Same spec, new resourceVersion, other status conditions and annotations: nothing to
+	// program.
 	same := svc.DeepCopy()
 	same.ResourceVersion = "2"
-	same.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "1.2.3.4"}}
+	same.Annotations = map[string]string{"example.com/owner": "team-a"}
+	same.Status.Conditions = []metav1.Condition{{Type: "Example", Status: metav1.ConditionTrue}}
 	tr.OnServiceUpdate(svc, same)
 	if drained(tr) {
-		t.Error("a status-only update signalled a sync")
+		t.Error("a metadata-only update signalled a sync")
+	}
+	// Load-balancer IPs live in the status; the algorithm in an annotation.
+	for _, mod := range []func(*v1.Service){
+		func(s *v1.Service) { s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "1.2.3.4"}} },
+		func(s *v1.Service) { s.Annotations["service.sluice.io/lb-algorithm"] = "maglev" },
+	} {
+		next := same.DeepCopy()
+		mod(next)
+		tr.OnServiceUpdate(same, next)
+		if !drained(tr) {
+			t.Error("a load-balancer IP or algorithm change did not signal")
+		}
+		same = next
 	}
 	changed := same.DeepCopy()
 	changed.Spec.Ports = []v1.ServicePort{{NodePort: 30080}}
@@ -61,8 +76,7 @@ func TestSyncerWaitsForTheFirstFullSet(t *testing.T) {
 	f := maps.NewFake()
 	tr := NewTracker()
 	s := &Syncer{
-		Tracker: tr, Reconciler: reconciler.New(f, 100, 100, zap.NewNop()), NodeName: "node1",
-		NodePortRange: desired.PortRange{Min: 30000, Max: 32767}, Log: zap.NewNop(),
+		Tracker: tr, Reconciler: reconciler.New(f, 100, 100, zap.NewNop()), Options: desired.Options{NodeName: "node1", NodePortRange: desired.PortRange{Min: 30000, Max: 32767}}, Log: zap.NewNop(),
 		Addresses: func() ([]netip.Addr, error) { return []netip.Addr{netip.MustParseAddr("10.89.0.11")}, nil },
 	}
 	tr.OnServiceAdd(&v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},

@@ -20,10 +20,10 @@ import (
 // and applies it. Every FullEvery, and whenever the node's addresses change, it rebuilds
 // everything and applies all of it, repairing anything changed behind its back.
 type Syncer struct {
-	Tracker       *Tracker
-	Reconciler    *reconciler.Reconciler
-	NodeName      string
-	NodePortRange desired.PortRange
+	Tracker    *Tracker
+	Reconciler *reconciler.Reconciler
+	// Options shape the desired state (node name, NodePort range, default algorithm).
+	Options desired.Options
 	// Addresses returns the node addresses to serve NodePorts on.
 	Addresses func() ([]netip.Addr, error)
 	FullEvery time.Duration // 0: every sync is full
@@ -99,7 +99,7 @@ func (s *Syncer) sync(ch Changes, addrs []netip.Addr) error {
 	var problems []desired.Problem
 	names := ch.Dirty
 	if full {
-		s.idx = desired.NewIndex(s.NodeName, s.NodePortRange)
+		s.idx = desired.NewIndex(s.Options)
 		names = s.Tracker.ServiceNames()
 	}
 	for _, n := range names {

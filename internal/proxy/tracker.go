@@ -81,8 +81,11 @@ func (t *Tracker) OnServiceUpdate(old, svc *v1.Service) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	k := key(svc.Namespace, svc.Name)
-	// Status and metadata churn that does not change what we program is dropped here.
-	if cur := t.services[k]; cur != nil && equality.Semantic.DeepEqual(cur.Spec, svc.Spec) && equality.Semantic.DeepEqual(cur.Labels, svc.Labels) {
+	// Metadata churn that does not change what we program is dropped here. The status holds
+	// the load-balancer IPs; an annotation chooses the algorithm.
+	if cur := t.services[k]; cur != nil && equality.Semantic.DeepEqual(cur.Spec, svc.Spec) && equality.Semantic.DeepEqual(cur.Labels, svc.Labels) &&
+		equality.Semantic.DeepEqual(cur.Status.LoadBalancer, svc.Status.LoadBalancer) &&
+		cur.Annotations[desired.AnnotationLBAlgorithm] == svc.Annotations[desired.AnnotationLBAlgorithm] {
 		t.services[k] = svc
 		return
 	}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -21,11 +22,19 @@ import (
 type applied struct {
 	id       uint32
 	name     string
-	backends []uint32     // backends[i] is in slot i+1
-	count    uint16       // the count the frontends carry
-	stale    bool         // some frontend may carry another count or ID: rewrite them all
-	addrs    []netip.Addr // frontends written
+	backends []uint32 // backends[i] is in slot i+1
+	count    uint16   // the count the frontends carry (the highest, after a crash mid-write)
+	fes      map[maps.FrontendKey]maps.Frontend
 	last     *desired.Service
+
+	matches     map[uint32]bool // session affinity: backend IDs written as the service's
+	ranges      []netip.Prefix  // loadBalancerSourceRanges written
+	maglev      []uint32        // backend IDs (by slot) the Maglev table was built from
+	maglevStale bool            // a table of unknown content is there (restored)
+}
+
+func newApplied(id uint32) *applied {
+	return &applied{id: id, fes: map[maps.FrontendKey]maps.Frontend{}, matches: map[uint32]bool{}}
 }
 
 // Reconciler owns the writes to the service, slot and backend maps. Not safe for concurrent use:
@@ -46,9 +55,18 @@ type Reconciler struct {
 	nextBackend uint32
 	nextSvc     uint32 // where the search for a free service ID starts
 
+	// owners says which service port holds each frontend key: load-balancer and external IPs
+	// of two services may collide, and the first one keeps the key.
+	owners map[maps.FrontendKey]desired.ServiceKey
+	// MaglevSize is the entries of each Maglev table, as the datapath was loaded with.
+	MaglevSize uint32
+
 	// Left by a previous agent with no service of ours: deleted on the first Apply.
-	orphanSlots []maps.SlotKey
-	orphanInfos []uint32
+	orphanSlots   []maps.SlotKey
+	orphanInfos   []uint32
+	orphanMatches []maps.AffinityMatch
+	orphanRanges  []maps.SourceRange
+	orphanMaglev  []uint32
 	// Frontends a crash left on a key whose ID another service holds.
 	orphanFrontends []maps.FrontendKey
 	noBatch         bool // set while recovering from a failed batch
@@ -66,7 +84,9 @@ func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconci
 		backends:    map[uint32]maps.Backend{},
 		backendRefs: map[uint32]int{},
 		unused:      map[uint32]bool{},
+		owners:      map[maps.FrontendKey]desired.ServiceKey{},
 		nextBackend: 1,
+		MaglevSize:  maglev.DefaultTableSize,
 	}
 }
 
@@ -89,6 +109,18 @@ func (r *Reconciler) Restore() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("restore service names: %w", err)
 	}
+	matches, err := r.m.AffinityMatches()
+	if err != nil {
+		return 0, fmt.Errorf("restore affinity backends: %w", err)
+	}
+	ranges, err := r.m.SourceRanges()
+	if err != nil {
+		return 0, fmt.Errorf("restore source ranges: %w", err)
+	}
+	tables, err := r.m.MaglevTables()
+	if err != nil {
+		return 0, fmt.Errorf("restore maglev tables: %w", err)
+	}
 	for id, b := range bes {
 		r.backends[id] = b
 		if cur, ok := r.backendIDs[b]; !ok || id < cur {
@@ -109,7 +141,12 @@ func (r *Reconciler) Restore() (int, error) {
 	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
 	for _, k := range keys {
 		fe := fes[k]
+		// The service port a frontend belongs to is in its ID's info (load-balancer and
+		// external IPs carry the service port, not the NodePort); without one, its own port.
 		sk := desired.ServiceKey{NodePort: k.Port, Proto: k.Proto}
+		if info, ok := infos[fe.ServiceID]; ok && info.NodePort != 0 {
+			sk = desired.ServiceKey{NodePort: info.NodePort, Proto: info.Proto}
+		}
 		a := r.services[sk]
 		if a == nil {
 			if r.svcIDs[fe.ServiceID] {
@@ -118,16 +155,20 @@ func (r *Reconciler) Restore() (int, error) {
 				r.orphanFrontends = append(r.orphanFrontends, k)
 				continue
 			}
-			a = &applied{id: fe.ServiceID, count: fe.Count, name: infos[fe.ServiceID].Name}
+			a = newApplied(fe.ServiceID)
+			a.name = infos[fe.ServiceID].Name
 			r.services[sk] = a
 			r.svcIDs[fe.ServiceID] = true
 		}
-		// Every address is recorded, so that removing the service removes them all; if they
-		// disagree (a crash mid-publish), the next Apply rewrites each one.
-		a.addrs = append(a.addrs, k.Addr)
-		if fe.ServiceID != a.id || fe.Count != a.count {
-			a.stale = true
+		if fe.ServiceID != a.id {
+			r.orphanFrontends = append(r.orphanFrontends, k)
+			continue
 		}
+		// Every frontend is recorded as it is, so that removing the service removes them
+		// all and the next Apply rewrites those that disagree (a crash mid-publish).
+		a.fes[k] = fe
+		r.owners[k] = sk
+		a.count = max(a.count, fe.Count)
 	}
 	byID := map[uint32]*applied{}
 	for _, a := range r.services {
@@ -137,6 +178,28 @@ func (r *Reconciler) Restore() (int, error) {
 	for id := range infos {
 		if byID[id] == nil {
 			r.orphanInfos = append(r.orphanInfos, id)
+		}
+	}
+	for m := range matches {
+		if a := byID[m.ServiceID]; a != nil {
+			a.matches[m.BackendID] = true
+		} else {
+			r.orphanMatches = append(r.orphanMatches, m)
+		}
+	}
+	for sr := range ranges {
+		if a := byID[sr.ServiceID]; a != nil {
+			a.ranges = append(a.ranges, sr.Prefix)
+		} else {
+			r.orphanRanges = append(r.orphanRanges, sr)
+		}
+	}
+	for id := range tables {
+		// Rewritten once rather than compared: it costs one batch per Maglev service.
+		if a := byID[id]; a != nil {
+			a.maglevStale = true
+		} else {
+			r.orphanMaglev = append(r.orphanMaglev, id)
 		}
 	}
 	for sk, id := range slots {
@@ -187,8 +250,7 @@ func (r *Reconciler) Apply(st desired.State) error {
 		}
 	}
 	for _, fk := range r.orphanFrontends {
-		k := desired.ServiceKey{NodePort: fk.Port, Proto: fk.Proto}
-		if a := r.services[k]; a != nil && slices.Contains(a.addrs, fk.Addr) {
+		if k, ok := r.owners[fk]; ok && r.services[k] != nil {
 			continue // rewritten by the service that owns the key now
 		}
 		if err := r.m.DeleteFrontend(fk); err != nil {
@@ -196,6 +258,7 @@ func (r *Reconciler) Apply(st desired.State) error {
 		}
 	}
 	r.orphanFrontends = nil
+	errs = append(errs, r.deleteOrphanPolicy()...)
 	if len(r.orphanSlots) > 0 {
 		owned := make(map[uint32]*applied, len(r.services))
 		for _, a := range r.services {
@@ -230,6 +293,29 @@ func (r *Reconciler) Apply(st desired.State) error {
 
 // batchThreshold is how many services make Apply batch its writes.
 const batchThreshold = 256
+
+// deleteOrphanPolicy deletes policy entries a previous agent left for service IDs no service
+// holds now.
+func (r *Reconciler) deleteOrphanPolicy() []error {
+	var errs []error
+	for _, m := range r.orphanMatches {
+		if !r.svcIDs[m.ServiceID] {
+			errs = append(errs, r.m.DeleteAffinityMatch(m))
+		}
+	}
+	for _, sr := range r.orphanRanges {
+		if !r.svcIDs[sr.ServiceID] {
+			errs = append(errs, r.m.DeleteSourceRange(sr))
+		}
+	}
+	for _, id := range r.orphanMaglev {
+		if !r.svcIDs[id] {
+			errs = append(errs, r.m.DeleteMaglev(id))
+		}
+	}
+	r.orphanMatches, r.orphanRanges, r.orphanMaglev = nil, nil, nil
+	return errs
+}
 
 // applyBatched writes every service's backends and slots in one batch, then every frontend in
 // another: the same order as one service at a time, across all of them. If a batch fails (a
@@ -405,7 +491,7 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		a = &applied{id: id}
+		a = newApplied(id)
 		r.services[svc.Key] = a
 		r.svcIDs[id] = true
 	}
@@ -455,47 +541,140 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 			a.backends = append(a.backends, id)
 		}
 	}
+	// 3. What the frontends' flags will turn on.
+	if err := r.preparePolicy(svc, a, want); err != nil {
+		return nil, nil, err
+	}
 	return a, want, nil
+}
+
+// preparePolicy writes the policy entries svc's frontends will need before they carry its
+// flags: the affinity backend set, the source ranges, the Maglev table.
+func (r *Reconciler) preparePolicy(svc *desired.Service, a *applied, want []uint32) error {
+	if svc.AffinityTimeout > 0 {
+		for _, id := range want {
+			if !a.matches[id] {
+				if err := r.m.UpdateAffinityMatch(maps.AffinityMatch{ServiceID: a.id, BackendID: id}); err != nil {
+					return err
+				}
+				a.matches[id] = true
+			}
+		}
+	}
+	for _, p := range svc.SourceRanges {
+		if !slices.Contains(a.ranges, p) {
+			if err := r.m.UpdateSourceRange(maps.SourceRange{ServiceID: a.id, Prefix: p}); err != nil {
+				return err
+			}
+			a.ranges = append(a.ranges, p)
+		}
+	}
+	if svc.Maglev && len(want) > 0 && (a.maglevStale || !slices.Equal(a.maglev, want)) {
+		// Keyed by address, so every node builds the same table from the same endpoints.
+		keys := make([]string, len(svc.Backends))
+		for i, b := range svc.Backends {
+			keys[i] = netip.AddrPortFrom(b.Addr, b.Port).String()
+		}
+		idx, err := maglev.Table(keys, nil, r.MaglevSize)
+		if err != nil {
+			return fmt.Errorf("build maglev table: %w", err)
+		}
+		table := make([]uint32, len(idx))
+		for i, j := range idx {
+			table[i] = want[j]
+		}
+		if err := r.m.UpdateMaglev(a.id, table); err != nil {
+			return err
+		}
+		a.maglev, a.maglevStale = slices.Clone(want), false
+	}
+	return nil
+}
+
+// settlePolicy deletes the policy entries svc's frontends no longer use, once they carry
+// their new flags.
+func (r *Reconciler) settlePolicy(svc *desired.Service, a *applied) error {
+	keep := map[uint32]bool{}
+	if svc.AffinityTimeout > 0 {
+		for _, id := range a.backends {
+			keep[id] = true
+		}
+	}
+	for id := range a.matches {
+		if !keep[id] {
+			if err := r.m.DeleteAffinityMatch(maps.AffinityMatch{ServiceID: a.id, BackendID: id}); err != nil {
+				return err
+			}
+			delete(a.matches, id)
+		}
+	}
+	for i := 0; i < len(a.ranges); {
+		if p := a.ranges[i]; !slices.Contains(svc.SourceRanges, p) {
+			if err := r.m.DeleteSourceRange(maps.SourceRange{ServiceID: a.id, Prefix: p}); err != nil {
+				return err
+			}
+			a.ranges = slices.Delete(a.ranges, i, i+1)
+			continue
+		}
+		i++
+	}
+	if (!svc.Maglev || len(a.backends) == 0) && (a.maglev != nil || a.maglevStale) {
+		if err := r.m.DeleteMaglev(a.id); err != nil {
+			return err
+		}
+		a.maglev, a.maglevStale = nil, false
+	}
+	return nil
 }
 
 // publish points the service's frontends at what prepare wrote, then drops the slots past the
 // new count.
 func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, addrs []netip.Addr) error {
-	// 3. Frontends: new addresses, and the new count everywhere.
+	// 4. Frontends: new addresses, and the new count and policy everywhere.
 	count := uint16(len(want))
-	fe := maps.Frontend{ServiceID: a.id, Count: count}
-	written := make([]netip.Addr, 0, len(addrs))
 	var ferr error
-	for _, addr := range addrs {
-		if count == a.count && !a.stale && slices.Contains(a.addrs, addr) {
-			written = append(written, addr)
+	wanted := svc.Frontends(addrs)
+	for k, flags := range wanted {
+		if owner, ok := r.owners[k]; ok && owner != svc.Key && r.services[owner] != nil {
+			// Another service port was here first (two services claiming one external IP
+			// and port): it keeps the key, as kube-proxy's first rule would match.
+			if a.last == nil || !a.last.Equal(svc) {
+				r.log.Warn("Frontend already served for another service; skipped", zap.String("service", svc.Name),
+					zap.Stringer("frontend", k), zap.String("holder", r.services[owner].name))
+			}
+			delete(wanted, k)
 			continue
 		}
-		if err := r.m.UpdateFrontend(maps.FrontendKey{Addr: addr, Port: svc.Key.NodePort, Proto: svc.Key.Proto}, fe); err != nil {
-			ferr = err
-			if slices.Contains(a.addrs, addr) {
-				written = append(written, addr) // the old entry is still there
-			}
+		fe := maps.Frontend{ServiceID: a.id, Count: count, Flags: flags, AffinityTimeout: svc.AffinityTimeout}
+		if cur, ok := a.fes[k]; ok && cur == fe {
 			continue
 		}
-		written = append(written, addr)
+		if err := r.m.UpdateFrontend(k, fe); err != nil {
+			ferr = errors.Join(ferr, err) // the old entry, if any, is still there
+			continue
+		}
+		a.fes[k] = fe
+		r.owners[k] = svc.Key
 	}
-	// 4. Frontends on addresses no longer served.
-	for _, addr := range a.addrs {
-		if !slices.Contains(addrs, addr) {
-			if err := r.m.DeleteFrontend(maps.FrontendKey{Addr: addr, Port: svc.Key.NodePort, Proto: svc.Key.Proto}); err != nil {
-				ferr = errors.Join(ferr, err)
-				written = append(written, addr) // still there: retried next time
-			}
+	// 5. Frontends no longer served.
+	for k := range a.fes {
+		if _, ok := wanted[k]; ok {
+			continue
+		}
+		if err := r.m.DeleteFrontend(k); err != nil {
+			ferr = errors.Join(ferr, err) // still there: retried next time
+			continue
+		}
+		delete(a.fes, k)
+		if r.owners[k] == svc.Key {
+			delete(r.owners, k)
 		}
 	}
-	a.addrs = written
 	if ferr != nil {
 		// Frontends disagree on the count: keep the old slots until all carry the new one.
-		a.stale = true
 		return ferr
 	}
-	a.count, a.stale = count, false
+	a.count = count
 	a.last = svc
 	if r.batching {
 		return nil // trimmed once the frontends' batch is written
@@ -503,7 +682,8 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 	return r.trim(a, len(want))
 }
 
-// trim deletes the slots past n, once no frontend points at them.
+// trim deletes the slots past n, and the policy entries the service no longer uses, once no
+// frontend points at them.
 func (r *Reconciler) trim(a *applied, n int) error {
 	for len(a.backends) > n {
 		last := len(a.backends)
@@ -513,17 +693,26 @@ func (r *Reconciler) trim(a *applied, n int) error {
 		r.ref(a.backends[last-1], -1)
 		a.backends = a.backends[:last-1]
 	}
+	if a.last != nil {
+		return r.settlePolicy(a.last, a)
+	}
 	return nil
 }
 
 // removeService deletes frontends first, so no packet reaches a slot being deleted.
 func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
-	for len(a.addrs) > 0 {
-		addr := a.addrs[len(a.addrs)-1]
-		if err := r.m.DeleteFrontend(maps.FrontendKey{Addr: addr, Port: k.NodePort, Proto: k.Proto}); err != nil {
+	for fk := range a.fes {
+		if err := r.m.DeleteFrontend(fk); err != nil {
 			return err
 		}
-		a.addrs = a.addrs[:len(a.addrs)-1]
+		delete(a.fes, fk)
+		if r.owners[fk] == k {
+			delete(r.owners, fk)
+		}
+	}
+	// No frontend points at the service now: its policy entries go (an empty policy keeps none).
+	if err := r.settlePolicy(&desired.Service{}, a); err != nil {
+		return err
 	}
 	for len(a.backends) > 0 {
 		last := len(a.backends)
@@ -631,7 +820,7 @@ type Stats struct{ Services, Backends, Frontends int }
 func (r *Reconciler) Stats() Stats {
 	s := Stats{Services: len(r.services), Backends: len(r.backends)}
 	for _, a := range r.services {
-		s.Frontends += len(a.addrs)
+		s.Frontends += len(a.fes)
 	}
 	return s
 }

@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/sluicelb/sluice/internal/desired"
 )
 
 // Label selectors kube-proxy watches with: services another proxy handles and the
@@ -122,7 +124,7 @@ func (k *Kube) Run(ctx context.Context, h Handler) error {
 
 // strip drops what the agent never reads from cached objects (managed fields are often the
 // largest part of an object; a 10k-service cluster's caches shrink by half), keeping only the
-// annotation the programming-latency metric uses.
+// annotations the agent reads: the programming-latency metric's and the algorithm choice.
 func strip(o any) (any, error) {
 	m, ok := o.(metav1.Object)
 	if !ok {
@@ -131,8 +133,10 @@ func strip(o any) (any, error) {
 	m.SetManagedFields(nil)
 	if a := m.GetAnnotations(); len(a) > 0 {
 		keep := map[string]string{}
-		if v, ok := a[triggerTimeAnnotation]; ok {
-			keep[triggerTimeAnnotation] = v
+		for _, k := range []string{triggerTimeAnnotation, desired.AnnotationLBAlgorithm} {
+			if v, ok := a[k]; ok {
+				keep[k] = v
+			}
 		}
 		m.SetAnnotations(keep)
 	}

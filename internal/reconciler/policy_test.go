@@ -1,0 +1,217 @@
+package reconciler
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maglev"
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+var (
+	lbIP  = netip.MustParseAddr("203.0.113.10")
+	extIP = netip.MustParseAddr("198.51.100.7")
+)
+
+func policySvc() *desired.Service {
+	s := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80), be("10.244.3.10", 80))
+	s.Port = 80
+	s.LoadBalancerIPs = []netip.Addr{lbIP}
+	s.ExternalIPs = []netip.Addr{extIP}
+	return s
+}
+
+// lastIndex finds the last write with the prefix.
+func lastIndex(t *testing.T, writes []string, prefix string) int {
+	t.Helper()
+	rev := slices.Clone(writes)
+	slices.Reverse(rev)
+	return len(writes) - 1 - indexOf(t, rev, prefix)
+}
+
+func TestPolicyFrontendsOnEveryAddress(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	s := policySvc()
+	s.SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.89.0.0/24")}
+	s.AffinityTimeout = 60
+	apply(t, r, state([]netip.Addr{node1}, s))
+
+	want := map[maps.FrontendKey]maps.FrontendFlags{
+		{Addr: node1, Port: 30080, Proto: maps.TCP}: maps.FrontendAffinity,
+		{Addr: extIP, Port: 80, Proto: maps.TCP}:    maps.FrontendAffinity,
+		// Source ranges apply to the load-balancer IP only, as in kube-proxy.
+		{Addr: lbIP, Port: 80, Proto: maps.TCP}: maps.FrontendAffinity | maps.FrontendSourceRanges,
+	}
+	if len(f.FrontendMap) != len(want) {
+		t.Fatalf("frontends %v", f.FrontendMap)
+	}
+	for k, flags := range want {
+		fe, ok := f.FrontendMap[k]
+		if !ok || fe.Flags != flags || fe.Count != 3 || fe.AffinityTimeout != 60 {
+			t.Errorf("frontend %s = %+v, want flags %s", k, fe, flags)
+		}
+	}
+	if len(f.Affinity) != 3 || len(f.Ranges) != 1 {
+		t.Errorf("affinity backends %v, source ranges %v", f.Affinity, f.Ranges)
+	}
+	w := f.Writes
+	first := indexOf(t, w, "frontend ")
+	if indexOf(t, w, "affinity backend") > first || indexOf(t, w, "source range") > first {
+		t.Errorf("policy entries must exist before a frontend carries the flag: %q", w)
+	}
+
+	// The same state again writes nothing.
+	n := len(f.Writes)
+	apply(t, r, state([]netip.Addr{node1}, s))
+	if len(f.Writes) != n {
+		t.Errorf("idempotent apply wrote %q", f.Writes[n:])
+	}
+
+	// A restarted agent restores all of it, grouping the load-balancer and external IP
+	// frontends (on the service port) with their NodePort, and writes nothing either.
+	r2 := New(f, 100, 100, zap.NewNop())
+	if _, err := r2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, r2, state([]netip.Addr{node1}, s))
+	if len(f.Writes) != n {
+		t.Errorf("apply after restore wrote %q", f.Writes[n:])
+	}
+
+	// Policy off: frontends lose the flags first, then the entries go.
+	off := policySvc()
+	apply(t, r2, state([]netip.Addr{node1}, off))
+	w = f.Writes[n:]
+	lastFE := lastIndex(t, w, "frontend ")
+	if indexOf(t, w, "delete affinity backend") < lastFE || indexOf(t, w, "delete source range") < lastFE {
+		t.Errorf("policy entries must go after the frontends drop the flags: %q", w)
+	}
+	if len(f.Affinity) != 0 || len(f.Ranges) != 0 {
+		t.Errorf("left: affinity backends %v, source ranges %v", f.Affinity, f.Ranges)
+	}
+
+	// The service goes: every frontend with it.
+	apply(t, r2, state([]netip.Addr{node1}))
+	if len(f.FrontendMap) != 0 || len(f.SlotMap) != 0 {
+		t.Errorf("left: frontends %v slots %v", f.FrontendMap, f.SlotMap)
+	}
+}
+
+func TestPolicyAffinityFollowsBackends(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	s := policySvc()
+	s.AffinityTimeout = 10800
+	apply(t, r, state([]netip.Addr{node1}, s))
+	a := r.services[s.Key]
+	gone := a.backends[2]
+
+	s2 := policySvc()
+	s2.AffinityTimeout = 10800
+	s2.Backends = s2.Backends[:2]
+	n := len(f.Writes)
+	apply(t, r, state([]netip.Addr{node1}, s2))
+	if f.Affinity[maps.AffinityMatch{ServiceID: a.id, BackendID: gone}] || len(f.Affinity) != 2 {
+		t.Errorf("affinity backends %v: the removed backend must go", f.Affinity)
+	}
+	w := f.Writes[n:]
+	if indexOf(t, w, "delete affinity backend") < lastIndex(t, w, "frontend ") {
+		t.Errorf("a removed backend leaves the affinity set after the count shrinks: %q", w)
+	}
+}
+
+func TestPolicyMaglevTable(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	r.MaglevSize = 251
+	s := policySvc()
+	s.Maglev = true
+	apply(t, r, state([]netip.Addr{node1}, s))
+	a := r.services[s.Key]
+	table := f.Maglev[a.id]
+	if len(table) != 251 {
+		t.Fatalf("table of %d entries", len(table))
+	}
+	// The table names backend IDs, laid out as the maglev package does for these addresses.
+	idx, err := maglev.Table([]string{"10.244.1.10:80", "10.244.2.10:80", "10.244.3.10:80"}, nil, 251)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range table {
+		if table[i] != a.backends[idx[i]] {
+			t.Fatalf("entry %d = backend %d, want %d", i, table[i], a.backends[idx[i]])
+		}
+	}
+	if indexOf(t, f.Writes, "maglev table") > indexOf(t, f.Writes, "frontend ") {
+		t.Errorf("the table must exist before a frontend carries the flag: %q", f.Writes)
+	}
+	fe := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}]
+	if fe.Flags != maps.FrontendMaglev {
+		t.Errorf("frontend flags %s", fe.Flags)
+	}
+
+	// Unchanged backends: no new table. Restored: rewritten once (its content is not read).
+	n := len(f.Writes)
+	apply(t, r, state([]netip.Addr{node1}, s))
+	if len(f.Writes) != n {
+		t.Errorf("wrote %q", f.Writes[n:])
+	}
+	r = New(f, 100, 100, zap.NewNop())
+	r.MaglevSize = 251
+	if _, err := r.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, r, state([]netip.Addr{node1}, s))
+	if got := f.Writes[n:]; len(got) != 1 || got[0] != "maglev table 1 (251 entries)" {
+		t.Errorf("after restore wrote %q", got)
+	}
+
+	// Back to random: the frontends first, then the table goes.
+	n = len(f.Writes)
+	apply(t, r, state([]netip.Addr{node1}, policySvc()))
+	w := f.Writes[n:]
+	if indexOf(t, w, "delete maglev table") < lastIndex(t, w, "frontend ") || len(f.Maglev) != 0 {
+		t.Errorf("writes %q, tables left %d", w, len(f.Maglev))
+	}
+}
+
+func TestPolicyExternalIPConflictKeepsFirst(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	a := policySvc()
+	b := svc(30081, maps.TCP, be("10.244.9.9", 80))
+	b.Port = 80
+	b.ExternalIPs = []netip.Addr{extIP}
+	apply(t, r, state([]netip.Addr{node1}, a))
+	apply(t, r, state([]netip.Addr{node1}, a, b))
+	k := maps.FrontendKey{Addr: extIP, Port: 80, Proto: maps.TCP}
+	if got, want := f.FrontendMap[k].ServiceID, r.services[a.Key].id; got != want {
+		t.Errorf("%s went to service %d, want the first holder %d", k, got, want)
+	}
+	// The holder goes: the other service takes the key on the next apply.
+	apply(t, r, state([]netip.Addr{node1}, b))
+	apply(t, r, state([]netip.Addr{node1}, b))
+	if got, want := f.FrontendMap[k].ServiceID, r.services[b.Key].id; got != want {
+		t.Errorf("%s = service %d, want %d", k, got, want)
+	}
+}
+
+func TestPolicyOrphansDeleted(t *testing.T) {
+	f := maps.NewFake()
+	f.Affinity[maps.AffinityMatch{ServiceID: 7, BackendID: 1}] = true
+	f.Ranges[maps.SourceRange{ServiceID: 7, Prefix: netip.MustParsePrefix("10.0.0.0/8")}] = true
+	f.Maglev[7] = make([]uint32, 251)
+	r := New(f, 100, 100, zap.NewNop())
+	if _, err := r.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, r, state([]netip.Addr{node1}))
+	if len(f.Affinity)+len(f.Ranges)+len(f.Maglev) != 0 {
+		t.Errorf("leftovers: %v %v %d", f.Affinity, f.Ranges, len(f.Maglev))
+	}
+}
