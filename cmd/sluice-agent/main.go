@@ -286,6 +286,19 @@ func run(o *options, log *zap.Logger) error {
 		dlog.Info("Attached", zap.String("device", dev), zap.String("xdp", string(a.XDP)), zap.String("tc", a.TC))
 	}
 
+	if mig := dp.Migration; mig != nil {
+		// The new programs run on the new maps now: carry over what the old ones wrote since
+		// the copy, and pin the new maps in place.
+		err := mig.Commit()
+		for _, mm := range mig.Maps {
+			dlog.Info("Migrated pinned map to this build's layout", zap.String("map", mm.Name), zap.String("change", mm.Reason),
+				zap.Int("copied", mm.Copied), zap.Int("dropped", mm.Dropped))
+		}
+		if err != nil {
+			return fmt.Errorf("commit map migration: %w", err)
+		}
+	}
+
 	info := maps.AgentInfo{Version: version, Object: datapath.ObjectHash(), Started: time.Now(), PID: os.Getpid(), Config: dp.Config}
 	xdpID, tcInID, tcEgID := dp.ProgramIDs()
 	for _, a := range attached {

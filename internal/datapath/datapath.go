@@ -117,6 +117,9 @@ func (c Config) Validate() error {
 type Datapath struct {
 	Objs   SluiceObjects
 	Config Config
+	// Migration is set when pinned maps of another layout or size were copied into new ones:
+	// call its Commit once the programs are attached.
+	Migration *Migration
 }
 
 // Spec returns the collection spec configured by cfg, ready to load.
@@ -182,12 +185,15 @@ func Load(cfg Config, replacements map[string]*ebpf.Map) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.PinPath != "" {
+	dp := &Datapath{Config: cfg}
+	if cfg.PinPath != "" && replacements == nil {
 		if err := EnsureBPFFS(cfg.PinPath); err != nil {
 			return nil, err
 		}
+		if dp.Migration, err = prepareMigration(spec, cfg.PinPath); err != nil {
+			return nil, fmt.Errorf("load datapath: %w", err)
+		}
 	}
-	dp := &Datapath{Config: cfg}
 	opts := &ebpf.CollectionOptions{
 		Maps:            ebpf.MapOptions{PinPath: cfg.PinPath},
 		MapReplacements: replacements,
@@ -197,10 +203,17 @@ func Load(cfg Config, replacements map[string]*ebpf.Map) (*Datapath, error) {
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load datapath: %+v", ve)
 		}
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("load datapath: pinned maps in %s were made with other sizes or an older layout (remove them to start afresh): %w", cfg.PinPath, err)
+		if dp.Migration != nil {
+			dp.Migration.close()
 		}
 		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	if dp.Migration != nil {
+		if err := dp.Migration.copyAll(&dp.Objs.SluiceMaps); err != nil {
+			dp.Migration.close()
+			dp.Objs.Close()
+			return nil, fmt.Errorf("load datapath: %w", err)
+		}
 	}
 	return dp, nil
 }
@@ -278,6 +291,10 @@ func OpenPinned(dir string, readOnly bool) (*SluiceMaps, error) {
 	m.SluiceDevices = opened[SluiceMapSluiceDevices]
 	m.SluiceSvcInfo = opened[SluiceMapSluiceSvcInfo]
 	m.SluiceAgent = opened[SluiceMapSluiceAgent]
+	m.SluiceAffinity = opened[SluiceMapSluiceAffinity]
+	m.SluiceAffinityMatch = opened[SluiceMapSluiceAffinityMatch]
+	m.SluiceSourceRanges = opened[SluiceMapSluiceSourceRanges]
+	m.SluiceMaglev = opened[SluiceMapSluiceMaglev]
 	return m, nil
 }
 
@@ -289,5 +306,7 @@ func (m *SluiceMaps) Pinned() map[string]*ebpf.Map {
 		SluiceMapSluiceSvcStats: m.SluiceSvcStats, SluiceMapSluiceReasons: m.SluiceReasons,
 		SluiceMapSluiceFrontendPorts: m.SluiceFrontendPorts, SluiceMapSluiceBackendPorts: m.SluiceBackendPorts,
 		SluiceMapSluiceDevices: m.SluiceDevices, SluiceMapSluiceSvcInfo: m.SluiceSvcInfo, SluiceMapSluiceAgent: m.SluiceAgent,
+		SluiceMapSluiceAffinity: m.SluiceAffinity, SluiceMapSluiceAffinityMatch: m.SluiceAffinityMatch,
+		SluiceMapSluiceSourceRanges: m.SluiceSourceRanges, SluiceMapSluiceMaglev: m.SluiceMaglev,
 	}
 }

@@ -3,8 +3,10 @@ package lab_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,7 +61,13 @@ type loadCluster struct {
 
 func startLoadCluster(t *testing.T, mode string) *loadCluster {
 	t.Helper()
-	c := &loadCluster{cluster: startCluster(t, mode)}
+	return startLoadClusterWith(t, agentBinary(t), mode)
+}
+
+func startLoadClusterWith(t *testing.T, agent, mode string) *loadCluster {
+	t.Helper()
+	c := &loadCluster{cluster: startClusterWith(t, agent, mode)}
+	c.waitReady(t)
 	writeAtomic(t, filepath.Join(c.manifests, "churn.yaml"), churnManifest(true))
 	for name, ns := range map[string]*testutil.Netns{"pod1": c.Pod1, "pod2": c.Pod2} {
 		stop, err := lab.StartStreamServer(ns, name, 7070)
@@ -167,4 +175,56 @@ func nonZero(m map[string]uint64) map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// previousRelease is the last commit whose pinned maps have the v0.1 layouts (8-byte frontend
+// values, 13 reason counters): the build an upgrade starts from.
+const previousRelease = "73681d1"
+
+// previousAgent builds the agent of previousRelease from this repository's history.
+func previousAgent(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	tarball := filepath.Join(t.TempDir(), "previous.tar")
+	if out, err := exec.Command("git", "-C", root, "archive", "-o", tarball, previousRelease).CombinedOutput(); err != nil {
+		t.Fatalf("read commit %s from git history (a shallow clone lacks it: git fetch --unshallow): %v: %s", previousRelease, err, out)
+	}
+	if out, err := exec.Command("tar", "-xf", tarball, "-C", src).CombinedOutput(); err != nil {
+		t.Fatalf("unpack %s: %v: %s", previousRelease, err, out)
+	}
+	bin := filepath.Join(src, "sluice-agent-previous")
+	build := exec.Command("go", "build", "-ldflags", "-X main.version="+previousRelease, "-o", bin, "./cmd/sluice-agent")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the %s agent: %v: %s", previousRelease, err, out)
+	}
+	return bin
+}
+
+// An upgrade under load to a build whose map layout changed: the new agent copies the old
+// maps into new ones, swaps its programs in, and pins the new maps; no request fails and every
+// stream keeps its backend.
+func TestE2EUpgradeUnderLoad(t *testing.T) {
+	old := previousAgent(t)
+	c := startLoadClusterWith(t, old, "native")
+	time.Sleep(500 * time.Millisecond)
+	if err := c.agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	c.waitReady(t)
+	c.pingStreams(t, "after the upgrade")
+	if logs := a.Logs(); !strings.Contains(logs, "Migrated pinned map") || !strings.Contains(logs, "sluice_frontends") {
+		t.Errorf("the new agent did not report migrating sluice_frontends:\n%s", logs)
+	}
+	time.Sleep(500 * time.Millisecond)
+	c.finish(t)
 }

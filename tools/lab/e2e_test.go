@@ -85,7 +85,13 @@ func (c *cluster) waitReady(t *testing.T) {
 func startClusterNoWait(t *testing.T, mode string, extra ...string) *cluster {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	bin := agentBinary(t)
+	return startClusterWith(t, agentBinary(t), mode, extra...)
+}
+
+// startClusterWith starts the lab with the agent binary bin, without waiting for it.
+func startClusterWith(t *testing.T, bin, mode string, extra ...string) *cluster {
+	t.Helper()
+	testutil.RequirePrivileges(t)
 	l := lab.UpForTest(t)
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
