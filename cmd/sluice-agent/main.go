@@ -23,6 +23,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/healthcheck"
 	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/metrics"
@@ -336,6 +337,17 @@ func run(o *options, log *zap.Logger) error {
 		},
 		Log: log.Named("sync"),
 	}
+	hcs := &healthcheck.Server{Healthy: health.Healthy, Log: log.Named("healthcheck")}
+	if len(nodePortCIDRs) > 0 {
+		// Like kube-proxy, the health check ports listen where the NodePorts are served.
+		addrs, err := datapath.DeviceAddresses(devices)
+		if err != nil {
+			return err
+		}
+		hcs.Addresses = filterAddresses(addrs, nodePortCIDRs)
+	}
+	defer hcs.Close()
+	syncer.HealthChecks = hcs.Sync
 	runner := &proxy.Runner{
 		MinInterval: o.minSync, MaxInterval: o.syncPeriod, Sync: syncer.Sync,
 		OnError: func(err error, retry time.Duration) {

@@ -102,6 +102,34 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Fr
 	return out
 }
 
+// HealthCheck is a service with externalTrafficPolicy Local and a healthCheckNodePort: the
+// load balancer asks that port whether this node has endpoints for it.
+type HealthCheck struct {
+	Port uint16
+	// LocalEndpoints counts this node's ready endpoints (terminating ones do not count, so the
+	// load balancer drains a node whose last pod is going away).
+	LocalEndpoints int
+}
+
+// HealthCheckOf is svc's health check, if it has one.
+func HealthCheckOf(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, nodeName string) (HealthCheck, bool) {
+	if svc == nil || !wantService(svc) || svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal ||
+		svc.Spec.HealthCheckNodePort <= 0 || svc.Spec.HealthCheckNodePort > 65535 {
+		return HealthCheck{}, false
+	}
+	local := map[string]bool{}
+	for _, sl := range svcSlices {
+		for _, ep := range sl.Endpoints {
+			c := ep.Conditions
+			ready := (c.Ready == nil || *c.Ready) && (c.Terminating == nil || !*c.Terminating)
+			if ready && len(ep.Addresses) > 0 && nodeName != "" && ep.NodeName != nil && *ep.NodeName == nodeName {
+				local[ep.Addresses[0]] = true
+			}
+		}
+	}
+	return HealthCheck{Port: uint16(svc.Spec.HealthCheckNodePort), LocalEndpoints: len(local)}, true
+}
+
 // State is everything the datapath should hold.
 type State struct {
 	// Addresses are the node addresses every NodePort is served on.

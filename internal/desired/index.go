@@ -33,19 +33,26 @@ type Index struct {
 	ports    map[types.NamespacedName][]*Service
 	ranks    map[types.NamespacedName]rank
 	claims   map[ServiceKey]map[types.NamespacedName]bool
+	// HealthChecks are the services with a healthCheckNodePort to answer on.
+	HealthChecks map[types.NamespacedName]HealthCheck
 }
 
 // NewIndex returns an empty Index.
 func NewIndex(o Options) *Index {
 	return &Index{o: o, Services: map[ServiceKey]*Service{},
 		ports: map[types.NamespacedName][]*Service{}, ranks: map[types.NamespacedName]rank{},
-		claims: map[ServiceKey]map[types.NamespacedName]bool{}}
+		claims: map[ServiceKey]map[types.NamespacedName]bool{}, HealthChecks: map[types.NamespacedName]HealthCheck{}}
 }
 
 // Set replaces service n (svc nil: deleted) and its slices, and returns the keys whose entry
 // may have changed, and the service's own problems (not conflicts: see Conflicts).
 func (x *Index) Set(n types.NamespacedName, svc *v1.Service, slices []*discoveryv1.EndpointSlice) ([]ServiceKey, []Problem) {
 	ports, problems := ServicePorts(n, svc, slices, x.o)
+	if hc, ok := HealthCheckOf(svc, slices, x.o.NodeName); ok {
+		x.HealthChecks[n] = hc
+	} else {
+		delete(x.HealthChecks, n)
+	}
 	affected := map[ServiceKey]bool{}
 	for _, p := range x.ports[n] {
 		affected[p.Key] = true

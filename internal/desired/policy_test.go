@@ -193,3 +193,23 @@ func TestBuildDefaultAlgorithm(t *testing.T) {
 		t.Errorf("--lb-algorithm maglev: want maglev unless annotated random")
 	}
 }
+
+func TestHealthCheckCountsLocalReadyEndpoints(t *testing.T) {
+	tcp := v1.ProtocolTCP
+	yes, no := ptr(true), ptr(false)
+	s := service("web", v1.ServiceTypeLoadBalancer, port("", tcp, 30080))
+	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	s.Spec.HealthCheckNodePort = 32000
+	sl := slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 8080)},
+		ep{addr: "10.244.1.10", node: "node1"},
+		ep{addr: "10.244.1.11", node: "node1", ready: no, serv: yes, term: yes},
+		ep{addr: "10.244.2.10", node: "node2"})
+	hc, ok := HealthCheckOf(s, []*discoveryv1.EndpointSlice{sl}, "node1")
+	if !ok || hc != (HealthCheck{Port: 32000, LocalEndpoints: 1}) {
+		t.Errorf("health check %+v %v, want port 32000 with 1 local ready endpoint", hc, ok)
+	}
+	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	if _, ok := HealthCheckOf(s, nil, "node1"); ok {
+		t.Error("a Cluster service has no health check")
+	}
+}

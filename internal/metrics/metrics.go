@@ -144,6 +144,11 @@ func (h *Health) Synced(t time.Time) {
 	h.ready.Store(true)
 }
 
+// Healthy is what /healthz answers: not ready yet, or synced within Stale.
+func (h *Health) Healthy() bool {
+	return !h.ready.Load() || time.Since(time.Unix(0, h.lastSync.Load())) <= h.Stale
+}
+
 func (h *Health) healthz(w http.ResponseWriter, _ *http.Request) {
 	last := h.lastSync.Load()
 	if h.ready.Load() && time.Since(time.Unix(0, last)) > h.Stale {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluicelb/sluice/internal/desired"
 	"github.com/sluicelb/sluice/internal/maps"
@@ -34,6 +35,9 @@ type Syncer struct {
 	// AfterFullSync, if set, is called after each full sync with the number of service ports
 	// it rebuilt (the agent returns the cold start's garbage to the OS).
 	AfterFullSync func(services int)
+	// HealthChecks, if set, is given the services with a healthCheckNodePort after each
+	// sync (the agent answers them).
+	HealthChecks func(map[types.NamespacedName]desired.HealthCheck)
 
 	idx      *desired.Index
 	addrs    []netip.Addr
@@ -128,6 +132,13 @@ func (s *Syncer) sync(ch Changes, addrs []netip.Addr) error {
 		}
 	} else {
 		err = s.Reconciler.ApplyKeys(st, keys)
+	}
+	if s.HealthChecks != nil {
+		hcs := make(map[types.NamespacedName]desired.HealthCheck, len(s.idx.HealthChecks))
+		for n, hc := range s.idx.HealthChecks {
+			hcs[n] = hc
+		}
+		s.HealthChecks(hcs)
 	}
 	s.pending = map[desired.ServiceKey]bool{}
 	for _, k := range reconciler.FailedKeys(err) {

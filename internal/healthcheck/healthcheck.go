@@ -1,0 +1,147 @@
+// Package healthcheck serves the healthCheckNodePort of services with externalTrafficPolicy
+// Local, as kube-proxy does: a load balancer asks each node whether it has endpoints for the
+// service and sends traffic only to those that answer 200.
+package healthcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluicelb/sluice/internal/desired"
+)
+
+// Server runs one HTTP listener per health check port.
+type Server struct {
+	// Addresses to listen on; none: every address (kube-proxy's --nodeport-addresses).
+	Addresses []netip.Addr
+	// Healthy reports whether the agent itself is healthy (serviceProxyHealthy).
+	Healthy func() bool
+	Log     *zap.Logger
+
+	mu        sync.Mutex
+	services  map[types.NamespacedName]desired.HealthCheck
+	listeners map[uint16]*listener
+}
+
+type listener struct {
+	name    types.NamespacedName
+	servers []*http.Server
+}
+
+// Sync makes the server answer for exactly these services: new ports are opened, ports of
+// services gone are closed, and counts change in place. A port that cannot be opened (taken by
+// another process) is logged and retried on the next Sync.
+func (s *Server) Sync(checks map[types.NamespacedName]desired.HealthCheck) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listeners == nil {
+		s.listeners = map[uint16]*listener{}
+	}
+	s.services = make(map[types.NamespacedName]desired.HealthCheck, len(checks))
+	want := map[uint16]types.NamespacedName{}
+	for n, hc := range checks {
+		s.services[n] = hc
+		if other, ok := want[hc.Port]; ok {
+			s.Log.Error("Two services share a healthCheckNodePort; serving the first", zap.Uint16("port", hc.Port),
+				zap.Stringer("service", n), zap.Stringer("other", other))
+			if other.String() < n.String() {
+				continue
+			}
+		}
+		want[hc.Port] = n
+	}
+	for port, l := range s.listeners {
+		if n, ok := want[port]; !ok || n != l.name {
+			l.close()
+			delete(s.listeners, port)
+		}
+	}
+	for port, n := range want {
+		if _, ok := s.listeners[port]; ok {
+			continue
+		}
+		l, err := s.listen(port, n)
+		if err != nil {
+			s.Log.Error("Could not serve health check", zap.Stringer("service", n), zap.Uint16("port", port), zap.Error(err))
+			continue
+		}
+		s.Log.Info("Serving health check", zap.Stringer("service", n), zap.Uint16("port", port))
+		s.listeners[port] = l
+	}
+}
+
+// Close stops every listener.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for port, l := range s.listeners {
+		l.close()
+		delete(s.listeners, port)
+	}
+}
+
+func (s *Server) listen(port uint16, n types.NamespacedName) (*listener, error) {
+	addrs := []string{""}
+	if len(s.Addresses) > 0 {
+		addrs = addrs[:0]
+		for _, a := range s.Addresses {
+			addrs = append(addrs, a.String())
+		}
+	}
+	l := &listener{name: n}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serve(w, n) })
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", net.JoinHostPort(a, strconv.Itoa(int(port))))
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("listen on health check port: %w", err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		l.servers = append(l.servers, srv)
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.Log.Warn("Health check listener stopped", zap.Stringer("service", n), zap.Error(err))
+			}
+		}()
+	}
+	return l, nil
+}
+
+func (l *listener) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, srv := range l.servers {
+		_ = srv.Shutdown(ctx)
+	}
+}
+
+// serve answers as kube-proxy's service health server: the same status, headers and body.
+func (s *Server) serve(w http.ResponseWriter, n types.NamespacedName) {
+	s.mu.Lock()
+	hc, ok := s.services[n]
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	healthy := s.Healthy == nil || s.Healthy()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(hc.LocalEndpoints))
+	if hc.LocalEndpoints != 0 && healthy {
+		w.WriteHeader(http.StatusOK)
+	} else {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
+		n.Namespace, n.Name, hc.LocalEndpoints, healthy)
+}

@@ -1,0 +1,97 @@
+package healthcheck
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"testing"
+
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluicelb/sluice/internal/desired"
+)
+
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func get(t *testing.T, port uint16) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(int(port)) + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestServeLikeKubeProxy(t *testing.T) {
+	healthy := true
+	s := &Server{Addresses: nil, Healthy: func() bool { return healthy }, Log: zap.NewNop()}
+	defer s.Close()
+	web := types.NamespacedName{Namespace: "default", Name: "web"}
+	port := freePort(t)
+
+	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 2}})
+	resp, body := get(t, port)
+	want := "{\n\t\"service\": {\n\t\t\"namespace\": \"default\",\n\t\t\"name\": \"web\"\n\t},\n\t\"localEndpoints\": 2,\n\t\"serviceProxyHealthy\": true\n}"
+	if resp.StatusCode != 200 || body != want || resp.Header.Get("X-Load-Balancing-Endpoint-Weight") != "2" ||
+		resp.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("got %d %v\n%s", resp.StatusCode, resp.Header, body)
+	}
+	var parsed struct {
+		Service struct{ Namespace, Name string }
+		LocalEndpoints      int
+		ServiceProxyHealthy bool
+	}
+	if err := json.Unmarshal([]byte(body), &parsed); err != nil || parsed.LocalEndpoints != 2 {
+		t.Fatalf("body is not the JSON kube-proxy sends: %v %+v", err, parsed)
+	}
+
+	// No local endpoint (or only terminating ones, which desired does not count): 503.
+	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 0}})
+	if resp, body := get(t, port); resp.StatusCode != 503 || !json.Valid([]byte(body)) {
+		t.Errorf("no local endpoints: %d %s", resp.StatusCode, body)
+	}
+	// An unhealthy agent: 503 with serviceProxyHealthy false.
+	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}})
+	healthy = false
+	if resp, body := get(t, port); resp.StatusCode != 503 || json.Unmarshal([]byte(body), &parsed) != nil || parsed.ServiceProxyHealthy {
+		t.Errorf("unhealthy agent: %d %s", resp.StatusCode, body)
+	}
+	healthy = true
+
+	// The service goes (or its policy changes): the port closes.
+	s.Sync(nil)
+	if _, err := http.Get("http://127.0.0.1:" + strconv.Itoa(int(port))); err == nil {
+		t.Error("port still answers after the service went")
+	}
+}
+
+func TestPortTakenIsRetried(t *testing.T) {
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	s := &Server{Log: zap.NewNop()}
+	defer s.Close()
+	web := types.NamespacedName{Namespace: "default", Name: "web"}
+	checks := map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}}
+	s.Sync(checks)
+	ln.Close()
+	s.Sync(checks)
+	if resp, _ := get(t, port); resp.StatusCode != 200 {
+		t.Errorf("after the port was freed: %d", resp.StatusCode)
+	}
+}
