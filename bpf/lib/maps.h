@@ -29,7 +29,8 @@ struct frontend {
 	__u16 count;      /* backends in slots 1..count */
 	__u16 flags;      /* FE_F_* */
 	__u32 affinity_timeout_s; /* FE_F_AFFINITY: sessionAffinityConfig.clientIP.timeoutSeconds */
-	__u32 pad;
+	__be32 snat_addr; /* the node address remote backends see (0: the frontend's own). A
+			   * load-balancer or external IP may not route back to this node. */
 };
 
 /* A service's slot: slots 1..count each name one backend. Go: datapath.SluiceSlotKey */

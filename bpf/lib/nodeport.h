@@ -93,8 +93,8 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 			return VERDICT_DROP(xdp);
 		}
 	} else {
-		/* DNAT + SNAT to the frontend's address, so the reply comes back through us. */
-		fwd.nat_saddr = p->daddr;
+		/* DNAT + SNAT to a node address, so the reply comes back through us. */
+		fwd.nat_saddr = fe->snat_addr ? fe->snat_addr : p->daddr;
 		ct_peer(p, &fwd, &rk, &rev);
 		__u16 port = ct_snat_claim(&rk, &rev, now);
 		if (!port) {

@@ -249,3 +249,39 @@ func TestPolicyDropWithoutLocalEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// A load-balancer IP need not route back to this node: remote backends see the frontend's SNAT
+// address (a node address), and the reply leaves from the load-balancer IP.
+func TestPolicySNATAddressOfLoadBalancerIP(t *testing.T) {
+	e := newEnv(t)
+	lbIP := netip.MustParseAddr("203.0.113.10")
+	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 30, Slot: 1}, 1))
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: lbIP, Port: 80, Proto: maps.TCP}, maps.Frontend{ServiceID: 30, Count: 1, SNATAddr: nodeIP}))
+	must(t, e.m.SetFrontendPort(80))
+
+	p := e.fromClient(layers.IPProtocolTCP, 48000, 80)
+	p.Dst, p.SYN, p.Payload = ap(lbIP, 80), true, nil
+	out := e.xdp(t, p.Bytes(), xdpTX)
+	if err := testutil.VerifyChecksums(out); err != nil {
+		t.Fatal(err)
+	}
+	src, _ := netip.AddrFromSlice(out[26:30])
+	dst, _ := netip.AddrFromSlice(out[30:34])
+	snat := uint16(out[34])<<8 | uint16(out[35])
+	if src != nodeIP || dst != backendIP {
+		t.Fatalf("forwarded %s -> %s, want %s -> %s", src, dst, nodeIP, backendIP)
+	}
+
+	reply := e.fromClient(layers.IPProtocolTCP, 0, 0)
+	reply.SrcMAC, reply.Src, reply.Dst = backendMAC, ap(backendIP, 8080), ap(nodeIP, snat)
+	reply.SYN, reply.ACK, reply.Payload = true, true, nil
+	back := e.xdp(t, reply.Bytes(), xdpTX)
+	if err := testutil.VerifyChecksums(back); err != nil {
+		t.Fatal(err)
+	}
+	rsrc, _ := netip.AddrFromSlice(back[26:30])
+	rdst, _ := netip.AddrFromSlice(back[30:34])
+	if rsrc != lbIP || rdst != clientIP || uint16(back[34])<<8|uint16(back[35]) != 80 {
+		t.Fatalf("reply %s -> %s, want %s:80 -> %s", rsrc, rdst, lbIP, clientIP)
+	}
+}

@@ -100,7 +100,7 @@ type SluiceFrontend struct {
 	Count            uint16
 	Flags            uint16
 	AffinityTimeoutS uint32
-	Pad              uint32
+	SnatAddr         uint32
 }
 
 type SluiceFrontendKey struct {

@@ -73,8 +73,8 @@ type Service struct {
 }
 
 // Frontends are the addresses the service port is served on, given the node's NodePort
-// addresses, with each one's policy flags.
-func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.FrontendFlags {
+// addresses (sorted), with each one's policy; the reconciler adds the service ID and count.
+func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Frontend {
 	var flags maps.FrontendFlags
 	if s.AffinityTimeout > 0 {
 		flags |= maps.FrontendAffinity
@@ -85,22 +85,30 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Fr
 	if s.Maglev {
 		flags |= maps.FrontendMaglev
 	}
-	out := make(map[maps.FrontendKey]maps.FrontendFlags, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
+	fe := maps.Frontend{Flags: flags, AffinityTimeout: s.AffinityTimeout}
+	out := make(map[maps.FrontendKey]maps.Frontend, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
 	for _, a := range nodeAddrs {
-		out[maps.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = flags
+		fe.SNATAddr = a // remote backends answer the address the client used
+		out[maps.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = fe
+	}
+	// Load-balancer and external IPs need not route back to this node: remote backends see
+	// its first NodePort address, as kube-proxy's masquerade shows them the egress address.
+	fe.SNATAddr = netip.Addr{}
+	if len(nodeAddrs) > 0 {
+		fe.SNATAddr = nodeAddrs[0]
 	}
 	for _, a := range s.ExternalIPs {
-		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = flags
+		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
 	}
-	lb := flags
 	if len(s.SourceRanges) > 0 {
-		lb |= maps.FrontendSourceRanges
+		fe.Flags |= maps.FrontendSourceRanges
 	}
 	for _, a := range s.LoadBalancerIPs {
-		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = lb
+		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
 	}
 	return out
 }
+
 
 // HealthCheck is a service with externalTrafficPolicy Local and a healthCheckNodePort: the
 // load balancer asks that port whether this node has endpoints for it.

@@ -131,8 +131,9 @@ func TestBuildPolicy(t *testing.T) {
 					return "wrong addresses"
 				}
 				fes := s.Frontends([]netip.Addr{nodeAddr})
-				if len(fes) != 3 || fes[maps.FrontendKey{Addr: netip.MustParseAddr("203.0.113.10"), Port: 80, Proto: maps.TCP}] != maps.FrontendSourceRanges ||
-					fes[maps.FrontendKey{Addr: nodeAddr, Port: 30080, Proto: maps.TCP}] != 0 {
+				lb := fes[maps.FrontendKey{Addr: netip.MustParseAddr("203.0.113.10"), Port: 80, Proto: maps.TCP}]
+				np := fes[maps.FrontendKey{Addr: nodeAddr, Port: 30080, Proto: maps.TCP}]
+				if len(fes) != 3 || lb.Flags != maps.FrontendSourceRanges || np.Flags != 0 || lb.SNATAddr != nodeAddr || np.SNATAddr != nodeAddr {
 					return "wrong frontends"
 				}
 				return ""

@@ -90,6 +90,9 @@ func ignoreMissing(what string, err error) error {
 
 func (k *Kernel) UpdateFrontend(key FrontendKey, v Frontend) error {
 	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: uint16(v.Flags), AffinityTimeoutS: v.AffinityTimeout}
+	if v.SNATAddr.Is4() {
+		val.SnatAddr = Addr4(v.SNATAddr)
+	}
 	fk := frontendKey(key)
 	if b := k.batch; b != nil {
 		b.frontKeys, b.frontVals = append(b.frontKeys, fk), append(b.frontVals, val)
@@ -186,7 +189,7 @@ func (k *Kernel) Frontends() (map[FrontendKey]Frontend, error) {
 	it := k.objs.SluiceFrontends.Iterate()
 	for it.Next(&key, &val) {
 		fk := FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: Proto(key.Proto)}
-		out[fk] = Frontend{ServiceID: val.SvcId, Count: val.Count, Flags: FrontendFlags(val.Flags), AffinityTimeout: val.AffinityTimeoutS}
+		out[fk] = frontendFrom(val)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump frontends: %w", err)
@@ -262,7 +265,7 @@ func (k *Kernel) LookupFrontend(key FrontendKey) (Frontend, bool) {
 	if err := k.objs.SluiceFrontends.Lookup(&fk, &v); err != nil {
 		return Frontend{}, false
 	}
-	return Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: FrontendFlags(v.Flags), AffinityTimeout: v.AffinityTimeoutS}, true
+	return frontendFrom(v), true
 }
 
 // LookupSlotBackend reads the backend in one slot.
@@ -277,4 +280,12 @@ func (k *Kernel) LookupSlotBackend(key SlotKey) (Backend, bool) {
 		return Backend{}, false
 	}
 	return Backend{Addr: AddrFrom4(v.Addr), Port: PortFrom16(v.Port), Local: v.Flags&backendLocal != 0, Terminating: v.Flags&backendTerminating != 0}, true
+}
+
+func frontendFrom(v datapath.SluiceFrontend) Frontend {
+	fe := Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: FrontendFlags(v.Flags), AffinityTimeout: v.AffinityTimeoutS}
+	if v.SnatAddr != 0 {
+		fe.SNATAddr = AddrFrom4(v.SnatAddr)
+	}
+	return fe
 }

@@ -47,6 +47,8 @@ type Frontend struct {
 	Flags     FrontendFlags
 	// AffinityTimeout is the session affinity timeout in seconds (FrontendAffinity).
 	AffinityTimeout uint32
+	// SNATAddr is the node address remote backends see; invalid: the frontend's own.
+	SNATAddr netip.Addr
 }
 
 // FrontendFlags mirror FE_F_* in bpf/lib/maps.h.

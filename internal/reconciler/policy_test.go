@@ -52,7 +52,7 @@ func TestPolicyFrontendsOnEveryAddress(t *testing.T) {
 	}
 	for k, flags := range want {
 		fe, ok := f.FrontendMap[k]
-		if !ok || fe.Flags != flags || fe.Count != 3 || fe.AffinityTimeout != 60 {
+		if !ok || fe.Flags != flags || fe.Count != 3 || fe.AffinityTimeout != 60 || fe.SNATAddr != node1 {
 			t.Errorf("frontend %s = %+v, want flags %s", k, fe, flags)
 		}
 	}

@@ -634,7 +634,7 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 	count := uint16(len(want))
 	var ferr error
 	wanted := svc.Frontends(addrs)
-	for k, flags := range wanted {
+	for k, fe := range wanted {
 		if owner, ok := r.owners[k]; ok && owner != svc.Key && r.services[owner] != nil {
 			// Another service port was here first (two services claiming one external IP
 			// and port): it keeps the key, as kube-proxy's first rule would match.
@@ -645,7 +645,7 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 			delete(wanted, k)
 			continue
 		}
-		fe := maps.Frontend{ServiceID: a.id, Count: count, Flags: flags, AffinityTimeout: svc.AffinityTimeout}
+		fe.ServiceID, fe.Count = a.id, count
 		if cur, ok := a.fes[k]; ok && cur == fe {
 			continue
 		}
