@@ -56,6 +56,9 @@ func TestPolicyFrontendsOnEveryAddress(t *testing.T) {
 			t.Errorf("frontend %s = %+v, want flags %s", k, fe, flags)
 		}
 	}
+	if !f.FrontendPorts[30080] || !f.FrontendPorts[80] {
+		t.Errorf("prefilter ports %v: want the NodePort and the service port", f.FrontendPorts)
+	}
 	if len(f.Affinity) != 3 || len(f.Ranges) != 1 {
 		t.Errorf("affinity backends %v, source ranges %v", f.Affinity, f.Ranges)
 	}

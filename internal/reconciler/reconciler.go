@@ -521,6 +521,12 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	if err := r.m.SetFrontendPort(svc.Key.NodePort); err != nil {
 		return nil, nil, err
 	}
+	if len(svc.LoadBalancerIPs)+len(svc.ExternalIPs) > 0 {
+		// Load-balancer and external IPs are served on the service port.
+		if err := r.m.SetFrontendPort(svc.Port); err != nil {
+			return nil, nil, err
+		}
+	}
 	if len(want) > 0xffff {
 		return nil, nil, fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
 	}

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,6 +21,8 @@ type Agent struct {
 	logs   *syncBuffer
 	done   chan struct{}
 	err    error
+	// termIsExit: dying of SIGTERM is a clean stop (a process without a handler for it).
+	termIsExit bool
 }
 
 // AgentOptions say how to run the agent.
@@ -83,6 +86,12 @@ func (a *Agent) Stop() error {
 		_ = a.cmd.Process.Kill()
 		<-a.done
 		return fmt.Errorf("stop agent: no exit 10 s after SIGTERM")
+	}
+	var ee *exec.ExitError
+	if a.termIsExit && errors.As(a.err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+			return nil
+		}
 	}
 	return a.err
 }

@@ -74,6 +74,21 @@ type apiCluster struct {
 
 func startAPICluster(t *testing.T, mode string) *apiCluster {
 	t.Helper()
+	c, kubeconfig := newAPILab(t)
+	a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), XDPMode: mode,
+		Extra: []string{"--kubeconfig", kubeconfig, "--log-level", "debug", "--min-sync-interval", "20ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	c.stopAgentAtCleanup(t)
+	return c
+}
+
+// newAPILab is a lab with pods, node1's 127.0.0.1:6443 relayed to the shared API server, and a
+// namespace of its own; it returns the kubeconfig a proxy on node1 uses.
+func newAPILab(t *testing.T) (*apiCluster, string) {
+	t.Helper()
 	cp := sharedControlPlane(t)
 	client, err := cp.Client()
 	if err != nil {
@@ -102,15 +117,7 @@ func startAPICluster(t *testing.T, mode string) *apiCluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = client.CoreV1().Namespaces().Delete(context.Background(), c.ns, metav1.DeleteOptions{}) })
-
-	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), XDPMode: mode,
-		Extra: []string{"--kubeconfig", kubeconfig, "--log-level", "debug", "--min-sync-interval", "20ms"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.agent = a
-	c.stopAgentAtCleanup(t)
-	return c
+	return c, kubeconfig
 }
 
 func (c *apiCluster) service(name string, ports ...v1.ServicePort) *v1.Service {

@@ -1,0 +1,461 @@
+package lab_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sluicelb/sluice/tools/controlplane"
+	"github.com/sluicelb/sluice/tools/lab"
+)
+
+// Side by side with kube-proxy: each scenario runs on the same lab topology and the same API
+// objects, once with the real kube-proxy (iptables mode) on node1 and once with sluice, and
+// both must show the same outcome from outside: which backends answer, what source address a
+// backend sees, refusal versus drop, stickiness. Subtests are named after the Kubernetes e2e
+// Service tests they mirror; where sluice deliberately differs, the name says so.
+
+const (
+	lbIP  = "203.0.113.10"
+	extIP = "198.51.100.7"
+)
+
+// parity is one proxy's run.
+type parity struct {
+	*apiCluster
+	proxy string
+}
+
+func startParity(t *testing.T, proxy string) *parity {
+	t.Helper()
+	c, kubeconfig := newAPILab(t)
+	p := &parity{apiCluster: c, proxy: proxy}
+	p.ensureNodes(t)
+	// The client reaches load-balancer and external IPs through node1, as a cloud LB would
+	// deliver them.
+	for _, ip := range []string{lbIP, extIP} {
+		c.Client.MustExec(t, "ip", "route", "add", ip+"/32", "via", c.Node1IP.String())
+	}
+	var err error
+	var ready func() error
+	switch proxy {
+	case "kube-proxy":
+		if err := controlplane.Build(); err != nil {
+			t.Fatal(err)
+		}
+		c.agent, err = c.StartKubeProxy(lab.KubeProxyOptions{Binary: filepath.Join(controlplane.Bin(), "kube-proxy"),
+			Kubeconfig: kubeconfig, Mode: "iptables", Extra: []string{"--iptables-min-sync-period", "50ms"}})
+		ready = p.healthz("127.0.0.1:10256", "/healthz")
+	case "sluice":
+		c.agent, err = c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), XDPMode: "native",
+			Extra: []string{"--kubeconfig", kubeconfig, "--min-sync-interval", "20ms"}})
+		ready = p.healthz("127.0.0.1:10249", "/readyz")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.stopAgentAtCleanup(t)
+	c.waitFor(t, proxy+" ready", ready)
+	return p
+}
+
+func (p *parity) healthz(addr, path string) func() error {
+	return func() error {
+		status, body, err := lab.HTTPGetPath(p.Node1, netip.MustParseAddrPort(addr), path)
+		if err == nil && status != 200 {
+			err = fmt.Errorf("%d %s", status, body)
+		}
+		return err
+	}
+}
+
+// ensureNodes creates the Node objects the slices name (cluster-scoped, shared by every lab).
+func (p *parity) ensureNodes(t *testing.T) {
+	t.Helper()
+	for name, ip := range map[string]netip.Addr{"node1": p.Node1IP, "node2": p.Node2IP} {
+		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		_, err := p.client.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		n, err = p.client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: ip.String()}}
+		if _, err := p.client.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// ep is an endpoint on a pod: ready, or serving-terminating, or terminating and not serving.
+func podEP(pod string, state string) discoveryv1.Endpoint {
+	addr, node := "10.244.1.10", "node1"
+	if pod == "pod2" {
+		addr, node = "10.244.2.10", "node2"
+	}
+	t, f := true, false
+	c := discoveryv1.EndpointConditions{Ready: &t, Serving: &t, Terminating: &f}
+	switch state {
+	case "terminating":
+		c = discoveryv1.EndpointConditions{Ready: &f, Serving: &t, Terminating: &t}
+	case "gone":
+		c = discoveryv1.EndpointConditions{Ready: &f, Serving: &f, Terminating: &t}
+	}
+	return discoveryv1.Endpoint{Addresses: []string{addr}, NodeName: &node, Conditions: c}
+}
+
+// create makes service name with one TCP port 80 on nodePort (plus UDP on the same numbers
+// when udp) and a slice with eps, deleted when the test ends (freeing the NodePort).
+func (p *parity) create(t *testing.T, name string, nodePort int32, udp bool, mod func(*v1.Service), eps ...discoveryv1.Endpoint) *v1.Service {
+	t.Helper()
+	svc := p.service(name, v1.ServicePort{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 80, NodePort: nodePort})
+	if udp {
+		svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "udp", Protocol: v1.ProtocolUDP, Port: 80, NodePort: nodePort})
+	}
+	if mod != nil {
+		mod(svc)
+	}
+	ctx := context.Background()
+	created, err := p.client.CoreV1().Services(p.ns).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.client.CoreV1().Services(p.ns).Delete(ctx, name, metav1.DeleteOptions{}) })
+	p.setEndpoints(t, name, udp, eps...)
+	return created
+}
+
+func (p *parity) setEndpoints(t *testing.T, name string, udp bool, eps ...discoveryv1.Endpoint) {
+	t.Helper()
+	tcpName, udpName, tcp, udpProto, p80, p5353 := "tcp", "udp", v1.ProtocolTCP, v1.ProtocolUDP, int32(80), int32(5353)
+	sl := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: p.ns, Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4, Endpoints: eps,
+		Ports: []discoveryv1.EndpointPort{{Name: &tcpName, Protocol: &tcp, Port: &p80}},
+	}
+	if udp {
+		sl.Ports = append(sl.Ports, discoveryv1.EndpointPort{Name: &udpName, Protocol: &udpProto, Port: &p5353})
+	}
+	ctx := context.Background()
+	slices := p.client.DiscoveryV1().EndpointSlices(p.ns)
+	cur, err := slices.Get(ctx, sl.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = slices.Create(ctx, sl, metav1.CreateOptions{})
+	} else if err == nil {
+		sl.ResourceVersion = cur.ResourceVersion
+		_, err = slices.Update(ctx, sl, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *parity) update(t *testing.T, name string, mod func(*v1.Service)) {
+	t.Helper()
+	ctx := context.Background()
+	svc, err := p.client.CoreV1().Services(p.ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod(svc)
+	if _, err := p.client.CoreV1().Services(p.ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// get sends one HTTP request to addr and returns who answered and the source it saw.
+func (p *parity) get(addr netip.AddrPort) (string, netip.AddrPort, error) {
+	body, err := lab.HTTPGet(p.Client, addr)
+	if err != nil {
+		return "", netip.AddrPort{}, err
+	}
+	return lab.ParseReply(body)
+}
+
+// backends sends n requests to addr and counts the answers by backend.
+func (p *parity) backends(addr netip.AddrPort, n int) (map[string]int, error) {
+	seen := map[string]int{}
+	for i := 0; i < n; i++ {
+		who, _, err := p.get(addr)
+		if err != nil {
+			return seen, err
+		}
+		seen[who]++
+	}
+	return seen, nil
+}
+
+func (p *parity) spreadOver(addr netip.AddrPort, want ...string) func() error {
+	return func() error {
+		seen, err := p.backends(addr, 20)
+		if err != nil {
+			return err
+		}
+		if len(seen) != len(want) {
+			return fmt.Errorf("answered by %v, want each of %v", seen, want)
+		}
+		for _, w := range want {
+			if seen[w] == 0 {
+				return fmt.Errorf("answered by %v, want each of %v", seen, want)
+			}
+		}
+		return nil
+	}
+}
+
+func (p *parity) sticky(addr netip.AddrPort) func() error {
+	return func() error {
+		seen, err := p.backends(addr, 20)
+		if err != nil {
+			return err
+		}
+		if len(seen) != 1 {
+			return fmt.Errorf("answered by %v, want one backend", seen)
+		}
+		return nil
+	}
+}
+
+// refusedAt: the connection is refused (RST or ICMP unreachable), at once.
+func (p *parity) refusedAt(addr netip.AddrPort) func() error {
+	return func() error {
+		err := lab.TCPConnect(p.Client, addr, time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%s: %v, want connection refused", addr, err)
+		}
+		return nil
+	}
+}
+
+// droppedAt: the SYN gets no answer at all.
+func (p *parity) droppedAt(addr netip.AddrPort) func() error {
+	return func() error {
+		err := lab.TCPConnect(p.Client, addr, 700*time.Millisecond)
+		var ne interface{ Timeout() bool }
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			return fmt.Errorf("%s: %v, want no answer (timeout)", addr, err)
+		}
+		return nil
+	}
+}
+
+func (p *parity) eventually(t *testing.T, what string, check func() error) {
+	t.Helper()
+	p.within(t, 10*time.Second, p.proxy+": "+what, check)
+}
+
+func np(p *parity, port uint16) netip.AddrPort { return p.nodePort(port) }
+
+func TestParityWithKubeProxy(t *testing.T) {
+	for _, proxy := range []string{"kube-proxy", "sluice"} {
+		t.Run(proxy, func(t *testing.T) {
+			p := startParity(t, proxy)
+			for _, sc := range parityScenarios {
+				if !t.Run(sc.name, func(t *testing.T) { sc.run(t, p) }) && t.Failed() && p.agent.Exited() {
+					t.Fatalf("%s exited:\n%s", proxy, p.agent.Logs())
+				}
+			}
+			if t.Failed() {
+				t.Logf("%s logs:\n%s", proxy, tail(p.agent.Logs(), 60))
+			}
+		})
+	}
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
+}
+
+var parityScenarios = []struct {
+	name string
+	run  func(t *testing.T, p *parity)
+}{
+	{"should be able to create a functioning NodePort service", func(t *testing.T, p *parity) {
+		p.create(t, "functioning", 31001, false, nil, podEP("pod1", "ready"), podEP("pod2", "ready"))
+		p.eventually(t, "both backends answer", p.spreadOver(np(p, 31001), "pod1", "pod2"))
+	}},
+	{"should be rejected when no endpoints exist", func(t *testing.T, p *parity) {
+		p.create(t, "noendpoints", 31002, false, nil)
+		p.eventually(t, "refused", p.refusedAt(np(p, 31002)))
+	}},
+	{"should have session affinity work for NodePort service", func(t *testing.T, p *parity) {
+		p.create(t, "affinity", 31003, false, func(s *v1.Service) { s.Spec.SessionAffinity = v1.ServiceAffinityClientIP },
+			podEP("pod1", "ready"), podEP("pod2", "ready"))
+		p.eventually(t, "one backend for the client", p.sticky(np(p, 31003)))
+	}},
+	{"should have session affinity timeout work for NodePort service", func(t *testing.T, p *parity) {
+		timeout := int32(2)
+		p.create(t, "affinitytimeout", 31004, false, func(s *v1.Service) {
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &timeout}}
+		}, podEP("pod1", "ready"), podEP("pod2", "ready"))
+		p.eventually(t, "one backend for the client", p.sticky(np(p, 31004)))
+		// After the timeout each new connection is a fresh choice: both backends show up.
+		seen := map[string]bool{}
+		for i := 0; i < 10 && len(seen) < 2; i++ {
+			time.Sleep(2500 * time.Millisecond)
+			who, _, err := p.get(np(p, 31004))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[who] = true
+		}
+		if len(seen) != 2 {
+			t.Errorf("after the timeout, still only %v", seen)
+		}
+	}},
+	{"should be able to switch session affinity for NodePort service", func(t *testing.T, p *parity) {
+		p.create(t, "switch", 31005, false, nil, podEP("pod1", "ready"), podEP("pod2", "ready"))
+		addr := np(p, 31005)
+		p.eventually(t, "spread without affinity", p.spreadOver(addr, "pod1", "pod2"))
+		p.update(t, "switch", func(s *v1.Service) { s.Spec.SessionAffinity = v1.ServiceAffinityClientIP })
+		p.eventually(t, "sticky with affinity", p.sticky(addr))
+		p.update(t, "switch", func(s *v1.Service) {
+			s.Spec.SessionAffinity, s.Spec.SessionAffinityConfig = v1.ServiceAffinityNone, nil
+		})
+		p.eventually(t, "spread again", p.spreadOver(addr, "pod1", "pod2"))
+	}},
+	{"should preserve source address with externalTrafficPolicy Local", func(t *testing.T, p *parity) {
+		p.create(t, "local", 31006, false, func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal },
+			podEP("pod1", "ready"), podEP("pod2", "ready"))
+		p.eventually(t, "only the local endpoint, seeing the client", func() error {
+			for i := 0; i < 10; i++ {
+				who, src, err := p.get(np(p, 31006))
+				if err != nil {
+					return err
+				}
+				if who != "pod1" || src.Addr() != p.ClientIP {
+					return fmt.Errorf("answered by %s seeing %s, want pod1 seeing %s", who, src, p.ClientIP)
+				}
+			}
+			return nil
+		})
+	}},
+	{"should drop externalTrafficPolicy Local traffic without a local endpoint", func(t *testing.T, p *parity) {
+		p.create(t, "nolocal", 31007, false, func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal },
+			podEP("pod2", "ready"))
+		p.eventually(t, "dropped, not refused", p.droppedAt(np(p, 31007)))
+	}},
+	{"health check node port fails with only terminating endpoints", func(t *testing.T, p *parity) {
+		svc := p.create(t, "hc", 31008, false, func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}, podEP("pod1", "ready"), podEP("pod2", "ready"))
+		hc := netip.AddrPortFrom(p.Node1IP, uint16(svc.Spec.HealthCheckNodePort))
+		type body struct {
+			Service             struct{ Namespace, Name string }
+			LocalEndpoints      int
+			ServiceProxyHealthy bool
+		}
+		check := func(status, local int) func() error {
+			return func() error {
+				code, text, err := lab.HTTPGetPath(p.Client, hc, "/")
+				if err != nil {
+					return err
+				}
+				var b body
+				if err := json.Unmarshal([]byte(text), &b); err != nil {
+					return fmt.Errorf("body %q: %w", text, err)
+				}
+				if code != status || b.LocalEndpoints != local || b.Service.Name != "hc" || b.Service.Namespace != p.ns || !b.ServiceProxyHealthy {
+					return fmt.Errorf("%d %s, want %d with localEndpoints %d", code, text, status, local)
+				}
+				return nil
+			}
+		}
+		p.eventually(t, "200 with one local endpoint", check(200, 1))
+		p.setEndpoints(t, "hc", false, podEP("pod1", "terminating"), podEP("pod2", "ready"))
+		p.eventually(t, "503 with only a terminating local endpoint", check(503, 0))
+		// Traffic that still arrives goes to the local terminating endpoint (kube-proxy's
+		// fallback), not elsewhere: the client address is kept.
+		p.eventually(t, "served by the terminating pod", p.spreadOver(np(p, 31008), "pod1"))
+	}},
+	{"should fallback to terminating endpoints when there are no ready endpoints", func(t *testing.T, p *parity) {
+		p.create(t, "fallback", 31009, false, nil, podEP("pod1", "terminating"), podEP("pod2", "terminating"))
+		p.eventually(t, "served by the terminating pods", p.spreadOver(np(p, 31009), "pod1", "pod2"))
+		p.setEndpoints(t, "fallback", false, podEP("pod1", "gone"), podEP("pod2", "gone"))
+		p.eventually(t, "refused once none serves", p.refusedAt(np(p, 31009)))
+	}},
+	{"should release NodePorts on delete", func(t *testing.T, p *parity) {
+		p.create(t, "release", 31010, false, nil, podEP("pod1", "ready"))
+		p.eventually(t, "served", p.spreadOver(np(p, 31010), "pod1"))
+		if err := p.client.CoreV1().Services(p.ns).Delete(context.Background(), "release", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Nothing listens on the port on the node itself: the kernel refuses.
+		p.eventually(t, "refused after delete", p.refusedAt(np(p, 31010)))
+	}},
+	{"should serve endpoints on same port and different protocols", func(t *testing.T, p *parity) {
+		p.create(t, "sameport", 31011, true, nil, podEP("pod1", "ready"))
+		p.eventually(t, "TCP served", p.spreadOver(np(p, 31011), "pod1"))
+		p.eventually(t, "UDP served", func() error {
+			body, err := lab.UDPRequest(p.Client, np(p, 31011), "hello")
+			if err != nil {
+				return err
+			}
+			who, _, err := lab.ParseReply(body)
+			if err == nil && who != "pod1" {
+				err = fmt.Errorf("answered by %s", who)
+			}
+			return err
+		})
+	}},
+	{"should only allow access from service loadbalancer source ranges", func(t *testing.T, p *parity) {
+		p.create(t, "ranges", 31012, false, func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.LoadBalancerSourceRanges = []string{p.ClientIP.String() + "/32"}
+		}, podEP("pod1", "ready"), podEP("pod2", "ready"))
+		ctx := context.Background()
+		svc, err := p.client.CoreV1().Services(p.ns).Get(ctx, "ranges", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: lbIP}}
+		if _, err := p.client.CoreV1().Services(p.ns).UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		lb := netip.AddrPortFrom(netip.MustParseAddr(lbIP), 80)
+		p.eventually(t, "the load-balancer IP serves the allowed client", p.spreadOver(lb, "pod1", "pod2"))
+		p.update(t, "ranges", func(s *v1.Service) { s.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24"} })
+		p.eventually(t, "a client outside the ranges is dropped", p.droppedAt(lb))
+		// NodePorts are not restricted by the ranges.
+		p.eventually(t, "the NodePort still serves", p.spreadOver(np(p, 31012), "pod1", "pod2"))
+	}},
+	{"should be able to serve external IPs", func(t *testing.T, p *parity) {
+		p.create(t, "externalip", 31013, false, func(s *v1.Service) { s.Spec.ExternalIPs = []string{extIP} },
+			podEP("pod1", "ready"), podEP("pod2", "ready"))
+		p.eventually(t, "the external IP serves", p.spreadOver(netip.AddrPortFrom(netip.MustParseAddr(extIP), 80), "pod1", "pod2"))
+	}},
+	{"sluice differs: a local endpoint sees the client address under externalTrafficPolicy Cluster", func(t *testing.T, p *parity) {
+		p.create(t, "clusterlocal", 31014, false, nil, podEP("pod1", "ready"))
+		p.eventually(t, "served", p.spreadOver(np(p, 31014), "pod1"))
+		_, src, err := p.get(np(p, 31014))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// kube-proxy masquerades all NodePort traffic under Cluster; sluice only needs to for
+		// remote endpoints (the reply of a local one passes its tc egress program).
+		if p.proxy == "kube-proxy" && src.Addr() == p.ClientIP || p.proxy == "sluice" && src.Addr() != p.ClientIP {
+			t.Errorf("%s: the local pod saw %s", p.proxy, src)
+		}
+	}},
+}
+
