@@ -1,4 +1,4 @@
-# sluice: make deps | generate | build | test | demo | bench
+# sluice: make deps | generate | build | test | test-kernel | demo | bench
 GO      ?= go
 ARCH    := $(shell uname -m)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -7,9 +7,10 @@ export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu
 
 # Debian packages the build, tests and demo use: package:command-or-file-that-proves-it.
 DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
-	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h
+	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h \
+	iptables:iptables-restore wrk:wrk
 
-.PHONY: deps generate check-generate build test demo bench controlplane clean
+.PHONY: deps generate check-generate build test test-kernel demo bench controlplane clean
 
 deps:
 	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
@@ -19,15 +20,15 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# Rebuild the BPF object and its Go bindings (committed, so `go build` needs no clang).
+# Rebuild the BPF objects and their Go bindings (committed, so `go build` needs no clang).
 generate: deps
-	$(GO) generate ./internal/datapath/
+	$(GO) generate ./internal/datapath/ ./tools/pktgen/
 
 # Fails if the committed object is not what the C sources compile to.
 check-generate: generate
-	@git diff --quiet -- internal/datapath/ || { \
-		echo "internal/datapath: committed BPF object or bindings are stale; commit the output of 'make generate'"; \
-		git diff --stat -- internal/datapath/; exit 1; }
+	@git diff --quiet -- internal/datapath/ tools/pktgen/ || { \
+		echo "committed BPF objects or bindings are stale; commit the output of 'make generate'"; \
+		git diff --stat -- internal/datapath/ tools/pktgen/; exit 1; }
 
 build:
 	@mkdir -p bin
@@ -36,6 +37,10 @@ build:
 # Unit, golden-packet (BPF_PROG_TEST_RUN) and end-to-end (netns) tests. Needs root.
 test: deps check-generate build
 	CI=$${CI:-} $(GO) test -count=1 -timeout 30m ./...
+
+# The datapath tests in a qemu guest on Debian's Linux 6.1 (tools/kvm). Needs root.
+test-kernel:
+	GO=$(GO) bash tools/kvm/run.sh
 
 demo: deps build
 	$(GO) run ./tools/demo --agent bin/sluice-agent --sluicectl bin/sluicectl --manifests examples
