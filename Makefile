@@ -8,7 +8,7 @@ export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu
 # Debian packages the build, tests and demo use: package:command-or-file-that-proves-it.
 DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
 	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h \
-	iptables:iptables-restore wrk:wrk
+	iptables:iptables-restore nftables:nft wrk:wrk
 
 .PHONY: deps generate check-generate build test test-kernel demo bench controlplane clean
 

@@ -13,6 +13,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "stats.h"
 
 /* How often an entry's last_seen is rewritten: saves a cache-line write per packet. */
 #define CT_REFRESH_NS NSEC_PER_SEC
@@ -135,7 +136,8 @@ static __always_inline void ct_touch(const struct pkt *p, struct ct_entry *e, __
 		return; /* the tuple belongs to another flow now: leave it alone */
 	pv.flags = (pv.flags & ~CT_F_STATE) | (e->flags & CT_F_STATE);
 	pv.last_seen = now;
-	bpf_map_update_elem(&sluice_ct, &pk, &pv, BPF_NOEXIST);
+	if (bpf_map_update_elem(&sluice_ct, &pk, &pv, BPF_NOEXIST) == 0)
+		count_reason(REASON_CT_PEER_LOST);
 }
 
 /* Whether a reverse tuple may be claimed for a new flow: nobody holds it, or its flow is dead

@@ -111,6 +111,8 @@ enum reason {
 	REASON_DROP_CT_COLLISION,   /* a local backend's reply tuple is held by another flow */
 	REASON_DROP_SOURCE_RANGE,   /* source outside the service's loadBalancerSourceRanges */
 	REASON_DROP_NO_LOCAL,       /* externalTrafficPolicy Local, no endpoint on this node */
+	REASON_CT_PEER_LOST,        /* not a verdict: a live flow's other entry was gone (the
+				     * LRU evicted it from a full table) and was recreated */
 	REASON_MAX,
 };
 

@@ -12,7 +12,7 @@ static __always_inline void count_reason(__u32 reason)
 	struct trace_record *t = trace_rec();
 	if (t) {
 		t->reason = reason + 1;
-		if (reason >= REASON_DROP_SNAT_EXHAUSTED)
+		if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason != REASON_CT_PEER_LOST)
 			t->stage = TRACE_DROP;
 		else if (reason == REASON_PASS_TO_TC)
 			t->stage = TRACE_TO_TC;

@@ -175,14 +175,19 @@ func TestConntrackPeersRefreshAndRecreate(t *testing.T) {
 		t.Fatalf("client entry expired under a live flow: port %d, want %d", got, snat)
 	}
 
-	// The LRU evicts the reverse entry: the next forward packet (a second later) recreates it.
+	// The LRU evicts the reverse entry: the next forward packet (a second later) recreates it,
+	// and counts it.
 	if err := e.dp.Objs.SluiceCt.Delete(&rk); err != nil {
 		t.Fatal(err)
 	}
 	e.age(t, fk, 2)
+	lost := e.reasons(t)[datapath.SluiceReasonREASON_CT_PEER_LOST]
 	e.xdp(t, udp(43200), xdpTX)
 	if rev, ok := e.ct(t, rk); !ok || rev.Flags != ctIngress|ctReply || maps.PortFrom16(rev.NatDport) != 43200 {
 		t.Fatalf("reverse entry not recreated: %+v %v", rev, ok)
+	}
+	if got := e.reasons(t)[datapath.SluiceReasonREASON_CT_PEER_LOST]; got != lost+1 {
+		t.Errorf("ct_peer_lost %d -> %d, want +1", lost, got)
 	}
 
 	// A reverse tuple taken over by another flow is left alone.
@@ -236,5 +241,35 @@ func TestEgressIgnoresIngressEntries(t *testing.T) {
 	ret, got := e.run(t, e.dp.Objs.SluiceTcEgress, false, in)
 	if ret != tcOK || string(got[:len(in)]) != string(in) {
 		t.Errorf("egress rewrote a packet matching an ingress-only entry (verdict %d)", ret)
+	}
+}
+
+// A full table (an LRU) never refuses a new flow: the least recently used entries go. A flow
+// whose entry went loses its translation; its next TCP segment is left to the kernel and
+// counted (pass_no_flow), which is what a user sees.
+func TestConntrackFullEvictsLeastRecentlyUsed(t *testing.T) {
+	e := newEnvWith(t, datapath.Config{MaxConntrack: 64})
+	for sport := uint16(44000); sport < 44100; sport++ {
+		e.xdp(t, e.tcp(sport, true, false, false, false), xdpTX)
+	}
+	n := 0
+	var k datapath.SluiceCtKey
+	var v datapath.SluiceCtEntry
+	for it := e.dp.Objs.SluiceCt.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n > 64 {
+		t.Fatalf("%d entries in a 64-entry table", n)
+	}
+	if _, ok := e.ct(t, ctKey(ap(clientIP, 44099), ap(nodeIP, 30080), 6)); !ok {
+		t.Error("the newest flow was evicted")
+	}
+	if _, ok := e.ct(t, ctKey(ap(clientIP, 44000), ap(nodeIP, 30080), 6)); ok {
+		t.Fatal("the oldest of 100 flows (200 entries) is still in a 64-entry table")
+	}
+	before := e.reasons(t)[datapath.SluiceReasonREASON_PASS_NO_FLOW]
+	e.xdp(t, e.tcp(44000, false, true, false, false), xdpPass)
+	if got := e.reasons(t)[datapath.SluiceReasonREASON_PASS_NO_FLOW]; got != before+1 {
+		t.Errorf("pass_no_flow %d -> %d for an evicted flow's segment", before, got)
 	}
 }

@@ -129,7 +129,8 @@ const (
 	SluiceReasonREASON_DROP_CT_COLLISION   SluiceReason = 12
 	SluiceReasonREASON_DROP_SOURCE_RANGE   SluiceReason = 13
 	SluiceReasonREASON_DROP_NO_LOCAL       SluiceReason = 14
-	SluiceReasonREASON_MAX                 SluiceReason = 15
+	SluiceReasonREASON_CT_PEER_LOST        SluiceReason = 15
+	SluiceReasonREASON_MAX                 SluiceReason = 16
 )
 
 type SluiceSlotKey struct {

@@ -144,6 +144,7 @@ var ReasonNames = map[Reason]string{
 	datapath.SluiceReasonREASON_DROP_REJECT_FAILED:  "drop_reject_failed",
 	datapath.SluiceReasonREASON_DROP_SOURCE_RANGE:   "drop_source_range",
 	datapath.SluiceReasonREASON_DROP_NO_LOCAL:       "drop_no_local_endpoint",
+	datapath.SluiceReasonREASON_CT_PEER_LOST:        "ct_peer_lost",
 }
 
 // Maps is what the reconciler writes and restores from. Every write is idempotent.

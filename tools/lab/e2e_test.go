@@ -549,7 +549,8 @@ func xdpProgID(t *testing.T, c *cluster) string {
 }
 
 // The agent needs no more than the capabilities the DaemonSet grants (BPF, NET_ADMIN,
-// SYS_ADMIN, PERFMON): run with every other one dropped from its bounding set, it serves.
+// SYS_ADMIN, PERFMON): run with every other one dropped from its bounding set, it serves; and it
+// leaves the node's iptables and nftables empty.
 func TestE2EAgentWithOnlyItsCapabilities(t *testing.T) {
 	testutil.RequirePrivileges(t)
 	l := lab.UpForTest(t)
@@ -568,6 +569,14 @@ func TestE2EAgentWithOnlyItsCapabilities(t *testing.T) {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.PID()))
 	if err != nil || !strings.Contains(string(status), "CapBnd:\t000000c000201000") {
 		t.Errorf("agent's bounding set is not just BPF, NET_ADMIN, SYS_ADMIN, PERFMON: %v\n%s", err, status)
+	}
+	// Nothing of the agent's in the node's packet filter: no iptables rule, no nftables table
+	// (kube-proxy's are what users migrate away from; ours would collide with them).
+	if out := l.Node1.MustExec(t, "iptables-save"); strings.Contains(out, "-A ") || strings.Contains(out, ":KUBE") {
+		t.Errorf("iptables rules on the node:\n%s", out)
+	}
+	if out := l.Node1.MustExec(t, "nft", "list", "ruleset"); strings.TrimSpace(out) != "" {
+		t.Errorf("nftables ruleset on the node:\n%s", out)
 	}
 }
 
