@@ -66,8 +66,9 @@ func StartBackend(ns *testutil.Netns, name string, tcpPorts, udpPorts []uint16) 
 		_, _ = io.WriteString(w, reply(name, r.RemoteAddr))
 	})
 	for _, ln := range lns {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: Timeout}
-		srv.SetKeepAlivesEnabled(false)
+		// Keep-alive on, as real servers: wrk's keep-alive load reuses connections (the lab's
+		// own clients open one per request).
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: Timeout, IdleTimeout: 30 * time.Second}
 		b.servers = append(b.servers, srv)
 		b.wg.Go(func() { _ = srv.Serve(ln) })
 	}

@@ -57,6 +57,8 @@ type loadCluster struct {
 	*cluster
 	streams []*lab.Stream
 	load    *lab.Load
+	wrk     []*lab.Wrk
+	wrkMode []string
 }
 
 func startLoadCluster(t *testing.T, mode string) *loadCluster {
@@ -94,6 +96,29 @@ func startLoadClusterWith(t *testing.T, agent, mode string) *loadCluster {
 	return c
 }
 
+// startWrk adds wrk's load for d: two keep-alive connections, and, with newConns, one opening
+// a new connection per request (about 4000 a second here: half of them to the remote backend,
+// which a minute of would take more SNAT ports than the range holds).
+func (c *loadCluster) startWrk(t *testing.T, d time.Duration, newConns bool) {
+	t.Helper()
+	url := "http://" + c.nodePort(30060).String() + "/"
+	modes := []bool{true}
+	if newConns {
+		modes = append(modes, false)
+	}
+	for _, keepAlive := range modes {
+		conns, mode := 2, "keep-alive"
+		if !keepAlive {
+			conns, mode = 1, "new connection per request"
+		}
+		w, err := lab.StartWrk(c.Client, url, d, conns, keepAlive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.wrk, c.wrkMode = append(c.wrk, w), append(c.wrkMode, mode)
+	}
+}
+
 // pingStreams checks every stream still reaches the backend it started with.
 func (c *loadCluster) pingStreams(t *testing.T, when string) {
 	t.Helper()
@@ -118,6 +143,19 @@ func (c *loadCluster) finish(t *testing.T) {
 	var st cli.StatsJSON
 	c.sluicectlJSON(t, &st, "stats")
 	t.Logf("%d requests, %d failed; %d streams kept (%v); datapath: %v", ok+failed, failed, len(c.streams), byBackend, nonZero(st.Reasons))
+	for i, w := range c.wrk {
+		mode := c.wrkMode[i]
+		r, err := w.Wait()
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if r.Failed() != 0 || r.Requests == 0 {
+			t.Errorf("wrk (%s): %d requests, %d failed:\n%s", mode, r.Requests, r.Failed(), r.Output)
+			continue
+		}
+		t.Logf("wrk (%s): %d requests, 0 failed", mode, r.Requests)
+	}
 }
 
 // Endpoints come and go every 100 ms under load: no request to a backend that stays fails, and
@@ -129,6 +167,7 @@ func TestE2EEndpointChurnUnderLoad(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("SLUICE_CHURN_SECONDS")); err == nil && v > 0 {
 		seconds = v
 	}
+	c.startWrk(t, time.Duration(seconds)*time.Second, false)
 	deadline := time.Now().Add(time.Duration(seconds) * time.Second)
 	manifest := filepath.Join(c.manifests, "churn.yaml")
 	for i := 0; time.Now().Before(deadline); i++ {
@@ -146,6 +185,7 @@ func TestE2EEndpointChurnUnderLoad(t *testing.T) {
 // stream survives.
 func TestE2ERestartUnderLoad(t *testing.T) {
 	c := startLoadCluster(t, "native")
+	c.startWrk(t, 5*time.Second, true)
 	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		time.Sleep(300 * time.Millisecond)
 		if how == "SIGTERM" {
@@ -211,6 +251,7 @@ func previousAgent(t *testing.T) string {
 func TestE2EUpgradeUnderLoad(t *testing.T) {
 	old := previousAgent(t)
 	c := startLoadClusterWith(t, old, "native")
+	c.startWrk(t, 4*time.Second, true)
 	time.Sleep(500 * time.Millisecond)
 	if err := c.agent.Stop(); err != nil {
 		t.Fatal(err)
