@@ -2,11 +2,13 @@ package datapath_test
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -283,5 +285,76 @@ func TestPolicySNATAddressOfLoadBalancerIP(t *testing.T) {
 	rdst, _ := netip.AddrFromSlice(back[30:34])
 	if rsrc != lbIP || rdst != clientIP || uint16(back[34])<<8|uint16(back[35]) != 80 {
 		t.Fatalf("reply %s -> %s, want %s:80 -> %s", rsrc, rdst, lbIP, clientIP)
+	}
+}
+
+// Maglev's promise, measured on flows through the program: removing one of N backends moves
+// the flows of that backend and, of the others', only a small margin. The program is loaded in
+// trace mode (no conntrack entries), so each run decides every flow afresh.
+func TestPolicyMaglevRemovalMovesFewFlows(t *testing.T) {
+	const n, flows = 10, 10000
+	node := testutil.NewNode(t, "sl-maglev-", nodeIP, nil)
+	dp, err := datapath.Load(datapath.Config{Trace: true}, nil)
+	must(t, err)
+	t.Cleanup(func() { dp.Close() })
+	e := &env{ns: node.Netns, ifindex: node.Ifindex, nodeMAC: node.MAC, dp: dp, m: maps.NewKernel(&dp.Objs.SluiceMaps)}
+
+	var keys []string
+	var ids []uint32
+	for i := 1; i <= n; i++ {
+		addr := netip.AddrFrom4([4]byte{10, 244, 1, byte(i)})
+		must(t, e.m.UpdateBackend(uint32(i), maps.Backend{Addr: addr, Port: 80, Local: true}))
+		keys, ids = append(keys, netip.AddrPortFrom(addr, 80).String()), append(ids, uint32(i))
+	}
+	setTable := func(keys []string, ids []uint32) {
+		idx, err := maglev.Table(keys, nil, maps.DefaultMaglevSize)
+		must(t, err)
+		table := make([]uint32, len(idx))
+		for i, j := range idx {
+			table[i] = ids[j]
+		}
+		must(t, e.m.UpdateMaglev(40, table))
+	}
+	setTable(keys, ids)
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30110, Proto: maps.TCP}, maps.Frontend{ServiceID: 40, Count: n, Flags: maps.FrontendMaglev}))
+	must(t, e.m.SetFrontendPort(30110))
+
+	pick := func() []netip.Addr {
+		out := make([]netip.Addr, flows)
+		for i := range out {
+			src := netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)})
+			p := e.fromClient(layers.IPProtocolTCP, uint16(1024+i%50000), 30110)
+			p.Src, p.SYN, p.Payload = ap(src, uint16(1024+i%50000)), true, nil
+			ret, got := e.run(t, e.dp.Objs.SluiceXdp, true, p.Bytes())
+			if ret != xdpPass {
+				t.Fatalf("flow %d: verdict %d", i, ret)
+			}
+			out[i], _ = netip.AddrFromSlice(got[30:34])
+		}
+		return out
+	}
+	before := pick()
+	removed := netip.MustParseAddr("10.244.1.5")
+	setTable(append(slices.Clone(keys[:4]), keys[5:]...), append(slices.Clone(ids[:4]), ids[5:]...))
+	after := pick()
+
+	var onRemoved, moved int
+	for i := range before {
+		switch {
+		case before[i] == removed:
+			onRemoved++
+		case after[i] != before[i]:
+			moved++
+		}
+		if after[i] == removed {
+			t.Fatalf("flow %d still goes to the removed backend", i)
+		}
+	}
+	total := float64(onRemoved+moved) / flows
+	t.Logf("%d flows over %d backends; removing one moved %.2f%% of all flows: its own %.2f%% and %.2f%% of the others'",
+		flows, n, 100*total, 100*float64(onRemoved)/flows, 100*float64(moved)/flows)
+	// 1/N plus a margin: the table itself moves about 0.5% of the others' entries (internal/maglev).
+	if total > 1.0/n+0.02 || float64(moved)/flows > 0.02 {
+		t.Errorf("moved %.2f%% of flows (%d of the other backends'): want at most 1/N + 2%%", 100*total, moved)
 	}
 }
