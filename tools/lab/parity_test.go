@@ -230,6 +230,20 @@ func (p *parity) sticky(addr netip.AddrPort) func() error {
 	}
 }
 
+func (p *parity) udpAnsweredBy(addr netip.AddrPort, want string) func() error {
+	return func() error {
+		body, err := lab.UDPRequest(p.Client, addr, "hello")
+		if err != nil {
+			return err
+		}
+		who, _, err := lab.ParseReply(body)
+		if err == nil && who != want {
+			err = fmt.Errorf("answered by %s, want %s", who, want)
+		}
+		return err
+	}
+}
+
 // refusedAt: the connection is refused (RST or ICMP unreachable), at once.
 func (p *parity) refusedAt(addr netip.AddrPort) func() error {
 	return func() error {
@@ -406,17 +420,18 @@ var parityScenarios = []struct {
 	{"should serve endpoints on same port and different protocols", func(t *testing.T, p *parity) {
 		p.create(t, "sameport", 31011, true, nil, podEP("pod1", "ready"))
 		p.eventually(t, "TCP served", p.spreadOver(np(p, 31011), "pod1"))
-		p.eventually(t, "UDP served", func() error {
-			body, err := lab.UDPRequest(p.Client, np(p, 31011), "hello")
-			if err != nil {
-				return err
+		p.eventually(t, "UDP served", p.udpAnsweredBy(np(p, 31011), "pod1"))
+	}},
+	{"should be able to update service type to NodePort listening on same port number but different protocols", func(t *testing.T, p *parity) {
+		p.create(t, "totype", 0, true, func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeClusterIP }, podEP("pod1", "ready"))
+		p.update(t, "totype", func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeNodePort
+			for i := range s.Spec.Ports {
+				s.Spec.Ports[i].NodePort = 31015
 			}
-			who, _, err := lab.ParseReply(body)
-			if err == nil && who != "pod1" {
-				err = fmt.Errorf("answered by %s", who)
-			}
-			return err
 		})
+		p.eventually(t, "TCP served", p.spreadOver(np(p, 31015), "pod1"))
+		p.eventually(t, "UDP served", p.udpAnsweredBy(np(p, 31015), "pod1"))
 	}},
 	{"should only allow access from service loadbalancer source ranges", func(t *testing.T, p *parity) {
 		p.create(t, "ranges", 31012, false, func(s *v1.Service) {
