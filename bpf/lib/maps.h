@@ -98,10 +98,11 @@ enum reason {
 	REASON_PASS_FRAGMENT,       /* IPv4 fragment: we never rewrite a fragment */
 	REASON_PASS_TO_TC,          /* XDP left it to tc: next hop unresolved, VLAN tag, or an
 				     * egress device XDP cannot transmit on */
-	REASON_PASS_NO_FLOW,        /* TCP segment other than SYN to a frontend, no flow: the
-				     * kernel answers it (only a SYN opens a flow) */
+	REASON_PASS_NO_FLOW,        /* TCP segment other than SYN (SCTP packet without INIT) to a
+				     * frontend, no flow: the kernel answers it (only a SYN opens
+				     * a flow) */
 	REASON_REJECT_TCP,          /* no endpoint: TCP RST sent */
-	REASON_REJECT_UDP,          /* no endpoint: ICMP port unreachable sent */
+	REASON_REJECT_UDP,          /* no endpoint: ICMP port unreachable sent (UDP, SCTP) */
 	REASON_DROP_SNAT_EXHAUSTED, /* no free SNAT port to this backend */
 	REASON_DROP_NO_BACKEND,     /* slot or backend missing (agent mid-update) */
 	REASON_DROP_FIB,            /* no route to the backend or client */

@@ -33,9 +33,12 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 	struct iphdr *iph = data + (p->l3_off & 0x1f);
 	if ((void *)(iph + 1) > data_end)
 		return -1;
-	/* Ports are the first 4 bytes of both TCP and UDP; the checksum is at 16 (TCP) / 6 (UDP). */
+	/* Ports are the first 4 bytes of TCP, UDP and SCTP; the checksum is at 16 (TCP), 6 (UDP),
+	 * 8 (SCTP). */
 	void *l4 = data + (p->l4_off & 0x7f);
 	if (l4 + sizeof(struct tcphdr) > data_end && p->proto == IPPROTO_TCP)
+		return -1;
+	if (l4 + sizeof(struct sctphdr) > data_end && p->proto == IPPROTO_SCTP)
 		return -1;
 	if (l4 + sizeof(struct udphdr) > data_end)
 		return -1;
@@ -57,6 +60,19 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 	iph->saddr = to->saddr;
 	iph->daddr = to->daddr;
 	iph->check = csum_apply(iph->check, ip_diff);
+	if (p->proto == IPPROTO_SCTP) {
+		/* CRC32c over the SCTP packet only (no pseudo-header): the ports' change, at XDP and
+		 * tc alike. (A local sender that offloads the CRC leaves it to be computed later; on
+		 * a device's wire it is always there.) */
+		struct sctphdr *sh = l4;
+		__u32 old = *(__u32 *)l4;
+		ports[0] = to->sport;
+		ports[1] = to->dport;
+		__u32 delta = old ^ *(__u32 *)l4;
+		if (delta)
+			sh->checksum ^= crc32c_port_delta(delta, p->ip_len - p->ihl * 4);
+		return 0;
+	}
 	ports[0] = to->sport;
 	ports[1] = to->dport;
 

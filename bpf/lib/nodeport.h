@@ -174,10 +174,11 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		}
 		return reject(ctx, xdp, &p, fe->svc_id);
 	}
-	/* Only a SYN opens a TCP flow: anything else lost its flow (or never had one) and a new
+	/* Only a SYN opens a TCP flow (an INIT an SCTP one): anything else lost its flow (or never
+	 * had one) and a new
 	 * backend would not know it. The kernel answers it, or kube-proxy's rules still there
 	 * during a migration take it. */
-	if (p.proto == IPPROTO_TCP && !syn) {
+	if ((p.proto == IPPROTO_TCP && !syn) || (p.proto == IPPROTO_SCTP && !(p.tcp_flags & TCP_F_SYN))) {
 		count_reason(REASON_PASS_NO_FLOW);
 		return VERDICT_PASS(xdp);
 	}

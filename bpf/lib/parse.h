@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* parse.h: Ethernet (one VLAN tag), IPv4 (with options), TCP and UDP, with a bounds check before
+/* parse.h: Ethernet (one VLAN tag), IPv4 (with options), TCP, UDP and SCTP, with a bounds check before
  * every read. The result is a struct pkt of offsets and header fields, so later stages can
  * re-derive pointers after a helper has invalidated them. */
 #ifndef SLUICE_PARSE_H
 #define SLUICE_PARSE_H
 
 #include "ctx.h"
+#include "sctp.h"
 
 #ifndef ETH_P_8021Q
 #define ETH_P_8021Q 0x8100
@@ -29,7 +30,7 @@ struct vlan_hdr {
 enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NOT_IPV4,   /* ARP, IPv6, ...: not ours */
-	PARSE_OTHER_L4,   /* ICMP, SCTP, ...: not ours (yet) */
+	PARSE_OTHER_L4,   /* ICMP, ...: not ours */
 	PARSE_MALFORMED,  /* truncated or inconsistent headers: passed untouched, counted */
 	PARSE_FRAGMENT,   /* IPv4 fragment: passed untouched, counted */
 };
@@ -45,7 +46,7 @@ struct pkt {
 	__be16 dport;
 	__u16 ip_len;     /* IPv4 total length */
 	__u8 proto;
-	__u8 tcp_flags;   /* TCP_F_* below */
+	__u8 tcp_flags;   /* TCP_F_* below; for SCTP, TCP_F_SYN marks an INIT chunk */
 	__u8 tos;
 	__u8 ihl;
 	__u8 vlan;        /* 1 if the frame carries a VLAN tag */
@@ -105,7 +106,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;
 
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
 		return PARSE_OTHER_L4;
 
 	/* The verifier needs l4 bounded; hlen <= 60 already holds. */
@@ -120,6 +121,17 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 		p->dport = th->dest;
 		p->tcp_flags = (th->fin ? TCP_F_FIN : 0) | (th->syn ? TCP_F_SYN : 0) |
 			       (th->rst ? TCP_F_RST : 0) | (th->ack ? TCP_F_ACK : 0);
+	} else if (p->proto == IPPROTO_SCTP) {
+		/* The common header, and the first chunk's type: only an INIT opens a flow. */
+		struct sctphdr *sh = l4;
+		__u8 *chunk = (void *)(sh + 1);
+		if ((void *)(sh + 1) > data_end || ip_len < hlen + sizeof(*sh) + 4)
+			return PARSE_MALFORMED;
+		if ((void *)(chunk + 1) > data_end)
+			return PARSE_MALFORMED;
+		p->sport = sh->source;
+		p->dport = sh->dest;
+		p->tcp_flags = *chunk == SCTP_CHUNK_INIT ? TCP_F_SYN : 0;
 	} else {
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > data_end)

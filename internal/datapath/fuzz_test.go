@@ -22,6 +22,7 @@ import (
 // the seed corpus; `go test -fuzz FuzzXDP ./internal/datapath/` runs it for real.
 func FuzzXDP(f *testing.F) {
 	e := newEnv(f)
+	e.sctpServices(f)
 	for _, seed := range fuzzSeeds(e) {
 		f.Add(seed)
 	}
@@ -53,6 +54,11 @@ func fuzzSeeds(e *env) [][]byte {
 			seeds = append(seeds, p.Bytes())
 		}
 	}
+	for _, port := range []uint16{30868, 30869, 30870} {
+		for _, chunk := range []byte{sctpInit, sctpData} {
+			seeds = append(seeds, testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 40000), ap(nodeIP, port), chunk, 24))
+		}
+	}
 	reply := e.fromClient(layers.IPProtocolTCP, 0, 0)
 	reply.SrcMAC, reply.Src, reply.Dst, reply.ACK = backendMAC, ap(backendIP, 8080), ap(nodeIP, 61234), true
 	return append(seeds, reply.Bytes(), []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x08, 0x00, 0x45})
@@ -80,7 +86,7 @@ func tupleOf(frame []byte) (src, dst netip.AddrPort, proto uint8, ok bool) {
 		return
 	}
 	proto = ip[9]
-	if proto != 6 && proto != 17 {
+	if proto != 6 && proto != 17 && proto != 132 {
 		return
 	}
 	s := netip.AddrFrom4([4]byte(ip[12:16]))
@@ -103,7 +109,7 @@ func checkVerdict(e *env, in []byte, ret uint32, out []byte, before, after map[m
 			return nil
 		}
 		// The one rewrite passed to the stack: a new or known flow to the local backend.
-		if _, dst, _, ok := tupleOf(out); !ok || dst != ap(podIP, 80) {
+		if _, dst, _, ok := tupleOf(out); !ok || dst != ap(podIP, 80) && dst != ap(podIP, 3868) {
 			return fmt.Errorf("passed a rewritten frame that is no local-backend DNAT")
 		}
 		return checkTranslation(e, in, out)

@@ -277,8 +277,10 @@ func protoOf(p v1.Protocol) (maps.Proto, error) {
 		return maps.TCP, nil
 	case v1.ProtocolUDP:
 		return maps.UDP, nil
+	case v1.ProtocolSCTP:
+		return maps.SCTP, nil
 	}
-	return 0, fmt.Errorf("protocol %q is not supported (TCP and UDP are)", p)
+	return 0, fmt.Errorf("protocol %q is not supported (TCP, UDP and SCTP are)", p)
 }
 
 // policyOf reads a service's policy fields, shared by all its ports.

@@ -134,9 +134,9 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name:     "invalid ports are reported by name and skipped, the rest served",
-			svcs:     []*v1.Service{service("bad", v1.ServiceTypeNodePort, port("sctp", v1.ProtocolSCTP, 30200), port("low", tcp, 80), port("ok", tcp, 30201))},
-			want:     map[ServiceKey][]maps.Backend{{30201, maps.TCP}: nil},
-			problems: []string{`Service default/bad: port "sctp": protocol "SCTP"`, `Service default/bad: port "low": nodePort 80 outside`},
+			svcs:     []*v1.Service{service("bad", v1.ServiceTypeNodePort, port("quic", "QUIC", 30200), port("low", tcp, 80), port("ok", tcp, 30201), port("sctp", v1.ProtocolSCTP, 30202))},
+			want:     map[ServiceKey][]maps.Backend{{30201, maps.TCP}: nil, {30202, maps.SCTP}: nil},
+			problems: []string{`Service default/bad: port "quic": protocol "QUIC"`, `Service default/bad: port "low": nodePort 80 outside`},
 		},
 		{
 			name: "a NodePort claimed twice goes to the older service",

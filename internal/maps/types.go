@@ -15,8 +15,9 @@ import (
 type Proto uint8
 
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	TCP  Proto = 6
+	UDP  Proto = 17
+	SCTP Proto = 132
 )
 
 func (p Proto) String() string {
@@ -25,6 +26,8 @@ func (p Proto) String() string {
 		return "TCP"
 	case UDP:
 		return "UDP"
+	case SCTP:
+		return "SCTP"
 	}
 	return fmt.Sprintf("proto-%d", uint8(p))
 }

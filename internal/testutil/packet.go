@@ -3,6 +3,7 @@ package testutil
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"net"
 	"net/netip"
 
@@ -165,8 +166,51 @@ func VerifyChecksums(frame []byte) error {
 		if c := Checksum(l4, 0); c != 0 {
 			return fmt.Errorf("ICMP checksum wrong (residue %#04x)", c)
 		}
+	case 132:
+		if len(l4) < 12 {
+			return fmt.Errorf("SCTP header truncated")
+		}
+		if got, want := binary.LittleEndian.Uint32(l4[8:]), SCTPChecksum(l4); got != want {
+			return fmt.Errorf("SCTP CRC32c %#08x, want %#08x", got, want)
+		}
 	}
 	return nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// SCTPChecksum is the CRC32c of an SCTP packet (RFC 9260 appendix A), computed with its
+// checksum field as zero, as it is stored: little endian.
+func SCTPChecksum(sctp []byte) uint32 {
+	b := append([]byte(nil), sctp...)
+	b[8], b[9], b[10], b[11] = 0, 0, 0, 0
+	return crc32.Checksum(b, castagnoli)
+}
+
+// SCTPFrame is an Ethernet frame carrying an SCTP packet from src to dst with one chunk of
+// type chunkType and payload bytes of chunk value, with valid checksums.
+func SCTPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.AddrPort, chunkType byte, payload int) []byte {
+	chunkLen := 4 + payload
+	sctp := make([]byte, 12+(chunkLen+3)&^3)
+	binary.BigEndian.PutUint16(sctp[0:], src.Port())
+	binary.BigEndian.PutUint16(sctp[2:], dst.Port())
+	binary.BigEndian.PutUint32(sctp[4:], 0x1234abcd) // verification tag
+	sctp[12] = chunkType
+	binary.BigEndian.PutUint16(sctp[14:], uint16(chunkLen))
+	for i := 0; i < payload; i++ {
+		sctp[16+i] = byte(i * 7)
+	}
+	binary.LittleEndian.PutUint32(sctp[8:], SCTPChecksum(sctp))
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, 132
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(sctp)))
+	binary.BigEndian.PutUint16(ip[4:], 7)
+	s4, d4 := src.Addr().As4(), dst.Addr().As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip, 0))
+	frame := append(append(append(append([]byte(nil), dstMAC...), srcMAC...), 0x08, 0x00), ip...)
+	return append(frame, sctp...)
 }
 
 // VerifyIPv4Header checks only the IPv4 header checksum of an Ethernet frame.

@@ -1,0 +1,143 @@
+package datapath_test
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+// SCTP NodePorts: an INIT opens a flow, ports and addresses are translated both ways with the
+// CRC32c updated for the new ports (addresses are outside it), a packet without a flow that is
+// no INIT is the kernel's, and no endpoint is refused with ICMP port unreachable.
+
+const (
+	sctpInit    = 1
+	sctpInitAck = 2
+	sctpData    = 0
+)
+
+func (e *env) sctpServices(t testing.TB) {
+	t.Helper()
+	must(t, e.m.UpdateBackend(60, maps.Backend{Addr: backendIP, Port: 3868}))
+	must(t, e.m.UpdateBackend(61, maps.Backend{Addr: podIP, Port: 3868, Local: true}))
+	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 60, Slot: 1}, 60))
+	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 61, Slot: 1}, 61))
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30868, Proto: maps.SCTP}, maps.Frontend{ServiceID: 60, Count: 1}))
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30869, Proto: maps.SCTP}, maps.Frontend{ServiceID: 61, Count: 1}))
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30870, Proto: maps.SCTP}, maps.Frontend{ServiceID: 62}))
+	for _, p := range []uint16{30868, 30869, 30870} {
+		must(t, e.m.SetFrontendPort(p))
+	}
+	must(t, e.m.SetBackendPort(3868))
+}
+
+// sctpTuple reads an SCTP frame's addresses and ports.
+func sctpTuple(t *testing.T, f []byte) (src, dst netip.AddrPort) {
+	t.Helper()
+	if err := testutil.VerifyChecksums(f); err != nil {
+		t.Fatalf("checksums: %v\n%s", err, testutil.Decode(f))
+	}
+	s, _ := netip.AddrFromSlice(f[26:30])
+	d, _ := netip.AddrFromSlice(f[30:34])
+	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(f[34:])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(f[36:]))
+}
+
+func TestSCTPRemoteBackend(t *testing.T) {
+	e := newEnv(t)
+	e.sctpServices(t)
+	client := ap(clientIP, 40000)
+	for _, payload := range []int{0, 1, 37, 400, 1400} {
+		client = ap(clientIP, client.Port()+1)
+		in := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30868), sctpInit, payload)
+		out := e.xdp(t, in, xdpTX)
+		src, dst := sctpTuple(t, out)
+		if src.Addr() != nodeIP || dst != ap(backendIP, 3868) {
+			t.Fatalf("payload %d: INIT forwarded %s -> %s, want %s:SNAT -> %s:3868", payload, src, dst, nodeIP, backendIP)
+		}
+		if len(out) < len(in) || string(out[46:len(in)]) != string(in[46:]) {
+			t.Fatalf("payload %d: the chunks were changed", payload)
+		}
+
+		back := testutil.SCTPFrame(backendMAC, e.nodeMAC, ap(backendIP, 3868), src, sctpInitAck, payload+8)
+		rsrc, rdst := sctpTuple(t, e.xdp(t, back, xdpTX))
+		if rsrc != ap(nodeIP, 30868) || rdst != client {
+			t.Fatalf("payload %d: INIT-ACK returned %s -> %s, want %s:30868 -> %s", payload, rsrc, rdst, nodeIP, client)
+		}
+		// Later packets of the association follow the flow.
+		data := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30868), sctpData, payload+3)
+		if s2, d2 := sctpTuple(t, e.xdp(t, data, xdpTX)); s2 != src || d2 != dst {
+			t.Fatalf("DATA went %s -> %s, not the INIT's %s -> %s", s2, d2, src, dst)
+		}
+	}
+}
+
+func TestSCTPLocalBackendAndEgress(t *testing.T) {
+	e := newEnv(t)
+	e.sctpServices(t)
+	client := ap(clientIP, 41000)
+	in := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30869), sctpInit, 64)
+	src, dst := sctpTuple(t, e.xdp(t, in, xdpPass))
+	if src != client || dst != ap(podIP, 3868) {
+		t.Fatalf("INIT to the local pod: %s -> %s", src, dst)
+	}
+	// The pod's reply leaves through the device: tc egress restores the frontend.
+	reply := testutil.SCTPFrame(e.nodeMAC, clientMAC, ap(podIP, 3868), client, sctpInitAck, 100)
+	ret, out := e.run(t, e.dp.Objs.SluiceTcEgress, false, reply)
+	if ret != tcOK {
+		t.Fatalf("tc egress verdict %d", ret)
+	}
+	if rsrc, rdst := sctpTuple(t, out); rsrc != ap(nodeIP, 30869) || rdst != client {
+		t.Fatalf("reply restored to %s -> %s", rsrc, rdst)
+	}
+	// And the same INIT through tc ingress (the tc-only datapath).
+	client2 := ap(clientIP, 41001)
+	ret, out = e.run(t, e.dp.Objs.SluiceTcIngress, false, testutil.SCTPFrame(clientMAC, e.nodeMAC, client2, ap(nodeIP, 30869), sctpInit, 5))
+	if ret != tcOK {
+		t.Fatalf("tc ingress verdict %d", ret)
+	}
+	if s, d := sctpTuple(t, out); s != client2 || d != ap(podIP, 3868) {
+		t.Fatalf("tc: %s -> %s", s, d)
+	}
+}
+
+func TestSCTPNoFlowAndNoEndpoint(t *testing.T) {
+	e := newEnv(t)
+	e.sctpServices(t)
+	before := e.reasons(t)
+	data := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 42000), ap(nodeIP, 30868), sctpData, 20)
+	if out := e.xdp(t, data, xdpPass); testutil.Diff(data, trimPadding(out)) != "" {
+		t.Fatal("a DATA chunk without a flow was changed")
+	}
+	if got := e.reasons(t)[datapath.SluiceReasonREASON_PASS_NO_FLOW]; got != before[datapath.SluiceReasonREASON_PASS_NO_FLOW]+1 {
+		t.Error("pass_no_flow not counted")
+	}
+	init := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 42001), ap(nodeIP, 30870), sctpInit, 20)
+	out := e.xdp(t, init, xdpTX)
+	if err := testutil.VerifyChecksums(out); err != nil {
+		t.Fatal(err)
+	}
+	pkt := testutil.Decode(out)
+	icmp, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if !ok || icmp.TypeCode != layers.CreateICMPv4TypeCode(3, 3) {
+		t.Fatalf("no endpoint: want ICMP port unreachable, got\n%s", pkt)
+	}
+}
+
+// A truncated SCTP header is never rewritten.
+func TestSCTPMalformed(t *testing.T) {
+	e := newEnv(t)
+	e.sctpServices(t)
+	f := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 43000), ap(nodeIP, 30868), sctpInit, 0)
+	short := append([]byte(nil), f[:34+10]...)
+	binary.BigEndian.PutUint16(short[16:], 30)
+	fixIPChecksum(short[14:34])
+	if out := e.xdp(t, short, xdpPass); testutil.Diff(short, trimPadding(out)) != "" {
+		t.Fatal("a truncated SCTP header was changed")
+	}
+}
