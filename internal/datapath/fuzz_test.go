@@ -56,7 +56,7 @@ func fuzzSeeds(e *env) [][]byte {
 	}
 	for _, port := range []uint16{30868, 30869, 30870} {
 		for _, chunk := range []byte{sctpInit, sctpData} {
-			seeds = append(seeds, testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 40000), ap(nodeIP, port), chunk, 24))
+			seeds = append(seeds, testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 40000), ap(nodeIP, port), sctpTag(chunk), chunk, 24))
 		}
 	}
 	reply := e.fromClient(layers.IPProtocolTCP, 0, 0)

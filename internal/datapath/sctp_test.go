@@ -22,6 +22,15 @@ const (
 	sctpData    = 0
 )
 
+// sctpTag is the verification tag a chunk travels with: 0 on an INIT (RFC 9260 8.5.1), the
+// peer's Initiate Tag otherwise.
+func sctpTag(chunk byte) uint32 {
+	if chunk == sctpInit {
+		return 0
+	}
+	return testutil.SCTPInitTag
+}
+
 func (e *env) sctpServices(t testing.TB) {
 	t.Helper()
 	must(t, e.m.UpdateBackend(60, maps.Backend{Addr: backendIP, Port: 3868}))
@@ -54,7 +63,7 @@ func TestSCTPRemoteBackend(t *testing.T) {
 	client := ap(clientIP, 40000)
 	for _, payload := range []int{0, 1, 37, 400, 1400} {
 		client = ap(clientIP, client.Port()+1)
-		in := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30868), sctpInit, payload)
+		in := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30868), sctpTag(sctpInit), sctpInit, payload)
 		out := e.xdp(t, in, xdpTX)
 		src, dst := sctpTuple(t, out)
 		if src.Addr() != nodeIP || dst != ap(backendIP, 3868) {
@@ -64,13 +73,13 @@ func TestSCTPRemoteBackend(t *testing.T) {
 			t.Fatalf("payload %d: the chunks were changed", payload)
 		}
 
-		back := testutil.SCTPFrame(backendMAC, e.nodeMAC, ap(backendIP, 3868), src, sctpInitAck, payload+8)
+		back := testutil.SCTPFrame(backendMAC, e.nodeMAC, ap(backendIP, 3868), src, sctpTag(sctpInitAck), sctpInitAck, payload+8)
 		rsrc, rdst := sctpTuple(t, e.xdp(t, back, xdpTX))
 		if rsrc != ap(nodeIP, 30868) || rdst != client {
 			t.Fatalf("payload %d: INIT-ACK returned %s -> %s, want %s:30868 -> %s", payload, rsrc, rdst, nodeIP, client)
 		}
 		// Later packets of the association follow the flow.
-		data := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30868), sctpData, payload+3)
+		data := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30868), sctpTag(sctpData), sctpData, payload+3)
 		if s2, d2 := sctpTuple(t, e.xdp(t, data, xdpTX)); s2 != src || d2 != dst {
 			t.Fatalf("DATA went %s -> %s, not the INIT's %s -> %s", s2, d2, src, dst)
 		}
@@ -81,13 +90,13 @@ func TestSCTPLocalBackendAndEgress(t *testing.T) {
 	e := newEnv(t)
 	e.sctpServices(t)
 	client := ap(clientIP, 41000)
-	in := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30869), sctpInit, 64)
+	in := testutil.SCTPFrame(clientMAC, e.nodeMAC, client, ap(nodeIP, 30869), sctpTag(sctpInit), sctpInit, 64)
 	src, dst := sctpTuple(t, e.xdp(t, in, xdpPass))
 	if src != client || dst != ap(podIP, 3868) {
 		t.Fatalf("INIT to the local pod: %s -> %s", src, dst)
 	}
 	// The pod's reply leaves through the device: tc egress restores the frontend.
-	reply := testutil.SCTPFrame(e.nodeMAC, clientMAC, ap(podIP, 3868), client, sctpInitAck, 100)
+	reply := testutil.SCTPFrame(e.nodeMAC, clientMAC, ap(podIP, 3868), client, sctpTag(sctpInitAck), sctpInitAck, 100)
 	ret, out := e.run(t, e.dp.Objs.SluiceTcEgress, false, reply)
 	if ret != tcOK {
 		t.Fatalf("tc egress verdict %d", ret)
@@ -97,7 +106,7 @@ func TestSCTPLocalBackendAndEgress(t *testing.T) {
 	}
 	// And the same INIT through tc ingress (the tc-only datapath).
 	client2 := ap(clientIP, 41001)
-	ret, out = e.run(t, e.dp.Objs.SluiceTcIngress, false, testutil.SCTPFrame(clientMAC, e.nodeMAC, client2, ap(nodeIP, 30869), sctpInit, 5))
+	ret, out = e.run(t, e.dp.Objs.SluiceTcIngress, false, testutil.SCTPFrame(clientMAC, e.nodeMAC, client2, ap(nodeIP, 30869), sctpTag(sctpInit), sctpInit, 5))
 	if ret != tcOK {
 		t.Fatalf("tc ingress verdict %d", ret)
 	}
@@ -110,14 +119,14 @@ func TestSCTPNoFlowAndNoEndpoint(t *testing.T) {
 	e := newEnv(t)
 	e.sctpServices(t)
 	before := e.reasons(t)
-	data := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 42000), ap(nodeIP, 30868), sctpData, 20)
+	data := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 42000), ap(nodeIP, 30868), sctpTag(sctpData), sctpData, 20)
 	if out := e.xdp(t, data, xdpPass); testutil.Diff(data, trimPadding(out)) != "" {
 		t.Fatal("a DATA chunk without a flow was changed")
 	}
 	if got := e.reasons(t)[datapath.SluiceReasonREASON_PASS_NO_FLOW]; got != before[datapath.SluiceReasonREASON_PASS_NO_FLOW]+1 {
 		t.Error("pass_no_flow not counted")
 	}
-	init := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 42001), ap(nodeIP, 30870), sctpInit, 20)
+	init := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 42001), ap(nodeIP, 30870), sctpTag(sctpInit), sctpInit, 20)
 	out := e.xdp(t, init, xdpTX)
 	if err := testutil.VerifyChecksums(out); err != nil {
 		t.Fatal(err)
@@ -133,7 +142,7 @@ func TestSCTPNoFlowAndNoEndpoint(t *testing.T) {
 func TestSCTPMalformed(t *testing.T) {
 	e := newEnv(t)
 	e.sctpServices(t)
-	f := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 43000), ap(nodeIP, 30868), sctpInit, 0)
+	f := testutil.SCTPFrame(clientMAC, e.nodeMAC, ap(clientIP, 43000), ap(nodeIP, 30868), sctpTag(sctpInit), sctpInit, 0)
 	short := append([]byte(nil), f[:34+10]...)
 	binary.BigEndian.PutUint16(short[16:], 30)
 	fixIPChecksum(short[14:34])

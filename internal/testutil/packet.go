@@ -187,14 +187,18 @@ func SCTPChecksum(sctp []byte) uint32 {
 	return crc32.Checksum(b, castagnoli)
 }
 
-// SCTPFrame is an Ethernet frame carrying an SCTP packet from src to dst with one chunk of
-// type chunkType and payload bytes of chunk value, with valid checksums.
-func SCTPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.AddrPort, chunkType byte, payload int) []byte {
+// SCTPInitTag is the Initiate Tag of SCTPFrame's INIT chunks (their first value bytes): the
+// verification tag the answer carries.
+const SCTPInitTag = 0x00070e15
+
+// SCTPFrame is an Ethernet frame carrying an SCTP packet from src to dst with verification tag
+// vtag and one chunk of type chunkType and payload bytes of chunk value, with valid checksums.
+func SCTPFrame(srcMAC, dstMAC net.HardwareAddr, src, dst netip.AddrPort, vtag uint32, chunkType byte, payload int) []byte {
 	chunkLen := 4 + payload
 	sctp := make([]byte, 12+(chunkLen+3)&^3)
 	binary.BigEndian.PutUint16(sctp[0:], src.Port())
 	binary.BigEndian.PutUint16(sctp[2:], dst.Port())
-	binary.BigEndian.PutUint32(sctp[4:], 0x1234abcd) // verification tag
+	binary.BigEndian.PutUint32(sctp[4:], vtag)
 	sctp[12] = chunkType
 	binary.BigEndian.PutUint16(sctp[14:], uint16(chunkLen))
 	for i := 0; i < payload; i++ {

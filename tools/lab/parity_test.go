@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/controlplane"
 	"github.com/sluicelb/sluice/tools/lab"
 )
@@ -274,6 +276,21 @@ func (p *parity) eventually(t *testing.T, what string, check func() error) {
 
 func np(p *parity, port uint16) netip.AddrPort { return p.nodePort(port) }
 
+func macOf(t *testing.T, ns *testutil.Netns, dev string) net.HardwareAddr {
+	t.Helper()
+	var mac net.HardwareAddr
+	if err := ns.Do(func() error {
+		ifc, err := net.InterfaceByName(dev)
+		if err == nil {
+			mac = ifc.HardwareAddr
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return mac
+}
+
 func TestParityWithKubeProxy(t *testing.T) {
 	for _, proxy := range []string{"kube-proxy", "sluice"} {
 		t.Run(proxy, func(t *testing.T) {
@@ -458,6 +475,70 @@ var parityScenarios = []struct {
 		p.create(t, "externalip", 31013, false, func(s *v1.Service) { s.Spec.ExternalIPs = []string{extIP} },
 			podEP("pod1", "ready"), podEP("pod2", "ready"))
 		p.eventually(t, "the external IP serves", p.spreadOver(netip.AddrPortFrom(netip.MustParseAddr(extIP), 80), "pod1", "pod2"))
+	}},
+	{"should be able to serve SCTP NodePorts (crafted packets: this kernel has no SCTP sockets)", func(t *testing.T, p *parity) {
+		ctx := context.Background()
+		svc := p.service("sctp", v1.ServicePort{Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 3868, NodePort: 31016})
+		if _, err := p.client.CoreV1().Services(p.ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.client.CoreV1().Services(p.ns).Delete(ctx, "sctp", metav1.DeleteOptions{}) })
+		name, proto, port := "sctp", v1.ProtocolSCTP, int32(3868)
+		sl := &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: p.ns, Name: "sctp-1", Labels: map[string]string{discoveryv1.LabelServiceName: "sctp"}},
+			AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{podEP("pod2", "ready")},
+			Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
+		}
+		if _, err := p.client.DiscoveryV1().EndpointSlices(p.ns).Create(ctx, sl, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		node2GW := macOf(t, p.Node2, "vpod2")
+		pod2MAC := macOf(t, p.Pod2, "eth0")
+		sport := uint16(41000)
+		p.eventually(t, "an INIT reaches the remote pod masqueraded, its INIT-ACK the client", func() error {
+			sport++
+			client := netip.AddrPortFrom(p.ClientIP, sport)
+			atPod, err := lab.StartCapture(p.Pod2, "eth0")
+			if err != nil {
+				return err
+			}
+			defer atPod.Close()
+			init := testutil.SCTPFrame(p.ClientMAC, p.Node1MAC, client, np(p, 31016), 0, 1, 20)
+			if err := lab.SendFrame(p.Client, "eth0", init); err != nil {
+				return err
+			}
+			got, err := atPod.Next(time.Second, func(f []byte) bool { return lab.IsSCTP(f, 3868) })
+			if err != nil {
+				return err
+			}
+			if err := testutil.VerifyChecksums(got); err != nil {
+				return fmt.Errorf("INIT at the pod: %w", err)
+			}
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(got[26:30])), uint16(got[34])<<8|uint16(got[35]))
+			if src.Addr() != p.Node1IP {
+				return fmt.Errorf("the remote pod saw the INIT from %s, want the node (masqueraded)", src)
+			}
+			atClient, err := lab.StartCapture(p.Client, "eth0")
+			if err != nil {
+				return err
+			}
+			defer atClient.Close()
+			ack := testutil.SCTPFrame(pod2MAC, node2GW, netip.AddrPortFrom(p.Pod2IP, 3868), src, testutil.SCTPInitTag, 2, 24)
+			if err := lab.SendFrame(p.Pod2, "eth0", ack); err != nil {
+				return err
+			}
+			back, err := atClient.Next(time.Second, func(f []byte) bool { return lab.IsSCTP(f, sport) })
+			if err != nil {
+				return fmt.Errorf("INIT-ACK: %w", err)
+			}
+			if err := testutil.VerifyChecksums(back); err != nil {
+				return fmt.Errorf("INIT-ACK at the client: %w", err)
+			}
+			if from := netip.AddrPortFrom(netip.AddrFrom4([4]byte(back[26:30])), uint16(back[34])<<8|uint16(back[35])); from != np(p, 31016) {
+				return fmt.Errorf("INIT-ACK from %s, want %s", from, np(p, 31016))
+			}
+			return nil
+		})
 	}},
 	{"sluice differs: a local endpoint sees the client address under externalTrafficPolicy Cluster", func(t *testing.T, p *parity) {
 		p.create(t, "clusterlocal", 31014, false, nil, podEP("pod1", "ready"))
