@@ -60,6 +60,8 @@ func newFixture(t *testing.T) *fixture {
 		{Key: desired.ServiceKey{NodePort: 30081, Proto: maps.TCP}, Name: "default/api:http", Backends: []maps.Backend{be(backendIP, 8080, false)}},
 		{Key: desired.ServiceKey{NodePort: 30053, Proto: maps.UDP}, Name: "default/dns:dns", Backends: []maps.Backend{be(backendIP, 5353, false)}},
 		{Key: desired.ServiceKey{NodePort: 30090, Proto: maps.TCP}, Name: "default/empty:http"},
+		{Key: desired.ServiceKey{NodePort: 30095, Proto: maps.TCP}, Name: "default/sticky:http", Backends: []maps.Backend{be(podIP, 80, true)},
+			AffinityTimeout: 600, ExternalLocal: true, Maglev: true},
 	} {
 		st.Services[s.Key] = s
 	}

@@ -65,10 +65,18 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 		s := byID[fe.ServiceID]
 		if s == nil {
 			s = &ServiceJSON{ID: fe.ServiceID, Name: name(fe.ServiceID), NodePort: fk.Port, Protocol: fk.Proto.String(),
-				// What the datapath implements today; later policy flags come from fe.Flags.
 				Policy: PolicyJSON{TrafficPolicy: "Cluster", Algorithm: "random", SessionAffinity: "None"}}
+			if fe.Flags&maps.FrontendMaglev != 0 {
+				s.Policy.Algorithm = "maglev"
+			}
+			if fe.Flags&maps.FrontendAffinity != 0 {
+				s.Policy.SessionAffinity, s.Policy.AffinityTimeoutSeconds = "ClientIP", int(fe.AffinityTimeout)
+			}
 			if i, ok := infos[fe.ServiceID]; ok && i.NodePort != 0 {
 				s.NodePort = i.NodePort
+				if i.ExternalLocal {
+					s.Policy.TrafficPolicy = "Local"
+				}
 			}
 			for slot := uint32(1); slot <= uint32(fe.Count); slot++ {
 				id, ok := slots[maps.SlotKey{ServiceID: fe.ServiceID, Slot: slot}]

@@ -9,10 +9,10 @@ func TestServiceList(t *testing.T) {
 	f := newFixture(t)
 	var svcs []ServiceJSON
 	f.runJSON(t, &svcs, "service", "list")
-	if len(svcs) != 4 {
+	if len(svcs) != 5 {
 		t.Fatalf("%d services: %+v", len(svcs), svcs)
 	}
-	web := svcs[1] // sorted by NodePort: 30053, 30080, 30081, 30090
+	web := svcs[1] // sorted by NodePort: 30053, 30080, 30081, 30090, 30095
 	if web.Name != "default/web:http" || web.NodePort != 30080 || web.Protocol != "TCP" || len(web.Frontends) != 1 || web.Frontends[0] != "10.0.0.1:30080" {
 		t.Errorf("web: %+v", web)
 	}
@@ -29,8 +29,12 @@ func TestServiceList(t *testing.T) {
 		t.Errorf("empty: %+v", empty)
 	}
 
+	if p := svcs[4].Policy; p != (PolicyJSON{TrafficPolicy: "Local", Algorithm: "maglev", SessionAffinity: "ClientIP", AffinityTimeoutSeconds: 600}) {
+		t.Errorf("sticky policy %+v", p)
+	}
+
 	table := f.run(t, "service", "list")
-	for _, want := range []string{"SERVICE", "default/web:http", "30080/TCP", "10.244.1.10:80(local)", "none (rejects)", "etp=Cluster lb=random"} {
+	for _, want := range []string{"SERVICE", "default/web:http", "30080/TCP", "10.244.1.10:80(local)", "none (rejects)", "etp=Cluster lb=random", "etp=Local lb=maglev affinity=ClientIP/600s"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}

@@ -26,7 +26,7 @@ func TestStats(t *testing.T) {
 	for _, m := range st.Maps {
 		fill[m.Name] = m
 	}
-	if fill["sluice_frontends"].Entries != 4 || fill["sluice_ct"].Entries != 4 || fill["sluice_ct"].MaxEntries != 524288 {
+	if fill["sluice_frontends"].Entries != 5 || fill["sluice_ct"].Entries != 4 || fill["sluice_ct"].MaxEntries != 524288 {
 		t.Errorf("maps %+v", st.Maps)
 	}
 	table := f.run(t, "stats")

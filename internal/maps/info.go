@@ -17,7 +17,13 @@ type ServiceInfo struct {
 	NodePort uint16
 	Proto    Proto
 	Updated  time.Time
+	// ExternalLocal: externalTrafficPolicy Local (the frontends cannot tell it: their backends
+	// are simply the local ones).
+	ExternalLocal bool
 }
+
+// svc_info.flags
+const infoExternalLocal = 0x01
 
 func cString[T ~int8 | ~uint8](b []T) string {
 	out := make([]byte, 0, len(b))
@@ -43,6 +49,9 @@ func (k *Kernel) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 	var v datapath.SluiceSvcInfo
 	putCString(v.Name[:], info.Name)
 	v.NodePort, v.Proto, v.UpdatedNs = info.NodePort, uint8(info.Proto), uint64(info.Updated.UnixNano())
+	if info.ExternalLocal {
+		v.Flags |= infoExternalLocal
+	}
 	if b := k.batch; b != nil {
 		b.infoKeys, b.infoVals = append(b.infoKeys, id), append(b.infoVals, v)
 		return nil
@@ -61,7 +70,8 @@ func (k *Kernel) ServiceInfos() (map[uint32]ServiceInfo, error) {
 	var v datapath.SluiceSvcInfo
 	it := k.objs.SluiceSvcInfo.Iterate()
 	for it.Next(&id, &v) {
-		out[id] = ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs))}
+		out[id] = ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs)),
+			ExternalLocal: v.Flags&infoExternalLocal != 0}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump service info: %w", err)
@@ -231,6 +241,10 @@ func (k *Kernel) Fill() ([]MapFill, error) {
 		{datapath.SluiceMapSluiceBackends, k.objs.SluiceBackends},
 		{datapath.SluiceMapSluiceSvcInfo, k.objs.SluiceSvcInfo},
 		{datapath.SluiceMapSluiceCt, k.objs.SluiceCt},
+		{datapath.SluiceMapSluiceAffinity, k.objs.SluiceAffinity},
+		{datapath.SluiceMapSluiceAffinityMatch, k.objs.SluiceAffinityMatch},
+		{datapath.SluiceMapSluiceSourceRanges, k.objs.SluiceSourceRanges},
+		{datapath.SluiceMapSluiceMaglev, k.objs.SluiceMaglev},
 	} {
 		n, err := count(m.m)
 		if err != nil {

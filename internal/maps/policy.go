@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -140,6 +141,30 @@ func (k *Kernel) MaglevTables() (map[uint32][]uint32, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump maglev tables: %w", err)
+	}
+	return out, nil
+}
+
+// Affinity is a client's remembered backend for a service.
+type Affinity struct {
+	ServiceID, BackendID uint32
+	Client               netip.Addr
+	// LastSeen is the client's last new flow, in bpf_ktime_get_ns (CLOCK_MONOTONIC) time.
+	LastSeen time.Duration
+}
+
+// Affinities returns the session-affinity entries, expired ones included (the LRU drops them
+// when it needs room).
+func (k *Kernel) Affinities() ([]Affinity, error) {
+	var out []Affinity
+	var key datapath.SluiceAffinityKey
+	var val datapath.SluiceAffinity
+	it := k.objs.SluiceAffinity.Iterate()
+	for it.Next(&key, &val) {
+		out = append(out, Affinity{ServiceID: key.SvcId, BackendID: val.BackendId, Client: AddrFrom4(key.Client), LastSeen: time.Duration(val.LastSeen)})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump session affinity: %w", err)
 	}
 	return out, nil
 }

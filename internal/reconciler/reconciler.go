@@ -24,6 +24,7 @@ type applied struct {
 	name     string
 	backends []uint32 // backends[i] is in slot i+1
 	count    uint16   // the count the frontends carry (the highest, after a crash mid-write)
+	local    bool     // the service info says externalTrafficPolicy Local
 	fes      map[maps.FrontendKey]maps.Frontend
 	last     *desired.Service
 
@@ -156,7 +157,7 @@ func (r *Reconciler) Restore() (int, error) {
 				continue
 			}
 			a = newApplied(fe.ServiceID)
-			a.name = infos[fe.ServiceID].Name
+			a.name, a.local = infos[fe.ServiceID].Name, infos[fe.ServiceID].ExternalLocal
 			r.services[sk] = a
 			r.svcIDs[fe.ServiceID] = true
 		}
@@ -495,12 +496,12 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 		r.services[svc.Key] = a
 		r.svcIDs[id] = true
 	}
-	if a.name != svc.Name {
-		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now()}
+	if a.name != svc.Name || a.local != svc.ExternalLocal {
+		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now(), ExternalLocal: svc.ExternalLocal}
 		if err := r.m.UpdateServiceInfo(a.id, info); err != nil {
 			return nil, nil, err
 		}
-		a.name = svc.Name
+		a.name, a.local = svc.Name, svc.ExternalLocal
 	}
 
 	// 1. Backends, so that every slot written next names an existing backend.
