@@ -2,6 +2,7 @@ package maps
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -167,4 +168,44 @@ func (k *Kernel) Affinities() ([]Affinity, error) {
 		return nil, fmt.Errorf("dump session affinity: %w", err)
 	}
 	return out, nil
+}
+
+// FlushFlows deletes the connection-table entries (both directions) of the flows of proto
+// that each (service, backend) pair in gone names, and returns how many entries went. kube-proxy
+// does the same for UDP when an endpoint leaves, so that a client that keeps its source port
+// (DNS, say) reaches a live endpoint instead of the old one until its flow times out.
+func (k *Kernel) FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, error) {
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	var keys []datapath.SluiceCtKey
+	var key datapath.SluiceCtKey
+	var v datapath.SluiceCtEntry
+	it := k.objs.SluiceCt.Iterate()
+	for it.Next(&key, &v) {
+		if Proto(key.Proto) == proto && gone[AffinityMatch{ServiceID: v.SvcId, BackendID: v.BackendId}] {
+			keys = append(keys, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("dump conntrack: %w", err)
+	}
+	n := 0
+	for i := range keys {
+		if err := k.objs.SluiceCt.Delete(&keys[i]); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("delete flow: %w", err)
+		}
+	}
+	return n, nil
+}
+
+func (f *Fake) FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for m := range gone {
+		f.log("flush %s flows of %s", proto, m)
+	}
+	return 0, nil
 }

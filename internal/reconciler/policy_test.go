@@ -1,8 +1,10 @@
 package reconciler
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap"
@@ -217,4 +219,32 @@ func TestPolicyOrphansDeleted(t *testing.T) {
 	if len(f.Affinity)+len(f.Ranges)+len(f.Maglev) != 0 {
 		t.Errorf("leftovers: %v %v %d", f.Affinity, f.Ranges, len(f.Maglev))
 	}
+}
+
+// A UDP service that drops a backend has that backend's flows flushed, after its frontends stop
+// picking it (kube-proxy clears conntrack the same way); TCP flows are left to end.
+func TestDroppedUDPBackendsFlowsFlushed(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	udp := svc(30053, maps.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
+	tcp := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
+	apply(t, r, state([]netip.Addr{node1}, udp, tcp))
+	gone := r.services[udp.Key].backends[1]
+	n := len(f.Writes)
+
+	apply(t, r, state([]netip.Addr{node1}, svc(30053, maps.UDP, be("10.244.1.10", 53)), svc(30080, maps.TCP, be("10.244.1.10", 80))))
+	w := f.Writes[n:]
+	want := fmt.Sprintf("flush UDP flows of %d/%d", r.services[udp.Key].id, gone)
+	if i := indexOf(t, w, want); i < lastIndex(t, w, "frontend ") {
+		t.Errorf("flows flushed before the frontends stopped picking the backend: %q", w)
+	}
+	for _, x := range w {
+		if strings.HasPrefix(x, "flush TCP") {
+			t.Errorf("TCP flows flushed: %q", w)
+		}
+	}
+	// The service goes: its remaining backend's flows too.
+	n = len(f.Writes)
+	apply(t, r, state([]netip.Addr{node1}))
+	indexOf(t, f.Writes[n:], "flush UDP flows of")
 }

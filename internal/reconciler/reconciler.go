@@ -70,7 +70,10 @@ type Reconciler struct {
 	orphanMaglev  []uint32
 	// Frontends a crash left on a key whose ID another service holds.
 	orphanFrontends []maps.FrontendKey
-	noBatch         bool // set while recovering from a failed batch
+	// goneUDP are (service, backend) pairs a UDP service stopped using: their flows are flushed
+	// once the frontends no longer pick them.
+	goneUDP map[maps.AffinityMatch]bool
+	noBatch bool // set while recovering from a failed batch
 	batching        bool // frontend writes are buffered: publish leaves trimming to the caller
 }
 
@@ -289,7 +292,36 @@ func (r *Reconciler) Apply(st desired.State) error {
 	if err := r.pruneBackends(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, r.flushGone())
 	return errors.Join(errs...)
+}
+
+// noteGone records the backends a UDP service has now and will not keep: their flows are
+// flushed once the frontends no longer pick them, as kube-proxy clears its conntrack entries (a
+// client that keeps its source port would otherwise go on talking to the old endpoint).
+func (r *Reconciler) noteGone(a *applied, keep []uint32) {
+	for _, id := range a.backends {
+		if id != 0 && !slices.Contains(keep, id) {
+			if r.goneUDP == nil {
+				r.goneUDP = map[maps.AffinityMatch]bool{}
+			}
+			r.goneUDP[maps.AffinityMatch{ServiceID: a.id, BackendID: id}] = true
+		}
+	}
+}
+
+// flushGone deletes the flows to the backends UDP services dropped.
+func (r *Reconciler) flushGone() error {
+	if len(r.goneUDP) == 0 {
+		return nil
+	}
+	n, err := r.m.FlushFlows(maps.UDP, r.goneUDP)
+	if err != nil {
+		return fmt.Errorf("flush UDP flows of removed endpoints: %w", err)
+	}
+	r.log.Debug("Flushed UDP flows of removed endpoints", zap.Int("pairs", len(r.goneUDP)), zap.Int("entries", n))
+	r.goneUDP = nil
+	return nil
 }
 
 // batchThreshold is how many services make Apply batch its writes.
@@ -408,6 +440,7 @@ func (r *Reconciler) ApplyKeys(st desired.State, keys []desired.ServiceKey) erro
 	if err := r.pruneBackends(); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, r.flushGone())
 	return errors.Join(errs...)
 }
 
@@ -530,6 +563,9 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	}
 	if len(want) > 0xffff {
 		return nil, nil, fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
+	}
+	if svc.Key.Proto == maps.UDP {
+		r.noteGone(a, want)
 	}
 	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
 	// or a new backend in each slot, never an empty one.
@@ -716,6 +752,9 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 		if r.owners[fk] == k {
 			delete(r.owners, fk)
 		}
+	}
+	if k.Proto == maps.UDP {
+		r.noteGone(a, nil)
 	}
 	// No frontend points at the service now: its policy entries go (an empty policy keeps none).
 	if err := r.settlePolicy(&desired.Service{}, a); err != nil {

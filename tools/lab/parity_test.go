@@ -276,6 +276,17 @@ func (p *parity) eventually(t *testing.T, what string, check func() error) {
 
 func np(p *parity, port uint16) netip.AddrPort { return p.nodePort(port) }
 
+// fixedUDPClient is a UDP socket in ns bound to port.
+func fixedUDPClient(ns *testutil.Netns, port int) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := ns.Do(func() error {
+		var err error
+		c, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		return err
+	})
+	return c, err
+}
+
 func macOf(t *testing.T, ns *testutil.Netns, dev string) net.HardwareAddr {
 	t.Helper()
 	var mac net.HardwareAddr
@@ -449,6 +460,37 @@ var parityScenarios = []struct {
 		})
 		p.eventually(t, "TCP served", p.spreadOver(np(p, 31015), "pod1"))
 		p.eventually(t, "UDP served", p.udpAnsweredBy(np(p, 31015), "pod1"))
+	}},
+	{"should be able to preserve UDP traffic when server pod cycles for a NodePort service", func(t *testing.T, p *parity) {
+		p.create(t, "udpcycle", 31017, true, nil, podEP("pod1", "ready"))
+		// One client socket, one source port, as a DNS resolver or a game client keeps.
+		conn, err := fixedUDPClient(p.Client, 45000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ask := func(want string) func() error {
+			return func() error {
+				_ = conn.SetDeadline(time.Now().Add(300 * time.Millisecond))
+				if _, err := conn.WriteTo([]byte("hello"), net.UDPAddrFromAddrPort(np(p, 31017))); err != nil {
+					return err
+				}
+				buf := make([]byte, 512)
+				n, _, err := conn.ReadFrom(buf)
+				if err != nil {
+					return err
+				}
+				who, _, err := lab.ParseReply(string(buf[:n]))
+				if err == nil && who != want {
+					err = fmt.Errorf("answered by %s, want %s", who, want)
+				}
+				return err
+			}
+		}
+		p.eventually(t, "the first pod answers", ask("pod1"))
+		// The pod is replaced (its successor elsewhere); the old one still answers if asked.
+		p.setEndpoints(t, "udpcycle", true, podEP("pod2", "ready"))
+		p.eventually(t, "the same client socket reaches the new pod", ask("pod2"))
 	}},
 	{"should only allow access from service loadbalancer source ranges", func(t *testing.T, p *parity) {
 		p.create(t, "ranges", 31012, false, func(s *v1.Service) {
