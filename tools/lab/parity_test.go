@@ -492,6 +492,80 @@ var parityScenarios = []struct {
 		p.setEndpoints(t, "udpcycle", true, podEP("pod2", "ready"))
 		p.eventually(t, "the same client socket reaches the new pod", ask("pod2"))
 	}},
+	{"should keep established connections to an endpoint that is removed", func(t *testing.T, p *parity) {
+		for name, ns := range map[string]*testutil.Netns{"pod1": p.Pod1, "pod2": p.Pod2} {
+			stop, err := lab.StartStreamServer(ns, name, 7070)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(stop)
+		}
+		ctx := context.Background()
+		svc := p.service("streams", v1.ServicePort{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 7070, NodePort: 31018})
+		if _, err := p.client.CoreV1().Services(p.ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.client.CoreV1().Services(p.ns).Delete(ctx, "streams", metav1.DeleteOptions{}) })
+		slice := func(eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+			name, proto, port := "tcp", v1.ProtocolTCP, int32(7070)
+			return &discoveryv1.EndpointSlice{
+				ObjectMeta:  metav1.ObjectMeta{Namespace: p.ns, Name: "streams-1", Labels: map[string]string{discoveryv1.LabelServiceName: "streams"}},
+				AddressType: discoveryv1.AddressTypeIPv4, Endpoints: eps,
+				Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
+			}
+		}
+		slices := p.client.DiscoveryV1().EndpointSlices(p.ns)
+		if _, err := slices.Create(ctx, slice(podEP("pod1", "ready"), podEP("pod2", "ready")), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var streams []*lab.Stream
+		p.eventually(t, "streams to both pods", func() error {
+			seen := map[string]bool{}
+			for len(streams) < 12 {
+				s, err := lab.OpenStream(p.Client, np(p, 31018))
+				if err != nil {
+					return err
+				}
+				t.Cleanup(s.Close)
+				streams = append(streams, s)
+			}
+			for _, s := range streams {
+				seen[s.Backend] = true
+			}
+			if len(seen) != 2 {
+				return fmt.Errorf("12 streams all to %v", seen)
+			}
+			return nil
+		})
+		// pod2 leaves the service (scaled down, still draining): its connections go on.
+		cur, err := slices.Get(ctx, "streams-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := slice(podEP("pod1", "ready"))
+		next.ResourceVersion = cur.ResourceVersion
+		if _, err := slices.Update(ctx, next, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		p.eventually(t, "new connections to pod1 only", func() error {
+			for i := 0; i < 10; i++ {
+				s, err := lab.OpenStream(p.Client, np(p, 31018))
+				if err != nil {
+					return err
+				}
+				s.Close()
+				if s.Backend != "pod1" {
+					return fmt.Errorf("a new connection reached %s", s.Backend)
+				}
+			}
+			return nil
+		})
+		for i, s := range streams {
+			if who, err := s.Ping(); err != nil || who != s.Backend {
+				t.Errorf("stream %d to %s after its endpoint was removed: %q %v", i, s.Backend, who, err)
+			}
+		}
+	}},
 	{"should only allow access from service loadbalancer source ranges", func(t *testing.T, p *parity) {
 		p.create(t, "ranges", 31012, false, func(s *v1.Service) {
 			s.Spec.Type = v1.ServiceTypeLoadBalancer
