@@ -40,15 +40,14 @@ static const __u32 crc32c_x2n[32] = {
 };
 
 /* a * b mod P, reflected. The two functions are global (not static): the verifier checks each
- * once with unknown arguments, instead of walking 16 x 32 iterations with known values at every
- * call site. */
+ * once with unknown arguments rather than at every call site, and both are branch-free, so it
+ * walks one straight path (an older verifier explores every branch of a bounded loop). */
 __noinline __u32 crc32c_mulmod(__u32 a, __u32 b)
 {
 	__u32 p = 0;
 	for (int i = 0; i < 32; i++) {
-		if (a & (0x80000000U >> i))
-			p ^= b;
-		b = (b & 1) ? (b >> 1) ^ CRC32C_POLY : b >> 1;
+		p ^= b & -((a >> (31 - i)) & 1);
+		b = (b >> 1) ^ (CRC32C_POLY & -(b & 1));
 	}
 	return p;
 }
@@ -59,13 +58,15 @@ __noinline __u32 crc32c_port_delta(__u32 delta, __u32 len)
 {
 	__u32 s = delta;
 	for (int i = 0; i < 32; i++)
-		s = (s & 1) ? (s >> 1) ^ CRC32C_POLY : s >> 1;
-	/* x^(8 * n) for the n bytes after the ports: bit k of n contributes x^(2^(k + 3)). */
+		s = (s >> 1) ^ (CRC32C_POLY & -(s & 1));
+	/* x^(8 * n) for the n bytes after the ports: bit k of n contributes x^(2^(k + 3)); a clear
+	 * bit multiplies by 1 (0x80000000), which keeps the loop free of branches. */
 	__u32 n = (len - 4) & 0xffff;
-	__u32 x = 0x80000000U; /* 1 */
+	__u32 x = 0x80000000U;
 	for (int k = 0; k < 16; k++) {
-		if (n & (1U << k))
-			x = crc32c_mulmod(crc32c_x2n[(k + 3) & 31], x);
+		__u32 bit = (n >> k) & 1;
+		__u32 f = (crc32c_x2n[(k + 3) & 31] & -bit) | (0x80000000U & (bit - 1));
+		x = crc32c_mulmod(f, x);
 	}
 	return crc32c_mulmod(x, s);
 }
