@@ -109,7 +109,6 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Fr
 	return out
 }
 
-
 // HealthCheck is a service with externalTrafficPolicy Local and a healthCheckNodePort: the
 // load balancer asks that port whether this node has endpoints for it.
 type HealthCheck struct {

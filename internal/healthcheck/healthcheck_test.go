@@ -50,7 +50,7 @@ func TestServeLikeKubeProxy(t *testing.T) {
 		t.Fatalf("got %d %v\n%s", resp.StatusCode, resp.Header, body)
 	}
 	var parsed struct {
-		Service struct{ Namespace, Name string }
+		Service             struct{ Namespace, Name string }
 		LocalEndpoints      int
 		ServiceProxyHealthy bool
 	}

@@ -72,9 +72,9 @@ type Reconciler struct {
 	orphanFrontends []maps.FrontendKey
 	// goneUDP are (service, backend) pairs a UDP service stopped using: their flows are flushed
 	// once the frontends no longer pick them.
-	goneUDP map[maps.AffinityMatch]bool
-	noBatch bool // set while recovering from a failed batch
-	batching        bool // frontend writes are buffered: publish leaves trimming to the caller
+	goneUDP  map[maps.AffinityMatch]bool
+	noBatch  bool // set while recovering from a failed batch
+	batching bool // frontend writes are buffered: publish leaves trimming to the caller
 }
 
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the

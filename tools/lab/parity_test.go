@@ -143,14 +143,23 @@ func (p *parity) create(t *testing.T, name string, nodePort int32, udp bool, mod
 
 func (p *parity) setEndpoints(t *testing.T, name string, udp bool, eps ...discoveryv1.Endpoint) {
 	t.Helper()
-	tcpName, udpName, tcp, udpProto, p80, p5353 := "tcp", "udp", v1.ProtocolTCP, v1.ProtocolUDP, int32(80), int32(5353)
+	ports := []discoveryv1.EndpointPort{slicePort("tcp", v1.ProtocolTCP, 80)}
+	if udp {
+		ports = append(ports, slicePort("udp", v1.ProtocolUDP, 5353))
+	}
+	p.putSlice(t, name, ports, eps...)
+}
+
+func slicePort(name string, proto v1.Protocol, port int32) discoveryv1.EndpointPort {
+	return discoveryv1.EndpointPort{Name: &name, Protocol: &proto, Port: &port}
+}
+
+// putSlice creates or replaces service name's slice.
+func (p *parity) putSlice(t *testing.T, name string, ports []discoveryv1.EndpointPort, eps ...discoveryv1.Endpoint) {
+	t.Helper()
 	sl := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: p.ns, Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4, Endpoints: eps,
-		Ports: []discoveryv1.EndpointPort{{Name: &tcpName, Protocol: &tcp, Port: &p80}},
-	}
-	if udp {
-		sl.Ports = append(sl.Ports, discoveryv1.EndpointPort{Name: &udpName, Protocol: &udpProto, Port: &p5353})
+		AddressType: discoveryv1.AddressTypeIPv4, Endpoints: eps, Ports: ports,
 	}
 	ctx := context.Background()
 	slices := p.client.DiscoveryV1().EndpointSlices(p.ns)
@@ -506,18 +515,8 @@ var parityScenarios = []struct {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = p.client.CoreV1().Services(p.ns).Delete(ctx, "streams", metav1.DeleteOptions{}) })
-		slice := func(eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
-			name, proto, port := "tcp", v1.ProtocolTCP, int32(7070)
-			return &discoveryv1.EndpointSlice{
-				ObjectMeta:  metav1.ObjectMeta{Namespace: p.ns, Name: "streams-1", Labels: map[string]string{discoveryv1.LabelServiceName: "streams"}},
-				AddressType: discoveryv1.AddressTypeIPv4, Endpoints: eps,
-				Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
-			}
-		}
-		slices := p.client.DiscoveryV1().EndpointSlices(p.ns)
-		if _, err := slices.Create(ctx, slice(podEP("pod1", "ready"), podEP("pod2", "ready")), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		ports := []discoveryv1.EndpointPort{slicePort("tcp", v1.ProtocolTCP, 7070)}
+		p.putSlice(t, "streams", ports, podEP("pod1", "ready"), podEP("pod2", "ready"))
 		var streams []*lab.Stream
 		p.eventually(t, "streams to both pods", func() error {
 			seen := map[string]bool{}
@@ -538,15 +537,7 @@ var parityScenarios = []struct {
 			return nil
 		})
 		// pod2 leaves the service (scaled down, still draining): its connections go on.
-		cur, err := slices.Get(ctx, "streams-1", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		next := slice(podEP("pod1", "ready"))
-		next.ResourceVersion = cur.ResourceVersion
-		if _, err := slices.Update(ctx, next, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		p.putSlice(t, "streams", ports, podEP("pod1", "ready"))
 		p.eventually(t, "new connections to pod1 only", func() error {
 			for i := 0; i < 10; i++ {
 				s, err := lab.OpenStream(p.Client, np(p, 31018))
@@ -599,15 +590,7 @@ var parityScenarios = []struct {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = p.client.CoreV1().Services(p.ns).Delete(ctx, "sctp", metav1.DeleteOptions{}) })
-		name, proto, port := "sctp", v1.ProtocolSCTP, int32(3868)
-		sl := &discoveryv1.EndpointSlice{
-			ObjectMeta:  metav1.ObjectMeta{Namespace: p.ns, Name: "sctp-1", Labels: map[string]string{discoveryv1.LabelServiceName: "sctp"}},
-			AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{podEP("pod2", "ready")},
-			Ports:       []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &port}},
-		}
-		if _, err := p.client.DiscoveryV1().EndpointSlices(p.ns).Create(ctx, sl, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		p.putSlice(t, "sctp", []discoveryv1.EndpointPort{slicePort("sctp", v1.ProtocolSCTP, 3868)}, podEP("pod2", "ready"))
 		node2GW := macOf(t, p.Node2, "vpod2")
 		pod2MAC := macOf(t, p.Pod2, "eth0")
 		sport := uint16(41000)
@@ -670,4 +653,3 @@ var parityScenarios = []struct {
 		}
 	}},
 }
-
