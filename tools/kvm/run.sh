@@ -48,7 +48,7 @@ apt_update() {
 missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 # The guest has no libc of its own: busybox must be the static build.
-dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+[ "$(dpkg-query -W -f '${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] || missing+=(busybox-static)
 command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
 	apt_update
@@ -148,7 +148,8 @@ add_module() {
 	*) cp "$f" "$out" ;;
 	esac
 	added[$name]=1
-	deps=$(tr '\0' '\n' <"$out" | sed -n '/^depends=/{s///p;q}')
+	# sed reads to the end (no early q): with pipefail, tr killed by SIGPIPE would fail the run.
+	deps=$(tr '\0' '\n' <"$out" | sed -n 's/^depends=//p')
 	for dep in ${deps//,/ }; do add_module "$dep"; done
 	echo "$name.ko" >>"$root/lib/modules/load"
 }
