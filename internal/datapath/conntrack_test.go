@@ -264,11 +264,19 @@ func TestConntrackFullEvictsLeastRecentlyUsed(t *testing.T) {
 	if _, ok := e.ct(t, ctKey(ap(clientIP, 44099), ap(nodeIP, 30080), 6)); !ok {
 		t.Error("the newest flow was evicted")
 	}
-	if _, ok := e.ct(t, ctKey(ap(clientIP, 44000), ap(nodeIP, 30080), 6)); ok {
-		t.Fatal("the oldest of 100 flows (200 entries) is still in a 64-entry table")
+	// The kernel's LRU is approximate (lists per CPU, evicted in batches): some early flow went,
+	// not necessarily the very first.
+	evicted := uint16(0)
+	for sport := uint16(44000); sport < 44050 && evicted == 0; sport++ {
+		if _, ok := e.ct(t, ctKey(ap(clientIP, sport), ap(nodeIP, 30080), 6)); !ok {
+			evicted = sport
+		}
+	}
+	if evicted == 0 {
+		t.Fatal("none of the first 50 of 100 flows (200 entries) left a 64-entry table")
 	}
 	before := e.reasons(t)[datapath.SluiceReasonREASON_PASS_NO_FLOW]
-	e.xdp(t, e.tcp(44000, false, true, false, false), xdpPass)
+	e.xdp(t, e.tcp(evicted, false, true, false, false), xdpPass)
 	if got := e.reasons(t)[datapath.SluiceReasonREASON_PASS_NO_FLOW]; got != before+1 {
 		t.Errorf("pass_no_flow %d -> %d for an evicted flow's segment", before, got)
 	}
