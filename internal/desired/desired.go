@@ -37,13 +37,31 @@ type Options struct {
 }
 
 // ServiceKey identifies one service port on the datapath: NodePorts are unique per protocol
-// in a cluster, so the key survives agent restarts (it is what the frontends map holds).
+// in a cluster, so the key survives agent restarts (the service info records it). A port
+// without a NodePort (served on external or load-balancer IPs only) is keyed by its name.
 type ServiceKey struct {
 	NodePort uint16
 	Proto    maps.Proto
+	Name     string // "namespace/name:port", only when NodePort is 0
 }
 
-func (k ServiceKey) String() string { return fmt.Sprintf("%d/%s", k.NodePort, k.Proto) }
+func (k ServiceKey) String() string {
+	if k.NodePort == 0 {
+		return fmt.Sprintf("%s/%s", k.Name, k.Proto)
+	}
+	return fmt.Sprintf("%d/%s", k.NodePort, k.Proto)
+}
+
+// Less orders keys: by NodePort, protocol, then name.
+func (k ServiceKey) Less(o ServiceKey) bool {
+	if k.NodePort != o.NodePort {
+		return k.NodePort < o.NodePort
+	}
+	if k.Proto != o.Proto {
+		return k.Proto < o.Proto
+	}
+	return k.Name < o.Name
+}
 
 // Service is one NodePort service port and the backends it balances over.
 type Service struct {
@@ -88,6 +106,9 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Fr
 	fe := maps.Frontend{Flags: flags, AffinityTimeout: s.AffinityTimeout}
 	out := make(map[maps.FrontendKey]maps.Frontend, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
 	for _, a := range nodeAddrs {
+		if s.Key.NodePort == 0 {
+			break // served on its external and load-balancer IPs only
+		}
 		fe.SNATAddr = a // remote backends answer the address the client used
 		out[maps.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = fe
 	}
@@ -230,7 +251,9 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 	}
 	r := o.NodePortRange
 	for _, sp := range svc.Spec.Ports {
-		if sp.NodePort == 0 {
+		// Without a NodePort (a ClusterIP service with externalIPs, a LoadBalancer without
+		// node ports) a port is served only on its external and load-balancer IPs.
+		if sp.NodePort == 0 && len(pol.ExternalIPs)+len(pol.LoadBalancerIPs) == 0 {
 			continue
 		}
 		proto, err := protoOf(sp.Protocol)
@@ -238,13 +261,16 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: %w", sp.Name, err)})
 			continue
 		}
-		if sp.NodePort < 0 || sp.NodePort > 65535 || !r.Contains(uint16(sp.NodePort)) {
+		if sp.NodePort != 0 && (sp.NodePort < 0 || sp.NodePort > 65535 || !r.Contains(uint16(sp.NodePort))) {
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %d outside the NodePort range %s", sp.Name, sp.NodePort, r)})
 			continue
 		}
 		s := pol
-		s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
 		s.Name = fmt.Sprintf("%s:%s", n, sp.Name)
+		s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
+		if sp.NodePort == 0 {
+			s.Key.Name = s.Name
+		}
 		s.Port = uint16(sp.Port)
 		cluster, local := backends(svcSlices, sp, proto, o.NodeName)
 		s.Backends = cluster
@@ -264,6 +290,11 @@ func wantService(svc *v1.Service) bool {
 	}
 	switch svc.Spec.Type {
 	case v1.ServiceTypeNodePort, v1.ServiceTypeLoadBalancer:
+	case v1.ServiceTypeClusterIP, "":
+		// kube-proxy serves a ClusterIP service's externalIPs on every node.
+		if len(svc.Spec.ExternalIPs) == 0 {
+			return false
+		}
 	default:
 		return false
 	}

@@ -90,8 +90,8 @@ func TestBuild(t *testing.T) {
 			svcs:   []*v1.Service{service("web", v1.ServiceTypeNodePort, port("http", tcp, 30080), port("dns", udp, 30053))},
 			slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", []discoveryv1.EndpointPort{sport("http", tcp, 8080), sport("dns", udp, 5353)}, ep{addr: "10.244.1.10", node: "node1"}, ep{addr: "10.244.2.10", node: "node2"})},
 			want: map[ServiceKey][]maps.Backend{
-				{30080, maps.TCP}: {b("10.244.1.10", 8080, true), b("10.244.2.10", 8080, false)},
-				{30053, maps.UDP}: {b("10.244.1.10", 5353, true), b("10.244.2.10", 5353, false)},
+				{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 8080, true), b("10.244.2.10", 8080, false)},
+				{NodePort: 30053, Proto: maps.UDP}: {b("10.244.1.10", 5353, true), b("10.244.2.10", 5353, false)},
 			},
 		},
 		{
@@ -101,13 +101,13 @@ func TestBuild(t *testing.T) {
 				slice("web-2", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.2.10"}, ep{addr: "10.244.1.10"}),
 				slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10"}),
 			},
-			want: map[ServiceKey][]maps.Backend{{30080, maps.TCP}: {b("10.244.1.10", 80, false), b("10.244.2.10", 80, false)}},
+			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 80, false), b("10.244.2.10", 80, false)}},
 		},
 		{
 			name:   "not-ready endpoints are left out; no endpoints still makes a frontend (reject)",
 			svcs:   []*v1.Service{service("web", v1.ServiceTypeNodePort, port("", tcp, 30080))},
 			slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: no})},
-			want:   map[ServiceKey][]maps.Backend{{30080, maps.TCP}: nil},
+			want:   map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: nil},
 		},
 		{
 			name: "serving terminating endpoints used only when none is ready",
@@ -116,7 +116,7 @@ func TestBuild(t *testing.T) {
 				slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: no, serv: yes, term: yes}, ep{addr: "10.244.1.11", ready: yes}),
 				slice("api-1", "api", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.20", ready: no, serv: yes, term: yes}, ep{addr: "10.244.1.21", ready: no, serv: no, term: yes}),
 			},
-			want: map[ServiceKey][]maps.Backend{{30080, maps.TCP}: {b("10.244.1.11", 80, false)}, {30081, maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
+			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
 		},
 		{
 			name: "LoadBalancer nodePorts served; ClusterIP, ExternalName, other proxies' services ignored",
@@ -130,12 +130,12 @@ func TestBuild(t *testing.T) {
 					return s
 				}(),
 			},
-			want: map[ServiceKey][]maps.Backend{{30100, maps.TCP}: nil},
+			want: map[ServiceKey][]maps.Backend{{NodePort: 30100, Proto: maps.TCP}: nil},
 		},
 		{
 			name:     "invalid ports are reported by name and skipped, the rest served",
 			svcs:     []*v1.Service{service("bad", v1.ServiceTypeNodePort, port("quic", "QUIC", 30200), port("low", tcp, 80), port("ok", tcp, 30201), port("sctp", v1.ProtocolSCTP, 30202))},
-			want:     map[ServiceKey][]maps.Backend{{30201, maps.TCP}: nil, {30202, maps.SCTP}: nil},
+			want:     map[ServiceKey][]maps.Backend{{NodePort: 30201, Proto: maps.TCP}: nil, {NodePort: 30202, Proto: maps.SCTP}: nil},
 			problems: []string{`Service default/bad: port "quic": protocol "QUIC"`, `Service default/bad: port "low": nodePort 80 outside`},
 		},
 		{
@@ -146,7 +146,7 @@ func TestBuild(t *testing.T) {
 				b.CreationTimestamp = metav1.NewTime(time.Unix(100, 0))
 				return []*v1.Service{a, b}
 			}(),
-			want:     map[ServiceKey][]maps.Backend{{30300, maps.TCP}: nil},
+			want:     map[ServiceKey][]maps.Backend{{NodePort: 30300, Proto: maps.TCP}: nil},
 			problems: []string{`Service default/a: port "": nodePort 30300/TCP already used by default/b:`},
 		},
 		{
@@ -157,7 +157,7 @@ func TestBuild(t *testing.T) {
 				s.AddressType = discoveryv1.AddressTypeIPv6
 				return s
 			}()},
-			want: map[ServiceKey][]maps.Backend{{30080, maps.TCP}: nil},
+			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: nil},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

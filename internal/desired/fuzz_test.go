@@ -33,7 +33,7 @@ func FuzzBuild(f *testing.F) {
 		kept := 0
 		for k, s := range st.Services {
 			kept++
-			if !in.NodePortRange.Contains(k.NodePort) || (k.Proto != 6 && k.Proto != 17 && k.Proto != 132) || s.Key != k {
+			if (!in.NodePortRange.Contains(k.NodePort) && (k.NodePort != 0 || k.Name == "" || len(s.ExternalIPs)+len(s.LoadBalancerIPs) == 0)) || (k.Proto != 6 && k.Proto != 17 && k.Proto != 132) || s.Key != k {
 				t.Fatalf("kept an unservable port: %+v", s)
 			}
 			if !slices.IsSortedFunc(s.Backends, compareBackends) {

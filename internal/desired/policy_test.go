@@ -19,7 +19,7 @@ import (
 func TestBuildPolicy(t *testing.T) {
 	tcp := v1.ProtocolTCP
 	yes, no := ptr(true), ptr(false)
-	key := ServiceKey{30080, maps.TCP}
+	key := ServiceKey{NodePort: 30080, Proto: maps.TCP}
 	web := func(mod func(*v1.Service)) []*v1.Service {
 		s := service("web", v1.ServiceTypeLoadBalancer, port("", tcp, 30080))
 		mod(s)
@@ -190,7 +190,7 @@ func TestBuildDefaultAlgorithm(t *testing.T) {
 	in := Input{Options: Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}, Maglev: true}, Addresses: []netip.Addr{nodeAddr},
 		Services: map[types.NamespacedName]*v1.Service{{Namespace: "default", Name: "web"}: s, {Namespace: "default", Name: "api"}: random}}
 	st, _ := Build(in)
-	if !st.Services[ServiceKey{30080, maps.TCP}].Maglev || st.Services[ServiceKey{30081, maps.TCP}].Maglev {
+	if !st.Services[ServiceKey{NodePort: 30080, Proto: maps.TCP}].Maglev || st.Services[ServiceKey{NodePort: 30081, Proto: maps.TCP}].Maglev {
 		t.Errorf("--lb-algorithm maglev: want maglev unless annotated random")
 	}
 }
@@ -212,5 +212,36 @@ func TestHealthCheckCountsLocalReadyEndpoints(t *testing.T) {
 	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
 	if _, ok := HealthCheckOf(s, nil, "node1"); ok {
 		t.Error("a Cluster service has no health check")
+	}
+}
+
+// Ports without a NodePort are served on their external and load-balancer IPs only, keyed by
+// name: a ClusterIP service with externalIPs, a LoadBalancer without node ports.
+func TestBuildPortsWithoutNodePort(t *testing.T) {
+	tcp := v1.ProtocolTCP
+	cip := service("cip", v1.ServiceTypeClusterIP, port("http", tcp, 0))
+	cip.Spec.ExternalIPs = []string{"198.51.100.7"}
+	plain := service("plain", v1.ServiceTypeClusterIP, port("http", tcp, 0))
+	lb := service("lb", v1.ServiceTypeLoadBalancer, port("http", tcp, 0))
+	lb.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.10"}}
+	st, problems := build([]*v1.Service{cip, plain, lb}, []*discoveryv1.EndpointSlice{
+		slice("cip-1", "cip", []discoveryv1.EndpointPort{sport("http", tcp, 8080)}, ep{addr: "10.244.1.10", node: "node1"}),
+	})
+	if len(problems) != 0 || len(st.Services) != 2 {
+		t.Fatalf("problems %v, services %v", problems, st.Services)
+	}
+	s := st.Services[ServiceKey{Proto: maps.TCP, Name: "default/cip:http"}]
+	if s == nil || len(s.Backends) != 1 {
+		t.Fatalf("the ClusterIP service's external IP port: %+v", s)
+	}
+	fes := s.Frontends([]netip.Addr{nodeAddr})
+	if len(fes) != 1 {
+		t.Errorf("frontends %v: want the external IP only, no NodePort", fes)
+	}
+	if _, ok := fes[maps.FrontendKey{Addr: netip.MustParseAddr("198.51.100.7"), Port: 80, Proto: maps.TCP}]; !ok {
+		t.Errorf("frontends %v", fes)
+	}
+	if st.Services[ServiceKey{Proto: maps.TCP, Name: "default/lb:http"}] == nil {
+		t.Error("a LoadBalancer without node ports is served on its ingress IP")
 	}
 }

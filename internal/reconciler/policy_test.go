@@ -248,3 +248,23 @@ func TestDroppedUDPBackendsFlowsFlushed(t *testing.T) {
 	apply(t, r, state([]netip.Addr{node1}))
 	indexOf(t, f.Writes[n:], "flush UDP flows of")
 }
+
+func TestPortWithoutNodePortRestored(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	s := &desired.Service{Key: desired.ServiceKey{Proto: maps.TCP, Name: "default/cip:http"}, Name: "default/cip:http", Port: 80,
+		ExternalIPs: []netip.Addr{extIP}, Backends: []maps.Backend{be("10.244.1.10", 80)}}
+	apply(t, r, state([]netip.Addr{node1}, s))
+	if len(f.FrontendMap) != 1 || f.FrontendPorts[0] {
+		t.Fatalf("frontends %v, prefilter %v: want the external IP only", f.FrontendMap, f.FrontendPorts)
+	}
+	n := len(f.Writes)
+	r2 := New(f, 100, 100, zap.NewNop())
+	if _, err := r2.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, r2, state([]netip.Addr{node1}, s))
+	if len(f.Writes) != n {
+		t.Errorf("apply after restore wrote %q", f.Writes[n:])
+	}
+}

@@ -150,6 +150,8 @@ func (r *Reconciler) Restore() (int, error) {
 		sk := desired.ServiceKey{NodePort: k.Port, Proto: k.Proto}
 		if info, ok := infos[fe.ServiceID]; ok && info.NodePort != 0 {
 			sk = desired.ServiceKey{NodePort: info.NodePort, Proto: info.Proto}
+		} else if ok && info.Name != "" {
+			sk = desired.ServiceKey{Proto: info.Proto, Name: info.Name} // served on external IPs only
 		}
 		a := r.services[sk]
 		if a == nil {
@@ -238,12 +240,7 @@ func (r *Reconciler) Apply(st desired.State) error {
 	for k := range st.Services {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].NodePort != keys[j].NodePort {
-			return keys[i].NodePort < keys[j].NodePort
-		}
-		return keys[i].Proto < keys[j].Proto
-	})
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Less(keys[j]) })
 	if b, ok := r.m.(maps.Batcher); ok && len(keys) >= batchThreshold && !r.noBatch {
 		errs = append(errs, r.applyBatched(b, st, keys)...)
 	} else {
@@ -552,8 +549,10 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 			}
 		}
 	}
-	if err := r.m.SetFrontendPort(svc.Key.NodePort); err != nil {
-		return nil, nil, err
+	if svc.Key.NodePort != 0 {
+		if err := r.m.SetFrontendPort(svc.Key.NodePort); err != nil {
+			return nil, nil, err
+		}
 	}
 	if len(svc.LoadBalancerIPs)+len(svc.ExternalIPs) > 0 {
 		// Load-balancer and external IPs are served on the service port.

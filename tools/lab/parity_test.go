@@ -639,6 +639,13 @@ var parityScenarios = []struct {
 			return nil
 		})
 	}},
+	{"should be able to serve external IPs of a ClusterIP service", func(t *testing.T, p *parity) {
+		p.create(t, "cipexternal", 0, false, func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeClusterIP
+			s.Spec.ExternalIPs = []string{extIP}
+		}, podEP("pod1", "ready"), podEP("pod2", "ready"))
+		p.eventually(t, "the external IP serves", p.spreadOver(netip.AddrPortFrom(netip.MustParseAddr(extIP), 80), "pod1", "pod2"))
+	}},
 	{"sluice differs: a local endpoint sees the client address under externalTrafficPolicy Cluster", func(t *testing.T, p *parity) {
 		p.create(t, "clusterlocal", 31014, false, nil, podEP("pod1", "ready"))
 		p.eventually(t, "served", p.spreadOver(np(p, 31014), "pod1"))
