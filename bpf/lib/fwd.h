@@ -47,7 +47,9 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	fib.l4_protocol = p->proto;
 	fib.sport = to->sport;
 	fib.dport = to->dport;
-	fib.tot_len = p->ip_len;
+	/* At tc, 0: the kernel then checks the sk_buff itself (is_skb_forwardable), which knows a
+	 * GRO-merged packet is sent as segments; its length would read as "fragmentation needed". */
+	fib.tot_len = xdp ? p->ip_len : 0;
 	fib.ipv4_src = to->saddr;
 	fib.ipv4_dst = to->daddr;
 	fib.ifindex = ctx_ifindex(ctx, xdp);
