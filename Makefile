@@ -8,9 +8,9 @@ export BPF2GO_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(ARCH)-linux-gnu
 # Debian packages the build, tests and demo use: package:command-or-file-that-proves-it.
 DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.h \
 	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h \
-	iptables:iptables-restore nftables:nft wrk:wrk
+	iptables:iptables-restore nftables:nft wrk:wrk iperf3:iperf3 conntrack:conntrack
 
-.PHONY: deps generate check-generate build test test-kernel demo bench controlplane clean
+.PHONY: deps generate check-generate build test test-kernel demo bench bench-quick controlplane clean
 
 deps:
 	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
@@ -22,13 +22,13 @@ deps:
 
 # Rebuild the BPF objects and their Go bindings (committed, so `go build` needs no clang).
 generate: deps
-	$(GO) generate ./internal/datapath/ ./tools/pktgen/
+	$(GO) generate ./internal/datapath/ ./tools/pktgen/ ./tools/bench/xdpfwd/
 
 # Fails if the committed object is not what the C sources compile to.
 check-generate: generate
-	@git diff --quiet -- internal/datapath/ tools/pktgen/ || { \
+	@git diff --quiet -- internal/datapath/ tools/pktgen/ tools/bench/xdpfwd/ || { \
 		echo "committed BPF objects or bindings are stale; commit the output of 'make generate'"; \
-		git diff --stat -- internal/datapath/ tools/pktgen/; exit 1; }
+		git diff --stat -- internal/datapath/ tools/pktgen/ tools/bench/xdpfwd/; exit 1; }
 
 build:
 	@mkdir -p bin
@@ -49,11 +49,21 @@ demo: deps build
 controlplane:
 	bash tools/controlplane/build.sh
 
-# Per-packet cost (BPF_PROG_TEST_RUN), then the control plane at 10k services through a real
-# kube-apiserver (about 3 minutes).
+# The benchmarks (tools/bench, root): on one lab in one run, plain forwarding, kube-proxy
+# (iptables and nftables), sluice (XDP and tc) and a bare XDP forwarder side by side (packet
+# rate with the live-frames generator, iperf3, wrk), the per-packet cost (BPF_PROG_TEST_RUN)
+# from 1 to 100k services, a scale sweep through the API server, and the control plane at 10k
+# services (tools/scale). Writes bench/results/<timestamp>.json, docs/benchmarks.md and
+# docs/bench-*.svg. About 15 minutes here.
 bench: deps build controlplane
-	CI=$${CI:-} $(GO) test -run '^$$' -bench . -benchtime 1x ./internal/datapath/
-	$(GO) run ./tools/scale --agent bin/sluice-agent --services 10000 --endpoints 10 --updates 200
+	$(GO) build -o bin/ ./tools/bench ./tools/scale
+	bin/bench --agent bin/sluice-agent --scale bin/scale --results bench/results --docs docs
+
+# The same, short (about 2 minutes, sweeps to 1k services): a smoke run, its report next to
+# its JSON in bench/results/quick/.
+bench-quick: deps build controlplane
+	$(GO) build -o bin/ ./tools/bench ./tools/scale
+	bin/bench --quick --agent bin/sluice-agent --scale bin/scale --results bench/results/quick
 
 clean:
 	rm -rf bin
