@@ -50,61 +50,64 @@ static __always_inline __u32 lb_hash(__u32 a, __u32 b, __u32 c)
 	return c;
 }
 
-static __always_inline __u32 *lb_pick_maglev(const struct frontend *fe, const struct pkt *p)
+/* The backend ID for a new flow of service svc_id (0: none, the agent's maps are mid-update).
+ * count_flags is the frontend's count | flags << 16; hash is the flow's lb_hash. A global
+ * function, with only scalars, so the verifier checks its branches (affinity, Maglev or a slot)
+ * once, not once per path of every caller: inlined, they multiplied tc ingress's verification
+ * five-fold. */
+__noinline __u32 lb_pick_id(__u32 svc_id, __u32 count_flags, __u32 affinity_timeout_s,
+			    __be32 client, __u32 hash)
 {
-	void *table = bpf_map_lookup_elem(&sluice_maglev, &fe->svc_id);
-	if (!table || !cfg_maglev_size)
-		return 0;
-	__u32 ports = ((__u32)p->sport << 16) | p->dport;
-	__u32 idx = lb_hash(p->saddr, p->daddr, ports ^ p->proto) % cfg_maglev_size;
-	return bpf_map_lookup_elem(table, &idx);
-}
-
-static __always_inline __u32 *lb_pick_slot(const struct frontend *fe)
-{
-	struct slot_key sk = {
-		.svc_id = fe->svc_id,
-		.slot = bpf_get_prandom_u32() % fe->count + 1,
-	};
-	return bpf_map_lookup_elem(&sluice_slots, &sk);
-}
-
-/* The client's remembered backend for fe, if it is recent and still one of the service's. */
-static __always_inline __u32 lb_affinity_lookup(const struct frontend *fe,
-						 const struct affinity_key *ak, __u64 now)
-{
-	struct affinity *a = bpf_map_lookup_elem(&sluice_affinity, ak);
-	if (!a || now - a->last_seen > (__u64)fe->affinity_timeout_s * NSEC_PER_SEC)
-		return 0;
-	struct affinity_match m = { .svc_id = fe->svc_id, .backend_id = a->backend_id };
-	if (!bpf_map_lookup_elem(&sluice_affinity_match, &m))
-		return 0;
-	return a->backend_id;
-}
-
-/* The backend for a new flow of p to fe, or NULL if the agent's maps are mid-update. */
-static __always_inline struct backend *lb_pick(const struct frontend *fe, const struct pkt *p,
-					       __u64 now, __u32 *backend_id)
-{
-	struct affinity_key ak = { .svc_id = fe->svc_id, .client = p->saddr };
-	bool affinity = fe->flags & FE_F_AFFINITY;
+	__u16 count = count_flags & 0xffff;
+	__u16 flags = count_flags >> 16;
+	__u64 now = bpf_ktime_get_ns();
+	struct affinity_key ak = { .svc_id = svc_id, .client = client };
 	__u32 id = 0;
-	if (affinity)
-		id = lb_affinity_lookup(fe, &ak, now);
+
+	if (flags & FE_F_AFFINITY) {
+		/* The client's remembered backend, if recent and still one of the service's. */
+		struct affinity *a = bpf_map_lookup_elem(&sluice_affinity, &ak);
+		if (a && now - a->last_seen <= (__u64)affinity_timeout_s * NSEC_PER_SEC) {
+			struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
+			if (bpf_map_lookup_elem(&sluice_affinity_match, &m))
+				id = a->backend_id;
+		}
+	}
 	if (!id) {
-		__u32 *slot = (fe->flags & FE_F_MAGLEV) ? lb_pick_maglev(fe, p) : lb_pick_slot(fe);
+		__u32 *slot = 0;
+		if (flags & FE_F_MAGLEV) {
+			void *table = bpf_map_lookup_elem(&sluice_maglev, &svc_id);
+			if (table && cfg_maglev_size) {
+				__u32 idx = hash % cfg_maglev_size;
+				slot = bpf_map_lookup_elem(table, &idx);
+			}
+		} else if (count) {
+			struct slot_key sk = { .svc_id = svc_id, .slot = bpf_get_prandom_u32() % count + 1 };
+			slot = bpf_map_lookup_elem(&sluice_slots, &sk);
+		}
 		if (!slot)
 			return 0;
 		id = *slot;
 	}
-	struct backend *be = bpf_map_lookup_elem(&sluice_backends, &id);
-	if (!be)
-		return 0;
-	if (affinity && !cfg_trace) {
+	if ((flags & FE_F_AFFINITY) && !cfg_trace && id) {
 		struct affinity a = { .backend_id = id, .last_seen = now };
 		bpf_map_update_elem(&sluice_affinity, &ak, &a, BPF_ANY);
 	}
-	*backend_id = id;
+	return id;
+}
+
+/* The backend for a new flow of p to fe, or NULL if the agent's maps are mid-update. */
+static __always_inline struct backend *lb_pick(const struct frontend *fe, const struct pkt *p,
+					       __u32 *backend_id)
+{
+	__u32 ports = ((__u32)p->sport << 16) | p->dport;
+	__u32 id = lb_pick_id(fe->svc_id, fe->count | (__u32)fe->flags << 16, fe->affinity_timeout_s,
+			      p->saddr, lb_hash(p->saddr, p->daddr, ports ^ p->proto));
+	if (!id)
+		return 0;
+	struct backend *be = bpf_map_lookup_elem(&sluice_backends, &id);
+	if (be)
+		*backend_id = id;
 	return be;
 }
 

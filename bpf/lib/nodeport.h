@@ -65,7 +65,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	struct trace_record *t = trace_rec();
 	if (t)
 		t->svc_id = fe->svc_id;
-	struct backend *be = lb_pick(fe, p, now, &backend_id);
+	struct backend *be = lb_pick(fe, p, &backend_id);
 	if (!be) {
 		count_reason(REASON_DROP_NO_BACKEND);
 		return VERDICT_DROP(xdp);

@@ -1,8 +1,11 @@
 package datapath_test
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/sluicelb/sluice/internal/datapath"
@@ -38,5 +41,38 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 			list = append(list, fn.String())
 		}
 		t.Logf("%s: %d instructions, helpers %v", name, len(p.Instructions), list)
+	}
+}
+
+// Every program leaves the verifier room: at most 60% of its 1M-instruction budget, so a
+// change that multiplies the paths it walks (as inlining the backend choice once did, 5x) fails
+// here, not on a user's kernel. Reports each program's figure.
+func TestVerifierHeadroom(t *testing.T) {
+	spec, err := datapath.Spec(datapath.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinNone
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	for name, p := range coll.Programs {
+		var n int
+		log := p.VerifierLog
+		i := strings.Index(log, "processed ")
+		if i < 0 {
+			t.Fatalf("%s: no statistics in the verifier log", name)
+		}
+		if _, err := fmt.Sscanf(log[i:], "processed %d insns", &n); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Logf("%s: the verifier walked %d instructions", name, n)
+		if n > 600000 {
+			t.Errorf("%s: the verifier walked %d instructions, over 60%% of its 1,000,000 budget", name, n)
+		}
 	}
 }
