@@ -15,9 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"github.com/gopacket/gopacket/layers"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/sluicelb/sluice/internal/reconciler"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/bench/xdpfwd"
+	"github.com/sluicelb/sluice/tools/pktgen"
 )
 
 // Per-packet cost, measured by the kernel with BPF_PROG_TEST_RUN, of sluice's XDP program
@@ -154,40 +153,6 @@ func testRun(prog *ebpf.Program, frame []byte, ifindex, repeat int) (uint32, tim
 			return 0, 0, fmt.Errorf("BPF_PROG_TEST_RUN: %w", errno)
 		}
 		return attr.Retval, time.Duration(attr.Duration), nil
-	}
-}
-
-// holdInDispatcher keeps prog in the kernel's XDP dispatcher while it is measured (see
-// tools/pktgen/dispatcher.go: otherwise every test run with a repeat count adds and removes it,
-// ~20 ms each): it is attached in generic mode to the loopback of a namespace of its own,
-// which nothing ever enters.
-func holdInDispatcher(prog *ebpf.Program) (func(), error) {
-	type held struct {
-		ns netns.NsHandle
-		l  link.Link
-	}
-	done := make(chan held, 1)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends in the new namespace
-		ns, err := netns.New()
-		if err != nil {
-			errc <- fmt.Errorf("create netns: %w", err)
-			return
-		}
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: 1, Flags: link.XDPGenericMode})
-		if err != nil {
-			ns.Close()
-			errc <- fmt.Errorf("attach to a private loopback: %w", err)
-			return
-		}
-		done <- held{ns, l}
-	}()
-	select {
-	case err := <-errc:
-		return nil, err
-	case h := <-done:
-		return func() { h.l.Close(); h.ns.Close() }, nil
 	}
 }
 
@@ -348,7 +313,7 @@ func runPerPacket(ctx context.Context, cfg *config) (*PerPacket, error) {
 	defer fwd.Close()
 
 	err = node.ns.Do(func() error {
-		rel, err := holdInDispatcher(trivial)
+		rel, err := pktgen.HoldInDispatcher(trivial)
 		if err != nil {
 			return err
 		}
@@ -363,7 +328,7 @@ func runPerPacket(ctx context.Context, cfg *config) (*PerPacket, error) {
 		}); err != nil {
 			return fmt.Errorf("trivial single-shot: %w", err)
 		}
-		rel2, err := holdInDispatcher(fwd.Program())
+		rel2, err := pktgen.HoldInDispatcher(fwd.Program())
 		if err != nil {
 			return err
 		}
@@ -431,12 +396,12 @@ func perPacketPoint(node *ppNode, n, b int, s ppSamples, fr ppFrames, trivial *e
 	}
 	prog := dp.Objs.SluiceXdp
 	err = node.ns.Do(func() error {
-		rel, err := holdInDispatcher(prog)
+		rel, err := pktgen.HoldInDispatcher(prog)
 		if err != nil {
 			return err
 		}
 		defer rel()
-		rel2, err := holdInDispatcher(trivial)
+		rel2, err := pktgen.HoldInDispatcher(trivial)
 		if err != nil {
 			return err
 		}

@@ -166,16 +166,21 @@ func (c *apiCluster) answeredBy(port uint16, n int, want ...string) func() error
 			}
 			seen[who]++
 		}
-		if len(seen) != len(want) {
-			return fmt.Errorf("answered by %v, want %v", seen, want)
-		}
-		for _, w := range want {
-			if seen[w] == 0 {
-				return fmt.Errorf("answered by %v, want %v", seen, want)
-			}
-		}
-		return nil
+		return answeredByExactly(seen, want)
 	}
+}
+
+// answeredByExactly checks that the answers came from each of want and nobody else.
+func answeredByExactly(seen map[string]int, want []string) error {
+	if len(seen) != len(want) {
+		return fmt.Errorf("answered by %v, want each of %v", seen, want)
+	}
+	for _, w := range want {
+		if seen[w] == 0 {
+			return fmt.Errorf("answered by %v, want each of %v", seen, want)
+		}
+	}
+	return nil
 }
 
 func (c *apiCluster) refused(port uint16) func() error {

@@ -216,15 +216,7 @@ func (p *parity) spreadOver(addr netip.AddrPort, want ...string) func() error {
 		if err != nil {
 			return err
 		}
-		if len(seen) != len(want) {
-			return fmt.Errorf("answered by %v, want each of %v", seen, want)
-		}
-		for _, w := range want {
-			if seen[w] == 0 {
-				return fmt.Errorf("answered by %v, want each of %v", seen, want)
-			}
-		}
-		return nil
+		return answeredByExactly(seen, want)
 	}
 }
 

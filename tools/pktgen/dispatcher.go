@@ -9,13 +9,13 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// holdInDispatcher keeps prog in the kernel's XDP dispatcher until the returned function is
+// HoldInDispatcher keeps prog in the kernel's XDP dispatcher until the returned function is
 // called. A BPF_PROG_TEST_RUN call with a repeat count adds the program to the dispatcher and
 // removes it again, each a synchronize_rcu: ~20-30 ms per call on this VM whatever the count,
 // unless the program is there already. Being attached to a device keeps it there, so it is
 // attached in generic mode to the loopback of a namespace made for the purpose and never
 // entered by anything else: no frame ever reaches it.
-func holdInDispatcher(prog *ebpf.Program) (release func(), err error) {
+func HoldInDispatcher(prog *ebpf.Program) (release func(), err error) {
 	type held struct {
 		ns netns.NsHandle
 		l  link.Link

@@ -185,7 +185,7 @@ func (g Generator) Run(ctx context.Context, count uint64, d time.Duration) (Resu
 	defer objs.Close()
 	// Best effort: without it every call costs ~25 ms, which longer calls dilute.
 	callTarget := shortCall
-	if release, err := holdInDispatcher(objs.PktgenXdp); err == nil {
+	if release, err := HoldInDispatcher(objs.PktgenXdp); err == nil {
 		defer release()
 	} else {
 		callTarget = longCall
