@@ -153,9 +153,35 @@ static __always_inline bool ct_claimable(const struct ct_entry *e, __u8 proto, _
 	return true;
 }
 
+/* Remove the dead entry `old` found at rk so that this CPU can claim its key, unless another CPU
+ * is doing the same: two CPUs that both saw it dead must not both delete (the later delete
+ * would remove the other's fresh claim). Linux 5.10 has no compare-and-swap for BPF, so the
+ * claim is an atomic add of CT_CLAIM_BIT to last_seen and a re-read: the claim bits go
+ * 00 -> 01 -> 10 with each add, so at most one CPU reads 01 after its own add (the one whose
+ * add made them 01, if no other add came before its read); the others give the port up. A
+ * claimed entry reads as live (last_seen far in the future), so later CPUs do not even try,
+ * and it is deleted at once. */
+#define CT_CLAIM_BIT (1ULL << 62)
+#define CT_CLAIM_MASK (3ULL << 62)
+
+static __always_inline bool ct_take_dead(struct ct_key *rk, struct ct_entry *old)
+{
+	if (old->last_seen & CT_CLAIM_MASK)
+		return false;
+	__sync_fetch_and_add(&old->last_seen, CT_CLAIM_BIT);
+	if ((*(volatile __u64 *)&old->last_seen & CT_CLAIM_MASK) != CT_CLAIM_BIT)
+		return false;
+	/* Still the entry we claimed (not evicted and its slot reused meanwhile)? */
+	if (bpf_map_lookup_elem(&sluice_ct, rk) != old)
+		return false;
+	bpf_map_delete_elem(&sluice_ct, rk);
+	return true;
+}
+
 /* Choose the SNAT source port for a flow to a remote backend: probe up to SNAT_PROBES random
  * ports in the range for a reverse tuple (backend, node address, port) that is claimable, and
- * claim it by inserting the reverse entry with BPF_NOEXIST (so two CPUs never get one port).
+ * claim it by inserting the reverse entry with BPF_NOEXIST (so two CPUs never get one port; a
+ * dead entry in the way is taken with ct_take_dead).
  * Returns 0 when every probe failed: the range is (nearly) exhausted for this backend; the
  * caller drops and counts. */
 static __always_inline __u16 ct_snat_claim(struct ct_key *rk, struct ct_entry *rv, __u64 now)
@@ -170,8 +196,8 @@ static __always_inline __u16 ct_snat_claim(struct ct_key *rk, struct ct_entry *r
 			continue;
 		if (cfg_trace)
 			return port;
-		if (old)
-			bpf_map_delete_elem(&sluice_ct, rk);
+		if (old && !ct_take_dead(rk, old))
+			continue;
 		if (bpf_map_update_elem(&sluice_ct, rk, rv, BPF_NOEXIST) == 0)
 			return port;
 	}

@@ -59,6 +59,13 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS && mac_zero(fib.dmac))
 		rc = BPF_FIB_LKUP_RET_NO_NEIGH;
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		/* XDP judges by the IP length, which in generic mode is a GRO-merged packet's (it
+		 * leaves as segments that fit): tc, which finds the same flow and lets the kernel
+		 * judge the sk_buff itself, decides. */
+		if (xdp) {
+			count_reason(REASON_PASS_TO_TC);
+			return XDP_PASS;
+		}
 		count_reason(REASON_DROP_FRAG_NEEDED);
 		return VERDICT_DROP(xdp);
 	}

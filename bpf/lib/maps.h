@@ -262,7 +262,8 @@ struct device_info {
 	__u32 tc_egress_prog_id;
 	__u8 xdp_mode;          /* 0 off, 1 native, 2 generic */
 	__u8 tc_mode;           /* 1 tcx, 2 clsact */
-	__u8 pad[2];
+	__u8 xdp_reason;        /* why that XDP mode: Go datapath.ModeReason */
+	__u8 pad;
 	char name[16];
 };
 

@@ -62,14 +62,17 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 	iph->check = csum_apply(iph->check, ip_diff);
 	if (p->proto == IPPROTO_SCTP) {
 		/* CRC32c over the SCTP packet only (no pseudo-header): the ports' change, at XDP and
-		 * tc alike. (A local sender that offloads the CRC leaves it to be computed later; on
-		 * a device's wire it is always there.) */
+		 * tc alike. A sender that offloads the CRC (a pod behind a veth: CHECKSUM_PARTIAL)
+		 * leaves the field 0 until the packet leaves, when the kernel computes it over what
+		 * the packet holds then, rewritten ports included: such a field stays 0. (A computed
+		 * CRC that happens to be 0, one in 2^32, is left too; the peer drops that one packet
+		 * and SCTP sends it again.) */
 		struct sctphdr *sh = l4;
 		__u32 old = *(__u32 *)l4;
 		ports[0] = to->sport;
 		ports[1] = to->dport;
 		__u32 delta = old ^ *(__u32 *)l4;
-		if (delta)
+		if (delta && sh->checksum)
 			sh->checksum ^= crc32c_port_delta(delta, p->ip_len - p->ihl * 4);
 		return 0;
 	}

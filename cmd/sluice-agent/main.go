@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/devices"
 	"github.com/sluicelb/sluice/internal/healthcheck"
 	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
@@ -67,10 +69,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.Float64Var(&o.apiQPS, "kube-api-qps", 50, "API server queries per second")
 	fs.IntVar(&o.apiBurst, "kube-api-burst", 100, "API server query burst")
 	fs.StringVar(&o.nodePortAddrs, "nodeport-addresses", "", "CIDRs (comma-separated) of the device addresses NodePorts are served on, as kube-proxy's flag (default: all)")
-	fs.StringVar(&o.devices, "devices", "", "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts")
+	fs.StringVar(&o.devices, "devices", "", "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts (default: the devices that carry the Node's InternalIP/ExternalIP, else the default route's; followed as they change)")
 	fs.StringVar(&o.nodeName, "node-name", host, "this node's name, as EndpointSlices' nodeName (marks local backends)")
 	fs.StringVar(&o.bpffs, "bpffs", "/sys/fs/bpf/sluice", "bpffs directory for the pinned maps")
-	fs.StringVar(&o.xdpMode, "xdp-mode", "native", "XDP attach mode: native, generic, or off (tc ingress only)")
+	fs.StringVar(&o.xdpMode, "xdp-mode", "auto", "XDP attach mode: auto (per device: native on NIC drivers known to be right with it, tc elsewhere), native, generic, or off (tc ingress only)")
 	fs.StringVar(&o.tcAttach, "tc-attach", "auto", "tc attach mode: auto (TCX on 6.6+, else clsact), tcx, or clsact")
 	fs.StringVar(&o.nodePortRange, "nodeport-range", "30000-32767", "NodePorts outside this range are refused")
 	fs.StringVar(&o.snatPorts, "snat-port-range", fmt.Sprintf("%d-%d", o.dp.SNATPortMin, o.dp.SNATPortMax), "source ports for SNAT to remote backends (keep clear of net.ipv4.ip_local_port_range)")
@@ -100,9 +102,6 @@ func parseFlags(args []string) (*options, error) {
 		os.Exit(0)
 	}
 	if o.cleanup {
-		if o.devices == "" {
-			return nil, errors.New("parse flags: --cleanup needs --devices")
-		}
 		return o, nil
 	}
 	if o.syncPeriod <= 0 || o.minSync < 0 || o.minSync > o.syncPeriod {
@@ -110,9 +109,6 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.manifests != "" && o.kubeconfig != "" {
 		return nil, errors.New("parse flags: --manifests and --kubeconfig exclude each other")
-	}
-	if o.devices == "" {
-		return nil, errors.New("parse flags: --devices is required")
 	}
 	switch o.lbAlgorithm {
 	case "random":
@@ -181,7 +177,7 @@ func main() {
 	}
 	defer log.Sync()
 	if o.cleanup {
-		if err := datapath.Cleanup(o.bpffs, strings.Split(o.devices, ",")); err != nil {
+		if err := datapath.Cleanup(o.bpffs, splitList(o.devices)); err != nil {
 			log.Error("Cleanup failed", zap.Error(err))
 			os.Exit(1)
 		}
@@ -199,7 +195,7 @@ func run(o *options, log *zap.Logger) error {
 	defer stop()
 	alog := log.Named("agent")
 	alog.Info("Starting", zap.String("version", version), zap.String("node", o.nodeName),
-		zap.String("devices", o.devices), zap.String("xdpMode", o.xdpMode), zap.String("bpffs", o.bpffs))
+		zap.String("devices", cmp.Or(o.devices, "(detect)")), zap.String("xdpMode", o.xdpMode), zap.String("bpffs", o.bpffs))
 
 	mode, err := datapath.ParseXDPMode(o.xdpMode)
 	if err != nil {
@@ -213,7 +209,6 @@ func run(o *options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	devices := strings.Split(o.devices, ",")
 	nodePortCIDRs, err := parseCIDRs(o.nodePortAddrs)
 	if err != nil {
 		return err
@@ -266,25 +261,17 @@ func run(o *options, log *zap.Logger) error {
 	alog.Info("Restored state from pinned maps", zap.Int("services", n))
 
 	dlog := log.Named("datapath")
-	var attached []*datapath.Attachment
-	defer func() {
-		// The programs stay attached (pinned links, clsact filters) and keep serving with the
-		// pinned maps: a restart or an upgrade drops no flow, and the next agent swaps its
-		// programs in. `--cleanup` removes them.
-		for _, a := range attached {
-			a.Release()
-		}
-	}()
-	for _, dev := range devices {
-		a, xdpErr, err := dp.Attach(dev, mode, tcMode)
-		if err != nil {
-			return err
-		}
-		attached = append(attached, a)
-		if xdpErr != nil {
-			dlog.Warn("XDP did not attach: ingress runs at tc", zap.String("device", dev), zap.Error(xdpErr))
-		}
-		dlog.Info("Attached", zap.String("device", dev), zap.String("xdp", string(a.XDP)), zap.String("tc", a.TC))
+	// The programs stay attached (pinned links, clsact filters) and keep serving with the
+	// pinned maps when the agent stops: a restart or an upgrade drops no flow, and the next
+	// agent swaps its programs in. `--cleanup` removes them.
+	devs := &devices.Manager{DP: dp, Explicit: splitList(o.devices), XDP: mode, TC: tcMode, Log: log.Named("devices"),
+		NodeIPs: func() []netip.Addr { return tracker.NodeAddresses(o.nodeName) }}
+	defer devs.Release()
+	if _, err := devs.Reconcile(); err != nil {
+		return err
+	}
+	if len(devs.Names()) == 0 {
+		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
 	}
 
 	if mig := dp.Migration; mig != nil {
@@ -301,15 +288,11 @@ func run(o *options, log *zap.Logger) error {
 	}
 
 	info := maps.AgentInfo{Version: version, Object: datapath.ObjectHash(), Started: time.Now(), PID: os.Getpid(), Config: dp.Config}
-	xdpID, tcInID, tcEgID := dp.ProgramIDs()
-	for _, a := range attached {
-		d := maps.DeviceInfo{Name: a.Device, Ifindex: a.Ifindex, XDPMode: string(a.XDP), TCMode: a.TC, TCIngressProg: tcInID, TCEgressProg: tcEgID}
-		if a.XDP != datapath.XDPOff {
-			d.XDPProg = xdpID
-		}
-		info.Devices = append(info.Devices, d)
+	writeInfo := func() error {
+		info.Devices = deviceInfos(dp, devs.Attachments())
+		return km.WriteAgentInfo(info)
 	}
-	if err := km.WriteAgentInfo(info); err != nil {
+	if err := writeInfo(); err != nil {
 		return err
 	}
 	defer func() {
@@ -332,7 +315,18 @@ func run(o *options, log *zap.Logger) error {
 		},
 		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.nodeName, NodePortRange: portRange, Maglev: o.maglev}, FullEvery: o.syncPeriod,
 		Addresses: func() ([]netip.Addr, error) {
-			addrs, err := datapath.DeviceAddresses(devices)
+			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
+			// follow them before reading the addresses NodePorts are served on.
+			changed, err := devs.Reconcile()
+			if err != nil {
+				dlog.Warn("Could not attach to every device; retrying with the next sync", zap.Error(err))
+			}
+			if changed {
+				if err := writeInfo(); err != nil {
+					dlog.Warn("Could not record the devices", zap.Error(err))
+				}
+			}
+			addrs, err := datapath.DeviceAddresses(devs.Names())
 			return filterAddresses(addrs, nodePortCIDRs), err
 		},
 		Log: log.Named("sync"),
@@ -340,7 +334,7 @@ func run(o *options, log *zap.Logger) error {
 	hcs := &healthcheck.Server{Healthy: health.Healthy, Log: log.Named("healthcheck")}
 	if len(nodePortCIDRs) > 0 {
 		// Like kube-proxy, the health check ports listen where the NodePorts are served.
-		addrs, err := datapath.DeviceAddresses(devices)
+		addrs, err := datapath.DeviceAddresses(devs.Names())
 		if err != nil {
 			return err
 		}
@@ -361,6 +355,11 @@ func run(o *options, log *zap.Logger) error {
 			}
 		}()
 	}
+	go func() {
+		if err := devices.Watch(ctx, tracker.Poke); err != nil {
+			dlog.Error("Not following device changes any more", zap.Error(err))
+		}
+	}()
 	runnerDone := make(chan struct{})
 	go func() {
 		runner.Run(ctx, tracker.Changed())
@@ -382,6 +381,32 @@ func run(o *options, log *zap.Logger) error {
 		}
 		return nil
 	}
+}
+
+// deviceInfos describes the attachments for the agent-info map.
+func deviceInfos(dp *datapath.Datapath, as []*datapath.Attachment) []maps.DeviceInfo {
+	xdpID, tcInID, tcEgID := dp.ProgramIDs()
+	var out []maps.DeviceInfo
+	for _, a := range as {
+		d := maps.DeviceInfo{Name: a.Device, Ifindex: a.Ifindex, XDPMode: string(a.XDP), XDPReason: a.Reason.String(), TCMode: a.TC,
+			TCIngressProg: tcInID, TCEgressProg: tcEgID}
+		if a.XDP != datapath.XDPOff {
+			d.XDPProg = xdpID
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func parseCIDRs(s string) ([]netip.Prefix, error) {

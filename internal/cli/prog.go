@@ -37,11 +37,14 @@ type AgentJSON struct {
 
 // DeviceJSON is a device the agent attached to.
 type DeviceJSON struct {
-	Name     string     `json:"name"`
-	Ifindex  int        `json:"ifindex"`
-	XDPMode  string     `json:"xdpMode"` // native, generic, or off
-	TCMode   string     `json:"tcMode"`  // tcx or clsact
-	Programs []ProgJSON `json:"programs"`
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex"`
+	XDPMode string `json:"xdpMode"` // native, generic, or off
+	// XDPReason is why: flag (set by --xdp-mode), native-driver, veth, virtual-device,
+	// unknown-driver, attach-failed.
+	XDPReason string     `json:"xdpReason"`
+	TCMode    string     `json:"tcMode"` // tcx or clsact
+	Programs  []ProgJSON `json:"programs"`
 }
 
 // ProgJSON is one attached program.
@@ -89,7 +92,7 @@ func loadProgShow(e *Env, k *maps.Kernel) (ProgShowJSON, error) {
 		out.Agent.PID = 0
 	}
 	for _, d := range info.Devices {
-		dj := DeviceJSON{Name: d.Name, Ifindex: d.Ifindex, XDPMode: d.XDPMode, TCMode: d.TCMode}
+		dj := DeviceJSON{Name: d.Name, Ifindex: d.Ifindex, XDPMode: d.XDPMode, XDPReason: d.XDPReason, TCMode: d.TCMode}
 		if d.XDPProg != 0 {
 			dj.Programs = append(dj.Programs, progJSON("xdp", d.XDPProg))
 		}
@@ -133,13 +136,13 @@ func progShow(e *Env, args []string) error {
 		fmt.Fprintf(w, "datapath object\t%s\n", obj)
 		fmt.Fprintf(w, "SNAT ports\t%s\n", a.SNATPorts)
 		fmt.Fprintf(w, "pins\t%s\n", e.BPFFS)
-		fmt.Fprintln(w, "\nDEVICE\tIFINDEX\tXDP\tTC\tPROGRAMS")
+		fmt.Fprintln(w, "\nDEVICE\tIFINDEX\tXDP\tWHY\tTC\tPROGRAMS")
 		for _, d := range out.Devices {
 			var ps []string
 			for _, p := range d.Programs {
 				ps = append(ps, fmt.Sprintf("%s id %d %s tag %s", p.Hook, p.ID, p.Name, p.Tag))
 			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", d.Name, d.Ifindex, d.XDPMode, d.TCMode, strings.Join(ps, "; "))
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", d.Name, d.Ifindex, d.XDPMode, d.XDPReason, d.TCMode, strings.Join(ps, "; "))
 		}
 		if len(out.Devices) == 0 {
 			fmt.Fprintln(w, "(none attached)")

@@ -18,6 +18,9 @@ import (
 type XDPMode string
 
 const (
+	// XDPAuto chooses per device (ChooseXDP): native on NIC drivers known to be right with
+	// it, tc everywhere else.
+	XDPAuto    XDPMode = "auto"
 	XDPNative  XDPMode = "native"
 	XDPGeneric XDPMode = "generic"
 	XDPOff     XDPMode = "off"
@@ -26,10 +29,10 @@ const (
 // ParseXDPMode checks a --xdp-mode value.
 func ParseXDPMode(s string) (XDPMode, error) {
 	switch m := XDPMode(s); m {
-	case XDPNative, XDPGeneric, XDPOff:
+	case XDPAuto, XDPNative, XDPGeneric, XDPOff:
 		return m, nil
 	}
-	return "", fmt.Errorf("parse xdp mode: %q is not native, generic or off", s)
+	return "", fmt.Errorf("parse xdp mode: %q is not auto, native, generic or off", s)
 }
 
 // TCMode is how the tc programs are attached.
@@ -56,6 +59,11 @@ type Attachment struct {
 	Ifindex int
 	// XDP is the mode the XDP program runs in, or XDPOff when ingress is handled at tc.
 	XDP XDPMode
+	// Reason says why (auto's choice, or the flag), Facts what it was chosen from.
+	Reason ModeReason
+	Facts  DeviceFacts
+	// Caveat is what the user must guarantee for a mode forced where auto would not put it.
+	Caveat string
 	// TC is "tcx" or "clsact".
 	TC string
 
@@ -66,9 +74,9 @@ type Attachment struct {
 
 // Attach puts the programs on dev: tc ingress and egress always (egress restores local
 // backends' replies; ingress is the fallback for whatever XDP hands up, and the whole ingress
-// path when XDP is off), and XDP in front unless mode is off. If XDP cannot attach, ingress
-// stays with tc and the error is returned alongside the attachment (xdpErr) for the caller
-// to log.
+// path when XDP is off), and XDP in front unless the mode (auto: ChooseXDP's choice for the
+// device) is off. If XDP cannot attach, ingress stays with tc and the error is returned
+// alongside the attachment (xdpErr) for the caller to log.
 //
 // With a pin path, the links are pinned under it (links/) and an agent that restarts finds
 // them and swaps its programs in atomically (bpf_link update): packets see the old program or
@@ -83,7 +91,14 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 			return nil, nil, fmt.Errorf("create link pin directory: %w", err)
 		}
 	}
-	a = &Attachment{Device: dev, Ifindex: iface.Index, XDP: XDPOff}
+	facts, err := ProbeDevice(dev)
+	if err != nil {
+		return nil, nil, err
+	}
+	requested := mode
+	mode, reason := ChooseXDP(requested, facts)
+	a = &Attachment{Device: dev, Ifindex: iface.Index, XDP: XDPOff, Reason: reason, Facts: facts,
+		Caveat: ForcedCaveat(requested, facts)}
 	if err := d.attachTC(a, tc); err != nil {
 		a.Detach()
 		return nil, nil, fmt.Errorf("attach tc to %s: %w", dev, err)
@@ -105,6 +120,9 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 		return link.AttachXDP(link.XDPOptions{Program: d.Objs.SluiceXdp, Interface: iface.Index, Flags: flags})
 	})
 	if err != nil {
+		if requested == XDPAuto {
+			a.Reason = ReasonAttachFailed
+		}
 		return a, fmt.Errorf("attach xdp (%s) to %s: %w", mode, dev, err), nil
 	}
 	a.links = append(a.links, l)
@@ -228,6 +246,23 @@ func removeClsactFilters(ifindex int) {
 	}
 }
 
+// removeNamedClsactFilters removes the clsact filters sluice put on a device, found by name
+// (another program may use the same handle and priority).
+func removeNamedClsactFilters(ifindex int) {
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return
+	}
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		filters, _ := netlink.FilterList(l, parent)
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, "sluice_") {
+				_ = netlink.FilterDel(bf)
+			}
+		}
+	}
+}
+
 // attachClsact is the pre-6.6 way: a clsact qdisc with direct-action cls_bpf filters.
 func (a *Attachment) attachClsact(ingress, egress *ebpf.Program) error {
 	a.TC = "clsact"
@@ -287,7 +322,8 @@ func (a *Attachment) Detach() error {
 }
 
 // Cleanup removes sluice from a node, as kube-proxy --cleanup: it detaches every pinned link
-// under pinPath, removes sluice's clsact filters from devices, and deletes the pinned maps.
+// under pinPath, removes sluice's clsact filters from devices (from every device when none is
+// named), and deletes the pinned maps.
 func Cleanup(pinPath string, devices []string) error {
 	var errs []error
 	links, _ := filepath.Glob(filepath.Join(pinPath, "links", "*"))
@@ -297,6 +333,15 @@ func Cleanup(pinPath string, devices []string) error {
 	for _, dev := range devices {
 		if iface, err := net.InterfaceByName(dev); err == nil {
 			removeClsactFilters(iface.Index)
+		}
+	}
+	if len(devices) == 0 {
+		all, err := netlink.LinkList()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list links: %w", err))
+		}
+		for _, l := range all {
+			removeNamedClsactFilters(l.Attrs().Index)
 		}
 	}
 	if err := os.RemoveAll(pinPath); err != nil {

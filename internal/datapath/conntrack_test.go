@@ -11,6 +11,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
 )
 
 // Connection-table behaviour across packets: TCP state on both entries of a flow, refresh and
@@ -319,5 +320,75 @@ func TestTCForwardsGROMergedPackets(t *testing.T) {
 	if ret != tcRedirect {
 		t.Errorf("verdict %d, want redirect (%d); drop_frag_needed %d -> %d", ret, tcRedirect,
 			before, e.reasons(t)[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED])
+	}
+}
+
+// Generic XDP runs after GRO, so it meets merged packets longer than the MTU; the FIB lookup
+// answers "fragmentation needed" from the IP length. XDP must hand such a packet, untouched,
+// to tc (which knows it leaves as segments), not drop it.
+func TestXDPHandsOversizePacketsToTC(t *testing.T) {
+	e := newEnv(t)
+	e.xdp(t, e.tcp(45100, true, false, false, false), xdpTX)
+	p := e.fromClient(layers.IPProtocolTCP, 45100, 30080)
+	p.ACK, p.Payload = true, make([]byte, 2800)
+	frame := p.Bytes()
+	reasons := e.reasons(t)
+	out := e.xdp(t, frame, xdpPass)
+	if d := testutil.Diff(frame, out); d != "" {
+		t.Errorf("the packet handed to tc was changed:\n%s", d)
+	}
+	after := e.reasons(t)
+	if after[datapath.SluiceReasonREASON_PASS_TO_TC] != reasons[datapath.SluiceReasonREASON_PASS_TO_TC]+1 ||
+		after[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED] != reasons[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED] {
+		t.Errorf("reasons: pass_to_tc %d -> %d, drop_frag_needed %d -> %d; want one pass_to_tc",
+			reasons[datapath.SluiceReasonREASON_PASS_TO_TC], after[datapath.SluiceReasonREASON_PASS_TO_TC],
+			reasons[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED], after[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED])
+	}
+}
+
+// A dead flow's SNAT port is taken by one CPU only: a dead entry is claimed (an atomic add to
+// last_seen) before it is deleted, so a CPU that finds it already claimed by another leaves the
+// port to it instead of deleting the other's fresh entry. With a one-port range every SYN
+// probes the same port.
+func TestSNATClaimOfADeadEntry(t *testing.T) {
+	const port, claimBit = 20000, uint64(1) << 62
+	for _, c := range []struct {
+		description string
+		lastSeen    func(now uint64) uint64
+		want        uint32 // verdict of the next SYN
+	}{
+		{"a dead entry is taken over", func(uint64) uint64 { return 1 }, xdpTX},
+		{"a dead entry another CPU is claiming is left to it", func(uint64) uint64 { return 1 | claimBit }, xdpDrop},
+		{"a live entry is left alone", func(now uint64) uint64 { return now }, xdpDrop},
+	} {
+		t.Run(c.description, func(t *testing.T) {
+			e := newEnvWith(t, datapath.Config{SNATPortMin: port, SNATPortMax: port})
+			out := e.xdp(t, e.tcp(46000, true, false, false, false), xdpTX)
+			if got := binary.BigEndian.Uint16(out[34:]); got != port {
+				t.Fatalf("first flow got SNAT port %d", got)
+			}
+			rk := ctKey(ap(backendIP, 8080), ap(nodeIP, port), 6)
+			v, _ := e.ct(t, rk)
+			v.LastSeen = c.lastSeen(v.LastSeen)
+			if err := e.dp.Objs.SluiceCt.Update(&rk, &v, ebpf.UpdateExist); err != nil {
+				t.Fatal(err)
+			}
+			exhausted := e.reasons(t)[datapath.SluiceReasonREASON_DROP_SNAT_EXHAUSTED]
+			e.xdp(t, e.tcp(46001, true, false, false, false), c.want)
+			got, _ := e.ct(t, rk)
+			switch c.want {
+			case xdpTX:
+				if maps.PortFrom16(got.NatDport) != 46001 || got.LastSeen&(3<<62) != 0 {
+					t.Errorf("port %d now held by %+v, want the new flow's entry", port, got)
+				}
+			default:
+				if got.LastSeen != v.LastSeen || maps.PortFrom16(got.NatDport) != 46000 {
+					t.Errorf("port %d entry changed to %+v, want %+v left alone", port, got, v)
+				}
+				if e.reasons(t)[datapath.SluiceReasonREASON_DROP_SNAT_EXHAUSTED] != exhausted+1 {
+					t.Errorf("drop_snat_exhausted not counted")
+				}
+			}
+		})
 	}
 }

@@ -104,6 +104,15 @@ func TestSCTPLocalBackendAndEgress(t *testing.T) {
 	if rsrc, rdst := sctpTuple(t, out); rsrc != ap(nodeIP, 30869) || rdst != client {
 		t.Fatalf("reply restored to %s -> %s", rsrc, rdst)
 	}
+	// A pod that offloads the CRC (CHECKSUM_PARTIAL) sends it as 0, to be computed when the
+	// packet leaves, over the rewritten ports: it must stay 0.
+	reply[42], reply[43], reply[44], reply[45] = 0, 0, 0, 0
+	if ret, out = e.run(t, e.dp.Objs.SluiceTcEgress, false, reply); ret != tcOK {
+		t.Fatalf("tc egress verdict %d for an offloaded CRC", ret)
+	}
+	if crc := binary.BigEndian.Uint32(out[42:]); crc != 0 || binary.BigEndian.Uint16(out[34:]) != 30869 {
+		t.Errorf("offloaded CRC: port %d CRC %#x after egress, want 30869 and 0 (to be computed later)", binary.BigEndian.Uint16(out[34:]), crc)
+	}
 	// And the same INIT through tc ingress (the tc-only datapath).
 	client2 := ap(clientIP, 41001)
 	ret, out = e.run(t, e.dp.Objs.SluiceTcIngress, false, testutil.SCTPFrame(clientMAC, e.nodeMAC, client2, ap(nodeIP, 30869), sctpTag(sctpInit), sctpInit, 5))

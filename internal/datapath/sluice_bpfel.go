@@ -90,7 +90,8 @@ type SluiceDeviceInfo struct {
 	TcEgressProgId  uint32
 	XdpMode         uint8
 	TcMode          uint8
-	Pad             [2]uint8
+	XdpReason       uint8
+	Pad             uint8
 	Name            [16]int8
 }
 

@@ -84,6 +84,7 @@ type DeviceInfo struct {
 	Name          string
 	Ifindex       int
 	XDPMode       string // native, generic, or off
+	XDPReason     string // why (datapath.ModeReason's name): flag, veth, native-driver, ...
 	TCMode        string // tcx or clsact
 	XDPProg       uint32 // program IDs; 0 where nothing is attached
 	TCIngressProg uint32
@@ -133,6 +134,7 @@ func (k *Kernel) WriteAgentInfo(a AgentInfo) error {
 		putCString(dv.Name[:], d.Name)
 		dv.Ifindex, dv.XdpProgId, dv.TcIngressProgId, dv.TcEgressProgId = uint32(d.Ifindex), d.XDPProg, d.TCIngressProg, d.TCEgressProg
 		dv.XdpMode, dv.TcMode = modeIndex(xdpModes, d.XDPMode), modeIndex(tcModes, d.TCMode)
+		dv.XdpReason = uint8(datapath.ParseModeReason(d.XDPReason))
 		v.Ndevices++
 	}
 	c := a.Config
@@ -161,7 +163,7 @@ func (k *Kernel) AgentInfo() (AgentInfo, error) {
 	for i := 0; i < int(v.Ndevices) && i < len(v.Devices); i++ {
 		d := v.Devices[i]
 		a.Devices = append(a.Devices, DeviceInfo{Name: cString(d.Name[:]), Ifindex: int(d.Ifindex),
-			XDPMode: modeName(xdpModes, d.XdpMode), TCMode: modeName(tcModes, d.TcMode),
+			XDPMode: modeName(xdpModes, d.XdpMode), TCMode: modeName(tcModes, d.TcMode), XDPReason: datapath.ModeReason(d.XdpReason).String(),
 			XDPProg: d.XdpProgId, TCIngressProg: d.TcIngressProgId, TCEgressProg: d.TcEgressProgId})
 	}
 	a.Config = datapath.Config{

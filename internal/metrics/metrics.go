@@ -61,6 +61,7 @@ type datapathCollector struct {
 	m                                        *maps.Kernel
 	pkts, bytes, rpkts, rbytes, rejected     *prometheus.Desc
 	reasons, entries, maxEntries, scrapeErrs *prometheus.Desc
+	devices                                  *prometheus.Desc
 }
 
 // RegisterDatapath adds the datapath's counters and map fill to reg.
@@ -77,11 +78,13 @@ func RegisterDatapath(reg prometheus.Registerer, m *maps.Kernel) {
 		entries:    prometheus.NewDesc("sluice_map_entries", "Entries in a datapath map.", []string{"map"}, nil),
 		maxEntries: prometheus.NewDesc("sluice_map_max_entries", "Capacity of a datapath map.", []string{"map"}, nil),
 		scrapeErrs: prometheus.NewDesc("sluice_datapath_scrape_error", "1 if reading the datapath failed in this scrape.", nil, nil),
+		devices: prometheus.NewDesc("sluice_device_info", "A device the datapath is attached to: its XDP mode (off: tc only), why (xdp_reason: flag, native-driver, veth, virtual-device, unknown-driver, attach-failed) and the tc attachment.",
+			[]string{"device", "xdp_mode", "xdp_reason", "tc_mode"}, nil),
 	})
 }
 
 func (c *datapathCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.pkts, c.bytes, c.rpkts, c.rbytes, c.rejected, c.reasons, c.entries, c.maxEntries, c.scrapeErrs} {
+	for _, d := range []*prometheus.Desc{c.pkts, c.bytes, c.rpkts, c.rbytes, c.rejected, c.reasons, c.entries, c.maxEntries, c.scrapeErrs, c.devices} {
 		ch <- d
 	}
 }
@@ -122,6 +125,13 @@ func (c *datapathCollector) collect(ch chan<- prometheus.Metric) error {
 	fill, err := c.m.Fill()
 	if err != nil {
 		return err
+	}
+	agent, err := c.m.AgentInfo()
+	if err != nil {
+		return err
+	}
+	for _, d := range agent.Devices {
+		ch <- prometheus.MustNewConstMetric(c.devices, prometheus.GaugeValue, 1, d.Name, d.XDPMode, d.XDPReason, d.TCMode)
 	}
 	for _, f := range fill {
 		ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(f.Entries), f.Name)

@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -63,6 +64,31 @@ func NewTracker() *Tracker {
 
 // Changed fires (coalesced) after any change that may alter the desired state.
 func (t *Tracker) Changed() <-chan struct{} { return t.changed }
+
+// Poke asks for a sync without a change of objects: something else the desired state is built
+// from (the node's devices or addresses) may have changed.
+func (t *Tracker) Poke() { t.notify() }
+
+// NodeAddresses returns the InternalIP and ExternalIP addresses of the Node named name, if the
+// source delivered it.
+func (t *Tracker) NodeAddresses(name string) []netip.Addr {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[name]
+	if n == nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
 
 func (t *Tracker) notify() {
 	select {

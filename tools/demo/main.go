@@ -27,7 +27,7 @@ func main() {
 	agent := flag.String("agent", "bin/sluice-agent", "sluice-agent binary")
 	ctl := flag.String("sluicectl", "bin/sluicectl", "sluicectl binary (empty: skip the inspection step)")
 	manifests := flag.String("manifests", "examples", "manifests the agent serves")
-	mode := flag.String("xdp-mode", "native", "XDP mode for the agent: native, generic or off")
+	mode := flag.String("xdp-mode", "auto", "XDP mode for the agent: auto (its default), native, generic or off; native and generic get a lab of NIC-like veths")
 	n := flag.Int("requests", 10, "requests per protocol")
 	keep := flag.Bool("logs", false, "print the agent's log at the end")
 	flag.Parse()
@@ -51,8 +51,13 @@ func run(ctx context.Context, agentBin, ctlBin, manifests, mode string, n int, p
 	if err != nil {
 		return err
 	}
-	step("Building the lab: a client and two nodes on one L2 segment, a pod behind each node")
-	l, err := lab.Up()
+	// Forced XDP is only right on a NIC-like device; the default picks tc on plain veths.
+	variant := lab.Plain
+	if mode == "native" || mode == "generic" {
+		variant = lab.NICLike
+	}
+	step(fmt.Sprintf("Building the lab (%s veths): a client and two nodes on one L2 segment, a pod behind each node", variant))
+	l, err := lab.UpVariant(variant)
 	if err != nil {
 		return err
 	}
@@ -76,7 +81,7 @@ func run(ctx context.Context, agentBin, ctlBin, manifests, mode string, n int, p
 	}
 	defer pod2.Close()
 
-	step(fmt.Sprintf("Starting sluice-agent on node1 (XDP %s) with the services in %s", mode, manifests))
+	step(fmt.Sprintf("Starting sluice-agent on node1 (--xdp-mode %s) with the services in %s", mode, manifests))
 	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBin, Manifests: abs, XDPMode: mode})
 	if err != nil {
 		return err

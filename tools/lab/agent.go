@@ -29,8 +29,11 @@ type Agent struct {
 type AgentOptions struct {
 	Binary    string // path to sluice-agent
 	Manifests string // folder of manifests
-	XDPMode   string // native, generic or off
-	Extra     []string
+	XDPMode   string // auto, native, generic or off; "" leaves the agent's default
+	// Devices is --devices; "" lets the agent find node1's device itself (eth0 carries the
+	// default route).
+	Devices string
+	Extra   []string
 	// Wrap runs the agent under another command (setpriv to drop capabilities, say).
 	Wrap []string
 }
@@ -38,15 +41,20 @@ type AgentOptions struct {
 // PinDir is where this lab's agent pins its maps.
 func (l *Lab) PinDir() string { return "/sys/fs/bpf/sluice-lab-" + l.ID }
 
-// StartAgent starts sluice-agent in node1's network namespace, serving on its eth0.
+// StartAgent starts sluice-agent in node1's network namespace.
 func (l *Lab) StartAgent(o AgentOptions) (*Agent, error) {
 	bin, err := filepath.Abs(o.Binary)
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
 	args := append(append([]string{"--net=" + l.Node1.Path()}, o.Wrap...), bin,
-		"--manifests", o.Manifests, "--devices", "eth0", "--node-name", "node1",
-		"--bpffs", l.PinDir(), "--xdp-mode", o.XDPMode)
+		"--manifests", o.Manifests, "--node-name", "node1", "--bpffs", l.PinDir())
+	if o.Devices != "" {
+		args = append(args, "--devices", o.Devices)
+	}
+	if o.XDPMode != "" {
+		args = append(args, "--xdp-mode", o.XDPMode)
+	}
 	args = append(args, o.Extra...)
 	a := &Agent{PinDir: l.PinDir(), logs: &syncBuffer{}, done: make(chan struct{})}
 	a.cmd = exec.Command("nsenter", args...)
@@ -133,12 +141,13 @@ func (a *Agent) Kill() {
 	<-a.done
 }
 
-// Cleanup runs `sluice-agent --cleanup` on node1: detach and remove the pins.
+// Cleanup runs `sluice-agent --cleanup` on node1: detach and remove the pins (from every
+// device: no --devices).
 func (l *Lab) Cleanup(binary string) (string, error) {
 	bin, err := filepath.Abs(binary)
 	if err != nil {
 		return "", err
 	}
-	out, err := exec.Command("nsenter", "--net="+l.Node1.Path(), bin, "--cleanup", "--devices", "eth0", "--bpffs", l.PinDir()).CombinedOutput()
+	out, err := exec.Command("nsenter", "--net="+l.Node1.Path(), bin, "--cleanup", "--bpffs", l.PinDir()).CombinedOutput()
 	return string(out), err
 }

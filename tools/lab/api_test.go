@@ -82,6 +82,8 @@ func startAPICluster(t *testing.T, mode string) *apiCluster {
 	}
 	c.agent = a
 	c.stopAgentAtCleanup(t)
+	// Changes are timed from here: not from an agent still loading its datapath.
+	c.waitReady(t)
 	return c
 }
 
@@ -194,7 +196,7 @@ func (c *apiCluster) refused(port uint16) func() error {
 }
 
 func TestAPIServiceLifecycle(t *testing.T) {
-	c := startAPICluster(t, "native")
+	c := startAPICluster(t, "")
 	ctx := context.Background()
 	svcs := c.client.CoreV1().Services(c.ns)
 	slices := c.client.DiscoveryV1().EndpointSlices(c.ns)

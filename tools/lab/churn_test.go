@@ -66,9 +66,9 @@ func startLoadCluster(t *testing.T, mode string) *loadCluster {
 	return startLoadClusterWith(t, agentBinary(t), mode)
 }
 
-func startLoadClusterWith(t *testing.T, agent, mode string) *loadCluster {
+func startLoadClusterWith(t *testing.T, agent, mode string, extra ...string) *loadCluster {
 	t.Helper()
-	c := &loadCluster{cluster: startClusterWith(t, agent, mode)}
+	c := &loadCluster{cluster: startClusterWith(t, agent, mode, extra...)}
 	c.waitReady(t)
 	writeAtomic(t, filepath.Join(c.manifests, "churn.yaml"), churnManifest(true))
 	for name, ns := range map[string]*testutil.Netns{"pod1": c.Pod1, "pod2": c.Pod2} {
@@ -162,7 +162,7 @@ func (c *loadCluster) finish(t *testing.T) {
 // streams to the endpoint being removed and re-added keep going (kube-proxy keeps such flows;
 // users complain when a proxy cuts them). SLUICE_CHURN_SECONDS sets the length (default 5).
 func TestE2EEndpointChurnUnderLoad(t *testing.T) {
-	c := startLoadCluster(t, "native")
+	c := startLoadCluster(t, "")
 	seconds := 5
 	if v, err := strconv.Atoi(os.Getenv("SLUICE_CHURN_SECONDS")); err == nil && v > 0 {
 		seconds = v
@@ -184,7 +184,7 @@ func TestE2EEndpointChurnUnderLoad(t *testing.T) {
 // Restarting the agent under load, by SIGTERM and by SIGKILL: no request fails and every
 // stream survives.
 func TestE2ERestartUnderLoad(t *testing.T) {
-	c := startLoadCluster(t, "native")
+	c := startLoadCluster(t, "")
 	c.startWrk(t, 5*time.Second, true)
 	for _, how := range []string{"SIGTERM", "SIGKILL"} {
 		time.Sleep(300 * time.Millisecond)
@@ -195,7 +195,7 @@ func TestE2ERestartUnderLoad(t *testing.T) {
 		} else {
 			c.agent.Kill()
 		}
-		a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native"})
+		a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -247,10 +247,12 @@ func previousAgent(t *testing.T) string {
 
 // An upgrade under load to a build whose map layout changed: the new agent copies the old
 // maps into new ones, swaps its programs in, and pins the new maps; no request fails and every
-// stream keeps its backend.
+// stream keeps its backend. The old build knows only native XDP by default, so both run it,
+// on NIC-like veths.
 func TestE2EUpgradeUnderLoad(t *testing.T) {
 	old := previousAgent(t)
-	c := startLoadClusterWith(t, old, "native")
+	// The old build needs --devices; it finds no device by itself.
+	c := startLoadClusterWith(t, old, "native", "--devices", "eth0")
 	c.startWrk(t, 4*time.Second, true)
 	time.Sleep(500 * time.Millisecond)
 	if err := c.agent.Stop(); err != nil {

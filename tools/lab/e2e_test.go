@@ -1,6 +1,7 @@
 package lab_test
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,11 +89,22 @@ func startClusterNoWait(t *testing.T, mode string, extra ...string) *cluster {
 	return startClusterWith(t, agentBinary(t), mode, extra...)
 }
 
+// variantFor is the lab a test of an XDP mode runs on. The agent's default ("" or auto) and
+// tc-only run on plain veths, as a kind-style node has them. Forcing native or generic XDP is
+// only right where the NIC meets what XDP needs (complete checksums, delivered XDP_TX), so
+// those runs use NIC-like veths, on purpose.
+func variantFor(mode string) lab.Variant {
+	if mode == "native" || mode == "generic" {
+		return lab.NICLike
+	}
+	return lab.Plain
+}
+
 // startClusterWith starts the lab with the agent binary bin, without waiting for it.
 func startClusterWith(t *testing.T, bin, mode string, extra ...string) *cluster {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	l := lab.UpForTest(t)
+	l := lab.UpVariantForTest(t, variantFor(mode))
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
 	startPods(t, l)
@@ -210,14 +222,15 @@ func (c *cluster) checkSpreadAndAddresses(t *testing.T, proto string, port uint1
 	t.Logf("%s: %v", proto, seen)
 }
 
-// forEachMode runs fn on each way the datapath attaches: XDP native and generic (with tc for
-// egress), tc alone through TCX, and tc alone through clsact (what kernels before 6.6 get).
+// forEachMode runs fn on each way the datapath attaches: the defaults on plain veths (auto
+// picks tc there; through TCX, and through clsact as kernels before 6.6 get it), and XDP native
+// and generic forced on NIC-like veths (with tc for egress).
 func forEachMode(t *testing.T, fn func(t *testing.T, c *cluster)) {
 	for _, m := range []struct{ name, xdp, tc string }{
+		{"defaults", "", "auto"},
+		{"defaults-clsact", "", "clsact"},
 		{"xdp-native", "native", "auto"},
 		{"xdp-generic", "generic", "auto"},
-		{"tcx", "off", "tcx"},
-		{"clsact", "off", "clsact"},
 	} {
 		t.Run(m.name, func(t *testing.T) {
 			c := startCluster(t, m.xdp, "--tc-attach", m.tc)
@@ -280,25 +293,6 @@ func TestE2ENodeTrafficUntouched(t *testing.T) {
 			t.Errorf("node1 -> pod2: %v", err)
 		}
 	})
-}
-
-// A client with checksum offload on sends CHECKSUM_PARTIAL skbs (the L4 field holds only the
-// pseudo-header sum). tc must update them as such; node1's eth0, with offload off, then
-// completes the checksum on the way out, so a wrong update reaches the pod as a bad checksum
-// and is dropped. (XDP cannot see the difference; real NICs never hand it partial checksums.)
-func TestE2ETCWithChecksumOffloadingClient(t *testing.T) {
-	for _, tc := range []string{"tcx", "clsact"} {
-		t.Run(tc, func(t *testing.T) {
-			c := startCluster(t, "off", "--tc-attach", tc)
-			// Offload on all the way from the client to node1's eth0, so the partial state
-			// survives to node1's tc ingress (a device without it completes the checksum).
-			c.Client.MustExec(t, "ethtool", "-K", "eth0", "tx", "on")
-			c.Bridge.MustExec(t, "ethtool", "-K", "client", "tx", "on")
-			c.Bridge.MustExec(t, "ethtool", "-K", "node1", "tx", "on")
-			c.checkSpreadAndAddresses(t, "tcp", 30080, 30)
-			c.checkSpreadAndAddresses(t, "udp", 30053, 30)
-		})
-	}
 }
 
 // Manifest edits are applied within a second, and a stopped agent leaves its maps pinned.
@@ -429,8 +423,24 @@ func (c *cluster) sluicectlJSON(t *testing.T, v any, args ...string) {
 }
 
 // sluicectl reads a live agent's datapath, and the maps it left after it stopped; only root.
+// The defaults on a plain veth attach tc only and say why; native forced on a NIC-like veth
+// adds XDP.
 func TestE2ESluicectl(t *testing.T) {
-	c := startCluster(t, "native")
+	for _, m := range []struct {
+		mode, xdp, reason, first string
+		progs                    int
+	}{
+		{"", "off", "veth", "sluice_tc_ingress", 2},
+		{"native", "native", "flag", "sluice_xdp", 3},
+	} {
+		t.Run(cmp.Or(m.mode, "defaults"), func(t *testing.T) {
+			testSluicectl(t, m.mode, m.xdp, m.reason, m.first, m.progs)
+		})
+	}
+}
+
+func testSluicectl(t *testing.T, mode, xdp, reason, first string, progs int) {
+	c := startCluster(t, mode)
 	conn, err := lab.OpenTCP(c.Client, c.nodePort(30080))
 	if err != nil {
 		t.Fatal(err)
@@ -450,8 +460,14 @@ func TestE2ESluicectl(t *testing.T) {
 	}
 	var ps cli.ProgShowJSON
 	c.sluicectlJSON(t, &ps, "prog", "show")
-	if !ps.Agent.Running || len(ps.Devices) != 1 || ps.Devices[0].XDPMode != "native" || len(ps.Devices[0].Programs) != 3 {
-		t.Errorf("prog show (running): %+v", ps)
+	if !ps.Agent.Running || len(ps.Devices) != 1 || ps.Devices[0].XDPMode != xdp || ps.Devices[0].XDPReason != reason ||
+		len(ps.Devices[0].Programs) != progs {
+		t.Errorf("prog show (running): %+v, want XDP %s because %s, %d programs", ps, xdp, reason, progs)
+	}
+	_, metrics, err := lab.HTTPGetPath(c.Node1, netip.MustParseAddrPort("127.0.0.1:10249"), "/metrics")
+	want := fmt.Sprintf(`sluice_device_info{device="eth0",tc_mode="tcx",xdp_mode="%s",xdp_reason="%s"} 1`, xdp, reason)
+	if err != nil || !strings.Contains(metrics, want) {
+		t.Errorf("metrics: want %s (%v)", want, err)
 	}
 	var flows []cli.FlowJSON
 	c.sluicectlJSON(t, &flows, "ct", "list", "--client", c.ClientIP.String())
@@ -473,7 +489,7 @@ func TestE2ESluicectl(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.sluicectlJSON(t, &ps, "prog", "show")
-	if ps.Agent.Running || len(ps.Devices) != 1 || ps.Devices[0].Programs[0].Name != "sluice_xdp" {
+	if ps.Agent.Running || len(ps.Devices) != 1 || ps.Devices[0].Programs[0].Name != first {
 		t.Errorf("prog show (agent stopped, programs still attached): %+v", ps)
 	}
 	c.sluicectlJSON(t, &svcs, "service", "list")
@@ -485,8 +501,8 @@ func TestE2ESluicectl(t *testing.T) {
 // Restarting the agent, gently or by kill -9, keeps established connections: the links are
 // pinned, the programs keep running, and the new agent swaps its own in atomically.
 func TestE2ERestartKeepsConnections(t *testing.T) {
-	for _, mode := range []string{"native", "off"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, mode := range []string{"native", ""} {
+		t.Run(cmp.Or(mode, "defaults"), func(t *testing.T) {
 			c := startCluster(t, mode)
 			for round, how := range []string{"SIGTERM", "SIGKILL"} {
 				// Open connections (to both backends, by chance over 16) before the restart and
@@ -557,7 +573,7 @@ func TestE2EAgentWithOnlyItsCapabilities(t *testing.T) {
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
 	startPods(t, l)
-	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native",
+	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests,
 		Wrap: []string{"setpriv", "--bounding-set=-all,+bpf,+net_admin,+sys_admin,+perfmon", "--inh-caps=-all", "--"}})
 	if err != nil {
 		t.Fatal(err)
@@ -589,7 +605,7 @@ func TestE2ENodePortAddresses(t *testing.T) {
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
 	startPods(t, l)
-	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native",
+	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests,
 		Extra: []string{"--nodeport-addresses", "10.89.0.11/32"}})
 	if err != nil {
 		t.Fatal(err)

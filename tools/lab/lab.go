@@ -4,8 +4,9 @@
 // the host's network and any number of them can run at once.
 //
 //	client 10.89.0.10 ─┐
-//	node1  10.89.0.11 ─┼─ br0 (ns br)      node1 vpod1 10.244.1.1 ── pod1 eth0 10.244.1.10
-//	node2  10.89.0.12 ─┘                   node2 vpod2 10.244.2.1 ── pod2 eth0 10.244.2.10
+//	node1  10.89.0.11 ─┼─ br0 10.89.0.1    node1 vpod1 10.244.1.1 ── pod1 eth0 10.244.1.10
+//	node2  10.89.0.12 ─┘   (ns br; the     node2 vpod2 10.244.2.1 ── pod2 eth0 10.244.2.10
+//	                       nodes' default gateway)
 package lab
 
 import (
@@ -36,9 +37,28 @@ var roles = []string{"br", "client", "node1", "node2", "pod1", "pod2"}
 
 const netnsDir = "/var/run/netns"
 
+// Gateway is the nodes' default gateway: br0's address in the bridge's namespace.
+var Gateway = netip.MustParseAddr("10.89.0.1")
+
+// Variant is how the lab's veths are set up.
+type Variant string
+
+const (
+	// Plain veths are left as the kernel makes them (tx checksumming on, no XDP program on
+	// any peer), as on a kind-style node whose "NIC" is a veth: the default, and what tests
+	// of default settings use.
+	Plain Variant = "plain"
+	// NICLike veths behave as a NIC's wire would for XDP: tx checksumming off everywhere (no
+	// partial checksums) and an XDP_PASS program on the bridge's ports (frames sent with
+	// XDP_TX or redirect are delivered at once). Only for what needs native XDP on purpose:
+	// --xdp-mode native or generic, and the benchmarks' stand-in for a NIC.
+	NICLike Variant = "nic-like"
+)
+
 // Lab is one running topology. Every lab has the same addresses: its namespaces keep it apart.
 type Lab struct {
 	ID                                       string
+	Variant                                  Variant
 	Bridge, Client, Node1, Node2, Pod1, Pod2 *testutil.Netns
 
 	ClientIP, Node1IP, Node2IP, Pod1IP, Pod2IP netip.Addr
@@ -59,12 +79,19 @@ func nsName(id, role string) string { return "sl-" + id + "-" + role }
 // tmpPrefix names the veths of lab id while they sit in the root namespace during Up.
 func tmpPrefix(id string) string { return "sl" + id }
 
-// Up builds a new lab. On error it removes whatever it created.
-func Up() (*Lab, error) { return up(testutil.UniqueName("")) }
+// Up builds a new lab of plain veths. On error it removes whatever it created.
+func Up() (*Lab, error) { return UpVariant(Plain) }
 
-func up(id string) (*Lab, error) {
+// UpVariant builds a new lab of the given variant.
+func UpVariant(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v) }
+
+func up(id string, v Variant) (*Lab, error) {
+	if v != Plain && v != NICLike {
+		return nil, fmt.Errorf("create lab: unknown variant %q", v)
+	}
 	l := &Lab{
 		ID:       id,
+		Variant:  v,
 		ClientIP: netip.MustParseAddr("10.89.0.10"),
 		Node1IP:  netip.MustParseAddr("10.89.0.11"),
 		Node2IP:  netip.MustParseAddr("10.89.0.12"),
@@ -77,12 +104,15 @@ func up(id string) (*Lab, error) {
 	return l, nil
 }
 
-// UpForTest builds a lab removed when the test ends; start backends after it so that their
-// cleanups run first.
-func UpForTest(t testing.TB) *Lab {
+// UpForTest builds a lab of plain veths removed when the test ends; start backends after it so
+// that their cleanups run first.
+func UpForTest(t testing.TB) *Lab { return UpVariantForTest(t, Plain) }
+
+// UpVariantForTest is UpForTest for a variant.
+func UpVariantForTest(t testing.TB, v Variant) *Lab {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	l, err := Up()
+	l, err := UpVariant(v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +149,10 @@ func (l *Lab) build() error {
 		if err := netlink.LinkAdd(br); err != nil {
 			return fmt.Errorf("add bridge br0: %w", err)
 		}
+		// The nodes' default gateway, as the docker bridge is a kind node's.
+		if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(Gateway, 24))}); err != nil {
+			return fmt.Errorf("add address to br0: %w", err)
+		}
 		return netlink.LinkSetUp(br)
 	}); err != nil {
 		return err
@@ -141,8 +175,10 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
-	if err := l.Bridge.Do(func() error { return attachXDPPass("node1", "node2") }); err != nil {
-		return err
+	if l.Variant == NICLike {
+		if err := l.Bridge.Do(func() error { return attachXDPPass("node1", "node2") }); err != nil {
+			return err
+		}
 	}
 
 	addrs := []struct {
@@ -179,6 +215,8 @@ func (l *Lab) build() error {
 	}{
 		{l.Node1, "10.244.2.0/24", "10.89.0.12"},
 		{l.Node2, "10.244.1.0/24", "10.89.0.11"},
+		{l.Node1, "0.0.0.0/0", Gateway.String()},
+		{l.Node2, "0.0.0.0/0", Gateway.String()},
 		{l.Pod1, "0.0.0.0/0", "10.244.1.1"},
 		{l.Pod2, "0.0.0.0/0", "10.244.2.1"},
 	}
@@ -233,6 +271,14 @@ func (l *Lab) addVeth(i int, p [2]end) error {
 		if err := moveLink(tmp[j], e); err != nil {
 			return err
 		}
+		if l.Variant == NICLike {
+			// With tx checksumming on, veth hands XDP packets with partial checksums, which
+			// XDP's incremental updates get wrong. XDP_TX or a redirect into a veth waits in
+			// its ring unless the receiving end has GRO on (or an XDP program of its own).
+			if _, err := e.ns.Exec("ethtool", "-K", e.name, "tx", "off", "gro", "on"); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -274,11 +320,7 @@ func moveLink(tmp string, e end) error {
 	}); err != nil {
 		return fmt.Errorf("set up link %s in %s: %w", e.name, e.ns.Name, err)
 	}
-	// With tx checksumming on, veth hands XDP packets with partial checksums, which the
-	// datapath's incremental updates get wrong. XDP_TX or a redirect into a veth is dropped
-	// silently unless the receiving end has GRO on (or an XDP program of its own).
-	_, err = e.ns.Exec("ethtool", "-K", e.name, "tx", "off", "gro", "on")
-	return err
+	return nil
 }
 
 // sysctl writes key=value settings (dotted keys) inside ns.

@@ -63,10 +63,17 @@ func leftovers(t *testing.T, id string) []string {
 	return left
 }
 
+// TestLab checks each variant: routing, addresses, and the veth settings the variant promises.
 func TestLab(t *testing.T) {
+	for _, v := range []Variant{Plain, NICLike} {
+		t.Run(string(v), func(t *testing.T) { testLab(t, v) })
+	}
+}
+
+func testLab(t *testing.T, v Variant) {
 	testutil.RequirePrivileges(t)
 	t.Parallel()
-	l, err := Up()
+	l, err := UpVariant(v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +122,15 @@ func TestLab(t *testing.T) {
 		{l.Node1, "vpod1"}, {l.Node2, "vpod2"}, {l.Bridge, "client"}, {l.Bridge, "node1"}, {l.Bridge, "node2"},
 	} {
 		out := e.ns.MustExec(t, "ethtool", "-k", e.dev)
-		if !strings.Contains(out, "tx-checksumming: off") || !strings.Contains(out, "generic-receive-offload: on") {
-			t.Errorf("%s in %s: want tx-checksumming off and GRO on:\n%s", e.dev, e.ns.Name, out)
+		tuned := strings.Contains(out, "tx-checksumming: off") && strings.Contains(out, "generic-receive-offload: on")
+		if plainTx := strings.Contains(out, "tx-checksumming: on"); v == Plain && !plainTx || v == NICLike && !tuned {
+			t.Errorf("%s in %s (%s lab): want tx-checksumming on (plain) or off with GRO on (nic-like):\n%s", e.dev, e.ns.Name, v, out)
+		}
+	}
+	for _, port := range []string{"node1", "node2"} {
+		out := l.Bridge.MustExec(t, "ip", "link", "show", port)
+		if hasXDP := strings.Contains(out, "xdp"); hasXDP != (v == NICLike) {
+			t.Errorf("bridge port %s (%s lab): XDP program attached = %v, want %v:\n%s", port, v, hasXDP, v == NICLike, out)
 		}
 	}
 	for _, n := range []*testutil.Netns{l.Node1, l.Node2} {
@@ -128,6 +142,11 @@ func TestLab(t *testing.T) {
 			if got := strings.TrimSpace(n.MustExec(t, "cat", "/proc/sys/net/ipv4/"+k)); got != want {
 				t.Errorf("%s in %s = %s, want %s", k, n.Name, got, want)
 			}
+		}
+	}
+	for _, n := range []*testutil.Netns{l.Node1, l.Node2} {
+		if out := n.MustExec(t, "ip", "route", "show", "default"); !strings.Contains(out, "via "+Gateway.String()+" dev eth0") {
+			t.Errorf("%s: default route %q, want via %s dev eth0 (as a kind node has)", n.Name, out, Gateway)
 		}
 	}
 	if len(l.ClientMAC) != 6 || slices.Equal(l.Node1MAC, l.Node2MAC) {
@@ -200,7 +219,7 @@ func TestUpFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = Remove(id) })
-	l, err := up(id)
+	l, err := up(id, NICLike)
 	if err == nil || !strings.HasPrefix(err.Error(), "create lab: ") {
 		t.Errorf("up with a squatted link name = %v, %v; want a create lab error", l, err)
 	}

@@ -61,7 +61,7 @@ func startParity(t *testing.T, proxy string) *parity {
 			Kubeconfig: kubeconfig, Mode: "iptables", Extra: []string{"--iptables-min-sync-period", "50ms"}})
 		ready = p.healthz("127.0.0.1:10256", "/healthz")
 	case "sluice":
-		c.agent, err = c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), XDPMode: "native",
+		c.agent, err = c.StartAgent(lab.AgentOptions{Binary: agentBinary(t),
 			Extra: []string{"--kubeconfig", kubeconfig, "--min-sync-interval", "20ms"}})
 		ready = p.healthz("127.0.0.1:10249", "/readyz")
 	}

@@ -108,7 +108,7 @@ func run(n, m, updates int, agentBin string) (*Report, error) {
 	}
 	fmt.Fprintln(os.Stderr, "starting the agent")
 	start = time.Now()
-	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBin, XDPMode: "native", Extra: []string{
+	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBin, Extra: []string{
 		"--kubeconfig", kubeconfig, "--nodeport-range", portRange, "--min-sync-interval", "10ms",
 		"--kube-api-qps", "1000", "--kube-api-burst", "2000", "--log-level", "debug"}})
 	if err != nil {

@@ -1,0 +1,135 @@
+package devices_test
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/devices"
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+// node is a namespace with two veth "NICs": eth0 (10.1.0.2, the default route's) and eth1
+// (10.2.0.2).
+func node(t *testing.T) *testutil.Netns {
+	t.Helper()
+	testutil.RequirePrivileges(t)
+	ns := testutil.NewTestNetns(t, "dev")
+	for _, c := range [][]string{
+		{"ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"},
+		{"ip", "link", "add", "eth1", "type", "veth", "peer", "name", "peer1"},
+		{"ip", "addr", "add", "10.1.0.2/24", "dev", "eth0"},
+		{"ip", "addr", "add", "10.2.0.2/24", "dev", "eth1"},
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "link", "set", "eth0", "up"},
+		{"ip", "link", "set", "eth1", "up"},
+		{"ip", "route", "add", "default", "via", "10.1.0.1"},
+	} {
+		ns.MustExec(t, c...)
+	}
+	return ns
+}
+
+func TestDetect(t *testing.T) {
+	ns := node(t)
+	for _, c := range []struct {
+		description string
+		nodeIPs     []netip.Addr
+		want        []string
+	}{
+		{"no Node addresses known: the default route's device", nil, []string{"eth0"}},
+		{"the Node's InternalIP is on eth1", []netip.Addr{netip.MustParseAddr("10.2.0.2")}, []string{"eth1"}},
+		{"InternalIP and ExternalIP on both", []netip.Addr{netip.MustParseAddr("10.2.0.2"), netip.MustParseAddr("10.1.0.2")}, []string{"eth0", "eth1"}},
+		{"the Node's address is on no device (NAT in front): the default route's", []netip.Addr{netip.MustParseAddr("192.0.2.7")}, []string{"eth0"}},
+	} {
+		t.Run(c.description, func(t *testing.T) {
+			var got []string
+			if err := ns.Do(func() (err error) { got, err = devices.Detect(c.nodeIPs); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, c.want) {
+				t.Errorf("Detect(%v) = %v, want %v", c.nodeIPs, got, c.want)
+			}
+		})
+	}
+	ns.MustExec(t, "ip", "route", "del", "default")
+	var got []string
+	if err := ns.Do(func() (err error) { got, err = devices.Detect(nil); return err }); err != nil || len(got) != 0 {
+		t.Errorf("without a default route or Node addresses: %v, %v; want none", got, err)
+	}
+}
+
+// A device named in --devices that appears later is attached then; one that disappears is
+// let go; one re-created under the same name is attached again. The watcher notices each.
+func TestManagerFollowsHotPlug(t *testing.T) {
+	ns := node(t)
+	err := ns.Do(func() error {
+		dp, err := datapath.Load(datapath.Config{}, nil)
+		if err != nil {
+			return err
+		}
+		defer dp.Close()
+		m := &devices.Manager{DP: dp, Explicit: []string{"eth0", "nic9"}, XDP: datapath.XDPAuto, TC: datapath.TCAuto, Log: zaptest.NewLogger(t)}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		poked := make(chan struct{}, 16)
+		// Subscribed in the node's namespace (a new goroutine's thread is in the test's).
+		go func() { _ = ns.Do(func() error { return devices.Watch(ctx, func() { poked <- struct{}{} }) }) }()
+		time.Sleep(100 * time.Millisecond) // subscribed
+
+		step := func(what string, want []string) {
+			t.Helper()
+			if _, err := m.Reconcile(); err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+			if got := m.Names(); !slices.Equal(got, want) {
+				t.Errorf("%s: attached to %v, want %v", what, got, want)
+			}
+		}
+		waitPoke := func(what string) {
+			t.Helper()
+			select {
+			case <-poked:
+			case <-time.After(2 * time.Second):
+				t.Errorf("%s: the watcher did not notice", what)
+			}
+			for len(poked) > 0 {
+				<-poked
+			}
+		}
+		step("nic9 missing", []string{"eth0"})
+		ns.MustExec(t, "ip", "link", "add", "nic9", "type", "veth", "peer", "name", "peer9")
+		waitPoke("nic9 added")
+		step("nic9 plugged in", []string{"eth0", "nic9"})
+		first := m.Attachments()[1].Ifindex
+		ns.MustExec(t, "ip", "link", "del", "nic9")
+		waitPoke("nic9 removed")
+		step("nic9 unplugged", []string{"eth0"})
+		ns.MustExec(t, "ip", "link", "add", "nic9", "type", "veth", "peer", "name", "peer9")
+		waitPoke("nic9 re-created")
+		step("nic9 re-created", []string{"eth0", "nic9"})
+		if a := m.Attachments()[1]; a.Ifindex == first {
+			t.Errorf("re-created nic9 still attached under its old ifindex %d", first)
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: m.Attachments()[1].Ifindex, Attach: ebpf.AttachTCXIngress})
+		if err != nil || len(res.Programs) != 1 {
+			t.Errorf("tcx ingress programs on the re-created nic9: %+v, %v; want sluice's", res, err)
+		}
+		for _, a := range m.Attachments() {
+			if err := a.Detach(); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,214 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+)
+
+// Manager keeps the datapath attached to the selected devices. Reconcile is called from one
+// goroutine (the agent's sync loop); Names may be called from any.
+type Manager struct {
+	DP *datapath.Datapath
+	// Explicit are the --devices names; empty means detect (Detect with NodeIPs()).
+	Explicit []string
+	XDP      datapath.XDPMode
+	TC       datapath.TCMode
+	// NodeIPs returns this node's addresses from its Node object (nil while unknown).
+	NodeIPs func() []netip.Addr
+	Log     *zap.Logger
+
+	mu       sync.Mutex
+	attached map[string]*datapath.Attachment
+	missing  map[string]bool // explicit devices reported missing, so each is logged once
+}
+
+// Reconcile attaches to selected devices that lack the programs (new, or re-created under a
+// new ifindex) and detaches from devices no longer selected. It reports whether the set
+// changed. A device that fails to attach is retried at the next call.
+func (m *Manager) Reconcile() (changed bool, err error) {
+	want, err := m.selected()
+	if err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.attached == nil {
+		m.attached = map[string]*datapath.Attachment{}
+	}
+	var errs []error
+	for name, a := range m.attached {
+		if idx, ok := ifindex(name); ok && idx == a.Ifindex && slices.Contains(want, name) {
+			continue
+		}
+		// Gone, re-created, or no longer selected: its programs (if the device still
+		// exists) come off, and its pinned links go.
+		if err := a.Detach(); err != nil && exists(name) {
+			errs = append(errs, err)
+		}
+		delete(m.attached, name)
+		changed = true
+		m.Log.Info("Detached", zap.String("device", name))
+	}
+	for _, name := range want {
+		if m.attached[name] != nil {
+			continue
+		}
+		a, xdpErr, err := m.DP.Attach(name, m.XDP, m.TC)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		m.attached[name] = a
+		changed = true
+		if xdpErr != nil {
+			m.Log.Warn("XDP did not attach: ingress runs at tc", zap.String("device", name), zap.Error(xdpErr))
+		}
+		if a.Caveat != "" {
+			m.Log.Warn("XDP mode forced where auto would not choose it", zap.String("device", name), zap.String("xdp", string(a.XDP)),
+				zap.String("driver", a.Facts.Driver), zap.String("mustGuarantee", a.Caveat))
+		}
+		m.Log.Info("Attached", zap.String("device", name), zap.String("xdp", string(a.XDP)), zap.String("tc", a.TC),
+			zap.String("driver", a.Facts.Driver), zap.String("kind", a.Facts.Kind), zap.String("reason", a.Reason.String()),
+			zap.String("why", datapath.ReasonText(a.Reason, a.Facts)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return changed, fmt.Errorf("attach devices: %w", err)
+	}
+	return changed, nil
+}
+
+// selected are the devices the datapath should be on now.
+func (m *Manager) selected() ([]string, error) {
+	if len(m.Explicit) == 0 {
+		var ips []netip.Addr
+		if m.NodeIPs != nil {
+			ips = m.NodeIPs()
+		}
+		return Detect(ips)
+	}
+	present, missing := Existing(m.Explicit)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.missing == nil {
+		m.missing = map[string]bool{}
+	}
+	for _, n := range missing {
+		if !m.missing[n] {
+			m.Log.Warn("Device named in --devices does not exist: attached when it appears", zap.String("device", n))
+			m.missing[n] = true
+		}
+	}
+	for _, n := range present {
+		delete(m.missing, n)
+	}
+	return present, nil
+}
+
+// Attachments returns the current attachments, sorted by device name.
+func (m *Manager) Attachments() []*datapath.Attachment {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*datapath.Attachment, 0, len(m.attached))
+	for _, a := range m.attached {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b *datapath.Attachment) int { return strings.Compare(a.Device, b.Device) })
+	return out
+}
+
+// Names returns the devices the datapath is attached to.
+func (m *Manager) Names() []string {
+	var out []string
+	for _, a := range m.Attachments() {
+		out = append(out, a.Device)
+	}
+	return out
+}
+
+// Release lets go of every attachment and leaves the programs running, for the next agent.
+func (m *Manager) Release() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range m.attached {
+		a.Release()
+	}
+	m.attached = nil
+}
+
+// Watch calls changed (coalesced over 100 ms) whenever a link, an address or a route of the
+// namespace changes, until ctx ends.
+func Watch(ctx context.Context, changed func()) error {
+	done := make(chan struct{})
+	defer close(done)
+	links := make(chan netlink.LinkUpdate, 64)
+	addrs := make(chan netlink.AddrUpdate, 64)
+	routes := make(chan netlink.RouteUpdate, 64)
+	errc := make(chan error, 3)
+	onErr := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to link changes: %w", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to address changes: %w", err)
+	}
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return fmt.Errorf("subscribe to route changes: %w", err)
+	}
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return fmt.Errorf("watch devices: %w", err)
+		case _, ok := <-links:
+			if !ok {
+				return errors.New("watch devices: link subscription closed")
+			}
+		case _, ok := <-addrs:
+			if !ok {
+				return errors.New("watch devices: address subscription closed")
+			}
+		case _, ok := <-routes:
+			if !ok {
+				return errors.New("watch devices: route subscription closed")
+			}
+		case <-timer:
+			timer = nil
+			changed()
+			continue
+		}
+		if timer == nil {
+			timer = time.After(100 * time.Millisecond)
+		}
+	}
+}
+
+func ifindex(name string) (int, bool) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0, false
+	}
+	return l.Attrs().Index, true
+}
+
+func exists(name string) bool {
+	_, ok := ifindex(name)
+	return ok
+}

@@ -1,0 +1,70 @@
+package lab_test
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sluicelb/sluice/internal/cli"
+	"github.com/sluicelb/sluice/tools/lab"
+)
+
+// A NIC plugged into node1 while the agent runs (named in --devices before it exists) is
+// attached and its address serves the NodePorts; unplugged, it is let go. No restart.
+func TestE2EDeviceHotPlug(t *testing.T) {
+	c := startCluster(t, "", "--devices", "eth0,eth9")
+	nic := netip.MustParseAddrPort("10.89.0.31:30080")
+	plug := func() {
+		c.Node1.MustExec(t, "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "node1-eth9", "netns", c.Bridge.Name)
+		c.Bridge.MustExec(t, "ip", "link", "set", "node1-eth9", "master", "br0", "up")
+		c.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.31/24", "dev", "eth9")
+		c.Node1.MustExec(t, "ip", "link", "set", "eth9", "up")
+	}
+	devicesNow := func() []string {
+		var ps cli.ProgShowJSON
+		c.sluicectlJSON(t, &ps, "prog", "show")
+		var out []string
+		for _, d := range ps.Devices {
+			out = append(out, d.Name)
+		}
+		return out
+	}
+	if got := devicesNow(); !slices.Equal(got, []string{"eth0"}) {
+		t.Errorf("before eth9 exists: attached to %v, want [eth0]", got)
+	}
+	if !strings.Contains(c.agent.Logs(), "does not exist: attached when it appears") {
+		t.Errorf("the agent did not say eth9 is missing:\n%s", c.agent.Logs())
+	}
+
+	plug()
+	c.waitFor(t, "the NodePort on the plugged-in NIC's address", func() error {
+		_, err := lab.HTTPGet(c.Client, nic)
+		return err
+	})
+	if got := devicesNow(); !slices.Equal(got, []string{"eth0", "eth9"}) {
+		t.Errorf("after plugging eth9: attached to %v", got)
+	}
+	c.checkSpreadAndAddresses(t, "tcp", 30080, 20) // eth0's NodePort still serves both backends
+
+	c.Node1.MustExec(t, "ip", "link", "del", "eth9")
+	c.waitFor(t, "eth9's frontends removed", func() error {
+		var svcs []cli.ServiceJSON
+		c.sluicectlJSON(t, &svcs, "service", "list")
+		for _, s := range svcs {
+			for _, f := range s.Frontends {
+				if strings.HasPrefix(f, "10.89.0.31:") {
+					return fmt.Errorf("%s still has frontend %s", s.Name, f)
+				}
+			}
+		}
+		if got := devicesNow(); !slices.Equal(got, []string{"eth0"}) {
+			return fmt.Errorf("attached to %v", got)
+		}
+		return nil
+	})
+	if _, err := lab.HTTPGet(c.Client, c.nodePort(30080)); err != nil {
+		t.Errorf("eth0's NodePort after unplugging eth9: %v", err)
+	}
+}
