@@ -60,5 +60,9 @@ volatile const __u32 cfg_maglev_size = 16381;       /* entries per Maglev table:
 /* Trace mode: the program decides as usual but writes no conntrack entry, so a trace run
  * against the live maps leaves nothing behind (sluicectl trace). */
 volatile const __u8 cfg_trace = 0;
+/* The ingress device XDP assumes when nonzero: BPF_PROG_TEST_RUN takes an xdp_md (and with it
+ * ingress_ifindex) only from Linux 5.14, so test and trace runs on older kernels load a copy
+ * with the device fixed here. 0 (the agent's programs): the packet's own. */
+volatile const __u32 cfg_xdp_ifindex = 0;
 
 #endif

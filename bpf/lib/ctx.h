@@ -38,7 +38,7 @@ static __always_inline __u32 ctx_len(void *ctx, const bool xdp)
 static __always_inline __u32 ctx_ifindex(void *ctx, const bool xdp)
 {
 	if (xdp)
-		return ((struct xdp_md *)ctx)->ingress_ifindex;
+		return cfg_xdp_ifindex ? cfg_xdp_ifindex : ((struct xdp_md *)ctx)->ingress_ifindex;
 	return ((struct __sk_buff *)ctx)->ifindex;
 }
 

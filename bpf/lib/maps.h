@@ -374,7 +374,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_frontend_ports SEC(".maps");
 
-/* Source ports of local backends, whose replies tc egress restores. */
+/* Source ports of backends: local ones' replies are restored at tc egress, remote ones' replies
+ * at ingress (to a SNAT port). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);

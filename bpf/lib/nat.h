@@ -23,6 +23,70 @@ static __always_inline __u16 l4_csum_off(const struct pkt *p)
 						     : offsetof(struct udphdr, check));
 }
 
+/* XDP writes the packet directly and updates the checksums by hand. */
+static __always_inline int nat_write_xdp(struct iphdr *iph, void *l4, const struct pkt *p,
+					 const struct tuple *to, __u16 ttl_new, __u32 ip_diff,
+					 __u32 addr_diff, __u32 port_diff, __u32 crc)
+{
+	__be16 *ports = l4;
+	*(__u16 *)&iph->ttl = ttl_new;
+	iph->saddr = to->saddr;
+	iph->daddr = to->daddr;
+	iph->check = csum_apply(iph->check, ip_diff);
+	ports[0] = to->sport;
+	ports[1] = to->dport;
+	if (p->proto == IPPROTO_SCTP) {
+		((struct sctphdr *)l4)->checksum = crc;
+		return 0;
+	}
+	__u16 *check;
+	if (p->proto == IPPROTO_TCP)
+		check = &((struct tcphdr *)l4)->check;
+	else
+		check = &((struct udphdr *)l4)->check;
+	if (p->proto == IPPROTO_UDP && *check == 0)
+		return 0;
+	__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
+	if (p->proto == IPPROTO_UDP && c == 0)
+		c = 0xffff;
+	*check = c;
+	return 0;
+}
+
+/* tc writes only through helpers. A program that writes the packet directly gets a prologue
+ * from the verifier that makes the head writable before every run, copying the head of every
+ * cloned sk_buff (each TCP segment the node sends passes tc egress as one); the helpers make
+ * only what they write writable, and only for the packets sluice rewrites. */
+static __always_inline int nat_write_tc(void *ctx, const struct pkt *p, const struct tuple *to,
+					__u16 ttl_old, __u16 ttl_new, __u32 ip_diff, __u32 addr_diff,
+					__u32 port_diff, __u32 crc)
+{
+	__u32 l3 = p->l3_off;
+	__be32 addrs[2] = {to->saddr, to->daddr};
+	__be16 ports[2] = {to->sport, to->dport};
+	if (ttl_new != ttl_old &&
+	    bpf_skb_store_bytes(ctx, l3 + offsetof(struct iphdr, ttl), &ttl_new, 2, 0))
+		return -1;
+	if (bpf_skb_store_bytes(ctx, l3 + offsetof(struct iphdr, saddr), addrs, 8, 0))
+		return -1;
+	if (bpf_l3_csum_replace(ctx, l3 + offsetof(struct iphdr, check), 0, ip_diff, 0))
+		return -1;
+	if (bpf_skb_store_bytes(ctx, p->l4_off, ports, 4, 0))
+		return -1;
+	if (p->proto == IPPROTO_SCTP)
+		return bpf_skb_store_bytes(ctx, p->l4_off + offsetof(struct sctphdr, checksum), &crc, 4, 0) ? -1 : 0;
+	/* bpf_l4_csum_replace also copes with CHECKSUM_PARTIAL (where the field holds only the
+	 * pseudo-header sum, so the ports' change must not touch it); a UDP checksum of 0 stays 0
+	 * (BPF_F_MARK_MANGLED_0). */
+	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 off = l4_csum_off(p);
+	if (bpf_l4_csum_replace(ctx, off, 0, addr_diff, BPF_F_PSEUDO_HDR | mangled))
+		return -1;
+	if (bpf_l4_csum_replace(ctx, off, 0, port_diff, mangled))
+		return -1;
+	return 0;
+}
+
 /* Rewrite p's tuple to `to`; with dec_ttl, also decrement the TTL (we forward the packet
  * ourselves). Returns 0, or -1 if the packet no longer has the headers parse_pkt saw. */
 static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct pkt *p,
@@ -49,17 +113,14 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 	__be16 *ports = l4;
 	port_diff = csum_diff2(port_diff, ports[0], to->sport);
 	port_diff = csum_diff2(port_diff, ports[1], to->dport);
-
-	ip_diff = addr_diff;
+	__u16 ttl_old = *(__u16 *)&iph->ttl; /* TTL shares a 16-bit word with the protocol */
+	__u16 ttl_new = ttl_old;
 	if (dec_ttl) {
-		/* TTL shares a 16-bit word with the protocol. */
-		__u16 old = *(__u16 *)&iph->ttl;
-		iph->ttl--;
-		ip_diff = csum_diff2(ip_diff, old, *(__u16 *)&iph->ttl);
+		((__u8 *)&ttl_new)[0]--;
+		ip_diff = csum_diff2(ip_diff, ttl_old, ttl_new);
 	}
-	iph->saddr = to->saddr;
-	iph->daddr = to->daddr;
-	iph->check = csum_apply(iph->check, ip_diff);
+	ip_diff = csum_fold((__u64)ip_diff + addr_diff);
+	__u32 crc = 0, crc_delta = 0;
 	if (p->proto == IPPROTO_SCTP) {
 		/* CRC32c over the SCTP packet only (no pseudo-header): the ports' change, at XDP and
 		 * tc alike. A sender that offloads the CRC (a pod behind a veth: CHECKSUM_PARTIAL)
@@ -67,41 +128,14 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 		 * the packet holds then, rewritten ports included: such a field stays 0. (A computed
 		 * CRC that happens to be 0, one in 2^32, is left too; the peer drops that one packet
 		 * and SCTP sends it again.) */
-		struct sctphdr *sh = l4;
-		__u32 old = *(__u32 *)l4;
-		ports[0] = to->sport;
-		ports[1] = to->dport;
-		__u32 delta = old ^ *(__u32 *)l4;
-		if (delta && sh->checksum)
-			sh->checksum ^= crc32c_port_delta(delta, p->ip_len - p->ihl * 4);
-		return 0;
+		__u32 delta = (*(__u32 *)l4) ^ (((__u32)to->dport << 16) | to->sport);
+		crc = ((struct sctphdr *)l4)->checksum;
+		if (delta && crc)
+			crc_delta = crc32c_port_delta(delta, p->ip_len - p->ihl * 4);
 	}
-	ports[0] = to->sport;
-	ports[1] = to->dport;
-
-	__u16 *check;
-	if (p->proto == IPPROTO_TCP)
-		check = &((struct tcphdr *)l4)->check;
-	else
-		check = &((struct udphdr *)l4)->check;
-
-	if (xdp) {
-		if (p->proto == IPPROTO_UDP && *check == 0)
-			return 0;
-		__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
-		if (p->proto == IPPROTO_UDP && c == 0)
-			c = 0xffff;
-		*check = c;
-		return 0;
-	}
-
-	__u64 mangled = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	__u32 off = l4_csum_off(p);
-	if (bpf_l4_csum_replace(ctx, off, 0, addr_diff, BPF_F_PSEUDO_HDR | mangled))
-		return -1;
-	if (bpf_l4_csum_replace(ctx, off, 0, port_diff, mangled))
-		return -1;
-	return 0;
+	if (xdp)
+		return nat_write_xdp(iph, l4, p, to, ttl_new, ip_diff, addr_diff, port_diff, crc ^ crc_delta);
+	return nat_write_tc(ctx, p, to, ttl_old, ttl_new, ip_diff, addr_diff, port_diff, crc ^ crc_delta);
 }
 
 #endif

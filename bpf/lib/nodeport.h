@@ -33,14 +33,17 @@ static __always_inline void tuple_of(struct tuple *t, const struct ct_entry *e)
 	t->dport = e->nat_dport;
 }
 
-/* Could p be ours at ingress? Frontend ports are in the bitmap; a remote backend's reply goes
- * to a SNAT port. Everything else is the node's own traffic and leaves at once. */
+/* Could p be ours at ingress? Frontend ports are in the bitmap; a remote backend's reply comes
+ * from a backend port (also a bitmap) to a SNAT port. Everything else is the node's own traffic
+ * (to 6443, 10250, VXLAN's 4789 or 8472, ... from ephemeral ports) and leaves after at most two
+ * array lookups, without a connection-table lookup. */
 static __always_inline bool ingress_candidate(const struct pkt *p)
 {
-	__u16 dport = bpf_ntohs(p->dport);
-	if (dport >= cfg_snat_port_min && dport <= cfg_snat_port_max)
+	if (port_bit(&sluice_frontend_ports, p->dport))
 		return true;
-	return port_bit(&sluice_frontend_ports, p->dport);
+	__u16 dport = bpf_ntohs(p->dport);
+	return dport >= cfg_snat_port_min && dport <= cfg_snat_port_max &&
+	       port_bit(&sluice_backend_ports, p->sport);
 }
 
 /* A local backend's reverse entry is keyed by (pod, client) tuples the pod could also use

@@ -59,8 +59,11 @@ struct pkt {
 
 static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 {
-	/* Headers may sit in a non-linear tc skb: pull the most we could need. */
-	ctx_pull(ctx, xdp, L4_OFF_MAX + sizeof(struct tcphdr));
+	/* Headers may sit in a non-linear tc skb: pull what the L2 and L3 headers need, and the L4
+	 * header's below, each only when not linear already. Pulling more than that would copy
+	 * the head of every cloned sk_buff (every TCP segment the node sends is one), even when
+	 * its headers are all there. */
+	ctx_pull(ctx, xdp, L2_MAX + sizeof(struct iphdr));
 
 	void *data = ctx_data(ctx, xdp);
 	void *data_end = ctx_data_end(ctx, xdp);
@@ -109,6 +112,13 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
 		return PARSE_OTHER_L4;
 
+	__u32 l4_need = p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
+			p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) + 4 : sizeof(struct udphdr);
+	if (!xdp && (__u32)(data_end - data) < (__u32)p->l4_off + l4_need) {
+		ctx_pull(ctx, xdp, p->l4_off + l4_need);
+		data = ctx_data(ctx, xdp);
+		data_end = ctx_data_end(ctx, xdp);
+	}
 	/* The verifier needs l4 bounded; hlen <= 60 already holds. */
 	void *l4 = data + (p->l4_off & 0x7f);
 	if (p->proto == IPPROTO_TCP) {

@@ -267,6 +267,16 @@ func run(o *options, log *zap.Logger) error {
 	devs := &devices.Manager{DP: dp, Explicit: splitList(o.devices), XDP: mode, TC: tcMode, Log: log.Named("devices"),
 		NodeIPs: func() []netip.Addr { return tracker.NodeAddresses(o.nodeName) }}
 	defer devs.Release()
+	// Following netlink from before the first look, so no change falls between the two.
+	go func() {
+		err := devices.Watch(ctx, func() {
+			devs.Invalidate()
+			tracker.Poke()
+		})
+		if err != nil {
+			dlog.Error("Not following device changes any more", zap.Error(err))
+		}
+	}()
 	if _, err := devs.Reconcile(); err != nil {
 		return err
 	}
@@ -355,11 +365,6 @@ func run(o *options, log *zap.Logger) error {
 			}
 		}()
 	}
-	go func() {
-		if err := devices.Watch(ctx, tracker.Poke); err != nil {
-			dlog.Error("Not following device changes any more", zap.Error(err))
-		}
-	}()
 	runnerDone := make(chan struct{})
 	go func() {
 		runner.Run(ctx, tracker.Changed())

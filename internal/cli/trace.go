@@ -128,9 +128,10 @@ func tupleOf(frame []byte) string {
 
 // loadTraceProgram loads a copy of the datapath, built with cfg_trace (it writes no entry and
 // counts nothing) and the agent's settings, on the live maps.
-func loadTraceProgram(e *Env, k *maps.Kernel, info maps.AgentInfo) (*datapath.Datapath, error) {
+func loadTraceProgram(e *Env, k *maps.Kernel, info maps.AgentInfo, ifindex int) (*datapath.Datapath, error) {
 	cfg := info.Config
 	cfg.Trace = true
+	cfg.XDPIfindex = uint32(ifindex) // test runs take no xdp_md before Linux 5.14
 	spec, err := datapath.Spec(cfg)
 	if err != nil {
 		return nil, err
@@ -208,7 +209,7 @@ func trace(e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	dp, err := loadTraceProgram(e, k, info)
+	dp, err := loadTraceProgram(e, k, info, ifc.Index)
 	if err != nil {
 		return err
 	}

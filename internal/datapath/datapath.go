@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,6 +42,9 @@ type Config struct {
 
 	// Trace loads the programs so that they write no conntrack entry.
 	Trace bool
+	// XDPIfindex fixes the ingress device the XDP program assumes, for BPF_PROG_TEST_RUN on
+	// kernels before 5.14, which take no xdp_md (RunOnce); 0 for programs that are attached.
+	XDPIfindex uint32
 }
 
 // Defaults are the agent's default flag values.
@@ -168,6 +172,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		SluiceVarCfgMaxServices:     cfg.MaxServices,
 		SluiceVarCfgMaglevSize:      cfg.MaglevSize,
 		SluiceVarCfgTrace:           trace,
+		SluiceVarCfgXdpIfindex:      cfg.XDPIfindex,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -181,6 +186,11 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 // (optional) are live maps used instead of the object's own.
 func Load(cfg Config, replacements map[string]*ebpf.Map) (*Datapath, error) {
 	cfg.fill()
+	// Before 5.11 BPF maps count against RLIMIT_MEMLOCK (often 64 KiB or 8 MiB), far below the
+	// connection table's size; later kernels charge the memory cgroup and this does nothing.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise the memlock limit for BPF maps (Linux before 5.11): %w", err)
+	}
 	spec, err := Spec(cfg)
 	if err != nil {
 		return nil, err

@@ -53,6 +53,7 @@ func newEnvWith(t testing.TB, cfg datapath.Config) *env {
 	t.Helper()
 	node := testutil.NewNode(t, "sl-golden-", nodeIP, map[netip.Addr]net.HardwareAddr{backendIP: backendMAC, clientIP: clientMAC})
 	e := &env{ns: node.Netns, ifindex: node.Ifindex, nodeMAC: node.MAC}
+	cfg.XDPIfindex = uint32(node.Ifindex) // for test runs on kernels before 5.14
 	dp, err := datapath.Load(cfg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +77,10 @@ func newEnvWith(t testing.TB, cfg datapath.Config) *env {
 	for _, p := range []uint16{30080, 30081, 30082, 30090} {
 		must(t, e.m.SetFrontendPort(p))
 	}
-	must(t, e.m.SetBackendPort(80))
+	// As the reconciler does: every backend's port, so that replies pass the prefilter.
+	for _, p := range []uint16{80, 8080, 5353} {
+		must(t, e.m.SetBackendPort(p))
+	}
 	return e
 }
 

@@ -228,6 +228,7 @@ const (
 	SluiceVarCfgSnatPortMin      = "cfg_snat_port_min"
 	SluiceVarCfgSnatReuseS       = "cfg_snat_reuse_s"
 	SluiceVarCfgTrace            = "cfg_trace"
+	SluiceVarCfgXdpIfindex       = "cfg_xdp_ifindex"
 )
 
 // LoadSluice returns the embedded CollectionSpec for Sluice.
@@ -313,6 +314,7 @@ type SluiceVariableSpecs struct {
 	CfgSnatPortMin     *ebpf.VariableSpec `ebpf:"cfg_snat_port_min"`
 	CfgSnatReuseS      *ebpf.VariableSpec `ebpf:"cfg_snat_reuse_s"`
 	CfgTrace           *ebpf.VariableSpec `ebpf:"cfg_trace"`
+	CfgXdpIfindex      *ebpf.VariableSpec `ebpf:"cfg_xdp_ifindex"`
 }
 
 // SluiceObjects contains all objects after they have been loaded into the kernel.
@@ -388,6 +390,7 @@ type SluiceVariables struct {
 	CfgSnatPortMin     *ebpf.Variable `ebpf:"cfg_snat_port_min"`
 	CfgSnatReuseS      *ebpf.Variable `ebpf:"cfg_snat_reuse_s"`
 	CfgTrace           *ebpf.Variable `ebpf:"cfg_trace"`
+	CfgXdpIfindex      *ebpf.Variable `ebpf:"cfg_xdp_ifindex"`
 }
 
 // SluicePrograms contains all programs after they have been loaded into the kernel.

@@ -81,7 +81,9 @@ func TestManagerFollowsHotPlug(t *testing.T) {
 		defer cancel()
 		poked := make(chan struct{}, 16)
 		// Subscribed in the node's namespace (a new goroutine's thread is in the test's).
-		go func() { _ = ns.Do(func() error { return devices.Watch(ctx, func() { poked <- struct{}{} }) }) }()
+		go func() {
+			_ = ns.Do(func() error { return devices.Watch(ctx, func() { m.Invalidate(); poked <- struct{}{} }) })
+		}()
 		time.Sleep(100 * time.Millisecond) // subscribed
 
 		step := func(what string, want []string) {

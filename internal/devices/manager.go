@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -31,13 +32,37 @@ type Manager struct {
 	mu       sync.Mutex
 	attached map[string]*datapath.Attachment
 	missing  map[string]bool // explicit devices reported missing, so each is logged once
+	// clean: nothing changed since the last Reconcile that succeeded (no netlink event, the
+	// same Node addresses), so the next one has nothing to do. Invalidate clears it.
+	clean   atomic.Bool
+	lastIPs []netip.Addr
 }
+
+// Invalidate makes the next Reconcile look at the devices again: call it when netlink reports a
+// change (Watch).
+func (m *Manager) Invalidate() { m.clean.Store(false) }
 
 // Reconcile attaches to selected devices that lack the programs (new, or re-created under a
 // new ifindex) and detaches from devices no longer selected. It reports whether the set
-// changed. A device that fails to attach is retried at the next call.
+// changed. It looks only when something may have changed (Invalidate, or other Node
+// addresses), so calling it before every sync costs nothing; a device that failed to attach is
+// retried at the next call.
 func (m *Manager) Reconcile() (changed bool, err error) {
-	want, err := m.selected()
+	var ips []netip.Addr
+	if m.NodeIPs != nil {
+		ips = m.NodeIPs()
+	}
+	// Cleared before the look, so that an event during it is not lost.
+	if m.clean.Swap(true) && slices.Equal(ips, m.lastIPs) {
+		return false, nil
+	}
+	m.lastIPs = ips
+	defer func() {
+		if err != nil {
+			m.clean.Store(false) // retry with the next sync
+		}
+	}()
+	want, err := m.selected(ips)
 	if err != nil {
 		return false, err
 	}
@@ -89,12 +114,8 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 }
 
 // selected are the devices the datapath should be on now.
-func (m *Manager) selected() ([]string, error) {
+func (m *Manager) selected(ips []netip.Addr) ([]string, error) {
 	if len(m.Explicit) == 0 {
-		var ips []netip.Addr
-		if m.NodeIPs != nil {
-			ips = m.NodeIPs()
-		}
 		return Detect(ips)
 	}
 	present, missing := Existing(m.Explicit)

@@ -147,3 +147,38 @@ func TestRunnerSyncsChangesDuringBackoff(t *testing.T) {
 		t.Error("a change during backoff waited for the retry")
 	}
 }
+
+// The device manager finds the node's devices by its Node's InternalIP and ExternalIP (not its
+// hostname or other addresses), and a Node change pokes the sync loop, which re-detects.
+func TestTrackerNodeAddresses(t *testing.T) {
+	tr := NewTracker()
+	if got := tr.NodeAddresses("node1"); got != nil {
+		t.Errorf("before the Node arrives: %v", got)
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1"}, Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+		{Type: v1.NodeHostName, Address: "node1"},
+		{Type: v1.NodeInternalIP, Address: "10.89.0.11"},
+		{Type: v1.NodeExternalIP, Address: "203.0.113.5"},
+		{Type: v1.NodeInternalDNS, Address: "node1.example"},
+		{Type: v1.NodeInternalIP, Address: "not-an-ip"},
+	}}}
+	tr.OnNodeAdd(node)
+	select {
+	case <-tr.Changed():
+	default:
+		t.Error("a Node change did not signal")
+	}
+	want := []netip.Addr{netip.MustParseAddr("10.89.0.11"), netip.MustParseAddr("203.0.113.5")}
+	if got := tr.NodeAddresses("node1"); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("NodeAddresses = %v, want %v", got, want)
+	}
+	if got := tr.NodeAddresses("node2"); got != nil {
+		t.Errorf("another node's: %v", got)
+	}
+	tr.Poke()
+	select {
+	case <-tr.Changed():
+	default:
+		t.Error("Poke did not signal")
+	}
+}

@@ -126,6 +126,11 @@ func (r *Reconciler) Restore() (int, error) {
 		return 0, fmt.Errorf("restore maglev tables: %w", err)
 	}
 	for id, b := range bes {
+		// A build that marked only local backends' ports left remote ones' replies unmarked:
+		// mark every restored backend's before the programs are swapped in.
+		if err := r.m.SetBackendPort(b.Port); err != nil {
+			return 0, fmt.Errorf("restore backend ports: %w", err)
+		}
 		r.backends[id] = b
 		if cur, ok := r.backendIDs[b]; !ok || id < cur {
 			r.backendIDs[b] = id
@@ -542,11 +547,10 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 			return nil, nil, err
 		}
 		want[i] = id
-		// Before the frontend: replies of a local backend must pass the egress prefilter.
-		if b.Local {
-			if err := r.m.SetBackendPort(b.Port); err != nil {
-				return nil, nil, err
-			}
+		// Before the frontend: replies of a backend must pass the prefilter (egress for a
+		// local one, ingress for a remote one).
+		if err := r.m.SetBackendPort(b.Port); err != nil {
+			return nil, nil, err
 		}
 	}
 	if svc.Key.NodePort != 0 {

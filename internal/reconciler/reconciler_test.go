@@ -60,8 +60,8 @@ func TestApplyOrdersWritesAndIsIdempotent(t *testing.T) {
 	local.Local = true
 	st := state([]netip.Addr{node1, node2}, svc(30080, maps.TCP, local, be("10.244.2.10", 8080)))
 	apply(t, r, st)
-	if !f.BackendPorts[80] || f.BackendPorts[8080] {
-		t.Errorf("egress prefilter ports %v: want the local backend's port only", f.BackendPorts)
+	if !f.BackendPorts[80] || !f.BackendPorts[8080] {
+		t.Errorf("prefilter backend ports %v: want the local and the remote backend's", f.BackendPorts)
 	}
 
 	w := f.Writes

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # make test-kernel: run the datapath test suite (go test ./internal/datapath/) in a qemu guest
-# booted on Debian's Linux 6.1 (bookworm's kernel), to show that the BPF object loads and
-# behaves under an older verifier and without TCX. Needs root (apt-get, /dev/kvm).
+# booted on an older Debian kernel, to show that the BPF object loads and behaves under an
+# older verifier and without TCX (clsact instead). Needs root (apt-get, /dev/kvm).
 #
-# Host: installs qemu, busybox-static and iproute2 when missing; downloads the newest
-# linux-image-6.1.0-N-amd64 with `apt-get download` and unpacks it with dpkg-deb into
-# $CACHE (so the host's /boot and initramfs hooks are never touched); builds a static test
-# binary; packs an initramfs (tools/kvm/init as /init, busybox, ip and its libraries, the
-# needed modules); boots it and exits with the status the guest prints in its marker line.
+# Host: installs qemu, busybox-static and iproute2 when missing; downloads the newest kernel
+# of the series with `apt-get download` (6.1: bookworm's, from the host's apt lists; 5.10:
+# bullseye's, from lists of its own under $CACHE/apt, so the host's sources stay as they are)
+# and unpacks it with dpkg-deb into $CACHE (so the host's /boot and initramfs hooks are never
+# touched); builds a static test binary; packs an initramfs (tools/kvm/init as /init, busybox,
+# ip and its libraries, the needed modules); boots it and exits with the status the guest
+# prints in its marker line.
+#
+# Usage: run.sh [6.1|5.10]   (default 6.1)
 #
 # Environment:
-#   SLUICE_KVM_KERNEL    Debian kernel package to boot (default: newest linux-image-6.1.0-N-amd64)
+#   SLUICE_KVM_KERNEL    Debian kernel package to boot (default: the newest of the series)
 #   SLUICE_KVM_ACCEL     kvm | tcg | auto (default auto: kvm when the host has hardware KVM)
 #   SLUICE_KVM_TIMEOUT   seconds before the guest is killed (default 900)
 #   SLUICE_KVM_TESTARGS  extra test flags, e.g. '-test.run TestGolden'
@@ -25,7 +29,8 @@ CACHE=${SLUICE_KVM_CACHE:-/var/cache/sluice/kvm}
 TIMEOUT=${SLUICE_KVM_TIMEOUT:-900}
 # veth for testutil.NewNode; sch_ingress and cls_bpf so that clsact attachment (the tc path
 # on kernels without TCX) works too. Their dependencies are added from each module's modinfo.
-MODULES=(veth sch_ingress cls_bpf)
+# bridge for the attach tests' software device.
+MODULES=(veth sch_ingress cls_bpf bridge)
 MARKER=SLUICE-KVM-EXIT-STATUS
 # The guest waits until it has been up this long before the tests start (see init).
 MIN_UPTIME=${SLUICE_KVM_MIN_UPTIME:-75}
@@ -58,14 +63,38 @@ fi
 busybox=/bin/busybox
 
 # --- the kernel ------------------------------------------------------------------------------
-newest_61() {
-	apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -n 1
+series=${1:-6.1}
+apt_opts=()
+case "$series" in
+6.1) ;;
+5.10)
+	# Bullseye's archive, through apt lists of our own: the host's sources are not changed.
+	a=$CACHE/apt
+	mkdir -p "$a/lists/partial" "$a/cache/archives/partial"
+	cat >"$a/sources.list" <<-EOF
+	deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+	deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
+	EOF
+	apt_opts=(-o "Dir::Etc::sourcelist=$a/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$a/lists"
+		-o "Dir::Cache=$a/cache" -o APT::Sandbox::User=root)
+	apt_update() {
+		[ -n "$apt_updated" ] && return
+		log "apt-get update (bullseye)"
+		apt-get "${apt_opts[@]}" update -qq
+		apt_updated=1
+	}
+	;;
+*) die "kernel series $series: want 6.1 or 5.10" ;;
+esac
+newest() {
+	local re=${series//./\\.}
+	apt-cache "${apt_opts[@]}" search --names-only "^linux-image-$re\\.0-[0-9]+-amd64\$" | awk '{print $1}' | sort -V | tail -n 1
 }
 pkg=${SLUICE_KVM_KERNEL:-}
 if [ -z "$pkg" ]; then
-	pkg=$(newest_61)
-	if [ -z "$pkg" ]; then apt_update; pkg=$(newest_61); fi
-	[ -n "$pkg" ] || die "no linux-image-6.1.0-N-amd64 package in the apt lists"
+	pkg=$(newest)
+	if [ -z "$pkg" ]; then apt_update; pkg=$(newest); fi
+	[ -n "$pkg" ] || die "no linux-image-$series.0-N-amd64 package in the apt lists"
 fi
 kdir=$CACHE/kernels/$pkg
 if [ ! -e "$kdir/.complete" ]; then
@@ -73,7 +102,7 @@ if [ ! -e "$kdir/.complete" ]; then
 	rm -rf "$kdir" "$CACHE/debs"
 	mkdir -p "$CACHE/debs"
 	# Sandbox user root: the _apt user cannot write into root's cache directory.
-	dl() { (cd "$CACHE/debs" && apt-get download -qq -o APT::Sandbox::User=root "$pkg"); }
+	dl() { (cd "$CACHE/debs" && apt-get "${apt_opts[@]}" download -qq -o APT::Sandbox::User=root "$pkg"); }
 	dl || { apt_update; dl; }
 	mkdir -p "$kdir"
 	dpkg-deb -x "$CACHE"/debs/"$pkg"_*.deb "$kdir"
