@@ -144,6 +144,13 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
+	// The client stands in for hosts beyond a router, which ignore ICMP redirects. A packet to
+	// a load-balancer or external IP that reaches node1 before its service is programmed is
+	// forwarded out the way it came, to the nodes' default gateway, and node1 answers with a
+	// redirect; obeyed, it would send the client straight to the gateway for minutes.
+	if err := sysctl(l.Client, "net.ipv4.conf.all.accept_redirects=0", "net.ipv4.conf.default.accept_redirects=0"); err != nil {
+		return err
+	}
 	if err := l.Bridge.Do(func() error {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 		if err := netlink.LinkAdd(br); err != nil {
@@ -174,6 +181,10 @@ func (l *Lab) build() error {
 		if err := sysctl(n, "net.ipv4.conf.eth0.rp_filter=0"); err != nil {
 			return err
 		}
+	}
+	// A host (no forwarding) obeys redirects if all or the interface says so: both off.
+	if err := sysctl(l.Client, "net.ipv4.conf.eth0.accept_redirects=0"); err != nil {
+		return err
 	}
 	if l.Variant == NICLike {
 		if err := l.Bridge.Do(func() error { return attachXDPPass("node1", "node2") }); err != nil {

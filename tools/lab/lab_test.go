@@ -149,6 +149,9 @@ func testLab(t *testing.T, v Variant) {
 			t.Errorf("%s: default route %q, want via %s dev eth0 (as a kind node has)", n.Name, out, Gateway)
 		}
 	}
+	if got := strings.TrimSpace(l.Client.MustExec(t, "cat", "/proc/sys/net/ipv4/conf/eth0/accept_redirects")); got != "0" {
+		t.Errorf("client eth0 accept_redirects = %s, want 0", got)
+	}
 	if len(l.ClientMAC) != 6 || slices.Equal(l.Node1MAC, l.Node2MAC) {
 		t.Errorf("MACs: client %s node1 %s node2 %s", l.ClientMAC, l.Node1MAC, l.Node2MAC)
 	}
