@@ -10,7 +10,7 @@ DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.
 	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h \
 	iptables:iptables-restore nftables:nft wrk:wrk iperf3:iperf3 conntrack:conntrack
 
-.PHONY: deps generate check-generate build test test-kernel test-kernel-5.10 demo bench bench-quick controlplane clean
+.PHONY: deps generate check-generate build test test-kernel demo bench bench-quick controlplane clean
 
 deps:
 	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
@@ -38,12 +38,9 @@ build:
 test: deps check-generate build
 	CI=$${CI:-} $(GO) test -count=1 -timeout 30m ./...
 
-# The datapath tests in a qemu guest on Debian's Linux 6.1 (tools/kvm). Needs root.
+# The datapath tests in qemu guests on Debian's Linux 6.1 and 5.10 (tools/kvm). Needs root.
 test-kernel:
 	GO=$(GO) bash tools/kvm/run.sh 6.1
-
-# The same on bullseye's Linux 5.10: not yet in CI (XDP test runs of some suites fail there).
-test-kernel-5.10:
 	GO=$(GO) bash tools/kvm/run.sh 5.10
 
 demo: deps build

@@ -34,7 +34,9 @@ func RunOnce(prog *ebpf.Program, xdp bool, ifindex int, frame []byte) (uint32, [
 		// Before 5.14 XDP test runs take no context: the program must have been loaded with
 		// Config.XDPIfindex for the ingress device.
 		opts = &ebpf.RunOptions{Data: frame, DataOut: out}
-		ret, err = prog.Run(opts)
+		if ret, err = prog.Run(opts); err != nil {
+			return 0, nil, fmt.Errorf("test-run program without a context (%d-byte frame): %w", len(frame), err)
+		}
 	}
 	if err != nil {
 		return 0, nil, fmt.Errorf("test-run program: %w", err)

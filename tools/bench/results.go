@@ -179,7 +179,7 @@ type PerPktPoint struct {
 	TrivialOneNs  float64 `json:"trivialSingleShotNs"`
 }
 
-// ControlPlane is tools/scale's report (the control-plane issue's figures).
+// ControlPlane is tools/scale's report (the control plane's figures at scale).
 type ControlPlane struct {
 	Services          int     `json:"services"`
 	EndpointsPerSvc   int     `json:"endpointsPerService"`

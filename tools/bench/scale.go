@@ -12,7 +12,7 @@ import (
 	"syscall"
 )
 
-// runScale runs tools/scale (the control-plane issue's measurement: N services through a real
+// runScale runs tools/scale (the control plane's measurement: N services through a real
 // kube-apiserver, the agent's cold start to all of them in the maps, EndpointSlice update to
 // map latency, RSS) and takes its JSON report.
 func runScale(ctx context.Context, cfg *config) (*ControlPlane, error) {

@@ -17,6 +17,8 @@
 #   SLUICE_KVM_KERNEL    Debian kernel package to boot (default: the newest of the series)
 #   SLUICE_KVM_ACCEL     kvm | tcg | auto (default auto: kvm when the host has hardware KVM)
 #   SLUICE_KVM_TIMEOUT   seconds before the guest is killed (default 900)
+#   SLUICE_KVM_MEM       guest memory (default 3G: with 1G, Linux 5.10, which preallocates the
+#                        LRU maps of every test's datapath, ran short and later test runs failed)
 #   SLUICE_KVM_TESTARGS  extra test flags, e.g. '-test.run TestGolden'
 #   SLUICE_KVM_MIN_UPTIME  seconds the guest must have been up before the tests (default 75)
 #   SLUICE_KVM_CACHE     cache directory (default /var/cache/sluice/kvm)
@@ -209,7 +211,7 @@ runlog=$CACHE/last-run.log
 log "booting $kver ($accel, timeout ${TIMEOUT}s); serial log in $runlog"
 set +e
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${accel_args[@]}" \
-	-m 1G -smp 2 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+	-m "${SLUICE_KVM_MEM:-3G}" -smp 2 -nodefaults -no-user-config -display none -serial stdio -no-reboot \
 	-kernel "$vmlinuz" -initrd "$work/initramfs.cpio" \
 	-append "console=ttyS0 panic=-1 quiet" </dev/null | tee "$runlog"
 qemu_status=${PIPESTATUS[0]}
