@@ -16,6 +16,12 @@ import (
 func TestE2EDeviceHotPlug(t *testing.T) {
 	c := startCluster(t, "", "--devices", "eth0,eth9")
 	nic := netip.MustParseAddrPort("10.89.0.31:30080")
+	// Two NICs of one host on one L2: by default Linux answers ARP for any of its addresses on
+	// either, and names any of them in the requests it sends (ARP flux), so the client may
+	// learn eth0's address at eth9's MAC and lose it for the seconds its neighbour entry takes
+	// to go stale once eth9 is gone. Multi-NIC hosts set arp_ignore=1 and arp_announce=2 for
+	// this; the test is about sluice, not ARP.
+	c.Node1.MustExec(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore && echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce")
 	plug := func() {
 		c.Node1.MustExec(t, "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "node1-eth9", "netns", c.Bridge.Name)
 		c.Bridge.MustExec(t, "ip", "link", "set", "node1-eth9", "master", "br0", "up")
