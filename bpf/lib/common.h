@@ -18,6 +18,10 @@
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
 #endif
+/* A global function: the verifier checks it once, on its own, not on every path calling it. */
+#ifndef __noinline
+#define __noinline __attribute__((noinline))
+#endif
 
 /* linux/icmp.h drags in libc's socket headers; ICMP needs only this. */
 struct icmphdr {
@@ -34,6 +38,9 @@ struct icmphdr {
 };
 #define ICMP_DEST_UNREACH 3
 #define ICMP_PORT_UNREACH 3
+#define ICMP_FRAG_NEEDED 4  /* a code of ICMP_DEST_UNREACH */
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
 #define NSEC_PER_SEC 1000000000ULL
 

@@ -8,10 +8,10 @@
 #define SLUICE_FWD_H
 
 #include "ct.h"
+#include "fib.h"
+#include "mtu.h"
 #include "nat.h"
 #include "stats.h"
-
-#define FWD_PASS_UNTOUCHED 1
 
 /* Can XDP transmit on ifindex? Only on the device it runs on (XDP_TX) or on another device
  * where the agent attached XDP natively: redirecting to anything else drops silently. */
@@ -21,11 +21,6 @@ static __always_inline bool fwd_xdp_target(void *ctx, const bool xdp, __u32 ifin
 		return true;
 	__u32 *flags = bpf_map_lookup_elem(&sluice_devices, &ifindex);
 	return flags && (*flags & DEVICE_F_XDP_NATIVE);
-}
-
-static __always_inline bool mac_zero(const __u8 *mac)
-{
-	return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
 }
 
 /* Translate p to `to` and forward; svc_id/reply say which counter the packet goes to. Returns
@@ -42,32 +37,17 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	}
 
 	struct bpf_fib_lookup fib = {};
-	fib.family = AF_INET;
-	fib.tos = p->tos;
-	fib.l4_protocol = p->proto;
-	fib.sport = to->sport;
-	fib.dport = to->dport;
-	/* At tc, 0: the kernel then checks the sk_buff itself (is_skb_forwardable), which knows a
-	 * GRO-merged packet is sent as segments; its length would read as "fragmentation needed". */
-	fib.tot_len = xdp ? p->ip_len : 0;
-	fib.ipv4_src = to->saddr;
-	fib.ipv4_dst = to->daddr;
-	fib.ifindex = ctx_ifindex(ctx, xdp);
-
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	/* 5.10 kernels without the NUD_FAILED fix report success with a zero MAC. */
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS && mac_zero(fib.dmac))
-		rc = BPF_FIB_LKUP_RET_NO_NEIGH;
+	__u16 mtu_len = fwd_mtu_len(ctx, xdp, p);
+	int rc = fwd_lookup(ctx, xdp, &fib, to, p->proto, p->tos, mtu_len);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		/* XDP judges by the IP length, which in generic mode is a GRO-merged packet's (it
-		 * leaves as segments that fit): tc, which finds the same flow and lets the kernel
-		 * judge the sk_buff itself, decides. */
+		 * leaves as segments that fit): tc, which finds the same flow and knows the
+		 * segments' length, decides. */
 		if (xdp) {
 			count_reason(REASON_PASS_TO_TC);
 			return XDP_PASS;
 		}
-		count_reason(REASON_DROP_FRAG_NEEDED);
-		return VERDICT_DROP(xdp);
+		return fwd_too_big((struct __sk_buff *)ctx, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, mtu_len);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_DROP_FIB);
@@ -93,23 +73,7 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	if (nat_rewrite(ctx, xdp, p, to, true))
 		return VERDICT_DROP(xdp);
 	count_svc(svc_id, reply, p->len);
-
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		/* tc only: let the kernel resolve the next hop and fill in the MACs. */
-		struct bpf_redir_neigh nh = {};
-		nh.nh_family = AF_INET;
-		nh.ipv4_nh = fib.ipv4_dst;
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
-	}
-
-	void *data = ctx_data(ctx, xdp);
-	void *data_end = ctx_data_end(ctx, xdp);
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return VERDICT_DROP(xdp);
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
-	return ctx_redirect(ctx, xdp, fib.ifindex);
+	return fwd_send(ctx, xdp, rc, &fib);
 }
 
 #endif

@@ -106,7 +106,8 @@ enum reason {
 	REASON_DROP_SNAT_EXHAUSTED, /* no free SNAT port to this backend */
 	REASON_DROP_NO_BACKEND,     /* slot or backend missing (agent mid-update) */
 	REASON_DROP_FIB,            /* no route to the backend or client */
-	REASON_DROP_FRAG_NEEDED,    /* larger than the egress MTU (no ICMP sent yet) */
+	REASON_DROP_FRAG_NEEDED,    /* larger than the next hop's MTU and DF clear: sluice does
+				     * not fragment (with DF, see REASON_ICMP_FRAG_NEEDED) */
 	REASON_DROP_TTL,            /* TTL would reach 0 */
 	REASON_DROP_REJECT_FAILED,  /* could not build the RST / ICMP reply */
 	REASON_DROP_CT_COLLISION,   /* a local backend's reply tuple is held by another flow */
@@ -114,6 +115,10 @@ enum reason {
 	REASON_DROP_NO_LOCAL,       /* externalTrafficPolicy Local, no endpoint on this node */
 	REASON_CT_PEER_LOST,        /* not a verdict: a live flow's other entry was gone (the
 				     * LRU evicted it from a full table) and was recreated */
+	REASON_ICMP_RELATED,        /* not a drop: an ICMP error about a translated flow,
+				     * translated for the flow's other end (conntrack's RELATED) */
+	REASON_ICMP_FRAG_NEEDED,    /* larger than the next hop's MTU with DF set: "fragmentation
+				     * needed" with that MTU sent back to the sender, as a router */
 	REASON_MAX,
 };
 
@@ -309,6 +314,8 @@ enum trace_stage {
 	TRACE_NO_FLOW,         /* TCP non-SYN without a flow: the kernel's */
 	TRACE_NEW_FLOW,        /* a new flow: backend picked */
 	TRACE_DROP,            /* see reason */
+	TRACE_RELATED,         /* an ICMP error about a flow: translated for it */
+	TRACE_TOO_BIG,         /* over the next hop's MTU with DF: "fragmentation needed" sent */
 };
 
 struct trace_record {

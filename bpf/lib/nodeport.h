@@ -5,12 +5,14 @@
  *          reply) -> frontend -> no endpoint: reject | new flow: pick, claim SNAT port, create
  *          both entries -> forward.
  * egress:  port prefilter -> conntrack: the replies of local backends, restored to the
- *          frontend's tuple. */
+ *          frontend's tuple.
+ * ICMP errors about a flow are translated at tc, on either hook (icmp.h). */
 #ifndef SLUICE_NODEPORT_H
 #define SLUICE_NODEPORT_H
 
 #include "ct.h"
 #include "fwd.h"
+#include "icmp.h"
 #include "lb.h"
 #include "reject.h"
 
@@ -119,6 +121,8 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 {
 	struct pkt p = {};
 	int res = parse_pkt(ctx, xdp, &p);
+	if (!xdp && res == PARSE_OTHER_L4 && p.proto == IPPROTO_ICMP)
+		return icmp_related((struct __sk_buff *)ctx, false);
 	if (res != PARSE_OK)
 		return pass_parse_result(xdp, res);
 	if (!ingress_candidate(&p)) {
@@ -192,6 +196,8 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 	int res = parse_pkt(skb, false, &p);
+	if (res == PARSE_OTHER_L4 && p.proto == IPPROTO_ICMP)
+		return icmp_related(skb, true);
 	if (res != PARSE_OK || !port_bit(&sluice_backend_ports, p.sport))
 		return TC_ACT_OK;
 

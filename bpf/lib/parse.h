@@ -15,6 +15,7 @@
 #define ETH_P_8021AD 0x88A8
 #endif
 
+#define IP_DF 0x4000
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 
@@ -50,6 +51,8 @@ struct pkt {
 	__u8 tos;
 	__u8 ihl;
 	__u8 vlan;        /* 1 if the frame carries a VLAN tag */
+	__u8 df;          /* 1 if the IPv4 header says don't fragment */
+	__u8 l4_hlen;     /* TCP header with options, UDP 8, SCTP 12 (for GSO segment sizes) */
 };
 
 #define TCP_F_FIN 0x01
@@ -105,6 +108,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	p->ip_len = ip_len;
 	p->tos = iph->tos;
 	p->ihl = iph->ihl;
+	p->df = (iph->frag_off & bpf_htons(IP_DF)) != 0;
 
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return PARSE_FRAGMENT;
@@ -129,6 +133,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 			return PARSE_MALFORMED;
 		p->sport = th->source;
 		p->dport = th->dest;
+		p->l4_hlen = th->doff * 4;
 		p->tcp_flags = (th->fin ? TCP_F_FIN : 0) | (th->syn ? TCP_F_SYN : 0) |
 			       (th->rst ? TCP_F_RST : 0) | (th->ack ? TCP_F_ACK : 0);
 	} else if (p->proto == IPPROTO_SCTP) {
@@ -141,6 +146,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 			return PARSE_MALFORMED;
 		p->sport = sh->source;
 		p->dport = sh->dest;
+		p->l4_hlen = sizeof(*sh);
 		p->tcp_flags = *chunk == SCTP_CHUNK_INIT ? TCP_F_SYN : 0;
 	} else {
 		struct udphdr *uh = l4;
@@ -151,6 +157,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 			return PARSE_MALFORMED;
 		p->sport = uh->source;
 		p->dport = uh->dest;
+		p->l4_hlen = sizeof(*uh);
 	}
 	return PARSE_OK;
 }

@@ -13,7 +13,7 @@
 #include "stats.h"
 
 #define REJECT_TTL 64
-#define ICMP_QUOTE_MAX_WORDS ((sizeof(struct icmphdr) + 60 + 8) / 2)
+#define ICMP_QUOTE_MAX_WORDS ((sizeof(struct icmphdr) + 60 + 20) / 2)
 
 static __always_inline void swap_macs(struct ethhdr *eth)
 {
@@ -83,17 +83,29 @@ static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pk
 	return ctx_trim(ctx, xdp, l2 + sizeof(struct iphdr) + sizeof(struct tcphdr));
 }
 
-/* Wrap a UDP datagram into ICMP port unreachable: a new IPv4 + ICMP header in front of the
- * original IPv4 header and the first 8 bytes of its payload (RFC 792). */
-static __always_inline int reject_udp(void *ctx, const bool xdp, const struct pkt *p)
+/* How much of p's L4 header an ICMP error about it quotes: at least 8 bytes (RFC 792), and up
+ * to the L4 checksum, since the kernel will not cut a packet whose checksum it is still to fill
+ * in (CHECKSUM_PARTIAL, from a sender on a veth) before that field: TCP 20, SCTP 12, UDP 8. */
+static __always_inline __u32 icmp_quote_l4(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
+	       p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) : sizeof(struct udphdr);
+}
+
+/* Wrap p's IPv4 header and the start of its L4 header into an ICMP error of type/code from p's
+ * destination to its source; `rest` is the header's second word (the next-hop MTU of
+ * "fragmentation needed"). The tail is cut first: that also drops a GSO sk_buff's offload
+ * state, which must not be applied to the error. */
+static __always_inline int icmp_error_reply(void *ctx, const bool xdp, const struct pkt *p,
+					    __u8 type, __u8 code, __be32 rest)
 {
 	const __u32 room = sizeof(struct iphdr) + sizeof(struct icmphdr);
 	__u32 l2 = p->l3_off & 0x1f;
-	__u32 quote = p->ihl * 4 + 8;
+	__u32 quote = p->ihl * 4 + icmp_quote_l4(p);
 
-	if (ctx_insert_after_l2(ctx, xdp, room, l2))
+	if (ctx_trim(ctx, xdp, l2 + quote))
 		return -1;
-	if (ctx_trim(ctx, xdp, l2 + room + quote))
+	if (ctx_insert_after_l2(ctx, xdp, room, l2))
 		return -1;
 
 	void *data = ctx_data(ctx, xdp);
@@ -105,12 +117,12 @@ static __always_inline int reject_udp(void *ctx, const bool xdp, const struct pk
 		return -1;
 	swap_macs(eth);
 	put_ipv4(iph, p->daddr, p->saddr, IPPROTO_ICMP, room + quote);
-	ih->type = ICMP_DEST_UNREACH;
-	ih->code = ICMP_PORT_UNREACH;
+	ih->type = type;
+	ih->code = code;
 	ih->checksum = 0;
-	ih->un.gateway = 0;
+	ih->un.gateway = rest;
 
-	/* ICMP checksum over the ICMP header and the quote: at most 8 + 60 + 8 bytes. */
+	/* ICMP checksum over the ICMP header and the quote: at most 8 + 60 + 20 bytes. */
 	__u32 words = (sizeof(struct icmphdr) + quote) / 2;
 	__u32 sum = 0;
 	for (__u32 i = 0; i < ICMP_QUOTE_MAX_WORDS; i++) {
@@ -135,7 +147,8 @@ static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p
 	 * out: let the kernel answer it (it has no socket there either). */
 	if (!xdp && ((struct __sk_buff *)ctx)->gso_segs > 1)
 		return TC_ACT_OK;
-	int err = p->proto == IPPROTO_TCP ? reject_tcp(ctx, xdp, p) : reject_udp(ctx, xdp, p);
+	int err = p->proto == IPPROTO_TCP ? reject_tcp(ctx, xdp, p) :
+		  icmp_error_reply(ctx, xdp, p, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0);
 	if (err) {
 		count_reason(REASON_DROP_REJECT_FAILED);
 		return VERDICT_DROP(xdp);

@@ -13,10 +13,6 @@
 
 #include "common.h"
 
-#ifndef __noinline
-#define __noinline __attribute__((noinline))
-#endif
-
 #ifndef IPPROTO_SCTP
 #define IPPROTO_SCTP 132
 #endif

@@ -12,7 +12,11 @@ static __always_inline void count_reason(__u32 reason)
 	struct trace_record *t = trace_rec();
 	if (t) {
 		t->reason = reason + 1;
-		if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason != REASON_CT_PEER_LOST)
+		if (reason == REASON_ICMP_RELATED)
+			t->stage = TRACE_RELATED;
+		else if (reason == REASON_ICMP_FRAG_NEEDED)
+			t->stage = TRACE_TOO_BIG;
+		else if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason != REASON_CT_PEER_LOST)
 			t->stage = TRACE_DROP;
 		else if (reason == REASON_PASS_TO_TC)
 			t->stage = TRACE_TO_TC;

@@ -45,6 +45,8 @@ var traceStages = map[datapath.SluiceTraceStage][2]string{
 	datapath.SluiceTraceStageTRACE_NO_FLOW:     {"no-flow", "a TCP segment other than SYN with no flow: left to the kernel"},
 	datapath.SluiceTraceStageTRACE_NEW_FLOW:    {"new-flow", "a new flow: a backend was picked for it"},
 	datapath.SluiceTraceStageTRACE_DROP:        {"drop", "dropped"},
+	datapath.SluiceTraceStageTRACE_RELATED:     {"related", "an ICMP error about a flow: translated for the flow's other end"},
+	datapath.SluiceTraceStageTRACE_TOO_BIG:     {"too-big", "over the next hop's MTU with DF set: 'fragmentation needed' sent back to the sender"},
 }
 
 func verdictName(xdp bool, v uint32) string {

@@ -112,6 +112,38 @@ type SluiceFrontendKey struct {
 	Pad   uint8
 }
 
+type SluiceMtuScratch struct {
+	_   structs.HostLayout
+	Fib [8]uint64
+	To  struct {
+		_     structs.HostLayout
+		Saddr uint32
+		Daddr uint32
+		Sport uint16
+		Dport uint16
+	}
+	P struct {
+		_        structs.HostLayout
+		Len      uint32
+		L3Off    uint16
+		L4Off    uint16
+		Saddr    uint32
+		Daddr    uint32
+		Sport    uint16
+		Dport    uint16
+		IpLen    uint16
+		Proto    uint8
+		TcpFlags uint8
+		Tos      uint8
+		Ihl      uint8
+		Vlan     uint8
+		Df       uint8
+		L4Hlen   uint8
+		_        [3]byte
+	}
+	_ [4]byte
+}
+
 type SluiceReason uint32
 
 const (
@@ -131,7 +163,9 @@ const (
 	SluiceReasonREASON_DROP_SOURCE_RANGE   SluiceReason = 13
 	SluiceReasonREASON_DROP_NO_LOCAL       SluiceReason = 14
 	SluiceReasonREASON_CT_PEER_LOST        SluiceReason = 15
-	SluiceReasonREASON_MAX                 SluiceReason = 16
+	SluiceReasonREASON_ICMP_RELATED        SluiceReason = 16
+	SluiceReasonREASON_ICMP_FRAG_NEEDED    SluiceReason = 17
+	SluiceReasonREASON_MAX                 SluiceReason = 18
 )
 
 type SluiceSlotKey struct {
@@ -193,6 +227,8 @@ const (
 	SluiceTraceStageTRACE_NO_FLOW     SluiceTraceStage = 8
 	SluiceTraceStageTRACE_NEW_FLOW    SluiceTraceStage = 9
 	SluiceTraceStageTRACE_DROP        SluiceTraceStage = 10
+	SluiceTraceStageTRACE_RELATED     SluiceTraceStage = 11
+	SluiceTraceStageTRACE_TOO_BIG     SluiceTraceStage = 12
 )
 
 // Names of all BPF objects in the ELF.
@@ -209,6 +245,7 @@ const (
 	SluiceMapSluiceFrontendPorts = "sluice_frontend_ports"
 	SluiceMapSluiceFrontends     = "sluice_frontends"
 	SluiceMapSluiceMaglev        = "sluice_maglev"
+	SluiceMapSluiceMtuScratch    = "sluice_mtu_scratch"
 	SluiceMapSluiceReasons       = "sluice_reasons"
 	SluiceMapSluiceSlots         = "sluice_slots"
 	SluiceMapSluiceSourceRanges  = "sluice_source_ranges"
@@ -292,6 +329,7 @@ type SluiceMapSpecs struct {
 	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.MapSpec `ebpf:"sluice_frontends"`
 	SluiceMaglev        *ebpf.MapSpec `ebpf:"sluice_maglev"`
+	SluiceMtuScratch    *ebpf.MapSpec `ebpf:"sluice_mtu_scratch"`
 	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
 	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
 	SluiceSourceRanges  *ebpf.MapSpec `ebpf:"sluice_source_ranges"`
@@ -347,6 +385,7 @@ type SluiceMaps struct {
 	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.Map `ebpf:"sluice_frontends"`
 	SluiceMaglev        *ebpf.Map `ebpf:"sluice_maglev"`
+	SluiceMtuScratch    *ebpf.Map `ebpf:"sluice_mtu_scratch"`
 	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
 	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
 	SluiceSourceRanges  *ebpf.Map `ebpf:"sluice_source_ranges"`
@@ -367,6 +406,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceFrontendPorts,
 		m.SluiceFrontends,
 		m.SluiceMaglev,
+		m.SluiceMtuScratch,
 		m.SluiceReasons,
 		m.SluiceSlots,
 		m.SluiceSourceRanges,

@@ -148,6 +148,8 @@ var ReasonNames = map[Reason]string{
 	datapath.SluiceReasonREASON_DROP_SOURCE_RANGE:   "drop_source_range",
 	datapath.SluiceReasonREASON_DROP_NO_LOCAL:       "drop_no_local_endpoint",
 	datapath.SluiceReasonREASON_CT_PEER_LOST:        "ct_peer_lost",
+	datapath.SluiceReasonREASON_ICMP_RELATED:        "icmp_related",
+	datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED:    "icmp_frag_needed_sent",
 }
 
 // Maps is what the reconciler writes and restores from. Every write is idempotent.

@@ -166,6 +166,16 @@ func VerifyChecksums(frame []byte) error {
 		if c := Checksum(l4, 0); c != 0 {
 			return fmt.Errorf("ICMP checksum wrong (residue %#04x)", c)
 		}
+		// An error (unreachable, time exceeded, parameter problem) quotes a packet: its IPv4
+		// header's checksum must hold too. (Its L4 checksum covers bytes the quote lacks.)
+		if len(l4) >= 8+20 && (l4[0] == 3 || l4[0] == 11 || l4[0] == 12) {
+			q := l4[8:]
+			if qhl := int(q[0]&0x0f) * 4; qhl >= 20 && len(q) >= qhl {
+				if c := Checksum(q[:qhl], 0); c != 0 {
+					return fmt.Errorf("quoted IPv4 header checksum wrong (residue %#04x)", c)
+				}
+			}
+		}
 	case 132:
 		if len(l4) < 12 {
 			return fmt.Errorf("SCTP header truncated")

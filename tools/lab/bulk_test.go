@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicelb/sluice/internal/cli"
+	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/lab"
 )
 
@@ -41,11 +42,7 @@ endpoints:
 // to a pod behind another node used to fail).
 func TestE2EBulkTCPThroughRemoteBackend(t *testing.T) {
 	forEachMode(t, func(t *testing.T, c *cluster) {
-		srv := exec.Command("ip", "netns", "exec", c.Pod2.Name, "iperf3", "-s", "-p", "5201")
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+		startIperf(t, c.Pod2)
 		writeAtomic(t, filepath.Join(c.manifests, "bulk.yaml"), bulkManifest)
 		c.waitFor(t, "the bulk service", func() error { return lab.TCPConnect(c.Client, c.nodePort(30201), time.Second) })
 		for _, dir := range []string{"upload", "download"} {
@@ -69,10 +66,23 @@ func TestE2EBulkTCPThroughRemoteBackend(t *testing.T) {
 	})
 }
 
+// startIperf runs an iperf3 server on port 5201 in ns until the test ends.
+func startIperf(t *testing.T, ns *testutil.Netns) {
+	t.Helper()
+	srv := exec.Command("ip", "netns", "exec", ns.Name, "iperf3", "-s", "-p", "5201")
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
+}
+
 // iperf runs a 2-second iperf3 stream from the client through the NodePort (reverse: the
 // backend sends) and returns the received rate.
-func iperf(c *cluster, reverse bool) (float64, error) {
-	args := []string{"iperf3", "-c", c.Node1IP.String(), "-p", "30201", "-t", "2", "-J", "--connect-timeout", "3000"}
+func iperf(c *cluster, reverse bool) (float64, error) { return iperfFor(c, reverse, 2) }
+
+// iperfFor is iperf for a stream of the given seconds.
+func iperfFor(c *cluster, reverse bool, seconds int) (float64, error) {
+	args := []string{"iperf3", "-c", c.Node1IP.String(), "-p", "30201", "-t", fmt.Sprint(seconds), "-J", "--connect-timeout", "3000"}
 	if reverse {
 		args = append(args, "-R")
 	}

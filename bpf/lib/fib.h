@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* fib.h: the next hop of a rewritten packet (bpf_fib_lookup), and sending it there. */
+#ifndef SLUICE_FIB_H
+#define SLUICE_FIB_H
+
+#include "nat.h"
+
+static __always_inline bool mac_zero(const __u8 *mac)
+{
+	return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
+}
+
+/* The FIB's answer for a packet from saddr to daddr that arrived on this device; fib holds the
+ * next hop. tot_len 0 skips the MTU check. */
+static __always_inline int fwd_lookup(void *ctx, const bool xdp, struct bpf_fib_lookup *fib,
+				      const struct tuple *to, __u8 proto, __u8 tos, __u16 tot_len)
+{
+	fib->family = AF_INET;
+	fib->tos = tos;
+	fib->l4_protocol = proto;
+	fib->sport = to->sport;
+	fib->dport = to->dport;
+	fib->tot_len = tot_len;
+	fib->ipv4_src = to->saddr;
+	fib->ipv4_dst = to->daddr;
+	fib->ifindex = ctx_ifindex(ctx, xdp);
+	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	/* 5.10 kernels without the NUD_FAILED fix report success with a zero MAC. */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS && mac_zero(fib->dmac))
+		rc = BPF_FIB_LKUP_RET_NO_NEIGH;
+	return rc;
+}
+
+/* Send a rewritten packet to the next hop fwd_lookup found (rc SUCCESS, or NO_NEIGH at tc). */
+static __always_inline int fwd_send(void *ctx, const bool xdp, int rc, const struct bpf_fib_lookup *fib)
+{
+	if (!xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* Let the kernel resolve the next hop and fill in the MACs. */
+		struct bpf_redir_neigh nh = {};
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib->ipv4_dst;
+		return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
+	}
+	void *data = ctx_data(ctx, xdp);
+	void *data_end = ctx_data_end(ctx, xdp);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return VERDICT_DROP(xdp);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	return ctx_redirect(ctx, xdp, fib->ifindex);
+}
+
+/* The length the next hop's MTU is checked against, as the kernel's forwarding does: the IP
+ * length, or for a GSO sk_buff (GRO-merged, or sent by a TSO sender on a veth) that of the
+ * segments it leaves as. */
+static __always_inline __u16 fwd_mtu_len(void *ctx, const bool xdp, const struct pkt *p)
+{
+	if (xdp)
+		return p->ip_len;
+	__u32 gso = ((struct __sk_buff *)ctx)->gso_size;
+	if (!gso)
+		return p->ip_len;
+	return (__u16)(p->l4_off - p->l3_off + p->l4_hlen + gso);
+}
+
+#endif

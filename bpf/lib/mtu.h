@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* mtu.h: a translated packet too big for its next hop, answered as a router answers it. With DF
+ * set, "fragmentation needed" goes back to the sender with the next hop's MTU, quoting the
+ * packet as the sender sent it (so its path MTU discovery finds its socket); the sender then
+ * sends smaller packets. Without DF the packet would have to be fragmented, which sluice does
+ * not do: it is dropped and counted. Only tc gets here: XDP leaves such packets to tc (in
+ * generic mode its packet may be a GRO-merged one whose segments fit). */
+#ifndef SLUICE_MTU_H
+#define SLUICE_MTU_H
+
+#include "fib.h"
+#include "reject.h"
+#include "stats.h"
+
+/* fwd_too_big's packet, lookup and tuple live here, not on its stack: it is called at the packet
+ * path's deepest point, whose frame leaves it about 100 of the 512 bytes a program may use. */
+struct mtu_scratch {
+	__u64 fib[sizeof(struct bpf_fib_lookup) / 8]; /* (bpf2go cannot mirror its unions) */
+	struct tuple to;
+	struct pkt p;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct mtu_scratch);
+	__uint(max_entries, 1);
+} sluice_mtu_scratch SEC(".maps");
+
+/* The smallest MTU an IPv4 link may have (RFC 791). */
+#define MTU_MIN 68
+#define MTU_SEARCH_STEPS 16
+
+/* The MTU of the next hop that refused `len` bytes. Linux 5.12+ writes it to the lookup's
+ * mtu_result (which shares tot_len's place); 5.10 does not, and there the largest length the
+ * FIB accepts is found by bisection (16 lookups at most, once per refused packet). */
+static __always_inline __u16 mtu_of_next_hop(struct __sk_buff *skb, struct bpf_fib_lookup *fib,
+					     const struct tuple *to, __u8 proto, __u8 tos, __u16 len)
+{
+	if (fib->tot_len < len)
+		return fib->tot_len;
+	__u32 lo = MTU_MIN, hi = (__u32)len - 1;
+	for (int i = 0; i < MTU_SEARCH_STEPS; i++) {
+		if (lo >= hi)
+			break;
+		__u32 mid = lo + (hi - lo + 1) / 2;
+		if (fwd_lookup(skb, false, fib, to, proto, tos, (__u16)mid) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+			hi = mid - 1;
+		else
+			lo = mid;
+	}
+	return (__u16)lo;
+}
+
+/* A global function, so the verifier walks it once and not once per path that forwards. Its
+ * arguments are scalars (5.10 takes no pointers but the context): the packet is parsed again,
+ * `to` is the translated tuple (ports: source << 16 | destination, network order) and len the
+ * length the FIB refused. Returns the verdict. */
+__noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u32 ports, __u32 len)
+{
+	__u32 zero = 0;
+	struct mtu_scratch *s = bpf_map_lookup_elem(&sluice_mtu_scratch, &zero);
+	if (!s)
+		return TC_ACT_SHOT;
+	struct pkt *p = &s->p;
+	__builtin_memset(p, 0, sizeof(*p));
+	if (parse_pkt(skb, false, p) != PARSE_OK)
+		return TC_ACT_SHOT;
+	if (!p->df) {
+		count_reason(REASON_DROP_FRAG_NEEDED);
+		return TC_ACT_SHOT;
+	}
+	s->to.saddr = saddr;
+	s->to.daddr = daddr;
+	s->to.sport = (__be16)(ports >> 16);
+	s->to.dport = (__be16)ports;
+	struct bpf_fib_lookup *fib = (struct bpf_fib_lookup *)s->fib;
+	if (fwd_lookup(skb, false, fib, &s->to, p->proto, p->tos, (__u16)len) != BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		count_reason(REASON_DROP_FRAG_NEEDED);
+		return TC_ACT_SHOT;
+	}
+	__u16 mtu = mtu_of_next_hop(skb, fib, &s->to, p->proto, p->tos, (__u16)len);
+	if (icmp_error_reply(skb, false, p, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, bpf_htonl(mtu))) {
+		count_reason(REASON_DROP_REJECT_FAILED);
+		return TC_ACT_SHOT;
+	}
+	count_reason(REASON_ICMP_FRAG_NEEDED);
+	return ctx_bounce(skb, false);
+}
+
+#endif
