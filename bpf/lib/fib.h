@@ -5,6 +5,29 @@
 
 #include "nat.h"
 
+/* Per-CPU room for what does not fit on the stack: a program has 512 bytes for all its frames,
+ * and the packet path's deepest point, where it calls fwd_too_big (a function of its own),
+ * leaves little. Holds the FIB lookup (64 bytes) there, and fwd_too_big's own packet, lookup
+ * and tuple. Not shared with Go. */
+struct scratch {
+	__u64 fib[sizeof(struct bpf_fib_lookup) / 8]; /* (bpf2go cannot mirror its unions) */
+	struct tuple to;
+	struct pkt p;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scratch);
+	__uint(max_entries, 1);
+} sluice_scratch SEC(".maps");
+
+static __always_inline struct scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sluice_scratch, &zero);
+}
+
 static __always_inline bool mac_zero(const __u8 *mac)
 {
 	return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);

@@ -36,9 +36,13 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 		return VERDICT_PASS(xdp);
 	}
 
-	struct bpf_fib_lookup fib = {};
+	struct scratch *s = scratch();
+	if (!s)
+		return VERDICT_DROP(xdp);
+	struct bpf_fib_lookup *fib = (struct bpf_fib_lookup *)s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
 	__u16 mtu_len = fwd_mtu_len(ctx, xdp, p);
-	int rc = fwd_lookup(ctx, xdp, &fib, to, p->proto, p->tos, mtu_len);
+	int rc = fwd_lookup(ctx, xdp, fib, to, p->proto, p->tos, mtu_len);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		/* XDP judges by the IP length, which in generic mode is a GRO-merged packet's (it
 		 * leaves as segments that fit): tc, which finds the same flow and knows the
@@ -54,7 +58,7 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 		return VERDICT_DROP(xdp);
 	}
 	/* What XDP cannot send, it leaves untranslated to tc ingress, which finds the same flow. */
-	if (xdp && (rc == BPF_FIB_LKUP_RET_NO_NEIGH || !fwd_xdp_target(ctx, xdp, fib.ifindex))) {
+	if (xdp && (rc == BPF_FIB_LKUP_RET_NO_NEIGH || !fwd_xdp_target(ctx, xdp, fib->ifindex))) {
 		count_reason(REASON_PASS_TO_TC);
 		return XDP_PASS;
 	}
@@ -73,7 +77,7 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 	if (nat_rewrite(ctx, xdp, p, to, true))
 		return VERDICT_DROP(xdp);
 	count_svc(svc_id, reply, p->len);
-	return fwd_send(ctx, xdp, rc, &fib);
+	return fwd_send(ctx, xdp, rc, fib);
 }
 
 #endif

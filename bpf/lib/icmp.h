@@ -191,8 +191,12 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 	}
 	/* Its new source is a node address: forwarded by us, as the flow's packets are (the
 	 * stack would take it for a martian). */
-	struct bpf_fib_lookup fib = {};
-	int rc = fwd_lookup(skb, false, &fib, &out, IPPROTO_ICMP, p.tos, 0);
+	struct scratch *s = scratch();
+	if (!s)
+		return TC_ACT_SHOT;
+	struct bpf_fib_lookup *fib = (struct bpf_fib_lookup *)s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	int rc = fwd_lookup(skb, false, fib, &out, IPPROTO_ICMP, p.tos, 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_DROP_FIB);
 		return TC_ACT_SHOT;
@@ -205,7 +209,7 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 	if (icmp_rewrite(skb, &p, &q, &in, &out, true))
 		return TC_ACT_SHOT;
 	count_reason(REASON_ICMP_RELATED);
-	return fwd_send(skb, false, rc, &fib);
+	return fwd_send(skb, false, rc, fib);
 }
 
 #endif

@@ -95,7 +95,8 @@ struct svc_stats {
  * are packets left to the kernel untouched; the DROP_ reasons are packets dropped. */
 enum reason {
 	REASON_PASS_MALFORMED = 0,  /* truncated or bad IPv4/TCP/UDP header */
-	REASON_PASS_FRAGMENT,       /* IPv4 fragment: we never rewrite a fragment */
+	REASON_PASS_FRAGMENT,       /* IPv4 fragment of no flow we know (its first fragment not
+				     * seen or not ours), or of SCTP: passed untouched */
 	REASON_PASS_TO_TC,          /* XDP left it to tc: next hop unresolved, VLAN tag, or an
 				     * egress device XDP cannot transmit on */
 	REASON_PASS_NO_FLOW,        /* TCP segment other than SYN (SCTP packet without INIT) to a
@@ -164,6 +165,32 @@ struct {
 	__uint(max_entries, 524288);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_ct SEC(".maps");
+
+/* The IPv4 datagrams of translated flows that arrive in fragments: the ports their first
+ * fragment carried, so that the later ones (no L4 header) follow the same flow. Keyed as the
+ * kernel's reassembly (RFC 791): source, destination, protocol, identification.
+ * Go: datapath.SluiceFragKey */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Go: datapath.SluiceFragPorts */
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_frags SEC(".maps");
 
 /* Session affinity (ClientIP): a client's backend per service. Go: datapath.SluiceAffinityKey */
 struct affinity_key {

@@ -12,21 +12,6 @@
 #include "reject.h"
 #include "stats.h"
 
-/* fwd_too_big's packet, lookup and tuple live here, not on its stack: it is called at the packet
- * path's deepest point, whose frame leaves it about 100 of the 512 bytes a program may use. */
-struct mtu_scratch {
-	__u64 fib[sizeof(struct bpf_fib_lookup) / 8]; /* (bpf2go cannot mirror its unions) */
-	struct tuple to;
-	struct pkt p;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct mtu_scratch);
-	__uint(max_entries, 1);
-} sluice_mtu_scratch SEC(".maps");
-
 /* The smallest MTU an IPv4 link may have (RFC 791). */
 #define MTU_MIN 68
 #define MTU_SEARCH_STEPS 16
@@ -58,15 +43,13 @@ static __always_inline __u16 mtu_of_next_hop(struct __sk_buff *skb, struct bpf_f
  * length the FIB refused. Returns the verdict. */
 __noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u32 ports, __u32 len)
 {
-	__u32 zero = 0;
-	struct mtu_scratch *s = bpf_map_lookup_elem(&sluice_mtu_scratch, &zero);
+	struct scratch *s = scratch();
 	if (!s)
 		return TC_ACT_SHOT;
 	struct pkt *p = &s->p;
 	__builtin_memset(p, 0, sizeof(*p));
-	if (parse_pkt(skb, false, p) != PARSE_OK)
-		return TC_ACT_SHOT;
-	if (!p->df) {
+	/* A fragment never has DF. */
+	if (parse_pkt(skb, false, p) != PARSE_OK || !p->df) {
 		count_reason(REASON_DROP_FRAG_NEEDED);
 		return TC_ACT_SHOT;
 	}

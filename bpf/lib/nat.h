@@ -87,6 +87,34 @@ static __always_inline int nat_write_tc(void *ctx, const struct pkt *p, const st
 	return 0;
 }
 
+/* A later fragment has no L4 header: only its addresses (and TTL) change, with the IPv4
+ * header checksum. */
+static __always_inline int nat_rewrite_l3(void *ctx, const bool xdp, const struct pkt *p,
+					  struct iphdr *iph, const struct tuple *to, bool dec_ttl)
+{
+	__u32 ip_diff = csum_diff4(0, iph->saddr, to->saddr);
+	ip_diff = csum_diff4(ip_diff, iph->daddr, to->daddr);
+	__u16 ttl_old = *(__u16 *)&iph->ttl;
+	__u16 ttl_new = ttl_old;
+	if (dec_ttl)
+		((__u8 *)&ttl_new)[0]--;
+	ip_diff = csum_diff2(ip_diff, ttl_old, ttl_new);
+	if (xdp) {
+		*(__u16 *)&iph->ttl = ttl_new;
+		iph->saddr = to->saddr;
+		iph->daddr = to->daddr;
+		iph->check = csum_apply(iph->check, ip_diff);
+		return 0;
+	}
+	__u32 l3 = p->l3_off;
+	__be32 addrs[2] = {to->saddr, to->daddr};
+	if (bpf_skb_store_bytes(ctx, l3 + offsetof(struct iphdr, ttl), &ttl_new, 2, 0) ||
+	    bpf_skb_store_bytes(ctx, l3 + offsetof(struct iphdr, saddr), addrs, 8, 0) ||
+	    bpf_l3_csum_replace(ctx, l3 + offsetof(struct iphdr, check), 0, ip_diff, 0))
+		return -1;
+	return 0;
+}
+
 /* Rewrite p's tuple to `to`; with dec_ttl, also decrement the TTL (we forward the packet
  * ourselves). Returns 0, or -1 if the packet no longer has the headers parse_pkt saw. */
 static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct pkt *p,
@@ -97,6 +125,8 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 	struct iphdr *iph = data + (p->l3_off & 0x1f);
 	if ((void *)(iph + 1) > data_end)
 		return -1;
+	if (p->frag == FRAG_LATER)
+		return nat_rewrite_l3(ctx, xdp, p, iph, to, dec_ttl);
 	/* Ports are the first 4 bytes of TCP, UDP and SCTP; the checksum is at 16 (TCP), 6 (UDP),
 	 * 8 (SCTP). */
 	void *l4 = data + (p->l4_off & 0x7f);

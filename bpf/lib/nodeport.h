@@ -6,11 +6,13 @@
  *          both entries -> forward.
  * egress:  port prefilter -> conntrack: the replies of local backends, restored to the
  *          frontend's tuple.
- * ICMP errors about a flow are translated at tc, on either hook (icmp.h). */
+ * ICMP errors about a flow are translated at tc, on either hook (icmp.h); a datagram's later
+ * fragments follow its first (frag.h). */
 #ifndef SLUICE_NODEPORT_H
 #define SLUICE_NODEPORT_H
 
 #include "ct.h"
+#include "frag.h"
 #include "fwd.h"
 #include "icmp.h"
 #include "lb.h"
@@ -123,9 +125,11 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 	int res = parse_pkt(ctx, xdp, &p);
 	if (!xdp && res == PARSE_OTHER_L4 && p.proto == IPPROTO_ICMP)
 		return icmp_related((struct __sk_buff *)ctx, false);
-	if (res != PARSE_OK)
+	/* A later fragment is ours only if its first fragment was: its ports say. */
+	bool later = res == PARSE_FRAGMENT && frag_resolve(&p);
+	if (res != PARSE_OK && !later)
 		return pass_parse_result(xdp, res);
-	if (!ingress_candidate(&p)) {
+	if (!later && !ingress_candidate(&p)) {
 		trace_stage(TRACE_NOT_OURS);
 		return VERDICT_PASS(xdp);
 	}
@@ -154,7 +158,13 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		bool local = e->flags & CT_F_LOCAL;
 		trace_flow(reply ? TRACE_REPLY : TRACE_ESTABLISHED, e);
 		ct_touch(&p, e, now);
+		frag_remember(&p);
 		return fwd_translated(ctx, xdp, &p, &to, local, svc_id, reply);
+	}
+	/* Only a first fragment (or a whole datagram) opens a flow. */
+	if (later) {
+		count_reason(REASON_PASS_FRAGMENT);
+		return VERDICT_PASS(xdp);
 	}
 
 	struct frontend *fe = lb_frontend(&p);
@@ -189,6 +199,7 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		count_reason(REASON_PASS_NO_FLOW);
 		return VERDICT_PASS(xdp);
 	}
+	frag_remember(&p);
 	return nodeport_new_flow(ctx, xdp, &p, fe, now);
 }
 
@@ -198,8 +209,12 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 	int res = parse_pkt(skb, false, &p);
 	if (res == PARSE_OTHER_L4 && p.proto == IPPROTO_ICMP)
 		return icmp_related(skb, true);
-	if (res != PARSE_OK || !port_bit(&sluice_backend_ports, p.sport))
+	if (res == PARSE_FRAGMENT) {
+		if (!frag_resolve(&p))
+			return TC_ACT_OK;
+	} else if (res != PARSE_OK || !port_bit(&sluice_backend_ports, p.sport)) {
 		return TC_ACT_OK;
+	}
 
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key k;
@@ -212,6 +227,7 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 	tuple_of(&to, e);
 	count_svc(e->svc_id, true, p.len);
 	ct_touch(&p, e, now);
+	frag_remember(&p);
 	if (nat_rewrite(skb, false, &p, &to, false))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

@@ -33,7 +33,7 @@ enum parse_result {
 	PARSE_NOT_IPV4,   /* ARP, IPv6, ...: not ours */
 	PARSE_OTHER_L4,   /* ICMP, ...: not ours */
 	PARSE_MALFORMED,  /* truncated or inconsistent headers: passed untouched, counted */
-	PARSE_FRAGMENT,   /* IPv4 fragment: passed untouched, counted */
+	PARSE_FRAGMENT,   /* IPv4 fragment after the first (no L4 header): see frag.h */
 };
 
 /* A parsed packet. Offsets are from the start of the frame. */
@@ -52,8 +52,13 @@ struct pkt {
 	__u8 ihl;
 	__u8 vlan;        /* 1 if the frame carries a VLAN tag */
 	__u8 df;          /* 1 if the IPv4 header says don't fragment */
+	__u8 frag;        /* FRAG_FIRST, FRAG_LATER, or 0 for a whole datagram */
+	__be16 ip_id;     /* IPv4 identification: which datagram a fragment belongs to */
 	__u8 l4_hlen;     /* TCP header with options, UDP 8, SCTP 12 (for GSO segment sizes) */
 };
+
+#define FRAG_FIRST 1 /* offset 0, more to come: has the L4 header */
+#define FRAG_LATER 2 /* offset > 0: no L4 header; its ports come from frag.h */
 
 #define TCP_F_FIN 0x01
 #define TCP_F_SYN 0x02
@@ -109,12 +114,19 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	p->tos = iph->tos;
 	p->ihl = iph->ihl;
 	p->df = (iph->frag_off & bpf_htons(IP_DF)) != 0;
-
-	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+	p->ip_id = iph->id;
+	if (iph->frag_off & bpf_htons(IP_OFFSET)) {
+		p->frag = FRAG_LATER;
 		return PARSE_FRAGMENT;
+	}
+	if (iph->frag_off & bpf_htons(IP_MF))
+		p->frag = FRAG_FIRST;
 
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
 		return PARSE_OTHER_L4;
+	/* SCTP's CRC covers the whole packet, whose length no first fragment tells. */
+	if (p->frag && p->proto == IPPROTO_SCTP)
+		return PARSE_FRAGMENT;
 
 	__u32 l4_need = p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
 			p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) + 4 : sizeof(struct udphdr);
@@ -152,8 +164,9 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > data_end)
 			return PARSE_MALFORMED;
+		/* A first fragment's UDP length is the whole datagram's. */
 		if (ip_len < hlen + sizeof(*uh) || bpf_ntohs(uh->len) < sizeof(*uh) ||
-		    bpf_ntohs(uh->len) > ip_len - hlen)
+		    (bpf_ntohs(uh->len) > ip_len - hlen && !p->frag))
 			return PARSE_MALFORMED;
 		p->sport = uh->source;
 		p->dport = uh->dest;

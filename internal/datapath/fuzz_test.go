@@ -65,8 +65,14 @@ func fuzzSeeds(e *env) [][]byte {
 }
 
 // tupleOf reads an IPv4 TCP/UDP frame's tuple the way the datapath does (IHL, not the options'
-// contents, which the kernel checks later), or false for anything else.
+// contents, which the kernel checks later), or false for anything else. A first fragment has
+// its ports; a later fragment has none (later: ports 0), and SCTP fragments are not read.
 func tupleOf(frame []byte) (src, dst netip.AddrPort, proto uint8, ok bool) {
+	src, dst, proto, later, ok := fragTupleOf(frame)
+	return src, dst, proto, ok && !later
+}
+
+func fragTupleOf(frame []byte) (src, dst netip.AddrPort, proto uint8, later, ok bool) {
 	l3 := 14
 	if len(frame) < l3 {
 		return
@@ -82,17 +88,24 @@ func tupleOf(frame []byte) (src, dst netip.AddrPort, proto uint8, ok bool) {
 	}
 	ip := frame[l3:]
 	ihl := int(ip[0]&0x0f) * 4
-	if ip[0]>>4 != 4 || ihl < 20 || len(ip) < ihl+4 || binary.BigEndian.Uint16(ip[6:])&0x3fff != 0 {
+	if ip[0]>>4 != 4 || ihl < 20 {
 		return
 	}
+	frag := binary.BigEndian.Uint16(ip[6:])
 	proto = ip[9]
-	if proto != 6 && proto != 17 && proto != 132 {
+	if proto != 6 && proto != 17 && proto != 132 || proto == 132 && frag&0x3fff != 0 {
 		return
 	}
 	s := netip.AddrFrom4([4]byte(ip[12:16]))
 	d := netip.AddrFrom4([4]byte(ip[16:20]))
+	if frag&0x1fff != 0 {
+		return netip.AddrPortFrom(s, 0), netip.AddrPortFrom(d, 0), proto, true, true
+	}
+	if len(ip) < ihl+4 {
+		return
+	}
 	l4 := ip[ihl:]
-	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(l4)), netip.AddrPortFrom(d, binary.BigEndian.Uint16(l4[2:])), proto, true
+	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(l4)), netip.AddrPortFrom(d, binary.BigEndian.Uint16(l4[2:])), proto, false, true
 }
 
 func checkVerdict(e *env, in []byte, ret uint32, out []byte, before, after map[maps.Reason]uint64) error {
@@ -134,20 +147,38 @@ func checkVerdict(e *env, in []byte, ret uint32, out []byte, before, after map[m
 	return fmt.Errorf("verdict %d", ret)
 }
 
-// checkTranslation checks that out is in rewritten as the connection table says.
+// checkTranslation checks that out is in rewritten as the connection table says (a later
+// fragment: as its first fragment's flow, whose ports sluice_frags holds).
 func checkTranslation(e *env, in, out []byte) error {
-	src, dst, proto, ok := tupleOf(in)
+	src, dst, proto, later, ok := fragTupleOf(in)
 	if !ok {
 		return errors.New("rewrote a frame that is no IPv4 TCP/UDP packet")
+	}
+	if later {
+		l3 := 14
+		if et := binary.BigEndian.Uint16(in[12:]); et == 0x8100 || et == 0x88a8 {
+			l3 = 18
+		}
+		fk := datapath.SluiceFragKey{Saddr: maps.Addr4(src.Addr()), Daddr: maps.Addr4(dst.Addr()),
+			Id: binary.NativeEndian.Uint16(in[l3+4:]), Proto: proto}
+		var ports datapath.SluiceFragPorts
+		if err := e.dp.Objs.SluiceFrags.Lookup(&fk, &ports); err != nil {
+			return fmt.Errorf("rewrote a later fragment of no known datagram: %w", err)
+		}
+		src = netip.AddrPortFrom(src.Addr(), maps.PortFrom16(ports.Sport))
+		dst = netip.AddrPortFrom(dst.Addr(), maps.PortFrom16(ports.Dport))
 	}
 	var v datapath.SluiceCtEntry
 	k := ctKey(src, dst, proto)
 	if err := e.dp.Objs.SluiceCt.Lookup(&k, &v); err != nil {
 		return fmt.Errorf("rewrote a packet of no known flow (%s -> %s): %w", src, dst, errors.Join(err, ebpf.ErrKeyNotExist))
 	}
-	osrc, odst, _, ok := tupleOf(out)
+	osrc, odst, _, _, ok := fragTupleOf(out)
 	want := [2]netip.AddrPort{netip.AddrPortFrom(maps.AddrFrom4(v.NatSaddr), maps.PortFrom16(v.NatSport)),
 		netip.AddrPortFrom(maps.AddrFrom4(v.NatDaddr), maps.PortFrom16(v.NatDport))}
+	if later { // no ports in the frame to compare
+		want[0], want[1] = netip.AddrPortFrom(want[0].Addr(), 0), netip.AddrPortFrom(want[1].Addr(), 0)
+	}
 	if !ok || osrc != want[0] || odst != want[1] {
 		return fmt.Errorf("rewrote %s -> %s to %s -> %s, the flow says %s -> %s", src, dst, osrc, odst, want[0], want[1])
 	}

@@ -95,6 +95,21 @@ type SluiceDeviceInfo struct {
 	Name            [16]int8
 }
 
+type SluiceFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type SluiceFragPorts struct {
+	_     structs.HostLayout
+	Sport uint16
+	Dport uint16
+}
+
 type SluiceFrontend struct {
 	_                structs.HostLayout
 	SvcId            uint32
@@ -110,38 +125,6 @@ type SluiceFrontendKey struct {
 	Port  uint16
 	Proto uint8
 	Pad   uint8
-}
-
-type SluiceMtuScratch struct {
-	_   structs.HostLayout
-	Fib [8]uint64
-	To  struct {
-		_     structs.HostLayout
-		Saddr uint32
-		Daddr uint32
-		Sport uint16
-		Dport uint16
-	}
-	P struct {
-		_        structs.HostLayout
-		Len      uint32
-		L3Off    uint16
-		L4Off    uint16
-		Saddr    uint32
-		Daddr    uint32
-		Sport    uint16
-		Dport    uint16
-		IpLen    uint16
-		Proto    uint8
-		TcpFlags uint8
-		Tos      uint8
-		Ihl      uint8
-		Vlan     uint8
-		Df       uint8
-		L4Hlen   uint8
-		_        [3]byte
-	}
-	_ [4]byte
 }
 
 type SluiceReason uint32
@@ -167,6 +150,40 @@ const (
 	SluiceReasonREASON_ICMP_FRAG_NEEDED    SluiceReason = 17
 	SluiceReasonREASON_MAX                 SluiceReason = 18
 )
+
+type SluiceScratch struct {
+	_   structs.HostLayout
+	Fib [8]uint64
+	To  struct {
+		_     structs.HostLayout
+		Saddr uint32
+		Daddr uint32
+		Sport uint16
+		Dport uint16
+	}
+	P struct {
+		_        structs.HostLayout
+		Len      uint32
+		L3Off    uint16
+		L4Off    uint16
+		Saddr    uint32
+		Daddr    uint32
+		Sport    uint16
+		Dport    uint16
+		IpLen    uint16
+		Proto    uint8
+		TcpFlags uint8
+		Tos      uint8
+		Ihl      uint8
+		Vlan     uint8
+		Df       uint8
+		Frag     uint8
+		_        [1]byte
+		IpId     uint16
+		L4Hlen   uint8
+		_        [3]byte
+	}
+}
 
 type SluiceSlotKey struct {
 	_     structs.HostLayout
@@ -242,11 +259,12 @@ const (
 	SluiceMapSluiceBackends      = "sluice_backends"
 	SluiceMapSluiceCt            = "sluice_ct"
 	SluiceMapSluiceDevices       = "sluice_devices"
+	SluiceMapSluiceFrags         = "sluice_frags"
 	SluiceMapSluiceFrontendPorts = "sluice_frontend_ports"
 	SluiceMapSluiceFrontends     = "sluice_frontends"
 	SluiceMapSluiceMaglev        = "sluice_maglev"
-	SluiceMapSluiceMtuScratch    = "sluice_mtu_scratch"
 	SluiceMapSluiceReasons       = "sluice_reasons"
+	SluiceMapSluiceScratch       = "sluice_scratch"
 	SluiceMapSluiceSlots         = "sluice_slots"
 	SluiceMapSluiceSourceRanges  = "sluice_source_ranges"
 	SluiceMapSluiceSvcInfo       = "sluice_svc_info"
@@ -326,11 +344,12 @@ type SluiceMapSpecs struct {
 	SluiceBackends      *ebpf.MapSpec `ebpf:"sluice_backends"`
 	SluiceCt            *ebpf.MapSpec `ebpf:"sluice_ct"`
 	SluiceDevices       *ebpf.MapSpec `ebpf:"sluice_devices"`
+	SluiceFrags         *ebpf.MapSpec `ebpf:"sluice_frags"`
 	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.MapSpec `ebpf:"sluice_frontends"`
 	SluiceMaglev        *ebpf.MapSpec `ebpf:"sluice_maglev"`
-	SluiceMtuScratch    *ebpf.MapSpec `ebpf:"sluice_mtu_scratch"`
 	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
+	SluiceScratch       *ebpf.MapSpec `ebpf:"sluice_scratch"`
 	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
 	SluiceSourceRanges  *ebpf.MapSpec `ebpf:"sluice_source_ranges"`
 	SluiceSvcInfo       *ebpf.MapSpec `ebpf:"sluice_svc_info"`
@@ -382,11 +401,12 @@ type SluiceMaps struct {
 	SluiceBackends      *ebpf.Map `ebpf:"sluice_backends"`
 	SluiceCt            *ebpf.Map `ebpf:"sluice_ct"`
 	SluiceDevices       *ebpf.Map `ebpf:"sluice_devices"`
+	SluiceFrags         *ebpf.Map `ebpf:"sluice_frags"`
 	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.Map `ebpf:"sluice_frontends"`
 	SluiceMaglev        *ebpf.Map `ebpf:"sluice_maglev"`
-	SluiceMtuScratch    *ebpf.Map `ebpf:"sluice_mtu_scratch"`
 	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
+	SluiceScratch       *ebpf.Map `ebpf:"sluice_scratch"`
 	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
 	SluiceSourceRanges  *ebpf.Map `ebpf:"sluice_source_ranges"`
 	SluiceSvcInfo       *ebpf.Map `ebpf:"sluice_svc_info"`
@@ -403,11 +423,12 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceBackends,
 		m.SluiceCt,
 		m.SluiceDevices,
+		m.SluiceFrags,
 		m.SluiceFrontendPorts,
 		m.SluiceFrontends,
 		m.SluiceMaglev,
-		m.SluiceMtuScratch,
 		m.SluiceReasons,
+		m.SluiceScratch,
 		m.SluiceSlots,
 		m.SluiceSourceRanges,
 		m.SluiceSvcInfo,

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -78,15 +79,21 @@ func StartBackend(ns *testutil.Netns, name string, tcpPorts, udpPorts []uint16) 
 	return b, nil
 }
 
+// serveUDP answers each datagram with the reply line, padded with spaces to the datagram's
+// length when that is longer: a large request gets a large (fragmented) answer.
 func serveUDP(pc net.PacketConn, name string) {
 	buf := make([]byte, 64<<10)
 	for {
-		_, from, err := pc.ReadFrom(buf)
+		n, from, err := pc.ReadFrom(buf)
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
 		if err == nil {
-			_, _ = pc.WriteTo([]byte(reply(name, from.String())), from)
+			out := []byte(reply(name, from.String()))
+			if n > len(out) {
+				out = append(out, bytes.Repeat([]byte{' '}, n-len(out))...)
+			}
+			_, _ = pc.WriteTo(out, from)
 		}
 	}
 }
