@@ -107,8 +107,8 @@ enum reason {
 	REASON_DROP_SNAT_EXHAUSTED, /* no free SNAT port to this backend */
 	REASON_DROP_NO_BACKEND,     /* slot or backend missing (agent mid-update) */
 	REASON_DROP_FIB,            /* no route to the backend or client */
-	REASON_DROP_FRAG_NEEDED,    /* larger than the next hop's MTU and DF clear: sluice does
-				     * not fragment (with DF, see REASON_ICMP_FRAG_NEEDED) */
+	REASON_DROP_FRAG_NEEDED,    /* larger than the next hop's MTU, DF clear, and no sluice0 to
+				     * hand it to the kernel through (REASON_FRAG_BY_STACK) */
 	REASON_DROP_TTL,            /* TTL would reach 0 */
 	REASON_DROP_REJECT_FAILED,  /* could not build the RST / ICMP reply */
 	REASON_DROP_CT_COLLISION,   /* a local backend's reply tuple is held by another flow */
@@ -120,6 +120,9 @@ enum reason {
 				     * translated for the flow's other end (conntrack's RELATED) */
 	REASON_ICMP_FRAG_NEEDED,    /* larger than the next hop's MTU with DF set: "fragmentation
 				     * needed" with that MTU sent back to the sender, as a router */
+	REASON_FRAG_BY_STACK,       /* not a drop: larger than the next hop's MTU without DF:
+				     * translated and handed to the kernel (through sluice0), which
+				     * fragments it as it forwards */
 	REASON_MAX,
 };
 
@@ -342,7 +345,8 @@ enum trace_stage {
 	TRACE_NEW_FLOW,        /* a new flow: backend picked */
 	TRACE_DROP,            /* see reason */
 	TRACE_RELATED,         /* an ICMP error about a flow: translated for it */
-	TRACE_TOO_BIG,         /* over the next hop's MTU with DF: "fragmentation needed" sent */
+	TRACE_TOO_BIG,         /* over the next hop's MTU: "fragmentation needed" sent (DF), or
+			        * handed to the kernel to fragment */
 };
 
 struct trace_record {
@@ -417,6 +421,23 @@ struct {
 	__uint(max_entries, PORT_WORDS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_backend_ports SEC(".maps");
+
+/* The device through which tc hands the kernel a translated packet the kernel must fragment
+ * (sluice0, a veth the agent creates with accept_local: the packet's source is a node
+ * address). ifindex 0: none. Go: datapath.SluiceStackDev */
+struct stack_dev {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct stack_dev);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_stack_dev SEC(".maps");
 
 #define DEVICE_F_XDP_NATIVE 0x01 /* XDP runs natively there: a valid XDP redirect target */
 

@@ -127,12 +127,13 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 		return -1;
 	if (p->frag == FRAG_LATER)
 		return nat_rewrite_l3(ctx, xdp, p, iph, to, dec_ttl);
+	__u8 proto = p->proto;
 	/* Ports are the first 4 bytes of TCP, UDP and SCTP; the checksum is at 16 (TCP), 6 (UDP),
 	 * 8 (SCTP). */
 	void *l4 = data + (p->l4_off & 0x7f);
-	if (l4 + sizeof(struct tcphdr) > data_end && p->proto == IPPROTO_TCP)
+	if (l4 + sizeof(struct tcphdr) > data_end && proto == IPPROTO_TCP)
 		return -1;
-	if (l4 + sizeof(struct sctphdr) > data_end && p->proto == IPPROTO_SCTP)
+	if (l4 + sizeof(struct sctphdr) > data_end && proto == IPPROTO_SCTP)
 		return -1;
 	if (l4 + sizeof(struct udphdr) > data_end)
 		return -1;
@@ -151,15 +152,18 @@ static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct p
 	}
 	ip_diff = csum_fold((__u64)ip_diff + addr_diff);
 	__u32 crc = 0, crc_delta = 0;
-	if (p->proto == IPPROTO_SCTP) {
+	if (proto == IPPROTO_SCTP) {
 		/* CRC32c over the SCTP packet only (no pseudo-header): the ports' change, at XDP and
 		 * tc alike. A sender that offloads the CRC (a pod behind a veth: CHECKSUM_PARTIAL)
 		 * leaves the field 0 until the packet leaves, when the kernel computes it over what
 		 * the packet holds then, rewritten ports included: such a field stays 0. (A computed
 		 * CRC that happens to be 0, one in 2^32, is left too; the peer drops that one packet
 		 * and SCTP sends it again.) */
+		struct sctphdr *sh = l4;
+		if ((void *)(sh + 1) > data_end) /* checked above, but not where the verifier sees it */
+			return -1;
 		__u32 delta = (*(__u32 *)l4) ^ (((__u32)to->dport << 16) | to->sport);
-		crc = ((struct sctphdr *)l4)->checksum;
+		crc = sh->checksum;
 		if (delta && crc)
 			crc_delta = crc32c_port_delta(delta, p->ip_len - p->ihl * 4);
 	}

@@ -14,7 +14,7 @@ static __always_inline void count_reason(__u32 reason)
 		t->reason = reason + 1;
 		if (reason == REASON_ICMP_RELATED)
 			t->stage = TRACE_RELATED;
-		else if (reason == REASON_ICMP_FRAG_NEEDED)
+		else if (reason == REASON_ICMP_FRAG_NEEDED || reason == REASON_FRAG_BY_STACK)
 			t->stage = TRACE_TOO_BIG;
 		else if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason != REASON_CT_PEER_LOST)
 			t->stage = TRACE_DROP;

@@ -259,6 +259,14 @@ func run(o *options, log *zap.Logger) error {
 		return err
 	}
 	alog.Info("Restored state from pinned maps", zap.Int("services", n))
+	if ifindex, mac, err := datapath.EnsureStackDevice(); err != nil {
+		alog.Warn("No device to hand the kernel packets to fragment: translated packets too big for their next hop without DF are dropped (drop_frag_needed)", zap.Error(err))
+	} else if err := dp.SetStackDevice(ifindex, mac); err != nil {
+		return err
+	} else if datapath.StrictReversePathFilter() {
+		alog.Warn("net.ipv4.conf.all.rp_filter is 1 (strict): the kernel refuses the packets sluice hands it to fragment, so those too big for their next hop without DF are lost; 2 (loose) or 0 lets them through",
+			zap.String("device", datapath.StackDevice))
+	}
 
 	dlog := log.Named("datapath")
 	// The programs stay attached (pinned links, clsact filters) and keep serving with the

@@ -46,7 +46,7 @@ var traceStages = map[datapath.SluiceTraceStage][2]string{
 	datapath.SluiceTraceStageTRACE_NEW_FLOW:    {"new-flow", "a new flow: a backend was picked for it"},
 	datapath.SluiceTraceStageTRACE_DROP:        {"drop", "dropped"},
 	datapath.SluiceTraceStageTRACE_RELATED:     {"related", "an ICMP error about a flow: translated for the flow's other end"},
-	datapath.SluiceTraceStageTRACE_TOO_BIG:     {"too-big", "over the next hop's MTU with DF set: 'fragmentation needed' sent back to the sender"},
+	datapath.SluiceTraceStageTRACE_TOO_BIG:     {"too-big", "over the next hop's MTU: 'fragmentation needed' sent back to the sender (DF), or translated and handed to the kernel to fragment"},
 }
 
 func verdictName(xdp bool, v uint32) string {

@@ -323,7 +323,7 @@ func (a *Attachment) Detach() error {
 
 // Cleanup removes sluice from a node, as kube-proxy --cleanup: it detaches every pinned link
 // under pinPath, removes sluice's clsact filters from devices (from every device when none is
-// named), and deletes the pinned maps.
+// named), deletes the pinned maps and StackDevice.
 func Cleanup(pinPath string, devices []string) error {
 	var errs []error
 	links, _ := filepath.Glob(filepath.Join(pinPath, "links", "*"))
@@ -346,6 +346,9 @@ func Cleanup(pinPath string, devices []string) error {
 	}
 	if err := os.RemoveAll(pinPath); err != nil {
 		errs = append(errs, fmt.Errorf("remove pins: %w", err))
+	}
+	if err := removeStackDevice(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -20,7 +20,10 @@ import (
 // the error the addresses that end talks to, the ICMP checksum follows, and the next-hop MTU
 // of "fragmentation needed" is kept.
 
-var routerIP = netip.MustParseAddr("10.0.0.77") // a router between the node and a backend or client
+var (
+	routerIP = netip.MustParseAddr("10.0.0.77") // a router between the node and a backend or client
+	stackMAC = net.HardwareAddr{0x02, 0x5e, 0, 0, 0, 0x01}
+)
 
 // icmpError is an ICMP error frame of type/code quoting quote; mtu is the next-hop MTU of
 // "fragmentation needed" (0 otherwise).
@@ -223,6 +226,19 @@ func TestTooBigForTheNextHop(t *testing.T) {
 		{desc: "UDP without DF over the MTU: dropped, counted", verdict: tcShot,
 			reason: reasonPtr(datapath.SluiceReasonREASON_DROP_FRAG_NEEDED),
 			in:     func(*flow) []byte { return big(layers.IPProtocolUDP, 40131, false).Bytes() }},
+		{desc: "UDP without DF over the MTU, sluice0 known: translated (TTL kept), to the kernel through sluice0 to fragment", verdict: tcRedirect,
+			reason: reasonPtr(datapath.SluiceReasonREASON_FRAG_BY_STACK),
+			in: func(*flow) []byte {
+				must(t, e.dp.SetStackDevice(e.ifindex, stackMAC))
+				return big(layers.IPProtocolUDP, 40134, false).Bytes()
+			},
+			want: func(_ *flow, got []byte) []byte {
+				must(t, e.dp.SetStackDevice(0, nil))
+				p := big(layers.IPProtocolUDP, 40134, false)
+				p.SrcMAC, p.DstMAC = clientMAC, stackMAC
+				p.Src, p.Dst = ap(nodeIP, snatFrom(t, got, 34)), ap(backendIP, 5353)
+				return p.Bytes()
+			}},
 		{desc: "UDP with DF within the MTU: translated", verdict: tcRedirect,
 			in: func(*flow) []byte {
 				p := e.fromClient(layers.IPProtocolUDP, 40132, 30081)

@@ -148,7 +148,8 @@ const (
 	SluiceReasonREASON_CT_PEER_LOST        SluiceReason = 15
 	SluiceReasonREASON_ICMP_RELATED        SluiceReason = 16
 	SluiceReasonREASON_ICMP_FRAG_NEEDED    SluiceReason = 17
-	SluiceReasonREASON_MAX                 SluiceReason = 18
+	SluiceReasonREASON_FRAG_BY_STACK       SluiceReason = 18
+	SluiceReasonREASON_MAX                 SluiceReason = 19
 )
 
 type SluiceScratch struct {
@@ -196,6 +197,13 @@ type SluiceSourceRange struct {
 	Prefixlen uint32
 	SvcId     uint32
 	Addr      uint32
+}
+
+type SluiceStackDev struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Mac     [6]uint8
+	Pad     uint16
 }
 
 type SluiceSvcInfo struct {
@@ -267,6 +275,7 @@ const (
 	SluiceMapSluiceScratch       = "sluice_scratch"
 	SluiceMapSluiceSlots         = "sluice_slots"
 	SluiceMapSluiceSourceRanges  = "sluice_source_ranges"
+	SluiceMapSluiceStackDev      = "sluice_stack_dev"
 	SluiceMapSluiceSvcInfo       = "sluice_svc_info"
 	SluiceMapSluiceSvcStats      = "sluice_svc_stats"
 	SluiceMapSluiceTrace         = "sluice_trace"
@@ -352,6 +361,7 @@ type SluiceMapSpecs struct {
 	SluiceScratch       *ebpf.MapSpec `ebpf:"sluice_scratch"`
 	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
 	SluiceSourceRanges  *ebpf.MapSpec `ebpf:"sluice_source_ranges"`
+	SluiceStackDev      *ebpf.MapSpec `ebpf:"sluice_stack_dev"`
 	SluiceSvcInfo       *ebpf.MapSpec `ebpf:"sluice_svc_info"`
 	SluiceSvcStats      *ebpf.MapSpec `ebpf:"sluice_svc_stats"`
 	SluiceTrace         *ebpf.MapSpec `ebpf:"sluice_trace"`
@@ -409,6 +419,7 @@ type SluiceMaps struct {
 	SluiceScratch       *ebpf.Map `ebpf:"sluice_scratch"`
 	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
 	SluiceSourceRanges  *ebpf.Map `ebpf:"sluice_source_ranges"`
+	SluiceStackDev      *ebpf.Map `ebpf:"sluice_stack_dev"`
 	SluiceSvcInfo       *ebpf.Map `ebpf:"sluice_svc_info"`
 	SluiceSvcStats      *ebpf.Map `ebpf:"sluice_svc_stats"`
 	SluiceTrace         *ebpf.Map `ebpf:"sluice_trace"`
@@ -431,6 +442,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceScratch,
 		m.SluiceSlots,
 		m.SluiceSourceRanges,
+		m.SluiceStackDev,
 		m.SluiceSvcInfo,
 		m.SluiceSvcStats,
 		m.SluiceTrace,

@@ -150,6 +150,7 @@ var ReasonNames = map[Reason]string{
 	datapath.SluiceReasonREASON_CT_PEER_LOST:        "ct_peer_lost",
 	datapath.SluiceReasonREASON_ICMP_RELATED:        "icmp_related",
 	datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED:    "icmp_frag_needed_sent",
+	datapath.SluiceReasonREASON_FRAG_BY_STACK:       "frag_by_stack",
 }
 
 // Maps is what the reconciler writes and restores from. Every write is idempotent.

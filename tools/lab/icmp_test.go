@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicelb/sluice/internal/cli"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/lab"
 )
@@ -47,6 +48,12 @@ endpoints:
 // ns, and returns what reading it answered (an error the kernel derived from an ICMP error:
 // ECONNREFUSED, EMSGSIZE; or nil with a reply) and the path MTU the socket then knows.
 func udpProbe(ns *testutil.Netns, addr netip.AddrPort, size int) (readErr error, mtu int, err error) {
+	return udpProbeWith(ns, addr, size, unix.IP_PMTUDISC_DO)
+}
+
+// udpProbeWith is udpProbe with the socket's IP_MTU_DISCOVER setting (IP_PMTUDISC_DONT: no
+// DF).
+func udpProbeWith(ns *testutil.Netns, addr netip.AddrPort, size, pmtudisc int) (readErr error, mtu int, err error) {
 	err = ns.Do(func() error {
 		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
 		if err != nil {
@@ -59,7 +66,7 @@ func udpProbe(ns *testutil.Netns, addr netip.AddrPort, size int) (readErr error,
 		}
 		var serr error
 		if err := raw.Control(func(fd uintptr) {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, pmtudisc)
 		}); err != nil || serr != nil {
 			return errors.Join(err, serr)
 		}
@@ -151,6 +158,20 @@ func TestE2EICMPErrorsAndPathMTU(t *testing.T) {
 		// sluice finds its next hop too small and answers itself.
 		c.Node1.MustExec(t, "ip", "route", "replace", "10.244.2.0/24", "via", c.Node2IP.String(), "mtu", "lock", "1280")
 		pmtu("1280 on node1's route to the remote backend", 30097, true, false)
+		// Without DF the datagram must be fragmented: sluice hands it, translated, to node1's
+		// kernel through sluice0, which fragments it; pod2 reassembles and answers. (The
+		// client forgets the path MTU it learnt, or it would fragment the datagram itself.)
+		flushPMTU(t, c)
+		for i := range 3 {
+			if readErr, _, err := udpProbeWith(c.Client, c.nodePort(30097), 1400, unix.IP_PMTUDISC_DONT); err != nil || readErr != nil {
+				t.Errorf("1280 on node1's route to the remote backend: datagram %d of 1428 bytes without DF: %v %v, want an answer", i, err, readErr)
+			}
+		}
+		var st cli.StatsJSON
+		c.sluicectlJSON(t, &st, "stats")
+		if st.Reasons["frag_by_stack"] < 3 {
+			t.Errorf("frag_by_stack = %d, want 3 datagrams handed to the kernel to fragment (%v)", st.Reasons["frag_by_stack"], nonZero(st.Reasons))
+		}
 		c.Node1.MustExec(t, "ip", "route", "replace", "10.244.2.0/24", "via", c.Node2IP.String())
 
 		// Replies: the backend learns the client's path is 1280.

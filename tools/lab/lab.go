@@ -137,10 +137,13 @@ func (l *Lab) build() error {
 		}
 		*nss[i] = n
 	}
-	// Set the defaults before any link moves in, so that every interface inherits them.
+	// Set the defaults before any link moves in, so that every interface inherits them: a node
+	// forwards (as every Kubernetes node), without reverse-path filtering (the kernel's default;
+	// systemd's loose mode would do too). accept_local stays 0, as on a real node: what sluice
+	// hands the kernel with a node address as source goes through sluice0, which it sets up.
 	for _, n := range []*testutil.Netns{l.Node1, l.Node2} {
 		if err := sysctl(n, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
-			"net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.all.accept_local=1"); err != nil {
+			"net.ipv4.conf.default.rp_filter=0"); err != nil {
 			return err
 		}
 	}
