@@ -61,10 +61,16 @@ static __always_inline int fwd_via_stack(struct __sk_buff *skb, const struct pkt
 	return bpf_redirect(ifindex, BPF_F_INGRESS);
 }
 
+/* What fwd_too_big returns for a fragment (len 0) when there is no sluice0: send it yourself. */
+#define FWD_NO_STACK -1
+
 /* A global function, so the verifier walks it once and not once per path that forwards. Its
  * arguments are scalars (5.10 takes no pointers but the context): the packet is parsed again,
  * `to` is the translated tuple (ports: source << 16 | destination, network order) and len the
- * length the FIB refused. Returns the verdict. */
+ * length the FIB refused, or 0 for a fragment that fits: every fragment of a datagram goes
+ * through the kernel, because a node with conntrack reassembles a datagram's fragments before
+ * it forwards them, and those sent past it would never join the rest. Returns the verdict, or
+ * FWD_NO_STACK. */
 __noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u32 ports, __u32 len)
 {
 	struct scratch *s = scratch();
@@ -81,6 +87,13 @@ __noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u3
 	s->to.daddr = daddr;
 	s->to.sport = (__be16)(ports >> 16);
 	s->to.dport = (__be16)ports;
+	if (!len) {
+		__u32 zero = 0;
+		struct stack_dev *dev = bpf_map_lookup_elem(&sluice_stack_dev, &zero);
+		if (!dev || !dev->ifindex)
+			return FWD_NO_STACK;
+		return fwd_via_stack(skb, p, &s->to);
+	}
 	/* A fragment never has DF. */
 	if (!p->df)
 		return fwd_via_stack(skb, p, &s->to);

@@ -14,7 +14,8 @@ import (
 // A datagram that arrives in fragments follows its first fragment's flow: the first is
 // translated as a whole datagram would be (its L4 checksum update covers the whole), the later
 // ones (no L4 header) get the same addresses, found through the ports the first left in
-// sluice_frags. Both directions, both backend kinds, XDP and tc.
+// sluice_frags. Both directions, both backend kinds. Fragments to a next hop go through the
+// kernel (sluice0) when there is one, all of a datagram's the same way: XDP leaves them to tc.
 
 // fragment splits an Ethernet/IPv4 frame (no options) into fragments of at most n payload
 // bytes (a multiple of 8), as a sender's IP layer would.
@@ -39,12 +40,16 @@ func fragment(frame []byte, n int) [][]byte {
 
 // fragRows are the rows for a datagram in and the datagram it must leave as, fragment by
 // fragment (3000 bytes of payload: three fragments).
+// want nil: each fragment passes untouched.
 func fragRows(desc string, in, want func() testutil.Pkt, verdict uint32) []golden {
 	var rows []golden
 	for i := range 3 {
-		rows = append(rows, golden{desc: desc + [3]string{": first fragment", ": second fragment", ": third fragment"}[i], verdict: verdict,
-			in:   func(*flow) []byte { return fragment(in().Bytes(), 1480)[i] },
-			want: func(*flow, []byte) []byte { return fragment(want().Bytes(), 1480)[i] }})
+		g := golden{desc: desc + [3]string{": first fragment", ": second fragment", ": third fragment"}[i], verdict: verdict,
+			in: func(*flow) []byte { return fragment(in().Bytes(), 1480)[i] }}
+		if want != nil {
+			g.want = func(*flow, []byte) []byte { return fragment(want().Bytes(), 1480)[i] }
+		}
+		rows = append(rows, g)
 	}
 	return rows
 }
@@ -96,8 +101,13 @@ func TestFragmentsFollowTheirFirst(t *testing.T) {
 					d.Src, d.Dst = ap(nodeIP, snat), ap(backendIP, 5353)
 					return d.Bytes()
 				}}}
-			rows = append(rows, fragRows("client's 3 KB datagram to the remote backend", func() testutil.Pkt { return big(40200, 30081) }, toBackend, prog.fwd)...)
-			rows = append(rows, fragRows("backend's 3 KB reply to the client", reply, replyToClient, prog.fwd)...)
+			if prog.xdp {
+				rows = append(rows, fragRows("client's 3 KB datagram to the remote backend: to tc", func() testutil.Pkt { return big(40200, 30081) }, nil, prog.pass)...)
+				rows = append(rows, fragRows("backend's 3 KB reply to the client: to tc", reply, nil, prog.pass)...)
+			} else {
+				rows = append(rows, fragRows("client's 3 KB datagram to the remote backend, no sluice0: redirected", func() testutil.Pkt { return big(40200, 30081) }, toBackend, prog.fwd)...)
+				rows = append(rows, fragRows("backend's 3 KB reply to the client, no sluice0: redirected", reply, replyToClient, prog.fwd)...)
+			}
 			toPod := func() testutil.Pkt { d := big(40201, 30083); d.Dst = ap(podIP, 5353); return d }
 			rows = append(rows, fragRows("client's 3 KB datagram to the local backend", func() testutil.Pkt { return big(40201, 30083) }, toPod, prog.pass)...)
 			runTable(t, e, p, prog.xdp, rows)
@@ -123,6 +133,19 @@ func TestFragmentsFollowTheirFirst(t *testing.T) {
 			if e.reasons(t)[datapath.SluiceReasonREASON_PASS_FRAGMENT] != before+1 {
 				t.Errorf("pass_fragment not counted")
 			}
+			if prog.xdp {
+				return
+			}
+			// With sluice0, every fragment of a datagram goes through the kernel, translated
+			// (the kernel decrements the TTL), even those that fit the next hop.
+			must(t, e.dp.SetStackDevice(e.ifindex, stackMAC))
+			viaStack := func() testutil.Pkt { d := big(40200, 30081); d.IPID = 0x4343; return d }
+			toStack := func() testutil.Pkt {
+				d := toBackend()
+				d.IPID, d.SrcMAC, d.DstMAC, d.TTL = 0x4343, clientMAC, stackMAC, 64
+				return d
+			}
+			runTable(t, e, p, false, fragRows("client's 3 KB datagram to the remote backend, sluice0 known: to the kernel", viaStack, toStack, tcRedirect))
 		})
 	}
 }

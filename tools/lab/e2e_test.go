@@ -103,8 +103,14 @@ func variantFor(mode string) lab.Variant {
 // startClusterWith starts the lab with the agent binary bin, without waiting for it.
 func startClusterWith(t *testing.T, bin, mode string, extra ...string) *cluster {
 	t.Helper()
+	return startClusterOn(t, variantFor(mode), bin, mode, extra...)
+}
+
+// startClusterOn is startClusterWith on a lab variant of the caller's choice.
+func startClusterOn(t *testing.T, v lab.Variant, bin, mode string, extra ...string) *cluster {
+	t.Helper()
 	testutil.RequirePrivileges(t)
-	l := lab.UpVariantForTest(t, variantFor(mode))
+	l := lab.UpVariantForTest(t, v)
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
 	startPods(t, l)

@@ -86,7 +86,7 @@ func Up() (*Lab, error) { return UpVariant(Plain) }
 func UpVariant(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v) }
 
 func up(id string, v Variant) (*Lab, error) {
-	if v != Plain && v != NICLike {
+	if v != Plain && v != NICLike && v != VXLAN {
 		return nil, fmt.Errorf("create lab: unknown variant %q", v)
 	}
 	l := &Lab{
@@ -244,6 +244,9 @@ func (l *Lab) build() error {
 		}); err != nil {
 			return err
 		}
+	}
+	if l.Variant == VXLAN {
+		return l.addVXLAN()
 	}
 	return nil
 }

@@ -1,0 +1,87 @@
+package lab
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+// VXLAN is a lab of plain veths whose nodes reach each other's pods through a flannel-style
+// VXLAN overlay (see addVXLAN): the first overlay CNI most clusters meet.
+const VXLAN Variant = "vxlan"
+
+// OverlayMTU is the MTU of the VXLAN device and of the pods' links in the VXLAN lab, as flannel
+// sets them: the NIC's 1500 less VXLAN's 50 bytes.
+const OverlayMTU = 1450
+
+// addVXLAN makes the overlay as flannel's vxlan backend does: a VXLAN device flannel.1 on each
+// node (VNI 1, port 8472, the node's address as the tunnel source, no learning) with address
+// 10.244.N.0/32; each node's route to the other's pod CIDR through flannel.1, onlink via the
+// other's flannel.1 address, whose MAC is a permanent neighbour entry and whose node address
+// is the forwarding entry for that MAC; the pods' links at OverlayMTU; and masquerade for pod
+// traffic that leaves the pod network. Node addresses stay reached through eth0.
+func (l *Lab) addVXLAN() error {
+	type node struct {
+		ns     *testutil.Netns
+		ip     netip.Addr
+		vtep   string
+		podNet string
+		vpod   string
+		pod    *testutil.Netns
+		mac    net.HardwareAddr
+	}
+	nodes := []*node{
+		{ns: l.Node1, ip: l.Node1IP, vtep: "10.244.1.0", podNet: "10.244.1.0/24", vpod: "vpod1", pod: l.Pod1},
+		{ns: l.Node2, ip: l.Node2IP, vtep: "10.244.2.0", podNet: "10.244.2.0/24", vpod: "vpod2", pod: l.Pod2},
+	}
+	for _, n := range nodes {
+		if err := n.ns.Do(func() error {
+			eth0, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "flannel.1", MTU: OverlayMTU}, VxlanId: 1,
+				VtepDevIndex: eth0.Attrs().Index, SrcAddr: n.ip.AsSlice(), Port: 8472, Learning: false}
+			if err := netlink.LinkAdd(vx); err != nil {
+				return fmt.Errorf("add flannel.1: %w", err)
+			}
+			link, err := netlink.LinkByName("flannel.1")
+			if err != nil {
+				return err
+			}
+			n.mac = link.Attrs().HardwareAddr
+			if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix(n.vtep + "/32"))}); err != nil {
+				return fmt.Errorf("add address to flannel.1: %w", err)
+			}
+			return netlink.LinkSetUp(link)
+		}); err != nil {
+			return fmt.Errorf("set up flannel.1 in %s: %w", n.ns.Name, err)
+		}
+		for _, c := range [][]string{{"ip", "link", "set", n.vpod, "mtu", fmt.Sprint(OverlayMTU)},
+			{"iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.244.0.0/16", "!", "-d", "10.244.0.0/16", "-j", "MASQUERADE"}} {
+			if _, err := n.ns.Exec(c...); err != nil {
+				return err
+			}
+		}
+		if _, err := n.pod.Exec("ip", "link", "set", "eth0", "mtu", fmt.Sprint(OverlayMTU)); err != nil {
+			return err
+		}
+	}
+	for i, n := range nodes {
+		peer := nodes[1-i]
+		for _, c := range [][]string{
+			{"ip", "route", "replace", peer.podNet, "via", peer.vtep, "dev", "flannel.1", "onlink"},
+			{"ip", "neigh", "replace", peer.vtep, "lladdr", peer.mac.String(), "dev", "flannel.1", "nud", "permanent"},
+			{"bridge", "fdb", "append", peer.mac.String(), "dev", "flannel.1", "dst", peer.ip.String()},
+		} {
+			if _, err := n.ns.Exec(c...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
