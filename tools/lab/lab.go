@@ -40,7 +40,8 @@ const netnsDir = "/var/run/netns"
 // Gateway is the nodes' default gateway: br0's address in the bridge's namespace.
 var Gateway = netip.MustParseAddr("10.89.0.1")
 
-// Variant is how the lab's veths are set up.
+// Variant is how the lab's veths are set up, and which CNI the pods' wiring looks like (Plain
+// and NICLike: a bridge-CNI-like /24 per node; VXLAN and Routed: see overlay.go).
 type Variant string
 
 const (
@@ -86,7 +87,7 @@ func Up() (*Lab, error) { return UpVariant(Plain) }
 func UpVariant(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v) }
 
 func up(id string, v Variant) (*Lab, error) {
-	if v != Plain && v != NICLike && v != VXLAN {
+	if v != Plain && v != NICLike && v != VXLAN && v != Routed {
 		return nil, fmt.Errorf("create lab: unknown variant %q", v)
 	}
 	l := &Lab{
@@ -245,8 +246,11 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
-	if l.Variant == VXLAN {
+	switch l.Variant {
+	case VXLAN:
 		return l.addVXLAN()
+	case Routed:
+		return l.addRouted()
 	}
 	return nil
 }

@@ -85,3 +85,44 @@ func (l *Lab) addVXLAN() error {
 	}
 	return nil
 }
+
+// Routed is a lab of plain veths wired as Calico's routed mode wires pods: each pod has a /32
+// address and a default route via 169.254.1.1, a link-local address nobody has, which the
+// node's end of the pod's veth answers by proxy ARP; the node reaches its pod by a /32 route
+// to that veth (which has no address), and the other node's pods by a route via that node.
+const Routed Variant = "routed"
+
+// addRouted rewires the plain lab's pods as Calico does (see Routed).
+func (l *Lab) addRouted() error {
+	for _, n := range []struct {
+		node, pod *testutil.Netns
+		vpod      string
+		podIP     netip.Addr
+	}{
+		{l.Node1, l.Pod1, "vpod1", l.Pod1IP},
+		{l.Node2, l.Pod2, "vpod2", l.Pod2IP},
+	} {
+		for _, c := range [][]string{
+			{"ip", "addr", "flush", "dev", n.vpod},
+			{"ip", "route", "replace", n.podIP.String() + "/32", "dev", n.vpod},
+		} {
+			if _, err := n.node.Exec(c...); err != nil {
+				return err
+			}
+		}
+		if err := sysctl(n.node, "net.ipv4.conf."+n.vpod+".proxy_arp=1"); err != nil {
+			return err
+		}
+		for _, c := range [][]string{
+			{"ip", "addr", "flush", "dev", "eth0"},
+			{"ip", "addr", "add", n.podIP.String() + "/32", "dev", "eth0"},
+			{"ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"},
+			{"ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"},
+		} {
+			if _, err := n.pod.Exec(c...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
