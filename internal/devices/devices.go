@@ -1,8 +1,9 @@
 // Package devices decides which network devices the datapath runs on and keeps it attached to
 // them as they come and go: the devices named with --devices, or by default the ones that carry
-// the node's addresses (the Node's InternalIP and ExternalIP, else the IPv4 default route's
-// device), as Cilium's device detection and kube-proxy's --nodeport-addresses primary find
-// them. Everything here works on the calling thread's network namespace.
+// the node's addresses (the Node's InternalIP and ExternalIP) and those that lead off the node
+// (an IPv4 default route through them, in any routing table), as Cilium's device detection and
+// kube-proxy's --nodeport-addresses primary find them. Everything here works on the calling
+// thread's network namespace.
 package devices
 
 import (
@@ -15,8 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Detect returns the devices that carry nodeIPs or, when none does (or nodeIPs is empty), the
-// devices of the IPv4 default routes. Loopback never counts.
+// Detect returns the devices that carry nodeIPs and the Ethernet devices of the IPv4 default
+// routes of every routing table. Both: NodePorts arrive on the first, and a local backend's
+// replies (which the egress program must restore) leave by whichever the kernel routes them to,
+// a default route of the main table, or of a table a policy rule picks (as AWS's VPC CNI
+// routes the pods of a secondary ENI out through it). Loopback never counts.
 func Detect(nodeIPs []netip.Addr) ([]string, error) {
 	links, err := retry(netlink.LinkList)
 	if err != nil {
@@ -41,23 +45,25 @@ func Detect(nodeIPs []netip.Addr) ([]string, error) {
 			}
 		}
 	}
-	if len(out) == 0 {
-		routes, err := retry(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_V4) })
-		if err != nil {
-			return nil, fmt.Errorf("list routes: %w", err)
+	routes, err := retry(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Type != unix.RTN_UNICAST || r.Dst != nil && !(r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) {
+			continue
 		}
-		for _, r := range routes {
-			if r.Dst != nil && !(r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) {
-				continue
-			}
-			idx := []int{r.LinkIndex}
-			for _, nh := range r.MultiPath {
-				idx = append(idx, nh.LinkIndex)
-			}
-			for _, i := range idx {
-				if l := byIndex[i]; l != nil {
-					out = appendUnique(out, l.Attrs().Name)
-				}
+		idx := []int{r.LinkIndex}
+		for _, nh := range r.MultiPath {
+			idx = append(idx, nh.LinkIndex)
+		}
+		for _, i := range idx {
+			// The programs read Ethernet frames: an L3 device (a WireGuard or IPIP tunnel
+			// holding a default route) is not theirs.
+			if l := byIndex[i]; l != nil && l.Attrs().EncapType == "ether" {
+				out = appendUnique(out, l.Attrs().Name)
 			}
 		}
 	}

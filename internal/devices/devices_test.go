@@ -45,7 +45,7 @@ func TestDetect(t *testing.T) {
 		want        []string
 	}{
 		{"no Node addresses known: the default route's device", nil, []string{"eth0"}},
-		{"the Node's InternalIP is on eth1", []netip.Addr{netip.MustParseAddr("10.2.0.2")}, []string{"eth1"}},
+		{"the Node's InternalIP is on eth1: it, and the default route's device", []netip.Addr{netip.MustParseAddr("10.2.0.2")}, []string{"eth0", "eth1"}},
 		{"InternalIP and ExternalIP on both", []netip.Addr{netip.MustParseAddr("10.2.0.2"), netip.MustParseAddr("10.1.0.2")}, []string{"eth0", "eth1"}},
 		{"the Node's address is on no device (NAT in front): the default route's", []netip.Addr{netip.MustParseAddr("192.0.2.7")}, []string{"eth0"}},
 	} {
@@ -59,8 +59,14 @@ func TestDetect(t *testing.T) {
 			}
 		})
 	}
-	ns.MustExec(t, "ip", "route", "del", "default")
+	// A pod's replies policy-routed out through eth1 (a default route in another table).
+	ns.MustExec(t, "ip", "route", "add", "default", "via", "10.2.0.1", "table", "100")
 	var got []string
+	if err := ns.Do(func() (err error) { got, err = devices.Detect(nil); return err }); err != nil || !slices.Equal(got, []string{"eth0", "eth1"}) {
+		t.Errorf("with a default route through eth1 in table 100: %v, %v; want [eth0 eth1]", got, err)
+	}
+	ns.MustExec(t, "ip", "route", "del", "default", "table", "100")
+	ns.MustExec(t, "ip", "route", "del", "default")
 	if err := ns.Do(func() (err error) { got, err = devices.Detect(nil); return err }); err != nil || len(got) != 0 {
 		t.Errorf("without a default route or Node addresses: %v, %v; want none", got, err)
 	}

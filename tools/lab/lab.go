@@ -87,7 +87,7 @@ func Up() (*Lab, error) { return UpVariant(Plain) }
 func UpVariant(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v) }
 
 func up(id string, v Variant) (*Lab, error) {
-	if v != Plain && v != NICLike && v != VXLAN && v != Routed {
+	if v != Plain && v != NICLike && v != VXLAN && v != Routed && v != TwoNICs {
 		return nil, fmt.Errorf("create lab: unknown variant %q", v)
 	}
 	l := &Lab{
@@ -251,6 +251,8 @@ func (l *Lab) build() error {
 		return l.addVXLAN()
 	case Routed:
 		return l.addRouted()
+	case TwoNICs:
+		return l.addSecondNIC()
 	}
 	return nil
 }

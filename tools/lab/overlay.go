@@ -126,3 +126,46 @@ func (l *Lab) addRouted() error {
 	}
 	return nil
 }
+
+// TwoNICs is a plain lab whose node1 has a second NIC, eth1 (10.90.0.11/24 on a second bridge,
+// br1, whose 10.90.0.1 routes to the first network), and sends pod1's traffic out through it by
+// policy routing, as AWS's VPC CNI sends the pods of a secondary ENI out through that ENI: a
+// NodePort reached on eth0 is answered by the local backend through eth1.
+const TwoNICs Variant = "two-nics"
+
+// SecondNICIP is node1's eth1 address in the TwoNICs lab.
+var SecondNICIP = netip.MustParseAddr("10.90.0.11")
+
+func (l *Lab) addSecondNIC() error {
+	if err := l.Bridge.Do(func() error {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br1"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("add bridge br1: %w", err)
+		}
+		if err := netlink.AddrAdd(br, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.90.0.1/24"))}); err != nil {
+			return fmt.Errorf("add address to br1: %w", err)
+		}
+		return netlink.LinkSetUp(br)
+	}); err != nil {
+		return err
+	}
+	if err := sysctl(l.Bridge, "net.ipv4.ip_forward=1"); err != nil {
+		return err
+	}
+	if err := l.addVeth(10, [2]end{{l.Node1, "eth1", "", nil}, {l.Bridge, "node1-eth1", "br1", nil}}); err != nil {
+		return err
+	}
+	for _, c := range [][]string{
+		{"ip", "addr", "add", SecondNICIP.String() + "/24", "dev", "eth1"},
+		{"ip", "route", "add", "default", "via", "10.90.0.1", "dev", "eth1", "table", "100"},
+		// Pod-to-pod traffic stays on the main table's routes; everything else pod1 sends
+		// leaves through eth1.
+		{"ip", "rule", "add", "to", "10.244.0.0/16", "lookup", "main", "priority", "100"},
+		{"ip", "rule", "add", "from", l.Pod1IP.String(), "lookup", "100", "priority", "110"},
+	} {
+		if _, err := l.Node1.Exec(c...); err != nil {
+			return err
+		}
+	}
+	return sysctl(l.Node1, "net.ipv4.conf.eth1.rp_filter=0")
+}

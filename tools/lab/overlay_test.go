@@ -85,3 +85,28 @@ func checkCNI(t *testing.T, c *cluster, dev string, mtu int) {
 	c.sluicectlJSON(t, &st, "stats")
 	t.Logf("datapath: %v", nonZero(st.Reasons))
 }
+
+// A second NIC that the local backend's replies leave by (policy routing, as AWS's VPC CNI
+// does for a secondary ENI's pods): the agent finds it by itself (a default route through it
+// in another table) and restores the replies there, so both backend kinds answer with the
+// addresses each should see. sluice translates replies on every device they can leave by,
+// rather than masquerading: the local backend keeps seeing its real client.
+func TestE2ESecondNICReplies(t *testing.T) {
+	c := startClusterOn(t, lab.TwoNICs, agentBinary(t), "")
+	c.waitReady(t)
+	if out := c.Node1.MustExec(t, "ip", "route", "get", c.ClientIP.String(), "from", c.Pod1IP.String(), "iif", "vpod1"); !strings.Contains(out, "dev eth1") {
+		t.Fatalf("pod1's replies do not leave through eth1: %s", out)
+	}
+	var ps cli.ProgShowJSON
+	c.sluicectlJSON(t, &ps, "prog", "show")
+	var devs []string
+	for _, d := range ps.Devices {
+		devs = append(devs, d.Name)
+	}
+	if strings.Join(devs, ",") != "eth0,eth1" {
+		t.Errorf("attached to %v, want eth0 and eth1", devs)
+	}
+	c.checkSpreadAndAddresses(t, "tcp", 30080, 30)
+	c.checkSpreadAndAddresses(t, "udp", 30053, 30)
+	checkFragmentedDatagrams(t, c)
+}
