@@ -5,10 +5,10 @@
 
 #include "nat.h"
 
-/* Per-CPU room for what does not fit on the stack: a program has 512 bytes for all its frames,
- * and the packet path's deepest point, where it calls fwd_too_big (a function of its own),
- * leaves little. Holds the FIB lookup (64 bytes) there, and fwd_too_big's own packet, lookup
- * and tuple. Not shared with Go. */
+/* Per-CPU room for what does not fit on the stack: a program has 512 bytes for all its frames
+ * (TestStackFitsOlderVerifiers), and the packet path's deepest point, where it calls
+ * fwd_too_big and fwd_to_kernel (functions of their own), leaves little. Holds the FIB lookup
+ * (64 bytes) there, and those functions' own packet, lookup and tuple. Not shared with Go. */
 struct scratch {
 	__u64 fib[sizeof(struct bpf_fib_lookup) / 8]; /* (bpf2go cannot mirror its unions) */
 	struct tuple to;

@@ -51,20 +51,23 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 			count_reason(REASON_PASS_TO_TC);
 			return XDP_PASS;
 		}
-		return fwd_too_big((struct __sk_buff *)ctx, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, mtu_len);
+		__u32 ports = ((__u32)to->sport << 16) | to->dport;
+		if (p->df)
+			return fwd_too_big((struct __sk_buff *)ctx, to->saddr, to->daddr, ports, mtu_len);
+		return fwd_to_kernel((struct __sk_buff *)ctx, to->saddr, to->daddr, ports, 0);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_DROP_FIB);
 		return VERDICT_DROP(xdp);
 	}
 	/* What XDP cannot send, it leaves untranslated to tc ingress, which finds the same flow;
-	 * that includes fragments, which go through the kernel (fwd_too_big). */
+	 * that includes fragments, which go through the kernel (fwd_to_kernel). */
 	if (xdp && (rc == BPF_FIB_LKUP_RET_NO_NEIGH || p->frag || !fwd_xdp_target(ctx, xdp, fib->ifindex))) {
 		count_reason(REASON_PASS_TO_TC);
 		return XDP_PASS;
 	}
 	if (!xdp && p->frag) {
-		int verdict = fwd_too_big((struct __sk_buff *)ctx, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, 0);
+		int verdict = fwd_to_kernel((struct __sk_buff *)ctx, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, 1);
 		if (verdict != FWD_NO_STACK)
 			return verdict;
 	}

@@ -439,6 +439,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_stack_dev SEC(".maps");
 
+/* The IPv4 address of each device sluice runs on, by ifindex: a flow to a remote backend that
+ * leaves by that device is SNATed to it, so the backend's replies come back by a device
+ * sluice translates on. Go: ifindex uint32 -> address (network order) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __be32);
+	__uint(max_entries, 256);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_device_addrs SEC(".maps");
+
 #define DEVICE_F_XDP_NATIVE 0x01 /* XDP runs natively there: a valid XDP redirect target */
 
 /* The devices the agent attached to, by ifindex. Go: flags as uint32. */

@@ -41,19 +41,59 @@ static __always_inline __u16 mtu_of_next_hop(struct __sk_buff *skb, struct bpf_f
 	return (__u16)lo;
 }
 
-/* Translate p to `to` and hand it to the kernel through sluice0 to forward and fragment (it
- * decrements the TTL). */
-static __always_inline int fwd_via_stack(struct __sk_buff *skb, const struct pkt *p, const struct tuple *to)
+/* What fwd_to_kernel returns for a fragment that fits when there is no sluice0: send it
+ * yourself. */
+#define FWD_NO_STACK -1
+
+/* Parse skb again into the scratch area, with `to` the translated tuple (ports: source << 16
+ * | destination, network order): the global functions below take scalars only (5.10 takes no
+ * pointers but the context). */
+static __always_inline struct scratch *fwd_reparse(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u32 ports)
+{
+	struct scratch *s = scratch();
+	if (!s)
+		return 0;
+	struct pkt *p = &s->p;
+	__builtin_memset(p, 0, sizeof(*p));
+	int res = parse_pkt(skb, false, p);
+	if (res == PARSE_FRAGMENT)
+		frag_resolve(p); /* a later fragment of a flow: ports from its first */
+	else if (res != PARSE_OK)
+		return 0;
+	s->to.saddr = saddr;
+	s->to.daddr = daddr;
+	s->to.sport = (__be16)(ports >> 16);
+	s->to.dport = (__be16)ports;
+	return s;
+}
+
+/* Translate the packet and hand it to the kernel through sluice0 to forward (decrementing the
+ * TTL) and fragment: one too big for its next hop without DF, or (fits) any fragment, because
+ * a node with conntrack reassembles a datagram's fragments before it forwards them, and those
+ * sent past it would never join the rest. Returns the verdict, or FWD_NO_STACK for a fragment
+ * that fits when there is no sluice0. A global function (as fwd_too_big): the verifier walks
+ * it once, and its frame stacks on the packet path's alone. */
+__noinline int fwd_to_kernel(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u32 ports, __u32 fits)
 {
 	__u32 zero = 0;
 	struct stack_dev *dev = bpf_map_lookup_elem(&sluice_stack_dev, &zero);
 	if (!dev || !dev->ifindex) {
+		if (fits)
+			return FWD_NO_STACK;
 		count_reason(REASON_DROP_FRAG_NEEDED);
 		return TC_ACT_SHOT;
 	}
 	__u32 ifindex = dev->ifindex;
+	struct scratch *s = fwd_reparse(skb, saddr, daddr, ports);
+	/* SCTP sets DF (it discovers the path MTU itself); one without is not worth the CRC's
+	 * function on this path's stack. */
+	if (!s || s->p.proto == IPPROTO_SCTP) {
+		count_reason(REASON_DROP_FRAG_NEEDED);
+		return TC_ACT_SHOT;
+	}
 	/* The device takes only frames addressed to it (any other MAC: PACKET_OTHERHOST). */
-	if (nat_rewrite(skb, false, p, to, false) || bpf_skb_store_bytes(skb, 0, dev->mac, ETH_ALEN, 0)) {
+	if (nat_rewrite_for(skb, false, &s->p, &s->to, false, false) ||
+	    bpf_skb_store_bytes(skb, 0, dev->mac, ETH_ALEN, 0)) {
 		count_reason(REASON_DROP_FRAG_NEEDED);
 		return TC_ACT_SHOT;
 	}
@@ -61,42 +101,15 @@ static __always_inline int fwd_via_stack(struct __sk_buff *skb, const struct pkt
 	return bpf_redirect(ifindex, BPF_F_INGRESS);
 }
 
-/* What fwd_too_big returns for a fragment (len 0) when there is no sluice0: send it yourself. */
-#define FWD_NO_STACK -1
-
-/* A global function, so the verifier walks it once and not once per path that forwards. Its
- * arguments are scalars (5.10 takes no pointers but the context): the packet is parsed again,
- * `to` is the translated tuple (ports: source << 16 | destination, network order) and len the
- * length the FIB refused, or 0 for a fragment that fits: every fragment of a datagram goes
- * through the kernel, because a node with conntrack reassembles a datagram's fragments before
- * it forwards them, and those sent past it would never join the rest. Returns the verdict, or
- * FWD_NO_STACK. */
+/* A packet with DF too big for its next hop: "fragmentation needed" with the hop's MTU back to
+ * the sender. len is the length the FIB refused. A global function, so the verifier walks it
+ * once and not once per path that forwards. Returns the verdict. */
 __noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u32 ports, __u32 len)
 {
-	struct scratch *s = scratch();
+	struct scratch *s = fwd_reparse(skb, saddr, daddr, ports);
 	if (!s)
 		return TC_ACT_SHOT;
 	struct pkt *p = &s->p;
-	__builtin_memset(p, 0, sizeof(*p));
-	int res = parse_pkt(skb, false, p);
-	if (res == PARSE_FRAGMENT)
-		frag_resolve(p); /* a later fragment of a flow: ports from its first */
-	else if (res != PARSE_OK)
-		return TC_ACT_SHOT;
-	s->to.saddr = saddr;
-	s->to.daddr = daddr;
-	s->to.sport = (__be16)(ports >> 16);
-	s->to.dport = (__be16)ports;
-	if (!len) {
-		__u32 zero = 0;
-		struct stack_dev *dev = bpf_map_lookup_elem(&sluice_stack_dev, &zero);
-		if (!dev || !dev->ifindex)
-			return FWD_NO_STACK;
-		return fwd_via_stack(skb, p, &s->to);
-	}
-	/* A fragment never has DF. */
-	if (!p->df)
-		return fwd_via_stack(skb, p, &s->to);
 	struct bpf_fib_lookup *fib = (struct bpf_fib_lookup *)s->fib;
 	if (fwd_lookup(skb, false, fib, &s->to, p->proto, p->tos, (__u16)len) != BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		count_reason(REASON_DROP_FRAG_NEEDED);

@@ -64,6 +64,28 @@ static __always_inline int ct_claim_local(struct ct_key *rk, struct ct_entry *rv
 	return bpf_map_update_elem(&sluice_ct, rk, rv, BPF_ANY);
 }
 
+/* The source address a flow to the remote backend be gets: the address of the device the flow
+ * leaves by when sluice runs there (the backend's replies then come back to a device that
+ * translates them, wherever the client came in: a node with a public and a private NIC), else
+ * the frontend's SNAT address, else the address the client reached. */
+static __always_inline __be32 snat_addr_for(void *ctx, const bool xdp, const struct pkt *p,
+					    const struct frontend *fe, const struct backend *be)
+{
+	__be32 dflt = fe->snat_addr ? fe->snat_addr : p->daddr;
+	struct scratch *s = scratch();
+	if (!s)
+		return dflt;
+	struct bpf_fib_lookup *fib = (struct bpf_fib_lookup *)s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	struct tuple t = {.saddr = dflt, .daddr = be->addr, .sport = p->sport, .dport = be->port};
+	int rc = fwd_lookup(ctx, xdp, fib, &t, p->proto, p->tos, 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return dflt;
+	__u32 ifindex = fib->ifindex;
+	__be32 *addr = bpf_map_lookup_elem(&sluice_device_addrs, &ifindex);
+	return addr && *addr ? *addr : dflt;
+}
+
 /* A new flow to fe: choose its backend and translation and record both directions. */
 static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const struct pkt *p,
 					     const struct frontend *fe, __u64 now)
@@ -101,7 +123,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 		}
 	} else {
 		/* DNAT + SNAT to a node address, so the reply comes back through us. */
-		fwd.nat_saddr = fe->snat_addr ? fe->snat_addr : p->daddr;
+		fwd.nat_saddr = snat_addr_for(ctx, xdp, p, fe, be);
 		ct_peer(p, &fwd, &rk, &rev);
 		__u16 port = ct_snat_claim(&rk, &rev, now);
 		if (!port) {

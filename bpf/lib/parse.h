@@ -46,6 +46,7 @@ struct pkt {
 	__be16 sport;
 	__be16 dport;
 	__u16 ip_len;     /* IPv4 total length */
+	__be16 ip_id;     /* IPv4 identification: which datagram a fragment belongs to */
 	__u8 proto;
 	__u8 tcp_flags;   /* TCP_F_* below; for SCTP, TCP_F_SYN marks an INIT chunk */
 	__u8 tos;
@@ -53,9 +54,8 @@ struct pkt {
 	__u8 vlan;        /* 1 if the frame carries a VLAN tag */
 	__u8 df;          /* 1 if the IPv4 header says don't fragment */
 	__u8 frag;        /* FRAG_FIRST, FRAG_LATER, or 0 for a whole datagram */
-	__be16 ip_id;     /* IPv4 identification: which datagram a fragment belongs to */
 	__u8 l4_hlen;     /* TCP header with options, UDP 8, SCTP 12 (for GSO segment sizes) */
-};
+};                        /* 32 bytes: every path keeps one on its stack */
 
 #define FRAG_FIRST 1 /* offset 0, more to come: has the L4 header */
 #define FRAG_LATER 2 /* offset > 0: no L4 header; its ports come from frag.h */

@@ -7,7 +7,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // DeviceAddresses returns the IPv4 addresses of the devices: the node addresses NodePorts are
@@ -58,4 +60,43 @@ func LocalPortRange() (lo, hi uint16, err error) {
 		return 0, 0, fmt.Errorf("parse ip_local_port_range %q: %w", b, err)
 	}
 	return lo, hi, nil
+}
+
+// PrimaryAddress is the first IPv4 address of dev that is not secondary: the one the kernel
+// picks as its source, and the SNAT address of flows that leave by it.
+func PrimaryAddress(dev string) (netip.Addr, bool) {
+	l, err := netlink.LinkByName(dev)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	for _, a := range addrs {
+		if a.Flags&unix.IFA_F_SECONDARY != 0 || a.Scope != unix.RT_SCOPE_UNIVERSE {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// SetDeviceAddress tells the datapath the SNAT address for flows leaving by ifindex (an invalid
+// addr removes it: they keep the frontend's).
+func (d *Datapath) SetDeviceAddress(ifindex int, addr netip.Addr) error {
+	idx := uint32(ifindex)
+	if !addr.IsValid() {
+		if err := d.Objs.SluiceDeviceAddrs.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete the address of device %d: %w", ifindex, err)
+		}
+		return nil
+	}
+	v := addr.As4()
+	if err := d.Objs.SluiceDeviceAddrs.Update(&idx, v[:], ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write the address of device %d: %w", ifindex, err)
+	}
+	return nil
 }

@@ -112,3 +112,68 @@ func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 		}
 	}
 }
+
+// Every call chain of every program fits the 512 bytes of stack the verifier allows all its
+// frames together, counted as Linux 5.10 and 6.1 count them: each frame rounded up to 32 bytes
+// (an empty one as 32). Newer kernels count closer and accept more, so a chain too deep for the
+// older ones would load on this machine and fail on users' kernels; this test fails here. The
+// frames' depths are the verifier's own ("stack depth a+b+..."), the calls those in the object.
+func TestStackFitsOlderVerifiers(t *testing.T) {
+	spec, err := datapath.Spec(datapath.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinNone
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	for name, p := range coll.Programs {
+		// Functions in the order the verifier numbers them (by offset), and who calls whom.
+		var order []string
+		calls := map[string][]string{}
+		for _, ins := range spec.Programs[name].Instructions {
+			if sym := ins.Symbol(); sym != "" {
+				order = append(order, sym)
+			}
+			if ins.IsFunctionCall() && len(order) > 0 {
+				calls[order[len(order)-1]] = append(calls[order[len(order)-1]], ins.Reference())
+			}
+		}
+		log := p.VerifierLog
+		i := strings.Index(log, "stack depth ")
+		if i < 0 {
+			t.Fatalf("%s: no stack depths in the verifier log", name)
+		}
+		fields := strings.Split(strings.Fields(log[i+len("stack depth "):])[0], "+")
+		if len(fields) != len(order) {
+			t.Fatalf("%s: %d stack depths for %d functions %v", name, len(fields), len(order), order)
+		}
+		frame := map[string]int{}
+		for j, f := range fields {
+			var d int
+			if _, err := fmt.Sscanf(f, "%d", &d); err != nil {
+				t.Fatalf("%s: stack depth %q: %v", name, f, err)
+			}
+			frame[order[j]] = (max(d, 1) + 31) / 32 * 32
+		}
+		var deepest func(fn string) (int, []string)
+		deepest = func(fn string) (int, []string) {
+			best, chain := 0, []string(nil)
+			for _, c := range calls[fn] {
+				if d, ch := deepest(c); d > best {
+					best, chain = d, ch
+				}
+			}
+			return frame[fn] + best, append([]string{fmt.Sprintf("%s (%d)", fn, frame[fn])}, chain...)
+		}
+		total, chain := deepest(order[0])
+		t.Logf("%s: deepest call chain %d bytes: %s", name, total, strings.Join(chain, " -> "))
+		if total > 512 {
+			t.Errorf("%s: the call chain %s needs %d bytes of stack as Linux 5.10 and 6.1 count it, over 512", name, strings.Join(chain, " -> "), total)
+		}
+	}
+}

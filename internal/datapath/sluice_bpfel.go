@@ -172,6 +172,7 @@ type SluiceScratch struct {
 		Sport    uint16
 		Dport    uint16
 		IpLen    uint16
+		IpId     uint16
 		Proto    uint8
 		TcpFlags uint8
 		Tos      uint8
@@ -179,11 +180,9 @@ type SluiceScratch struct {
 		Vlan     uint8
 		Df       uint8
 		Frag     uint8
-		_        [1]byte
-		IpId     uint16
 		L4Hlen   uint8
-		_        [3]byte
 	}
+	_ [4]byte
 }
 
 type SluiceSlotKey struct {
@@ -266,6 +265,7 @@ const (
 	SluiceMapSluiceBackendPorts  = "sluice_backend_ports"
 	SluiceMapSluiceBackends      = "sluice_backends"
 	SluiceMapSluiceCt            = "sluice_ct"
+	SluiceMapSluiceDeviceAddrs   = "sluice_device_addrs"
 	SluiceMapSluiceDevices       = "sluice_devices"
 	SluiceMapSluiceFrags         = "sluice_frags"
 	SluiceMapSluiceFrontendPorts = "sluice_frontend_ports"
@@ -352,6 +352,7 @@ type SluiceMapSpecs struct {
 	SluiceBackendPorts  *ebpf.MapSpec `ebpf:"sluice_backend_ports"`
 	SluiceBackends      *ebpf.MapSpec `ebpf:"sluice_backends"`
 	SluiceCt            *ebpf.MapSpec `ebpf:"sluice_ct"`
+	SluiceDeviceAddrs   *ebpf.MapSpec `ebpf:"sluice_device_addrs"`
 	SluiceDevices       *ebpf.MapSpec `ebpf:"sluice_devices"`
 	SluiceFrags         *ebpf.MapSpec `ebpf:"sluice_frags"`
 	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
@@ -410,6 +411,7 @@ type SluiceMaps struct {
 	SluiceBackendPorts  *ebpf.Map `ebpf:"sluice_backend_ports"`
 	SluiceBackends      *ebpf.Map `ebpf:"sluice_backends"`
 	SluiceCt            *ebpf.Map `ebpf:"sluice_ct"`
+	SluiceDeviceAddrs   *ebpf.Map `ebpf:"sluice_device_addrs"`
 	SluiceDevices       *ebpf.Map `ebpf:"sluice_devices"`
 	SluiceFrags         *ebpf.Map `ebpf:"sluice_frags"`
 	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
@@ -433,6 +435,7 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceBackendPorts,
 		m.SluiceBackends,
 		m.SluiceCt,
+		m.SluiceDeviceAddrs,
 		m.SluiceDevices,
 		m.SluiceFrags,
 		m.SluiceFrontendPorts,

@@ -81,6 +81,9 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 		if err := a.Detach(); err != nil && exists(name) {
 			errs = append(errs, err)
 		}
+		if err := m.DP.SetDeviceAddress(a.Ifindex, netip.Addr{}); err != nil {
+			errs = append(errs, err)
+		}
 		delete(m.attached, name)
 		changed = true
 		m.Log.Info("Detached", zap.String("device", name))
@@ -106,6 +109,13 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 		m.Log.Info("Attached", zap.String("device", name), zap.String("xdp", string(a.XDP)), zap.String("tc", a.TC),
 			zap.String("driver", a.Facts.Driver), zap.String("kind", a.Facts.Kind), zap.String("reason", a.Reason.String()),
 			zap.String("why", datapath.ReasonText(a.Reason, a.Facts)))
+	}
+	// Addresses change without the device set changing (this look was caused by something).
+	for name, a := range m.attached {
+		addr, _ := datapath.PrimaryAddress(name)
+		if err := m.DP.SetDeviceAddress(a.Ifindex, addr); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return changed, fmt.Errorf("attach devices: %w", err)

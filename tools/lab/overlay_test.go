@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"errors"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -109,4 +110,35 @@ func TestE2ESecondNICReplies(t *testing.T) {
 	c.checkSpreadAndAddresses(t, "tcp", 30080, 30)
 	c.checkSpreadAndAddresses(t, "udp", 30053, 30)
 	checkFragmentedDatagrams(t, c)
+}
+
+// A NodePort reached on the second NIC's address, to the remote backend, which node1 reaches
+// by eth0: the flow is SNATed to eth0's address, the device it leaves by, because node2 has no
+// route back to the second NIC's network (the frontend's address would strand the replies).
+func TestE2ESNATToTheEgressDevice(t *testing.T) {
+	c := startClusterOn(t, lab.TwoNICs, agentBinary(t), "")
+	c.waitReady(t)
+	c.Client.MustExec(t, "ip", "route", "add", "10.90.0.0/24", "via", lab.Gateway.String())
+	c.Node2.MustExec(t, "ip", "route", "del", "default")
+	fe := netip.AddrPortFrom(lab.SecondNICIP, 30080)
+	seen := map[string]int{}
+	c.waitFor(t, "the NodePort on eth1's address", func() error { _, err := lab.HTTPGet(c.Client, fe); return err })
+	for i := range 30 {
+		body, err := lab.HTTPGet(c.Client, fe)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		who, client, err := lab.ParseReply(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[who]++
+		if want := map[string]netip.Addr{"pod1": c.ClientIP, "pod2": c.Node1IP}[who]; client.Addr() != want {
+			t.Errorf("%s saw %s, want %s", who, client, want)
+		}
+	}
+	if seen["pod1"] == 0 || seen["pod2"] == 0 {
+		t.Errorf("answered by %v, want both pods", seen)
+	}
+	t.Logf("answered by %v", seen)
 }
