@@ -323,6 +323,10 @@ func run(o *options, log *zap.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	health := &metrics.Health{Stale: 3 * o.syncPeriod}
+	// Like kube-proxy, the health check ports listen where the NodePorts are served (with
+	// --nodeport-addresses; on every address without), following the devices' addresses.
+	hcs := &healthcheck.Server{Healthy: health.Healthy, Log: log.Named("healthcheck")}
+	defer hcs.Close()
 	metrics.RegisterDatapath(reg, km)
 	syncer := &proxy.Syncer{
 		Metrics: metrics.NewSync(reg), Health: health,
@@ -345,20 +349,15 @@ func run(o *options, log *zap.Logger) error {
 				}
 			}
 			addrs, err := datapath.DeviceAddresses(devs.Names())
-			return filterAddresses(addrs, nodePortCIDRs), err
+			addrs = filterAddresses(addrs, nodePortCIDRs)
+			// (None left: the last ones stay; an empty list would mean every address.)
+			if err == nil && len(nodePortCIDRs) > 0 && len(addrs) > 0 {
+				hcs.SetAddresses(addrs)
+			}
+			return addrs, err
 		},
 		Log: log.Named("sync"),
 	}
-	hcs := &healthcheck.Server{Healthy: health.Healthy, Log: log.Named("healthcheck")}
-	if len(nodePortCIDRs) > 0 {
-		// Like kube-proxy, the health check ports listen where the NodePorts are served.
-		addrs, err := datapath.DeviceAddresses(devs.Names())
-		if err != nil {
-			return err
-		}
-		hcs.Addresses = filterAddresses(addrs, nodePortCIDRs)
-	}
-	defer hcs.Close()
 	syncer.HealthChecks = hcs.Sync
 	runner := &proxy.Runner{
 		MinInterval: o.minSync, MaxInterval: o.syncPeriod, Sync: syncer.Sync,

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -78,6 +79,25 @@ func (s *Server) Sync(checks map[types.NamespacedName]desired.HealthCheck) {
 		s.Log.Info("Serving health check", zap.Stringer("service", n), zap.Uint16("port", port))
 		s.listeners[port] = l
 	}
+}
+
+// SetAddresses changes the addresses to listen on (a device plugged in or unplugged, an
+// address added): when they differ, every listener closes and the next Sync opens it again on
+// the new ones. Reports whether they differed.
+func (s *Server) SetAddresses(addrs []netip.Addr) bool {
+	addrs = slices.Clone(addrs)
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if slices.Equal(addrs, s.Addresses) {
+		return false
+	}
+	s.Addresses = addrs
+	for port, l := range s.listeners {
+		l.close()
+		delete(s.listeners, port)
+	}
+	return true
 }
 
 // Close stops every listener.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"testing"
 
@@ -93,5 +94,38 @@ func TestPortTakenIsRetried(t *testing.T) {
 	s.Sync(checks)
 	if resp, _ := get(t, port); resp.StatusCode != 200 {
 		t.Errorf("after the port was freed: %d", resp.StatusCode)
+	}
+}
+
+// The ports follow the addresses: after SetAddresses and the next Sync, a check answers on the
+// new address and no longer on the old one.
+func TestFollowsAddresses(t *testing.T) {
+	s := &Server{Log: zap.NewNop()}
+	s.SetAddresses([]netip.Addr{netip.MustParseAddr("127.0.0.1")})
+	defer s.Close()
+	web := types.NamespacedName{Namespace: "default", Name: "web"}
+	port := freePort(t)
+	checks := map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}}
+	s.Sync(checks)
+	answers := func(addr string) bool {
+		resp, err := http.Get("http://" + net.JoinHostPort(addr, strconv.Itoa(int(port))) + "/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}
+	if !answers("127.0.0.1") || answers("127.0.0.2") {
+		t.Fatalf("before: 127.0.0.1 %v, 127.0.0.2 %v; want only 127.0.0.1", answers("127.0.0.1"), answers("127.0.0.2"))
+	}
+	if s.SetAddresses([]netip.Addr{netip.MustParseAddr("127.0.0.1")}) {
+		t.Errorf("the same addresses reported as a change")
+	}
+	if !s.SetAddresses([]netip.Addr{netip.MustParseAddr("127.0.0.2")}) {
+		t.Fatalf("new addresses not reported as a change")
+	}
+	s.Sync(checks)
+	if answers("127.0.0.1") || !answers("127.0.0.2") {
+		t.Errorf("after: 127.0.0.1 %v, 127.0.0.2 %v; want only 127.0.0.2", answers("127.0.0.1"), answers("127.0.0.2"))
 	}
 }
