@@ -283,6 +283,25 @@ func TestConntrackFullEvictsLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
+// runGSO runs tc ingress on frame as a GRO-merged packet of segments of gsoSize bytes of
+// payload, and returns the verdict and the frame as the program left it.
+func (e *env) runGSO(t *testing.T, frame []byte, gsoSize uint32) (uint32, []byte) {
+	t.Helper()
+	var ret uint32
+	out := make([]byte, len(frame)+512)
+	err := e.ns.Do(func() error {
+		var err error
+		segs := (uint32(len(frame)) + gsoSize - 1) / gsoSize
+		ret, err = e.dp.Objs.SluiceTcIngress.Run(&ebpf.RunOptions{Data: frame, DataOut: out,
+			Context: skbGSO{Ifindex: uint32(e.ifindex), GSOSegs: segs, GSOSize: gsoSize}})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret, out
+}
+
 // skbGSO is struct __sk_buff up to gso_size: enough to hand BPF_PROG_TEST_RUN a GRO-merged
 // packet (ifindex at 40, gso_segs at 164, gso_size at 176).
 type skbGSO struct {
@@ -306,18 +325,7 @@ func TestTCForwardsGROMergedPackets(t *testing.T) {
 	p.ACK, p.Payload = true, make([]byte, 2800)
 	frame := p.Bytes()
 	before := e.reasons(t)[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED]
-	var ret uint32
-	out := make([]byte, len(frame)+512)
-	err := e.ns.Do(func() error {
-		var err error
-		ret, err = e.dp.Objs.SluiceTcIngress.Run(&ebpf.RunOptions{Data: frame, DataOut: out,
-			Context: skbGSO{Ifindex: uint32(e.ifindex), GSOSegs: 2, GSOSize: 1400}})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ret != tcRedirect {
+	if ret, _ := e.runGSO(t, frame, 1400); ret != tcRedirect {
 		t.Errorf("verdict %d, want redirect (%d); drop_frag_needed %d -> %d", ret, tcRedirect,
 			before, e.reasons(t)[datapath.SluiceReasonREASON_DROP_FRAG_NEEDED])
 	}

@@ -45,10 +45,10 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 	}
 }
 
-// Every program leaves the verifier room: at most 60% of its 1M-instruction budget, so a
-// change that multiplies the paths it walks (as inlining the backend choice once did, 5x) fails
-// here, not on a user's kernel. Reports each program's figure.
-func TestVerifierHeadroom(t *testing.T) {
+// loadWithStats loads the object unpinned with the verifier's statistics in each program's log;
+// the collection is closed when the test ends.
+func loadWithStats(t *testing.T) (*ebpf.CollectionSpec, *ebpf.Collection) {
+	t.Helper()
 	spec, err := datapath.Spec(datapath.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +60,15 @@ func TestVerifierHeadroom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer coll.Close()
+	t.Cleanup(coll.Close)
+	return spec, coll
+}
+
+// Every program leaves the verifier room: at most 60% of its 1M-instruction budget, so a
+// change that multiplies the paths it walks (as inlining the backend choice once did, 5x) fails
+// here, not on a user's kernel. Reports each program's figure.
+func TestVerifierHeadroom(t *testing.T) {
+	_, coll := loadWithStats(t)
 	for name, p := range coll.Programs {
 		var n int
 		log := p.VerifierLog
@@ -119,18 +127,7 @@ func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 // older ones would load on this machine and fail on users' kernels; this test fails here. The
 // frames' depths are the verifier's own ("stack depth a+b+..."), the calls those in the object.
 func TestStackFitsOlderVerifiers(t *testing.T) {
-	spec, err := datapath.Spec(datapath.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ms := range spec.Maps {
-		ms.Pinning = ebpf.PinNone
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer coll.Close()
+	spec, coll := loadWithStats(t)
 	for name, p := range coll.Programs {
 		// Functions in the order the verifier numbers them (by offset), and who calls whom.
 		var order []string

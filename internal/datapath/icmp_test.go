@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
@@ -261,18 +260,7 @@ func TestTooBigForTheNextHop(t *testing.T) {
 	seg := e.fromClient(layers.IPProtocolTCP, 40133, 30080)
 	seg.ACK, seg.DF, seg.Payload = true, true, make([]byte, 2800)
 	before := e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED]
-	frame := seg.Bytes()
-	out := make([]byte, len(frame)+512)
-	var ret uint32
-	err := e.ns.Do(func() error {
-		var err error
-		ret, err = e.dp.Objs.SluiceTcIngress.Run(&ebpf.RunOptions{Data: frame, DataOut: out,
-			Context: skbGSO{Ifindex: uint32(e.ifindex), GSOSegs: 2, GSOSize: 1400}})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ret, out := e.runGSO(t, seg.Bytes(), 1400)
 	if ret != tcRedirect || e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED] != before+1 {
 		t.Fatalf("GSO packet with 1440-byte segments: verdict %d, icmp_frag_needed %d -> %d; want redirect, +1",
 			ret, before, e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED])
