@@ -217,7 +217,7 @@ func (n *ppNode) frames(backend netip.Addr) ppFrames {
 	return ppFrames{
 		miss:  pkt(netip.AddrPortFrom(ppClientIP, 40000), netip.AddrPortFrom(ppNodeIP, 22), 64),
 		est:   pkt(netip.AddrPortFrom(ppClientIP, 8080), netip.AddrPortFrom(backend, 20000), 255),
-		reply: pkt(netip.AddrPortFrom(ppClientIP, 8081), netip.AddrPortFrom(backend, 20000), 255),
+		reply: pkt(netip.AddrPortFrom(ppClientIP, 8080), netip.AddrPortFrom(backend, 20001), 255),
 	}
 }
 
@@ -391,7 +391,9 @@ func perPacketPoint(node *ppNode, n, b int, s ppSamples, fr ppFrames, trivial *e
 	if err := selfFlow(dp.Objs.SluiceCt, netip.AddrPortFrom(ppClientIP, 8080), netip.AddrPortFrom(backend0, 20000), 0x01); err != nil {
 		return nil, fmt.Errorf("write established flow: %w", err)
 	}
-	if err := selfFlow(dp.Objs.SluiceCt, netip.AddrPortFrom(ppClientIP, 8081), netip.AddrPortFrom(backend0, 20000), 0x01|0x08); err != nil {
+	// Both pass the prefilter as a remote backend's replies do: a SNAT-range destination port
+	// from a backend's port (8080).
+	if err := selfFlow(dp.Objs.SluiceCt, netip.AddrPortFrom(ppClientIP, 8080), netip.AddrPortFrom(backend0, 20001), 0x01|0x08); err != nil {
 		return nil, fmt.Errorf("write reply flow: %w", err)
 	}
 	prog := dp.Objs.SluiceXdp
