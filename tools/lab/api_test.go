@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 
+	"github.com/sluicelb/sluice/internal/cli"
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
@@ -151,18 +152,32 @@ func (c *apiCluster) within(t *testing.T, limit time.Duration, what string, chec
 			return time.Since(start)
 		}
 		if time.Since(start) > limit {
-			t.Fatalf("%s: not within %v: %v", what, limit, err)
+			var st cli.StatsJSON
+			c.sluicectlJSON(t, &st, "stats")
+			t.Fatalf("%s: not within %v: %v (datapath: %v)", what, limit, err, nonZero(st.Reasons))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// answeredBy checks that n requests are all answered, by exactly the backends in want.
+// answeredBy checks that n requests are all answered, by exactly the backends in want. Each
+// connection gets 400 ms: a SYN lost on this busy 2-CPU machine (the whole suite runs at once)
+// then costs a retry, not the 1 s TCP waits to send it again, which within's limits cannot
+// absorb.
 func (c *apiCluster) answeredBy(port uint16, n int, want ...string) func() error {
 	return func() error {
 		seen := map[string]int{}
 		for i := 0; i < n; i++ {
-			who, _, err := c.request("tcp", port)
+			conn, err := lab.DialTCP(c.Client, c.nodePort(port), 400*time.Millisecond)
+			if err != nil {
+				return err
+			}
+			body, err := lab.RequestOn(conn, c.nodePort(port))
+			conn.Close()
+			if err != nil {
+				return err
+			}
+			who, _, err := lab.ParseReply(body)
 			if err != nil {
 				return err
 			}

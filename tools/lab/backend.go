@@ -194,6 +194,11 @@ func TCPConnect(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) 
 	return c.Close()
 }
 
+// DialTCP opens a TCP connection from inside ns, giving up after timeout.
+func DialTCP(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	return dial(ns, "tcp4", addr, timeout)
+}
+
 // RequestOn sends one HTTP request on an open connection and returns who answered.
 func RequestOn(c net.Conn, addr netip.AddrPort) (string, error) {
 	_ = c.SetDeadline(time.Now().Add(Timeout))
