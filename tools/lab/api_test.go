@@ -172,12 +172,8 @@ func (c *apiCluster) answeredBy(port uint16, n int, want ...string) func() error
 			if err != nil {
 				return err
 			}
-			body, err := lab.RequestOn(conn, c.nodePort(port))
+			who, err := lab.RequestOn(conn, c.nodePort(port))
 			conn.Close()
-			if err != nil {
-				return err
-			}
-			who, _, err := lab.ParseReply(body)
 			if err != nil {
 				return err
 			}
