@@ -3,6 +3,7 @@ package lab_test
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -72,5 +73,56 @@ func TestE2EDeviceHotPlug(t *testing.T) {
 	})
 	if _, err := lab.HTTPGet(c.Client, c.nodePort(30080)); err != nil {
 		t.Errorf("eth0's NodePort after unplugging eth9: %v", err)
+	}
+}
+
+const localManifest = `apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: default}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  ports:
+    - {name: http, protocol: TCP, port: 80, nodePort: 30110}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: local-1
+  namespace: default
+  labels: {kubernetes.io/service-name: local}
+addressType: IPv4
+ports:
+  - {name: http, protocol: TCP, port: 80}
+endpoints:
+  - addresses: ["10.244.1.10"]
+    conditions: {ready: true}
+    nodeName: node1
+`
+
+// With --nodeport-addresses, the health check port of an externalTrafficPolicy Local service
+// listens where the NodePorts are served, and follows a NIC plugged in as they do.
+func TestE2EHealthCheckFollowsHotPlug(t *testing.T) {
+	c := startCluster(t, "", "--devices", "eth0,eth9", "--nodeport-addresses", "10.89.0.0/24")
+	c.Node1.MustExec(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore && echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce")
+	writeAtomic(t, filepath.Join(c.manifests, "local.yaml"), localManifest)
+	healthy := func(addr netip.Addr) func() error {
+		return func() error {
+			status, body, err := lab.HTTPGetPath(c.Client, netip.AddrPortFrom(addr, 32100), "/")
+			if err == nil && (status != 200 || !strings.Contains(body, `"localEndpoints": 1`)) {
+				err = fmt.Errorf("%d %s", status, body)
+			}
+			return err
+		}
+	}
+	c.waitFor(t, "the health check on eth0's address", healthy(c.Node1IP))
+	c.Node1.MustExec(t, "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "node1-eth9", "netns", c.Bridge.Name)
+	c.Bridge.MustExec(t, "ip", "link", "set", "node1-eth9", "master", "br0", "up")
+	c.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.31/24", "dev", "eth9")
+	c.Node1.MustExec(t, "ip", "link", "set", "eth9", "up")
+	c.waitFor(t, "the health check on the plugged-in NIC's address", healthy(netip.MustParseAddr("10.89.0.31")))
+	if err := healthy(c.Node1IP)(); err != nil {
+		t.Errorf("the health check on eth0's address after the plug: %v", err)
 	}
 }
