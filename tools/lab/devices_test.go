@@ -17,18 +17,6 @@ import (
 func TestE2EDeviceHotPlug(t *testing.T) {
 	c := startCluster(t, "", "--devices", "eth0,eth9")
 	nic := netip.MustParseAddrPort("10.89.0.31:30080")
-	// Two NICs of one host on one L2: by default Linux answers ARP for any of its addresses on
-	// either, and names any of them in the requests it sends (ARP flux), so the client may
-	// learn eth0's address at eth9's MAC and lose it for the seconds its neighbour entry takes
-	// to go stale once eth9 is gone. Multi-NIC hosts set arp_ignore=1 and arp_announce=2 for
-	// this; the test is about sluice, not ARP.
-	c.Node1.MustExec(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore && echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce")
-	plug := func() {
-		c.Node1.MustExec(t, "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "node1-eth9", "netns", c.Bridge.Name)
-		c.Bridge.MustExec(t, "ip", "link", "set", "node1-eth9", "master", "br0", "up")
-		c.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.31/24", "dev", "eth9")
-		c.Node1.MustExec(t, "ip", "link", "set", "eth9", "up")
-	}
 	devicesNow := func() []string {
 		var ps cli.ProgShowJSON
 		c.sluicectlJSON(t, &ps, "prog", "show")
@@ -45,7 +33,7 @@ func TestE2EDeviceHotPlug(t *testing.T) {
 		t.Errorf("the agent did not say eth9 is missing:\n%s", c.agent.Logs())
 	}
 
-	plug()
+	plugNIC(t, c)
 	c.waitFor(t, "the NodePort on the plugged-in NIC's address", func() error {
 		_, err := lab.HTTPGet(c.Client, nic)
 		return err
@@ -105,7 +93,6 @@ endpoints:
 // listens where the NodePorts are served, and follows a NIC plugged in as they do.
 func TestE2EHealthCheckFollowsHotPlug(t *testing.T) {
 	c := startCluster(t, "", "--devices", "eth0,eth9", "--nodeport-addresses", "10.89.0.0/24")
-	c.Node1.MustExec(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore && echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce")
 	writeAtomic(t, filepath.Join(c.manifests, "local.yaml"), localManifest)
 	healthy := func(addr netip.Addr) func() error {
 		return func() error {
@@ -117,12 +104,24 @@ func TestE2EHealthCheckFollowsHotPlug(t *testing.T) {
 		}
 	}
 	c.waitFor(t, "the health check on eth0's address", healthy(c.Node1IP))
-	c.Node1.MustExec(t, "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "node1-eth9", "netns", c.Bridge.Name)
-	c.Bridge.MustExec(t, "ip", "link", "set", "node1-eth9", "master", "br0", "up")
-	c.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.31/24", "dev", "eth9")
-	c.Node1.MustExec(t, "ip", "link", "set", "eth9", "up")
+	plugNIC(t, c)
 	c.waitFor(t, "the health check on the plugged-in NIC's address", healthy(netip.MustParseAddr("10.89.0.31")))
 	if err := healthy(c.Node1IP)(); err != nil {
 		t.Errorf("the health check on eth0's address after the plug: %v", err)
 	}
+}
+
+// plugNIC plugs eth9 (10.89.0.31/24, on the bridge) into node1. Two NICs of one host on one
+// L2: by default Linux answers ARP for any of its addresses on either, and names any of them
+// in the requests it sends (ARP flux), so the client may learn eth0's address at eth9's MAC and
+// lose it for the seconds its neighbour entry takes to go stale once eth9 is gone. Multi-NIC
+// hosts set arp_ignore=1 and arp_announce=2 for this, and so does node1 here: the tests are
+// about sluice, not ARP.
+func plugNIC(t *testing.T, c *cluster) {
+	t.Helper()
+	c.Node1.MustExec(t, "sh", "-c", "echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore && echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce")
+	c.Node1.MustExec(t, "ip", "link", "add", "eth9", "type", "veth", "peer", "name", "node1-eth9", "netns", c.Bridge.Name)
+	c.Bridge.MustExec(t, "ip", "link", "set", "node1-eth9", "master", "br0", "up")
+	c.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.31/24", "dev", "eth9")
+	c.Node1.MustExec(t, "ip", "link", "set", "eth9", "up")
 }
