@@ -3,6 +3,7 @@
 #ifndef SLUICE_FIB_H
 #define SLUICE_FIB_H
 
+#include "maps.h"
 #include "nat.h"
 
 /* Per-CPU room for what does not fit on the stack: a program has 512 bytes for all its frames
@@ -33,6 +34,11 @@ static __always_inline bool mac_zero(const __u8 *mac)
 	return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
 }
 
+static __always_inline bool mac_equal(const __u8 *a, const __u8 *b)
+{
+	return !((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]));
+}
+
 /* The FIB's answer for a packet from saddr to daddr that arrived on this device; fib holds the
  * next hop. tot_len 0 skips the MTU check. */
 static __always_inline int fwd_lookup(void *ctx, const bool xdp, struct bpf_fib_lookup *fib,
@@ -48,8 +54,12 @@ static __always_inline int fwd_lookup(void *ctx, const bool xdp, struct bpf_fib_
 	fib->ipv4_dst = to->daddr;
 	fib->ifindex = ctx_ifindex(ctx, xdp);
 	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-	/* 5.10 kernels without the NUD_FAILED fix report success with a zero MAC. */
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS && mac_zero(fib->dmac))
+	/* 5.10 kernels without the NUD_FAILED fix report success with a zero MAC. A device without
+	 * link-layer addresses (an IPIP or GRE tunnel, wg0, a tun) reports its own address, or
+	 * none, as its NOARP neighbour's: there is no MAC to write, and fwd_send leaves such a
+	 * next hop to the kernel. */
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS &&
+	    (mac_zero(fib->dmac) || mac_equal(fib->dmac, fib->smac)))
 		rc = BPF_FIB_LKUP_RET_NO_NEIGH;
 	return rc;
 }
@@ -58,6 +68,13 @@ static __always_inline int fwd_lookup(void *ctx, const bool xdp, struct bpf_fib_
 static __always_inline int fwd_send(void *ctx, const bool xdp, int rc, const struct bpf_fib_lookup *fib)
 {
 	if (!xdp && rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* An L3 device (the agent marks them): the kernel routes the packet again and sends
+		 * it with that route attached, which an NBMA tunnel (Calico's tunl0, "remote any")
+		 * takes its far end from; sent with a next hop instead, or by bpf_redirect, it carries
+		 * no route and the tunnel drops it. The second lookup costs only such traffic. */
+		__u32 *flags = bpf_map_lookup_elem(&sluice_devices, &fib->ifindex);
+		if (flags && (*flags & DEVICE_F_L3))
+			return bpf_redirect_neigh(fib->ifindex, NULL, 0, 0);
 		/* Let the kernel resolve the next hop and fill in the MACs. */
 		struct bpf_redir_neigh nh = {};
 		nh.nh_family = AF_INET;

@@ -451,8 +451,10 @@ struct {
 } sluice_device_addrs SEC(".maps");
 
 #define DEVICE_F_XDP_NATIVE 0x01 /* XDP runs natively there: a valid XDP redirect target */
+#define DEVICE_F_L3 0x02 /* no link-layer header (tunl0, wg0, a tun): leave the next hop to the kernel */
 
-/* The devices the agent attached to, by ifindex. Go: flags as uint32. */
+/* The devices the agent attached to, and the node's L3 devices, by ifindex. Go: flags as
+ * uint32 (datapath.deviceXDPNative, deviceL3). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);

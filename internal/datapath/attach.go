@@ -139,8 +139,11 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 	return a, nil, nil
 }
 
-// deviceXDPNative mirrors DEVICE_F_XDP_NATIVE in bpf/lib/maps.h.
-const deviceXDPNative = 0x01
+// deviceXDPNative and deviceL3 mirror DEVICE_F_XDP_NATIVE and DEVICE_F_L3 in bpf/lib/maps.h.
+const (
+	deviceXDPNative = 0x01
+	deviceL3        = 0x02
+)
 
 // linkPath is where a device's hook link is pinned, or "" for an unpinned datapath.
 func (d *Datapath) linkPath(dev, hook string) string {

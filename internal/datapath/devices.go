@@ -100,3 +100,67 @@ func (d *Datapath) SetDeviceAddress(ifindex int, addr netip.Addr) error {
 	}
 	return nil
 }
+
+// MarkL3Devices tells the datapath which of the namespace's devices have no link-layer header
+// (IPIP and GRE tunnels such as Calico's tunl0, WireGuard, tun): a flow routed into one is
+// handed to the kernel's neighbour output, which attaches the route an NBMA tunnel needs. Marks
+// of devices that are gone, or no longer L3, are removed. Call it whenever links change.
+func (d *Datapath) MarkL3Devices() error {
+	links, err := netlink.LinkList()
+	for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
+		links, err = netlink.LinkList()
+	}
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	l3 := map[uint32]bool{}
+	for _, l := range links {
+		if isL3(l.Attrs().EncapType) {
+			l3[uint32(l.Attrs().Index)] = true
+		}
+	}
+	var (
+		idx, flags uint32
+		stale      []uint32
+		marked     = map[uint32]bool{}
+	)
+	it := d.Objs.SluiceDevices.Iterate()
+	for it.Next(&idx, &flags) {
+		if flags&deviceL3 != 0 {
+			marked[idx] = true
+			if !l3[idx] {
+				stale = append(stale, idx)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read device marks: %w", err)
+	}
+	var errs []error
+	for _, idx := range stale {
+		if err := d.Objs.SluiceDevices.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("unmark device %d: %w", idx, err))
+		}
+	}
+	for idx := range l3 {
+		if marked[idx] {
+			continue
+		}
+		f := uint32(deviceL3)
+		if err := d.Objs.SluiceDevices.Update(&idx, &f, ebpf.UpdateAny); err != nil {
+			errs = append(errs, fmt.Errorf("mark device %d as L3: %w", idx, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// isL3 says whether a link type (netlink's name for its ARPHRD) sends packets without a
+// link-layer header: the kernel's dev_is_mac_header_xmit list (IPIP, IPv6 tunnels, SIT, GRE,
+// IPv6 GRE (823), raw IP (519), PIM register, "none" for tun and WireGuard, "void").
+func isL3(encap string) bool {
+	switch encap {
+	case "ipip", "tunnel6", "sit", "gre", "unknown823", "unknown519", "pimreg", "none", "void":
+		return true
+	}
+	return false
+}

@@ -110,6 +110,10 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 			zap.String("driver", a.Facts.Driver), zap.String("kind", a.Facts.Kind), zap.String("reason", a.Reason.String()),
 			zap.String("why", datapath.ReasonText(a.Reason, a.Facts)))
 	}
+	// Tunnels come and go without being selected: traffic routed into one needs the kernel.
+	if err := m.DP.MarkL3Devices(); err != nil {
+		errs = append(errs, err)
+	}
 	// Addresses change without the device set changing (this look was caused by something).
 	for name, a := range m.attached {
 		addr, _ := datapath.PrimaryAddress(name)
