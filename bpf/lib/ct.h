@@ -73,12 +73,13 @@ static __always_inline void ct_peer(const struct pkt *p, const struct ct_entry *
 	pv->backend_id = e->backend_id;
 	pv->pad[0] = pv->pad[1] = pv->pad[2] = 0;
 	__u8 local = e->flags & CT_F_LOCAL;
+	__u8 kernel = e->flags & CT_F_KERNEL;
 	__u8 hook;
-	if (e->flags & CT_F_REPLY)
-		hook = CT_F_INGRESS; /* the peer is the forward entry */
+	if (e->flags & CT_F_REPLY) /* the peer is the forward entry: a kernel flow's leaves */
+		hook = kernel ? CT_F_EGRESS : CT_F_INGRESS;
 	else
 		hook = CT_F_REPLY | (local ? CT_F_EGRESS : CT_F_INGRESS);
-	pv->flags = hook | local | (e->flags & CT_F_STATE);
+	pv->flags = hook | local | kernel | (e->flags & CT_F_STATE);
 	pv->last_seen = e->last_seen;
 }
 
@@ -178,18 +179,21 @@ static __always_inline bool ct_take_dead(struct ct_key *rk, struct ct_entry *old
 	return true;
 }
 
-/* Choose the SNAT source port for a flow to a remote backend: probe up to SNAT_PROBES random
- * ports in the range for a reverse tuple (backend, node address, port) that is claimable, and
+/* Choose the SNAT source port for a flow to a remote backend: probe `first` (if not 0), then up
+ * to SNAT_PROBES random ports in the range, for a reverse tuple (backend, node address, port) that is claimable, and
  * claim it by inserting the reverse entry with BPF_NOEXIST (so two CPUs never get one port; a
  * dead entry in the way is taken with ct_take_dead).
  * Returns 0 when every probe failed: the range is (nearly) exhausted for this backend; the
  * caller drops and counts. */
-static __always_inline __u16 ct_snat_claim(struct ct_key *rk, struct ct_entry *rv, __u64 now)
+static __always_inline __u16 ct_snat_claim(struct ct_key *rk, struct ct_entry *rv, __u64 now,
+					   __u16 first)
 {
 	__u32 range = (__u32)cfg_snat_port_max - cfg_snat_port_min + 1;
 
 	for (int i = 0; i < SNAT_PROBES; i++) {
 		__u16 port = cfg_snat_port_min + (__u16)(bpf_get_prandom_u32() % range);
+		if (i == 0 && first)
+			port = first;
 		rk->dport = bpf_htons(port);
 		struct ct_entry *old = bpf_map_lookup_elem(&sluice_ct, rk);
 		if (!ct_claimable(old, rk->proto, now))

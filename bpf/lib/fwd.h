@@ -31,7 +31,8 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 {
 	if (local) {
 		count_svc(svc_id, reply, p->len);
-		if (nat_rewrite(ctx, xdp, p, to, false))
+		/* (A kernel flow's reply under its own port needs nothing.) */
+		if (!tuple_is(to, p) && nat_rewrite(ctx, xdp, p, to, false))
 			return VERDICT_DROP(xdp);
 		return VERDICT_PASS(xdp);
 	}

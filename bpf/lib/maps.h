@@ -67,6 +67,8 @@ struct ct_key {
 #define CT_F_CLOSING 0x10  /* TCP: RST, or FIN both ways: short timeout (both entries) */
 #define CT_F_SYN 0x20      /* TCP: not answered yet: SYN timeout (both entries) */
 #define CT_F_FIN 0x40      /* TCP: this direction sent FIN */
+#define CT_F_KERNEL 0x80   /* a flow the kernel NATs, tracked so that its port stays its own
+			    * (hostnat.h): replies go to the stack */
 #define CT_F_STATE (CT_F_CLOSING | CT_F_SYN) /* kept equal on both entries */
 
 /* A connection table entry: the tuple the packet gets. Go: datapath.SluiceCtEntry */
@@ -123,6 +125,10 @@ enum reason {
 	REASON_FRAG_BY_STACK,       /* not a drop: larger than the next hop's MTU without DF:
 				     * translated and handed to the kernel (through sluice0), which
 				     * fragments it as it forwards */
+	REASON_KERNEL_FLOW_MOVED,   /* not a drop: a flow the kernel NATs to a backend left by a port
+				     * a sluice flow to it holds; moved to a free one (hostnat.h) */
+	REASON_KERNEL_FLOW_UNTRACKED, /* such a flow found no free port to be tracked under: left
+				       * as it is, it may meet a sluice flow's tuple */
 	REASON_MAX,
 };
 

@@ -17,6 +17,12 @@ struct tuple {
 	__be16 dport;
 };
 
+/* Does p already carry t (nothing to rewrite)? */
+static __always_inline bool tuple_is(const struct tuple *t, const struct pkt *p)
+{
+	return t->saddr == p->saddr && t->daddr == p->daddr && t->sport == p->sport && t->dport == p->dport;
+}
+
 static __always_inline __u16 l4_csum_off(const struct pkt *p)
 {
 	return p->l4_off + (p->proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)

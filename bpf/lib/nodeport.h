@@ -14,6 +14,7 @@
 #include "ct.h"
 #include "frag.h"
 #include "fwd.h"
+#include "hostnat.h"
 #include "icmp.h"
 #include "lb.h"
 #include "reject.h"
@@ -125,7 +126,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 		/* DNAT + SNAT to a node address, so the reply comes back through us. */
 		fwd.nat_saddr = snat_addr_for(ctx, xdp, p, fe, be);
 		ct_peer(p, &fwd, &rk, &rev);
-		__u16 port = ct_snat_claim(&rk, &rev, now);
+		__u16 port = ct_snat_claim(&rk, &rev, now, 0);
 		if (!port) {
 			count_reason(REASON_DROP_SNAT_EXHAUSTED);
 			return VERDICT_DROP(xdp);
@@ -177,7 +178,8 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		tuple_of(&to, e);
 		__u32 svc_id = e->svc_id;
 		bool reply = e->flags & CT_F_REPLY;
-		bool local = e->flags & CT_F_LOCAL;
+		/* A kernel flow's reply (hostnat.h) goes to the stack, as a local backend's flow does. */
+		bool local = e->flags & (CT_F_LOCAL | CT_F_KERNEL);
 		trace_flow(reply ? TRACE_REPLY : TRACE_ESTABLISHED, e);
 		ct_touch(&p, e, now);
 		frag_remember(&p);
@@ -231,18 +233,29 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 	int res = parse_pkt(skb, false, &p);
 	if (res == PARSE_OTHER_L4 && p.proto == IPPROTO_ICMP)
 		return icmp_related(skb, true);
+	bool hostnat = false;
 	if (res == PARSE_FRAGMENT) {
 		if (!frag_resolve(&p))
 			return TC_ACT_OK;
-	} else if (res != PARSE_OK || !port_bit(&sluice_backend_ports, p.sport)) {
+	} else if (res != PARSE_OK) {
 		return TC_ACT_OK;
+	} else {
+		hostnat = hostnat_candidate(&p);
+		if (!hostnat && !port_bit(&sluice_backend_ports, p.sport))
+			return TC_ACT_OK;
 	}
 
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_key k;
 	ct_key_of(&k, &p);
 	struct ct_entry *e = ct_lookup(&k, CT_F_EGRESS, now);
-	if (!e)
+	if (!e) {
+		if (hostnat)
+			return hostnat_track(skb, &p, now);
+		return TC_ACT_OK;
+	}
+	/* The tuple of a kernel flow that was moved is the sluice flow's it was moved off. */
+	if ((e->flags & CT_F_KERNEL) && hostnat_from_sluice(skb))
 		return TC_ACT_OK;
 
 	struct tuple to;
@@ -250,6 +263,9 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 	count_svc(e->svc_id, true, p.len);
 	ct_touch(&p, e, now);
 	frag_remember(&p);
+	/* A kernel flow tracked under its own port is left as it is. */
+	if (tuple_is(&to, &p))
+		return TC_ACT_OK;
 	if (nat_rewrite(skb, false, &p, &to, false))
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

@@ -16,7 +16,7 @@ static __always_inline void count_reason(__u32 reason)
 			t->stage = TRACE_RELATED;
 		else if (reason == REASON_ICMP_FRAG_NEEDED || reason == REASON_FRAG_BY_STACK)
 			t->stage = TRACE_TOO_BIG;
-		else if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason != REASON_CT_PEER_LOST)
+		else if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason <= REASON_DROP_NO_LOCAL)
 			t->stage = TRACE_DROP;
 		else if (reason == REASON_PASS_TO_TC)
 			t->stage = TRACE_TO_TC;

@@ -83,6 +83,13 @@ func loadFlows(k *maps.Kernel) ([]FlowJSON, error) {
 		if c.NatSrc != c.Src {
 			f.SNAT = c.NatSrc.String()
 		}
+		if c.Flags&maps.CTKernel != 0 {
+			// Tracked for its port only (bpf/lib/hostnat.h); SNAT is set if it was moved.
+			f.Service, f.Frontend, f.Backend = "(kernel NAT)", c.Dst.String(), c.Dst.String()
+			if c.NatSrc != c.Src {
+				f.SNAT = c.NatSrc.String()
+			}
+		}
 		flows = append(flows, f)
 		return true
 	})

@@ -184,6 +184,8 @@ const (
 	CTClosing = 0x10
 	CTSYN     = 0x20
 	CTFIN     = 0x40
+	// CTKernel marks a flow the kernel NATs, tracked so that no SNAT flow takes its port.
+	CTKernel = 0x80
 )
 
 // CTEntry is one connection-table entry: packets carrying Src->Dst are rewritten to

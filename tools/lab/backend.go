@@ -201,6 +201,16 @@ func DialTCP(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) (ne
 
 // RequestOn sends one HTTP request on an open connection and returns who answered.
 func RequestOn(c net.Conn, addr netip.AddrPort) (string, error) {
+	body, err := RequestBody(c, addr)
+	if err != nil {
+		return "", err
+	}
+	who, _, err := ParseReply(body)
+	return who, err
+}
+
+// RequestBody sends one HTTP request on an open connection and returns the reply's body.
+func RequestBody(c net.Conn, addr netip.AddrPort) (string, error) {
 	_ = c.SetDeadline(time.Now().Add(Timeout))
 	req, err := http.NewRequest(http.MethodGet, "http://"+addr.String()+"/", nil)
 	if err != nil {
@@ -215,11 +225,7 @@ func RequestOn(c net.Conn, addr netip.AddrPort) (string, error) {
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	who, _, err := ParseReply(string(body))
-	return who, err
+	return string(body), err
 }
 
 // OpenTCP connects from inside ns and leaves the connection open, for a flow that lasts.
