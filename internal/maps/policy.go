@@ -53,13 +53,21 @@ func (k *Kernel) DeleteSourceRange(r SourceRange) error {
 	return ignoreMissing("source range "+r.String(), k.objs.SluiceSourceRanges.Delete(&key))
 }
 
+// MaglevSizer is implemented by maps that know the length of their Maglev tables.
+type MaglevSizer interface{ MaglevTableSize() uint32 }
+
+// MaglevTableSize is the length every table must have (UpdateMaglev refuses others).
+func (k *Kernel) MaglevTableSize() uint32 {
+	if k.MaglevSize == 0 {
+		return DefaultMaglevSize
+	}
+	return k.MaglevSize
+}
+
 // UpdateMaglev fills a new inner map and puts it in the outer map in one update, so a packet
 // reads a whole old table or a whole new one.
 func (k *Kernel) UpdateMaglev(svcID uint32, table []uint32) error {
-	size := k.MaglevSize
-	if size == 0 {
-		size = DefaultMaglevSize
-	}
+	size := k.MaglevTableSize()
 	if len(table) != int(size) {
 		return fmt.Errorf("update maglev table %d: %d entries, the datapath's tables have %d", svcID, len(table), size)
 	}

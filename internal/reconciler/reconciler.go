@@ -59,7 +59,8 @@ type Reconciler struct {
 	// owners says which service port holds each frontend key: load-balancer and external IPs
 	// of two services may collide, and the first one keeps the key.
 	owners map[maps.FrontendKey]desired.ServiceKey
-	// MaglevSize is the entries of each Maglev table, as the datapath was loaded with.
+	// MaglevSize is the entries of each Maglev table: what the maps say their tables hold
+	// (maps.MaglevSizer), else maglev.DefaultTableSize.
 	MaglevSize uint32
 
 	// Left by a previous agent with no service of ours: deleted on the first Apply.
@@ -80,6 +81,12 @@ type Reconciler struct {
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the
 // maps may already hold state.
 func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconciler {
+	size := uint32(maglev.DefaultTableSize)
+	// The maps know the datapath's table size: a separate setting here was once forgotten
+	// (--maglev-table-size never reached the tables, and every Maglev service was refused).
+	if s, ok := m.(maps.MaglevSizer); ok && s.MaglevTableSize() != 0 {
+		size = s.MaglevTableSize()
+	}
 	return &Reconciler{
 		m: m, log: log, maxServices: maxServices, maxBackends: maxBackends,
 		services:    map[desired.ServiceKey]*applied{},
@@ -90,7 +97,7 @@ func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconci
 		unused:      map[uint32]bool{},
 		owners:      map[maps.FrontendKey]desired.ServiceKey{},
 		nextBackend: 1,
-		MaglevSize:  maglev.DefaultTableSize,
+		MaglevSize:  size,
 	}
 }
 
