@@ -42,9 +42,10 @@ const (
 var tunnelKinds = []struct {
 	name  string
 	probe []string // an `ip link add` of the kind, to learn whether the kernel has it
+	mtu   int      // the tunnel device's
 	setup func(t *testing.T, n1, n2 *testutil.Netns)
 }{
-	{"ipip-nbma", []string{"type", "ipip", "remote", "192.0.2.1"}, func(t *testing.T, n1, n2 *testutil.Netns) {
+	{"ipip-nbma", []string{"type", "ipip", "remote", "192.0.2.1"}, 1480, func(t *testing.T, n1, n2 *testutil.Netns) {
 		// Calico's tunl0: the per-namespace fallback device, remote any; the far end is the
 		// route's gateway, which the kernel reads from the route attached to the packet.
 		for i, n := range []*testutil.Netns{n1, n2} {
@@ -56,7 +57,7 @@ var tunnelKinds = []struct {
 		}
 		n1.MustExec(t, "ip", "route", "add", "10.244.2.0/24", "via", "192.168.77.2", "dev", "tunl0", "onlink")
 	}},
-	{"geneve", []string{"type", "geneve", "id", "1", "remote", "192.0.2.1"}, func(t *testing.T, n1, n2 *testutil.Netns) {
+	{"geneve", []string{"type", "geneve", "id", "1", "remote", "192.0.2.1"}, 1450, func(t *testing.T, n1, n2 *testutil.Netns) {
 		// An L2 tunnel with a fixed far end (OVN-Kubernetes' kind): the neighbour is the
 		// other node's tunnel device.
 		n1.MustExec(t, "ip", "link", "add", "gnv0", "address", "02:00:00:00:77:01", "type", "geneve", "id", "77", "remote", "192.168.77.2")
@@ -67,6 +68,17 @@ var tunnelKinds = []struct {
 		}
 		n1.MustExec(t, "ip", "route", "add", "10.244.2.0/24", "via", "10.244.2.1", "dev", "gnv0", "onlink")
 		n1.MustExec(t, "ip", "neigh", "replace", "10.244.2.1", "lladdr", "02:00:00:00:77:02", "dev", "gnv0", "nud", "permanent")
+	}},
+	{"vxlan", []string{"type", "vxlan", "id", "1", "remote", "192.0.2.1", "dstport", "4789"}, 1450, func(t *testing.T, n1, n2 *testutil.Netns) {
+		// flannel's kind, with a fixed far end (the lab's VXLAN variant covers flannel's own).
+		n1.MustExec(t, "ip", "link", "add", "vx0", "address", "02:00:00:00:78:01", "type", "vxlan", "id", "77", "remote", "192.168.77.2", "dstport", "4789")
+		n2.MustExec(t, "ip", "link", "add", "vx0", "address", "02:00:00:00:78:02", "type", "vxlan", "id", "77", "remote", "192.168.77.1", "dstport", "4789")
+		for i, n := range []*testutil.Netns{n1, n2} {
+			n.MustExec(t, "ip", "link", "set", "vx0", "up")
+			n.MustExec(t, "ip", "addr", "add", fmt.Sprintf("10.244.%d.1/32", i+1), "dev", "vx0")
+		}
+		n1.MustExec(t, "ip", "route", "add", "10.244.2.0/24", "via", "10.244.2.1", "dev", "vx0", "onlink")
+		n1.MustExec(t, "ip", "neigh", "replace", "10.244.2.1", "lladdr", "02:00:00:00:78:02", "dev", "vx0", "nud", "permanent")
 	}},
 }
 
@@ -85,6 +97,7 @@ func TestTunnelsCarryNodePorts(t *testing.T) {
 			k.setup(t, n1, n2)
 			must(t, n1.Do(dp.MarkL3Devices))
 			checkTunnelFlows(t, client, n2, dp)
+			checkTunnelPMTU(t, client, k.mtu)
 		})
 	}
 }
@@ -118,6 +131,14 @@ func tunnelLab(t *testing.T) (client, n1, n2 *testutil.Netns, dp *datapath.Datap
 	err := n1.Do(func() error {
 		var err error
 		if dp, err = datapath.Load(datapath.Config{}, nil); err != nil {
+			return err
+		}
+		// Where packets too big for the next hop without DF go, to be fragmented by the kernel.
+		idx, mac, err := datapath.EnsureStackDevice()
+		if err != nil {
+			return err
+		}
+		if err := dp.SetStackDevice(idx, mac); err != nil {
 			return err
 		}
 		for dev, addr := range map[string]string{"eth0": tunNode1, "eth1": "192.168.77.1"} {
@@ -182,13 +203,14 @@ func checkTunnelFlows(t *testing.T, client, n2 *testutil.Netns, dp *datapath.Dat
 		}
 	}()
 	go func() {
-		buf := make([]byte, 1500)
+		buf := make([]byte, 65536)
 		for {
-			_, from, err := ul.ReadFrom(buf)
+			n, from, err := ul.ReadFrom(buf)
 			if err != nil {
 				return
 			}
-			ul.WriteTo([]byte(from.String()), from)
+			// The address it came from, and how long it was (a fragmented datagram arrived whole).
+			ul.WriteTo([]byte(fmt.Sprintf("%s %d", from, n)), from)
 		}
 	}()
 
@@ -228,6 +250,13 @@ func checkTunnelFlows(t *testing.T, client, n2 *testutil.Netns, dp *datapath.Dat
 			failures = append(failures, fmt.Sprintf("UDP %d: backend saw %q, err %v", i, seen, err))
 		}
 	}
+	// A datagram larger than the tunnel's MTU without DF (the client fragments it to its 1500
+	// first): translated and handed to the kernel through sluice0, which fragments it for the
+	// tunnel; it arrives whole.
+	seen, err := udpExchange(client, make([]byte, 4000), unix.IP_PMTUDISC_DONT)
+	if err != nil || !strings.HasSuffix(seen, " 4000") {
+		failures = append(failures, fmt.Sprintf("4000-byte datagram: backend saw %q, err %v", seen, err))
+	}
 	if len(failures) > 0 {
 		reasons, _ := maps.NewKernel(&dp.Objs.SluiceMaps).Reasons()
 		var counted []string
@@ -237,6 +266,71 @@ func checkTunnelFlows(t *testing.T, client, n2 *testutil.Netns, dp *datapath.Dat
 			}
 		}
 		t.Errorf("through the tunnel:\n%s\ndatapath reasons: %v", strings.Join(failures, "\n"), counted)
+	}
+}
+
+// udpExchange sends payload from the client to the UDP NodePort with the given path MTU
+// discovery setting and returns the reply.
+func udpExchange(client *testutil.Netns, payload []byte, pmtudisc int) (string, error) {
+	var reply string
+	err := client.Do(func() error {
+		c, err := net.Dial("udp4", net.JoinHostPort(tunNode1, fmt.Sprint(tunUDPPort)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := setPMTUDisc(c, pmtudisc); err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write(payload); err != nil {
+			return err
+		}
+		buf := make([]byte, 200)
+		n, err := c.Read(buf)
+		reply = string(buf[:n])
+		return err
+	})
+	return reply, err
+}
+
+func setPMTUDisc(c net.Conn, v int) error {
+	raw, err := c.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, v) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+// checkTunnelPMTU: a datagram with DF too big for the tunnel is answered by sluice with
+// "fragmentation needed" and the tunnel's MTU, which the client learns.
+func checkTunnelPMTU(t *testing.T, client *testutil.Netns, want int) {
+	t.Helper()
+	var mtu int
+	err := client.Do(func() error {
+		c, err := net.Dial("udp4", net.JoinHostPort(tunNode1, fmt.Sprint(tunUDPPort)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := setPMTUDisc(c, unix.IP_PMTUDISC_DO); err != nil {
+			return err
+		}
+		raw, _ := c.(*net.UDPConn).SyscallConn()
+		for i := 0; i < 10 && mtu != want; i++ {
+			c.Write(make([]byte, 1472)) // 1500 bytes of IP: EMSGSIZE once the MTU is learnt
+			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			c.Read(make([]byte, 200))
+			raw.Control(func(fd uintptr) { mtu, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU) })
+		}
+		return nil
+	})
+	if err != nil || mtu != want {
+		t.Errorf("path MTU through the tunnel: client learnt %d (err %v), want %d", mtu, err, want)
 	}
 }
 

@@ -31,8 +31,8 @@ CACHE=${SLUICE_KVM_CACHE:-/var/cache/sluice/kvm}
 TIMEOUT=${SLUICE_KVM_TIMEOUT:-900}
 # veth for testutil.NewNode; sch_ingress and cls_bpf so that clsact attachment (the tc path
 # on kernels without TCX) works too. Their dependencies are added from each module's modinfo.
-# bridge for the attach tests' software device; ipip, geneve and tun for the tunnel tests.
-MODULES=(veth sch_ingress cls_bpf bridge ipip geneve tun)
+# bridge for the attach tests' software device; ipip, geneve, vxlan and tun for the tunnel tests.
+MODULES=(veth sch_ingress cls_bpf bridge ipip geneve vxlan tun)
 MARKER=SLUICE-KVM-EXIT-STATUS
 # The guest waits until it has been up this long before the tests start (see init).
 MIN_UPTIME=${SLUICE_KVM_MIN_UPTIME:-75}
