@@ -134,7 +134,7 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Fr
 // load balancer asks that port whether this node has endpoints for it.
 type HealthCheck struct {
 	Port uint16
-	// LocalEndpoints counts this node's ready endpoints (terminating ones do not count, so the
+	// LocalEndpoints counts this node's ready endpoints (a terminating pod is not ready, so the
 	// load balancer drains a node whose last pod is going away).
 	LocalEndpoints int
 }
@@ -149,7 +149,9 @@ func HealthCheckOf(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, node
 	for _, sl := range svcSlices {
 		for _, ep := range sl.Endpoints {
 			c := ep.Conditions
-			ready := (c.Ready == nil || *c.Ready) && (c.Terminating == nil || !*c.Terminating)
+			// Ready alone, as kube-proxy counts: terminating pods are not ready, except those of a
+			// publishNotReadyAddresses service, which its owner wants counted.
+			ready := c.Ready == nil || *c.Ready
 			if ready && len(ep.Addresses) > 0 && nodeName != "" && ep.NodeName != nil && *ep.NodeName == nodeName {
 				local[ep.Addresses[0]] = true
 			}
@@ -399,14 +401,14 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 			}
 			b := maps.Backend{Addr: addr, Port: port, Local: nodeName != "" && ep.NodeName != nil && *ep.NodeName == nodeName}
 			c := ep.Conditions
+			// As kube-proxy reads them (the API's defaults): ready and serving when missing are
+			// true, terminating false; ready alone makes an endpoint ready (the EndpointSlice
+			// controller sets it for terminating pods only with publishNotReadyAddresses).
 			isReady := c.Ready == nil || *c.Ready
-			isServing := isReady
-			if c.Serving != nil {
-				isServing = *c.Serving
-			}
+			isServing := c.Serving == nil || *c.Serving
 			isTerminating := c.Terminating != nil && *c.Terminating
 			switch {
-			case isReady && !isTerminating:
+			case isReady:
 				ready = append(ready, b)
 			case isServing && isTerminating:
 				b.Terminating = true

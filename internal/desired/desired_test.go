@@ -119,6 +119,17 @@ func TestBuild(t *testing.T) {
 			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
 		},
 		{
+			// As kube-proxy reads conditions: ready alone says ready (a terminating endpoint
+			// of a publishNotReadyAddresses service is ready), and a missing serving is true.
+			name: "ready alone decides; serving defaults to true",
+			svcs: []*v1.Service{service("pnra", v1.ServiceTypeNodePort, port("", tcp, 30080)), service("old", v1.ServiceTypeNodePort, port("", tcp, 30081))},
+			slices: []*discoveryv1.EndpointSlice{
+				slice("pnra-1", "pnra", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: yes, term: yes}, ep{addr: "10.244.1.11", ready: yes}),
+				slice("old-1", "old", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.20", ready: no, term: yes}),
+			},
+			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 80, false), b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
+		},
+		{
 			name: "LoadBalancer nodePorts served; ClusterIP, ExternalName, other proxies' services ignored",
 			svcs: []*v1.Service{
 				service("lb", v1.ServiceTypeLoadBalancer, port("", tcp, 30100)),

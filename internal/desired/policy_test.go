@@ -204,10 +204,11 @@ func TestHealthCheckCountsLocalReadyEndpoints(t *testing.T) {
 	sl := slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 8080)},
 		ep{addr: "10.244.1.10", node: "node1"},
 		ep{addr: "10.244.1.11", node: "node1", ready: no, serv: yes, term: yes},
+		ep{addr: "10.244.1.12", node: "node1", ready: yes, term: yes}, // publishNotReadyAddresses: ready counts
 		ep{addr: "10.244.2.10", node: "node2"})
 	hc, ok := HealthCheckOf(s, []*discoveryv1.EndpointSlice{sl}, "node1")
-	if !ok || hc != (HealthCheck{Port: 32000, LocalEndpoints: 1}) {
-		t.Errorf("health check %+v %v, want port 32000 with 1 local ready endpoint", hc, ok)
+	if !ok || hc != (HealthCheck{Port: 32000, LocalEndpoints: 2}) {
+		t.Errorf("health check %+v %v, want port 32000 with 2 local ready endpoints", hc, ok)
 	}
 	s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
 	if _, ok := HealthCheckOf(s, nil, "node1"); ok {
