@@ -182,3 +182,29 @@ func TestTrackerNodeAddresses(t *testing.T) {
 		t.Error("Poke did not signal")
 	}
 }
+
+// Programming latency is measured from changes made while the agent runs: a slice's trigger
+// time from before the tracker started (every slice of the initial list carries one) is not a
+// latency of ours, as kube-proxy also skips them.
+func TestTrackerSkipsTriggerTimesBeforeItsStart(t *testing.T) {
+	start := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	now := start
+	tr := NewTrackerWithClock(func() time.Time { return now })
+	slice := func(name, addr string) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name,
+			Labels: map[string]string{discoveryv1.LabelServiceName: "web"}}, AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{addr}}}}
+	}
+	old := slice("old", "10.244.1.10")
+	old.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": start.Add(-time.Hour).Format(time.RFC3339Nano)}
+	tr.OnEndpointSliceAdd(old)
+	now = start.Add(2 * time.Second)
+	fresh := slice("fresh", "10.244.1.11")
+	fresh.Annotations = map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": start.Add(time.Second).Format(time.RFC3339Nano)}
+	tr.OnEndpointSliceAdd(fresh)
+	tr.OnSynced()
+	got := tr.TakeChanges().Triggers
+	if len(got) != 1 || !got[0].Equal(start.Add(time.Second)) {
+		t.Errorf("triggers %v, want only the fresh slice's (%v)", got, start.Add(time.Second))
+	}
+}

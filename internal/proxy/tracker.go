@@ -32,6 +32,8 @@ type Tracker struct {
 	// triggers are when the changes not yet synced happened, for the network programming
 	// latency metric.
 	triggers []time.Time
+	now      func() time.Time
+	start    time.Time // when the tracker was made: older trigger times are not ours to measure
 }
 
 // triggerTimeAnnotation is set by the EndpointSlice controller to when the change that caused
@@ -39,9 +41,14 @@ type Tracker struct {
 const triggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
 
 func (t *Tracker) trigger(annotations map[string]string) {
-	when := time.Now()
+	when := t.now()
 	if v, ok := annotations[triggerTimeAnnotation]; ok {
 		if parsed, err := time.Parse(time.RFC3339Nano, v); err == nil && parsed.Before(when) {
+			// A change from before the agent started (each slice of the initial list has
+			// one) measures the agent's absence, not its programming: kube-proxy skips them.
+			if parsed.Before(t.start) {
+				return
+			}
 			when = parsed
 		}
 	}
@@ -51,8 +58,13 @@ func (t *Tracker) trigger(annotations map[string]string) {
 }
 
 // NewTracker returns an empty tracker.
-func NewTracker() *Tracker {
+func NewTracker() *Tracker { return NewTrackerWithClock(time.Now) }
+
+// NewTrackerWithClock returns an empty tracker that reads the time from now.
+func NewTrackerWithClock(now func() time.Time) *Tracker {
 	return &Tracker{
+		now:      now,
+		start:    now(),
 		services: map[types.NamespacedName]*v1.Service{},
 		slices:   map[types.NamespacedName]*discoveryv1.EndpointSlice{},
 		nodes:    map[string]*v1.Node{},
