@@ -72,6 +72,7 @@ var commands = []command{
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: sluicectl [--bpffs DIR] [-o table|json] COMMAND [ARGS]")
+	fmt.Fprintln(w, "  (--bpffs and -o may also come after the command)")
 	fmt.Fprintln(w, "\ncommands:")
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	for _, c := range commands {
@@ -87,14 +88,15 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	bpffs := fsRoot.String("bpffs", "/sys/fs/bpf/sluice", "where the agent pinned the maps (its --bpffs)")
 	output := fsRoot.String("o", "table", "output: table or json")
 	fsRoot.Usage = func() { usage(stderr); fsRoot.PrintDefaults() }
-	if err := fsRoot.Parse(args); err != nil {
+	global, rest := splitGlobal(args)
+	if err := fsRoot.Parse(append(global, rest...)); err != nil {
 		return 2
 	}
 	if *output != "table" && *output != "json" {
 		fmt.Fprintf(stderr, "sluicectl: -o %q: want table or json\n", *output)
 		return 2
 	}
-	rest := fsRoot.Args()
+	rest = fsRoot.Args()
 	for _, c := range commands {
 		words := strings.Fields(c.path)
 		if len(rest) < len(words) || strings.Join(rest[:len(words)], " ") != c.path {
@@ -110,6 +112,32 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	}
 	usage(stderr)
 	return 2
+}
+
+// globalFlags are Run's own flags, which may come anywhere on the line.
+var globalFlags = map[string]bool{"bpffs": true, "o": true}
+
+// splitGlobal moves the global flags (and their values) out of args, wherever they are, so
+// that `sluicectl service list -o json` works as `sluicectl -o json service list` does. Other
+// flags stay for the subcommand; "--" ends the scan.
+func splitGlobal(args []string) (global, rest []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return global, append(rest, args[i:]...)
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || !globalFlags[name] {
+			rest = append(rest, a)
+			continue
+		}
+		global = append(global, a)
+		if !hasValue && i+1 < len(args) {
+			i++
+			global = append(global, args[i])
+		}
+	}
+	return global, rest
 }
 
 // emit writes v as indented JSON, or calls table.
