@@ -276,7 +276,8 @@ struct {
 /* What the agent tells inspection tools about a service ID; the datapath never reads it.
  * Go: datapath.SluiceSvcInfo */
 struct svc_info {
-	char name[112];       /* namespace/name:port */
+	char name[144];       /* namespace/name:port, NUL-terminated: Kubernetes' limits (63 + 1 +
+			       * 63 + 1 + 15) fit whole (112 bytes until v0.3 cut long names into one) */
 	__u16 node_port;
 	__u8 proto;
 	__u8 flags;           /* reserved for policy flags */

@@ -27,6 +27,22 @@ var layoutChanges = map[string]map[[2]uint32]converter{
 	// v0.1 -> v0.2: struct frontend gained affinity_timeout_s and pad after flags (8 -> 16
 	// bytes); the old flags were always 0, so the zeroed tail is the old behaviour.
 	SluiceMapSluiceFrontends: {{8, 8}: zeroExtend(16)},
+	// v0.2 -> v0.3: struct svc_info's name grew from 112 to 144 bytes (128 -> 160): the name
+	// keeps its bytes, the fields after it move along.
+	SluiceMapSluiceSvcInfo: {{4, 128}: widenAt(112, 32)},
+}
+
+// widenAt inserts grow zero bytes into a value at offset at.
+func widenAt(at, grow int) converter {
+	return func(k, v []byte) ([]byte, []byte, bool) {
+		if len(v) < at {
+			return nil, nil, false
+		}
+		out := make([]byte, len(v)+grow)
+		copy(out, v[:at])
+		copy(out[at+grow:], v[at:])
+		return k, out, true
+	}
 }
 
 func zeroExtend(valueSize int) converter {

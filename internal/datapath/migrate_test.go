@@ -37,6 +37,14 @@ func TestMigratePinnedMaps(t *testing.T) {
 	oldFE := mk(&ebpf.MapSpec{Name: "sluice_frontends", Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 65536, Flags: 1})
 	oldCT := mk(&ebpf.MapSpec{Name: "sluice_ct", Type: ebpf.LRUHash, KeySize: 16, ValueSize: 32, MaxEntries: 1024})
 	oldReasons := mk(&ebpf.MapSpec{Name: "sluice_reasons", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: 13})
+	// v0.2's service info: a 112-byte name, then node port, protocol, flags, pad, updated.
+	oldInfo := mk(&ebpf.MapSpec{Name: "sluice_svc_info", Type: ebpf.Hash, KeySize: 4, ValueSize: 128, MaxEntries: 65536, Flags: 1})
+	infoVal := make([]byte, 128)
+	copy(infoVal, "default/web:http")
+	binary.NativeEndian.PutUint16(infoVal[112:], 30080)
+	infoVal[114] = 6
+	binary.NativeEndian.PutUint64(infoVal[120:], 12345)
+	must(t, oldInfo.Update(uint32(7), infoVal, ebpf.UpdateAny))
 
 	fk := datapath.SluiceFrontendKey{Addr: maps.Addr4(nodeIP), Port: maps.Port16(30080), Proto: 6}
 	oldVal := make([]byte, 8)
@@ -61,8 +69,8 @@ func TestMigratePinnedMaps(t *testing.T) {
 	}
 	defer dp.Close()
 	mig := dp.Migration
-	if mig == nil || len(mig.Maps) != 3 {
-		t.Fatalf("migration %+v, want frontends, ct and reasons", mig)
+	if mig == nil || len(mig.Maps) != 4 {
+		t.Fatalf("migration %+v, want frontends, ct, reasons and service info", mig)
 	}
 	for _, mm := range mig.Maps {
 		if mm.Dropped != 0 || mm.Copied == 0 {
@@ -73,6 +81,11 @@ func TestMigratePinnedMaps(t *testing.T) {
 	fe, ok := km.LookupFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30080, Proto: maps.TCP})
 	if !ok || fe != (maps.Frontend{ServiceID: 7, Count: 3}) {
 		t.Errorf("converted frontend %+v (found %v)", fe, ok)
+	}
+	infos, err := km.ServiceInfos()
+	must(t, err)
+	if i := infos[7]; i.Name != "default/web:http" || i.NodePort != 30080 || i.Proto != maps.TCP || i.Updated.UnixNano() != 12345 {
+		t.Errorf("converted service info %+v", i)
 	}
 	r, err := km.Reasons()
 	must(t, err)

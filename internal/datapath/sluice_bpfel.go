@@ -209,7 +209,7 @@ type SluiceStackDev struct {
 
 type SluiceSvcInfo struct {
 	_         structs.HostLayout
-	Name      [112]int8
+	Name      [144]int8
 	NodePort  uint16
 	Proto     uint8
 	Flags     uint8

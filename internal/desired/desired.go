@@ -269,6 +269,11 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 		}
 		s := pol
 		s.Name = fmt.Sprintf("%s:%s", n, sp.Name)
+		if len(s.Name) > maps.ServiceNameMax {
+			// Only a manifest can say it (the API server keeps names within its limits).
+			problems = append(problems, Problem{obj, fmt.Errorf("port %q: name %s is longer than Kubernetes allows (%d bytes)", sp.Name, s.Name, maps.ServiceNameMax)})
+			continue
+		}
 		s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
 		if sp.NodePort == 0 {
 			s.Key.Name = s.Name

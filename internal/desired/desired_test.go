@@ -130,6 +130,12 @@ func TestBuild(t *testing.T) {
 			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 80, false), b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
 		},
 		{
+			name:     "names longer than Kubernetes allows (only a manifest can have one) are refused",
+			svcs:     []*v1.Service{service(strings.Repeat("x", 140), v1.ServiceTypeNodePort, port("http", tcp, 30080))},
+			want:     map[ServiceKey][]maps.Backend{},
+			problems: []string{`Service default/` + strings.Repeat("x", 140) + `: port "http": name`},
+		},
+		{
 			name: "LoadBalancer nodePorts served; ClusterIP, ExternalName, other proxies' services ignored",
 			svcs: []*v1.Service{
 				service("lb", v1.ServiceTypeLoadBalancer, port("", tcp, 30100)),

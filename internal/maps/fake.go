@@ -123,6 +123,9 @@ func (f *Fake) SetBackendPort(port uint16) error {
 }
 
 func (f *Fake) UpdateServiceInfo(id uint32, info ServiceInfo) error {
+	if err := checkServiceName(id, info.Name); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Info[id] = info

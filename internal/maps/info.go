@@ -45,7 +45,22 @@ func putCString[T ~int8 | ~uint8](dst []T, s string) {
 	}
 }
 
+// ServiceNameMax is the longest service name the maps hold: namespace/name:port at Kubernetes'
+// limits (63 + 1 + 63 + 1 + 15).
+const ServiceNameMax = len(datapath.SluiceSvcInfo{}.Name) - 1
+
+// checkServiceName refuses a name the maps cannot hold whole: cut, two names could become one.
+func checkServiceName(id uint32, name string) error {
+	if len(name) > ServiceNameMax {
+		return fmt.Errorf("update service info %d: name %q is %d bytes, longer than the %d Kubernetes allows", id, name, len(name), ServiceNameMax)
+	}
+	return nil
+}
+
 func (k *Kernel) UpdateServiceInfo(id uint32, info ServiceInfo) error {
+	if err := checkServiceName(id, info.Name); err != nil {
+		return err
+	}
 	var v datapath.SluiceSvcInfo
 	putCString(v.Name[:], info.Name)
 	v.NodePort, v.Proto, v.UpdatedNs = info.NodePort, uint8(info.Proto), uint64(info.Updated.UnixNano())

@@ -3,6 +3,7 @@ package maps_test
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/sluicelb/sluice/internal/datapath"
@@ -61,4 +62,34 @@ func TestKernelFullMap(t *testing.T) {
 		t.Fatalf("third frontend: %v, want ErrFull", err)
 	}
 	t.Log(err)
+}
+
+// Service names up to Kubernetes' limits (a 63-character namespace and name, a 15-character
+// port name: 143 bytes) are kept whole: two that differ only at the end are two names (cut
+// to the map's old 112 bytes they were one, and /metrics answered 500 on the duplicate label).
+func TestKernelKeepsLongServiceNames(t *testing.T) {
+	k := testutil.KernelMaps(t, datapath.Config{})
+	long := func(last string) string {
+		return strings.Repeat("n", 63) + "/" + strings.Repeat("s", 62) + last + ":" + strings.Repeat("p", 15)
+	}
+	a, b := long("a"), long("b")
+	if len(a) != 143 {
+		t.Fatalf("test name is %d bytes", len(a))
+	}
+	for id, name := range map[uint32]string{1: a, 2: b} {
+		if err := k.UpdateServiceInfo(id, maps.ServiceInfo{Name: name, Proto: maps.TCP}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	infos, err := k.ServiceInfos()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if infos[1].Name != a || infos[2].Name != b {
+		t.Errorf("names read back as %q and %q", infos[1].Name, infos[2].Name)
+	}
+	// Longer than any valid name: refused, not cut.
+	if err := k.UpdateServiceInfo(3, maps.ServiceInfo{Name: a + "x"}); err == nil {
+		t.Error("a 144-byte name was accepted")
+	}
 }
