@@ -1,0 +1,272 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/devices"
+	"github.com/sluicelb/sluice/internal/healthcheck"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/metrics"
+	"github.com/sluicelb/sluice/internal/proxy"
+	"github.com/sluicelb/sluice/internal/reconciler"
+	"github.com/sluicelb/sluice/internal/source"
+)
+
+// NewLogger is the agent's logger at level (debug, info, warn, error): console lines with
+// ISO 8601 times, unsampled.
+func NewLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("parse log level: %w", err)
+	}
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.Encoding = "console"
+	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	cfg.Sampling = nil
+	return cfg.Build()
+}
+
+// Cleanup is --cleanup: the programs come off the devices and the pins go.
+func Cleanup(o *Options) error { return datapath.Cleanup(o.BPFFS, o.deviceList) }
+
+// Run is the agent: it loads the datapath (migrating pinned maps of an older build), restores
+// what the maps hold, attaches to the devices, and keeps the maps in step with the objects
+// until ctx ends (SIGTERM). The programs stay attached when it returns. version is recorded in
+// the maps for sluicectl.
+func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	alog := log.Named("agent")
+	alog.Info("Starting", zap.String("version", version), zap.String("node", o.NodeName),
+		zap.String("devices", cmp.Or(o.Devices, "(detect)")), zap.String("xdpMode", o.XDPMode), zap.String("bpffs", o.BPFFS))
+
+	mode, tcMode, portRange, nodePortCIDRs := o.xdp, o.tc, o.portRange, o.nodePortCIDRs
+	if ok, err := datapath.ForwardingEnabled(); err == nil && !ok {
+		alog.Warn("net.ipv4.ip_forward is 0: remote backends and local pods are unreachable until it is 1")
+	}
+
+	if lo, hi, err := datapath.LocalPortRange(); err == nil && o.DP.SNATPortMin <= hi && o.DP.SNATPortMax >= lo {
+		alog.Warn("The SNAT port range overlaps net.ipv4.ip_local_port_range: replies to the node's own connections to a backend may be taken for SNAT flows",
+			zap.String("snatPorts", o.SNATPorts), zap.String("localPorts", fmt.Sprintf("%d-%d", lo, hi)))
+	}
+	// The source lists the API while the datapath loads: the tracker only collects until the
+	// sync loop starts, after the programs are attached.
+	tracker := proxy.NewTracker()
+	var src source.Source
+	if o.Manifests != "" {
+		src = source.NewManifests(o.Manifests, log.Named("source"))
+	} else {
+		cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig) // "" and "": in-cluster
+		if err != nil {
+			return fmt.Errorf("load kubeconfig: %w", err)
+		}
+		cfg.QPS, cfg.Burst, cfg.UserAgent = float32(o.APIQPS), o.APIBurst, "sluice-agent/"+version
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return fmt.Errorf("create API client: %w", err)
+		}
+		src = source.NewKube(client, o.NodeName, log.Named("source"))
+	}
+	errc := make(chan error, 2)
+	go func() {
+		if err := src.Run(ctx, tracker); err != nil {
+			errc <- fmt.Errorf("run source: %w", err)
+		}
+	}()
+
+	dp, err := datapath.Load(o.DP, nil)
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	km := maps.NewKernel(&dp.Objs.SluiceMaps)
+	km.MaglevSize = dp.Config.MaglevSize
+	rec := reconciler.New(km, o.DP.MaxServices, o.DP.MaxBackends, log.Named("reconciler"))
+	n, err := rec.Restore()
+	if err != nil {
+		return err
+	}
+	alog.Info("Restored state from pinned maps", zap.Int("services", n))
+	if ifindex, mac, err := datapath.EnsureStackDevice(); err != nil {
+		alog.Warn("No device to hand the kernel packets to fragment: translated packets too big for their next hop without DF are dropped (drop_frag_needed)", zap.Error(err))
+	} else if err := dp.SetStackDevice(ifindex, mac); err != nil {
+		return err
+	} else if datapath.StrictReversePathFilter() {
+		alog.Warn("net.ipv4.conf.all.rp_filter is 1 (strict): the kernel refuses the packets sluice hands it to fragment, so those too big for their next hop without DF are lost; 2 (loose) or 0 lets them through",
+			zap.String("device", datapath.StackDevice))
+	}
+
+	dlog := log.Named("datapath")
+	// The programs stay attached (pinned links, clsact filters) and keep serving with the
+	// pinned maps when the agent stops: a restart or an upgrade drops no flow, and the next
+	// agent swaps its programs in. `--cleanup` removes them.
+	devs := &devices.Manager{DP: dp, Explicit: o.deviceList, XDP: mode, TC: tcMode, Log: log.Named("devices"),
+		NodeIPs: func() []netip.Addr { return tracker.NodeAddresses(o.NodeName) }}
+	defer devs.Release()
+	// Following netlink from before the first look, so no change falls between the two.
+	go func() {
+		err := devices.Watch(ctx, func() {
+			devs.Invalidate()
+			tracker.Poke()
+		})
+		if err != nil {
+			dlog.Error("Not following device changes any more", zap.Error(err))
+		}
+	}()
+	if _, err := devs.Reconcile(); err != nil {
+		return err
+	}
+	if len(devs.Names()) == 0 {
+		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
+	}
+
+	if mig := dp.Migration; mig != nil {
+		// The new programs run on the new maps now: carry over what the old ones wrote since
+		// the copy, and pin the new maps in place.
+		err := mig.Commit()
+		for _, mm := range mig.Maps {
+			dlog.Info("Migrated pinned map to this build's layout", zap.String("map", mm.Name), zap.String("change", mm.Reason),
+				zap.Int("copied", mm.Copied), zap.Int("dropped", mm.Dropped))
+		}
+		if err != nil {
+			return fmt.Errorf("commit map migration: %w", err)
+		}
+	}
+
+	info := maps.AgentInfo{Version: version, Object: datapath.ObjectHash(), Started: time.Now(), PID: os.Getpid(), Config: dp.Config}
+	writeInfo := func() error {
+		info.Devices = deviceInfos(dp, devs.Attachments())
+		return km.WriteAgentInfo(info)
+	}
+	if err := writeInfo(); err != nil {
+		return err
+	}
+	defer func() {
+		// The programs stay attached; only the agent is gone.
+		info.PID = 0
+		if err := km.WriteAgentInfo(info); err != nil {
+			alog.Warn("Could not record the agent's exit", zap.Error(err))
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	health := &metrics.Health{Stale: 3 * o.SyncPeriod}
+	// Like kube-proxy, the health check ports listen where the NodePorts are served (with
+	// --nodeport-addresses; on every address without), following the devices' addresses.
+	hcs := &healthcheck.Server{Healthy: health.Healthy, Log: log.Named("healthcheck")}
+	defer hcs.Close()
+	metrics.RegisterDatapath(reg, km)
+	syncer := &proxy.Syncer{
+		Metrics: metrics.NewSync(reg), Health: health,
+		AfterFullSync: func(n int) {
+			if n > 1000 {
+				debug.FreeOSMemory() // a big rebuild leaves garbage the heap will not need again soon
+			}
+		},
+		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev}, FullEvery: o.SyncPeriod,
+		Addresses: func() ([]netip.Addr, error) {
+			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
+			// follow them before reading the addresses NodePorts are served on.
+			changed, err := devs.Reconcile()
+			if err != nil {
+				dlog.Warn("Could not attach to every device; retrying with the next sync", zap.Error(err))
+			}
+			if changed {
+				if err := writeInfo(); err != nil {
+					dlog.Warn("Could not record the devices", zap.Error(err))
+				}
+			}
+			addrs, err := datapath.DeviceAddresses(devs.Names())
+			addrs = filterAddresses(addrs, nodePortCIDRs)
+			// (None left: the last ones stay; an empty list would mean every address.)
+			if err == nil && len(nodePortCIDRs) > 0 && len(addrs) > 0 {
+				hcs.SetAddresses(addrs)
+			}
+			return addrs, err
+		},
+		Log: log.Named("sync"),
+	}
+	syncer.HealthChecks = hcs.Sync
+	runner := &proxy.Runner{
+		MinInterval: o.MinSync, MaxInterval: o.SyncPeriod, Sync: syncer.Sync,
+		OnError: func(err error, retry time.Duration) {
+			log.Named("sync").Error("Sync failed", zap.Error(err), zap.Duration("retryIn", retry))
+		},
+	}
+	if o.MetricsAddr != "" {
+		go func() {
+			if err := metrics.Serve(ctx, o.MetricsAddr, reg, health, log.Named("metrics")); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	runnerDone := make(chan struct{})
+	go func() {
+		runner.Run(ctx, tracker.Changed())
+		close(runnerDone)
+	}()
+	// On the way out, let a sync in progress finish before the maps are closed.
+	defer func() {
+		stop()
+		<-runnerDone
+	}()
+
+	select {
+	case <-ctx.Done():
+		alog.Info("Stopping: the datapath stays attached and keeps serving; --cleanup removes it", zap.String("bpffs", o.BPFFS))
+		return nil
+	case err := <-errc:
+		if ctx.Err() == nil {
+			return err
+		}
+		return nil
+	}
+}
+
+// deviceInfos describes the attachments for the agent-info map.
+func deviceInfos(dp *datapath.Datapath, as []*datapath.Attachment) []maps.DeviceInfo {
+	xdpID, tcInID, tcEgID := dp.ProgramIDs()
+	var out []maps.DeviceInfo
+	for _, a := range as {
+		d := maps.DeviceInfo{Name: a.Device, Ifindex: a.Ifindex, XDPMode: string(a.XDP), XDPReason: a.Reason.String(), TCMode: a.TC,
+			TCIngressProg: tcInID, TCEgressProg: tcEgID}
+		if a.XDP != datapath.XDPOff {
+			d.XDPProg = xdpID
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// filterAddresses keeps the addresses inside one of cidrs (all when there are none), as
+// kube-proxy's --nodeport-addresses.
+func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
+	if len(cidrs) == 0 {
+		return addrs
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		for _, c := range cidrs {
+			if c.Contains(a) {
+				out = append(out, a)
+				break
+			}
+		}
+	}
+	return out
+}

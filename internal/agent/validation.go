@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maglev"
+)
+
+// Validate checks the options together and keeps what it parsed for Run. Every error names
+// the flag.
+func (o *Options) Validate() error {
+	if o.SyncPeriod <= 0 || o.MinSync < 0 || o.MinSync > o.SyncPeriod {
+		return fmt.Errorf("validate flags: want 0 <= --min-sync-interval (%v) <= --sync-period (%v), and a positive --sync-period", o.MinSync, o.SyncPeriod)
+	}
+	if o.Manifests != "" && o.Kubeconfig != "" {
+		return errors.New("validate flags: --manifests and --kubeconfig exclude each other")
+	}
+	if strings.TrimSpace(o.NodeName) == "" {
+		return errors.New("validate flags: --node-name is empty (and so is the hostname)")
+	}
+	if _, err := zapcore.ParseLevel(o.LogLevel); err != nil {
+		return fmt.Errorf("validate flags: --log-level: %w", err)
+	}
+	switch o.LBAlgorithm {
+	case "random":
+		o.maglev = false
+	case "maglev":
+		o.maglev = true
+	default:
+		return fmt.Errorf("validate flags: --lb-algorithm %q: want random or maglev", o.LBAlgorithm)
+	}
+	if err := maglev.ValidTableSize(o.DP.MaglevSize); err != nil {
+		return fmt.Errorf("validate flags: --maglev-table-size: %w", err)
+	}
+	var err error
+	if o.xdp, err = datapath.ParseXDPMode(o.XDPMode); err != nil {
+		return fmt.Errorf("validate flags: --xdp-mode: %w", err)
+	}
+	if o.tc, err = datapath.ParseTCMode(o.TCAttach); err != nil {
+		return fmt.Errorf("validate flags: --tc-attach: %w", err)
+	}
+	if o.portRange, err = desired.ParsePortRange(o.NodePortRange); err != nil {
+		return fmt.Errorf("validate flags: --nodeport-range: %w", err)
+	}
+	snat, err := desired.ParsePortRange(o.SNATPorts)
+	if err != nil {
+		return fmt.Errorf("validate flags: --snat-port-range: %w", err)
+	}
+	if snat.Min <= o.portRange.Max && snat.Max >= o.portRange.Min {
+		return fmt.Errorf("validate flags: --snat-port-range %s overlaps --nodeport-range %s: replies would be taken for new NodePort flows", snat, o.portRange)
+	}
+	if o.nodePortCIDRs, err = parseCIDRs(o.NodePortAddrs); err != nil {
+		return err
+	}
+	o.DP.SNATPortMin, o.DP.SNATPortMax = snat.Min, snat.Max
+	o.DP.PinPath = o.BPFFS
+	if err := o.DP.Validate(); err != nil {
+		return fmt.Errorf("validate flags: %w", err)
+	}
+	return nil
+}
+
+// parseCIDRs parses --nodeport-addresses. sluice serves IPv4: a list with CIDRs but no IPv4
+// one would select no address, and then every address would be served.
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	v4 := false
+	for _, f := range splitList(s) {
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, fmt.Errorf("validate flags: --nodeport-addresses: %w", err)
+		}
+		v4 = v4 || p.Addr().Is4()
+		out = append(out, p.Masked())
+	}
+	if len(out) > 0 && !v4 {
+		return nil, fmt.Errorf("validate flags: --nodeport-addresses %s has no IPv4 CIDR, and sluice serves IPv4 NodePorts only", s)
+	}
+	return out, nil
+}

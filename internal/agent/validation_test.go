@@ -1,0 +1,72 @@
+package agent
+
+import (
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+)
+
+// Every way the command line can be wrong, each with an error that names the flag.
+func TestParseArgsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // in the error
+	}{
+		{[]string{"--sync-period", "0s"}, "--sync-period"},
+		{[]string{"--min-sync-interval", "1m", "--sync-period", "30s"}, "--min-sync-interval"},
+		{[]string{"--manifests", "/tmp/m", "--kubeconfig", "/tmp/k"}, "--manifests and --kubeconfig"},
+		{[]string{"--node-name", " "}, "--node-name"},
+		{[]string{"--log-level", "loud"}, "--log-level"},
+		{[]string{"--lb-algorithm", "roundrobin"}, "--lb-algorithm"},
+		{[]string{"--lb-algorithm", "maglev", "--maglev-table-size", "1000"}, "--maglev-table-size"},
+		{[]string{"--maglev-table-size", "0"}, "maglev-table-size"},
+		{[]string{"--xdp-mode", "fast"}, "--xdp-mode"},
+		{[]string{"--tc-attach", "ebpf"}, "--tc-attach"},
+		{[]string{"--nodeport-range", "32000-31000"}, "--nodeport-range"},
+		{[]string{"--snat-port-range", "70000-80000"}, "--snat-port-range"},
+		{[]string{"--snat-port-range", "29000-30500"}, "overlaps --nodeport-range"},
+		{[]string{"--nodeport-addresses", "10.0.0.0/33"}, "--nodeport-addresses"},
+		{[]string{"--nodeport-addresses", "fd00::/64"}, "has no IPv4 CIDR"},
+		{[]string{"--ct-udp-timeout", "500ms"}, "UDP timeout"},
+		{[]string{"--max-services", "-1"}, "max-services"},
+		{[]string{"--no-such-flag"}, "no-such-flag"},
+		{[]string{"stray"}, "unexpected arguments"},
+	} {
+		_, err := ParseArgs(tc.args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want one mentioning %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+	if _, err := ParseArgs([]string{"-h"}); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: %v, want flag.ErrHelp", err)
+	}
+}
+
+func TestParseArgsValid(t *testing.T) {
+	o, err := ParseArgs([]string{"--devices", "eth0, eth1,", "--nodeport-addresses", "10.89.0.0/24,fd00::/64", "--lb-algorithm", "maglev",
+		"--maglev-table-size", "251", "--snat-port-range", "20000-20007", "--bpffs", "/sys/fs/bpf/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.DeviceList(); len(got) != 2 || got[0] != "eth0" || got[1] != "eth1" {
+		t.Errorf("devices %q", got)
+	}
+	if !o.maglev || o.DP.MaglevSize != 251 || o.DP.SNATPortMin != 20000 || o.DP.SNATPortMax != 20007 || o.DP.PinPath != "/sys/fs/bpf/x" {
+		t.Errorf("parsed %+v", o)
+	}
+	if len(o.nodePortCIDRs) != 2 {
+		t.Errorf("CIDRs %v", o.nodePortCIDRs)
+	}
+	// --cleanup and --version need nothing else to be valid.
+	if _, err := ParseArgs([]string{"--cleanup", "--lb-algorithm", "nonsense"}); err != nil {
+		t.Errorf("--cleanup: %v", err)
+	}
+}
+
+// The default node name is the hostname as the kubelet names its Node.
+func TestNodeNameOf(t *testing.T) {
+	if got := NodeNameOf(" Worker-1.Example.COM\n"); got != "worker-1.example.com" {
+		t.Errorf("NodeNameOf = %q", got)
+	}
+}
