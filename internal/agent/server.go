@@ -60,6 +60,10 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 		alog.Warn("net.ipv4.ip_forward is 0: remote backends and local pods are unreachable until it is 1")
 	}
 
+	if o.DP.SNATPortMin <= portRange.Max && o.DP.SNATPortMax >= portRange.Min {
+		alog.Warn("The SNAT port range overlaps the NodePort range: a flow SNATed to a port that is also a NodePort works, but the port is held in both roles",
+			zap.String("snatPorts", o.SNATPorts), zap.String("nodePorts", portRange.String()))
+	}
 	if lo, hi, err := datapath.LocalPortRange(); err == nil && o.DP.SNATPortMin <= hi && o.DP.SNATPortMax >= lo {
 		alog.Warn("The SNAT port range overlaps net.ipv4.ip_local_port_range: replies to the node's own connections to a backend may be taken for SNAT flows",
 			zap.String("snatPorts", o.SNATPorts), zap.String("localPorts", fmt.Sprintf("%d-%d", lo, hi)))

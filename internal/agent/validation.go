@@ -53,9 +53,6 @@ func (o *Options) Validate() error {
 	if err != nil {
 		return fmt.Errorf("validate flags: --snat-port-range: %w", err)
 	}
-	if snat.Min <= o.portRange.Max && snat.Max >= o.portRange.Min {
-		return fmt.Errorf("validate flags: --snat-port-range %s overlaps --nodeport-range %s: replies would be taken for new NodePort flows", snat, o.portRange)
-	}
 	if o.nodePortCIDRs, err = parseCIDRs(o.NodePortAddrs); err != nil {
 		return err
 	}

@@ -25,7 +25,6 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"--tc-attach", "ebpf"}, "--tc-attach"},
 		{[]string{"--nodeport-range", "32000-31000"}, "--nodeport-range"},
 		{[]string{"--snat-port-range", "70000-80000"}, "--snat-port-range"},
-		{[]string{"--snat-port-range", "29000-30500"}, "overlaps --nodeport-range"},
 		{[]string{"--nodeport-addresses", "10.0.0.0/33"}, "--nodeport-addresses"},
 		{[]string{"--nodeport-addresses", "fd00::/64"}, "has no IPv4 CIDR"},
 		{[]string{"--ct-udp-timeout", "500ms"}, "UDP timeout"},
