@@ -9,11 +9,13 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/go-logr/zapr"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
@@ -26,20 +28,25 @@ import (
 	"github.com/sluicelb/sluice/internal/source"
 )
 
-// NewLogger is the agent's logger at level (debug, info, warn, error): console lines with
-// ISO 8601 times, unsampled.
-func NewLogger(level string) (*zap.Logger, error) {
+// NewLogger is the agent's logger at level (debug, info, warn, error) on stderr.
+func NewLogger(level string) (*zap.Logger, error) { return newLoggerTo(level, zapcore.Lock(os.Stderr)) }
+
+// newLoggerTo writes console lines with ISO 8601 times, unsampled, to w. No stack traces: an
+// error says what failed and where in its message, and a skipped object logged with the
+// logging call's stack (zap's production default at error level) buried it.
+func newLoggerTo(level string, w zapcore.WriteSyncer) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("parse log level: %w", err)
 	}
-	cfg := zap.NewProductionConfig()
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.Encoding = "console"
-	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	cfg.Sampling = nil
-	return cfg.Build()
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), w, lvl), zap.AddCaller()), nil
 }
+
+// RouteKlog sends client-go's log (klog: watch failures, RBAC refusals, throttling) into log,
+// named client-go: otherwise it goes to stderr in another format, or nowhere.
+func RouteKlog(log *zap.Logger) { klog.SetLogger(zapr.NewLogger(log.Named("client-go"))) }
 
 // Cleanup is --cleanup: the programs come off the devices and the pins go.
 func Cleanup(o *Options) error { return datapath.Cleanup(o.BPFFS, o.deviceList) }
@@ -75,6 +82,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	if o.Manifests != "" {
 		src = source.NewManifests(o.Manifests, log.Named("source"))
 	} else {
+		RouteKlog(log)
 		cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig) // "" and "": in-cluster
 		if err != nil {
 			return fmt.Errorf("load kubeconfig: %w", err)
