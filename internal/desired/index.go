@@ -48,7 +48,9 @@ func NewIndex(o Options) *Index {
 // may have changed, and the service's own problems (not conflicts: see Conflicts).
 func (x *Index) Set(n types.NamespacedName, svc *v1.Service, slices []*discoveryv1.EndpointSlice) ([]ServiceKey, []Problem) {
 	ports, problems := ServicePorts(n, svc, slices, x.o)
-	if hc, ok := HealthCheckOf(svc, slices, x.o.NodeName); ok {
+	// Only for a service with a port sluice programs: a load balancer told "healthy" for a
+	// service whose every port was refused would send traffic nothing serves.
+	if hc, ok := HealthCheckOf(svc, slices, x.o.NodeName); ok && len(ports) > 0 {
 		x.HealthChecks[n] = hc
 	} else {
 		delete(x.HealthChecks, n)

@@ -57,3 +57,26 @@ func TestIndexSetReturnsOnlyAffectedKeys(t *testing.T) {
 		t.Errorf("keys %v services %v", keys, x.Services)
 	}
 }
+
+// A health check is served only for a service sluice programs: one whose every port was
+// refused (here, a protocol sluice does not serve) gets none, as it gets no frontend.
+func TestIndexHealthCheckOnlyForProgrammedServices(t *testing.T) {
+	x := NewIndex(Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}})
+	local := func(name string, proto v1.Protocol) *v1.Service {
+		s := service(name, v1.ServiceTypeLoadBalancer, port("", proto, 30400))
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		s.Spec.HealthCheckNodePort = 32400
+		return s
+	}
+	_, problems := x.Set(nn("quic"), local("quic", "QUIC"), nil)
+	if len(problems) != 1 {
+		t.Fatalf("problems %v", problems)
+	}
+	if hc, ok := x.HealthChecks[nn("quic")]; ok {
+		t.Errorf("health check %+v served for a service with no programmed port", hc)
+	}
+	x.Set(nn("quic"), local("quic", v1.ProtocolTCP), nil) // fixed
+	if _, ok := x.HealthChecks[nn("quic")]; !ok {
+		t.Error("no health check once the service is programmed")
+	}
+}

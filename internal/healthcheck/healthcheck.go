@@ -37,6 +37,7 @@ type Server struct {
 type listener struct {
 	name    types.NamespacedName
 	servers []*http.Server
+	lns     []net.Listener
 }
 
 // Sync makes the server answer for exactly these services: new ports are opened, ports of
@@ -128,6 +129,7 @@ func (s *Server) listen(port uint16, n types.NamespacedName) (*listener, error) 
 		}
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 		l.servers = append(l.servers, srv)
+		l.lns = append(l.lns, ln)
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.Log.Warn("Health check listener stopped", zap.Stringer("service", n), zap.Error(err))
@@ -137,12 +139,21 @@ func (s *Server) listen(port uint16, n types.NamespacedName) (*listener, error) 
 	return l, nil
 }
 
+// close stops listening at once (the port can be opened again) and lets probes in progress
+// finish in the background for up to a second: the caller, the sync loop, holding the
+// server's lock, must not wait for a load balancer's slow or half-sent request.
 func (l *listener) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	for _, srv := range l.servers {
-		_ = srv.Shutdown(ctx)
+	for _, ln := range l.lns {
+		_ = ln.Close()
 	}
+	servers := l.servers
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		for _, srv := range servers {
+			_ = srv.Shutdown(ctx)
+		}
+	}()
 }
 
 // serve answers as kube-proxy's service health server: the same status, headers and body.
@@ -151,6 +162,8 @@ func (s *Server) serve(w http.ResponseWriter, n types.NamespacedName) {
 	hc, ok := s.services[n]
 	s.mu.Unlock()
 	if !ok {
+		// Gone while the probe was in progress (its port is closing): not a 200 by default.
+		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
 	healthy := s.Healthy == nil || s.Healthy()

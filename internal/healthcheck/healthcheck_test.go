@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strconv"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/types"
@@ -127,5 +128,34 @@ func TestFollowsAddresses(t *testing.T) {
 	s.Sync(checks)
 	if answers("127.0.0.1") || !answers("127.0.0.2") {
 		t.Errorf("after: 127.0.0.1 %v, 127.0.0.2 %v; want only 127.0.0.2", answers("127.0.0.1"), answers("127.0.0.2"))
+	}
+}
+
+// Closing a port does not wait for a probe in progress: a load balancer's connection that has
+// sent half a request must not hold the sync loop (it held it for the 1 s drain, with the
+// server's lock taken). The port can be opened again at once.
+func TestSyncDoesNotWaitForProbes(t *testing.T) {
+	s := &Server{Healthy: func() bool { return true }, Log: zap.NewNop()}
+	defer s.Close()
+	web := types.NamespacedName{Namespace: "default", Name: "web"}
+	port := freePort(t)
+	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}})
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(int(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\n")); err != nil { // headers not finished
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the server has read it: the connection is active
+	start := time.Now()
+	s.Sync(nil)
+	if d := time.Since(start); d > 200*time.Millisecond {
+		t.Errorf("closing the port took %v with a probe in progress", d)
+	}
+	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}})
+	if resp, _ := get(t, port); resp.StatusCode != 200 {
+		t.Errorf("reopened port answers %d", resp.StatusCode)
 	}
 }
