@@ -305,6 +305,11 @@ func wantService(svc *v1.Service) bool {
 	default:
 		return false
 	}
+	// sluice serves IPv4, as kube-proxy's IPv4 proxier: a single-stack IPv6 service is another
+	// family's to serve (no ipFamilies: set by the API server; a manifest without it is IPv4).
+	if len(svc.Spec.IPFamilies) > 0 && !slices.Contains(svc.Spec.IPFamilies, v1.IPv4Protocol) {
+		return false
+	}
 	return svc.Spec.ClusterIP != v1.ClusterIPNone
 }
 

@@ -136,6 +136,24 @@ func TestBuild(t *testing.T) {
 			problems: []string{`Service default/` + strings.Repeat("x", 140) + `: port "http": name`},
 		},
 		{
+			// kube-proxy's IPv4 proxier leaves a single-stack IPv6 service alone: its
+			// endpoints are IPv6, and rejecting on IPv4 NodePorts would answer for nothing.
+			name: "single-stack IPv6 services are not served; dual-stack ones are",
+			svcs: []*v1.Service{
+				func() *v1.Service {
+					s := service("v6", v1.ServiceTypeNodePort, port("", tcp, 30200))
+					s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol}
+					return s
+				}(),
+				func() *v1.Service {
+					s := service("dual", v1.ServiceTypeNodePort, port("", tcp, 30201))
+					s.Spec.IPFamilies = []v1.IPFamily{v1.IPv6Protocol, v1.IPv4Protocol}
+					return s
+				}(),
+			},
+			want: map[ServiceKey][]maps.Backend{{NodePort: 30201, Proto: maps.TCP}: nil},
+		},
+		{
 			name: "LoadBalancer nodePorts served; ClusterIP, ExternalName, other proxies' services ignored",
 			svcs: []*v1.Service{
 				service("lb", v1.ServiceTypeLoadBalancer, port("", tcp, 30100)),
