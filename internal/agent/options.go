@@ -43,7 +43,9 @@ type Options struct {
 	tc            datapath.TCMode
 	portRange     desired.PortRange
 	nodePortCIDRs []netip.Prefix
-	deviceList    []string
+	// nodePortPrimary: --nodeport-addresses primary.
+	nodePortPrimary bool
+	deviceList      []string
 }
 
 // NewOptions returns the defaults; hostname is the node's (os.Hostname), the default node name.
@@ -68,7 +70,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig to reach the API server (default: in-cluster config)")
 	fs.Float64Var(&o.APIQPS, "kube-api-qps", o.APIQPS, "API server queries per second")
 	fs.IntVar(&o.APIBurst, "kube-api-burst", o.APIBurst, "API server query burst")
-	fs.StringVar(&o.NodePortAddrs, "nodeport-addresses", o.NodePortAddrs, "CIDRs (comma-separated) of the device addresses NodePorts are served on, as kube-proxy's flag (default: all)")
+	fs.StringVar(&o.NodePortAddrs, "nodeport-addresses", o.NodePortAddrs, "CIDRs (comma-separated) of the device addresses NodePorts are served on, or \"primary\" (the Node's own addresses), as kube-proxy's flag (default: all)")
 	fs.StringVar(&o.Devices, "devices", o.Devices, "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts (default: the devices that carry the Node's InternalIP/ExternalIP, else the default route's; followed as they change)")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name, as EndpointSlices' nodeName (marks local backends; default: the hostname, lowercased)")
 	fs.StringVar(&o.BPFFS, "bpffs", o.BPFFS, "bpffs directory for the pinned maps")

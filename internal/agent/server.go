@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/go-logr/zapr"
@@ -205,8 +206,17 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			}
 			addrs, err := datapath.DeviceAddresses(devs.Names())
 			addrs = filterAddresses(addrs, nodePortCIDRs)
+			if o.nodePortPrimary {
+				var devPrimaries []netip.Addr
+				for _, d := range devs.Names() {
+					if a, ok := datapath.PrimaryAddress(d); ok {
+						devPrimaries = append(devPrimaries, a)
+					}
+				}
+				addrs = primaryAddresses(addrs, tracker.NodeAddresses(o.NodeName), devPrimaries)
+			}
 			// (None left: the last ones stay; an empty list would mean every address.)
-			if err == nil && len(nodePortCIDRs) > 0 && len(addrs) > 0 {
+			if err == nil && (len(nodePortCIDRs) > 0 || o.nodePortPrimary) && len(addrs) > 0 {
 				hcs.SetAddresses(addrs)
 			}
 			return addrs, err
@@ -261,6 +271,27 @@ func deviceInfos(dp *datapath.Datapath, as []*datapath.Attachment) []maps.Device
 			d.XDPProg = xdpID
 		}
 		out = append(out, d)
+	}
+	return out
+}
+
+// primaryAddresses is `--nodeport-addresses primary` (kube-proxy's nftables default): of the
+// device addresses, the Node's own (InternalIP, ExternalIP), or while the Node is not known,
+// each device's primary address (not a secondary one, such as a floating VIP).
+func primaryAddresses(addrs, nodeIPs, devPrimaries []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if slices.Contains(nodeIPs, a) {
+			out = append(out, a)
+		}
+	}
+	if len(out) > 0 {
+		return out
+	}
+	for _, a := range addrs {
+		if slices.Contains(devPrimaries, a) {
+			out = append(out, a)
+		}
 	}
 	return out
 }

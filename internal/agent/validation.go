@@ -53,7 +53,10 @@ func (o *Options) Validate() error {
 	if err != nil {
 		return fmt.Errorf("validate flags: --snat-port-range: %w", err)
 	}
-	if o.nodePortCIDRs, err = parseCIDRs(o.NodePortAddrs); err != nil {
+	o.nodePortPrimary = strings.TrimSpace(o.NodePortAddrs) == "primary"
+	if o.nodePortPrimary {
+		o.nodePortCIDRs = nil
+	} else if o.nodePortCIDRs, err = parseCIDRs(o.NodePortAddrs); err != nil {
 		return err
 	}
 	o.DP.SNATPortMin, o.DP.SNATPortMax = snat.Min, snat.Max

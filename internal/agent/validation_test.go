@@ -3,6 +3,8 @@ package agent
 import (
 	"errors"
 	"flag"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -67,5 +69,22 @@ func TestParseArgsValid(t *testing.T) {
 func TestNodeNameOf(t *testing.T) {
 	if got := NodeNameOf(" Worker-1.Example.COM\n"); got != "worker-1.example.com" {
 		t.Errorf("NodeNameOf = %q", got)
+	}
+}
+
+// --nodeport-addresses primary serves the Node's own addresses, or each device's primary one
+// while the Node is unknown; never a secondary address such as a floating VIP.
+func TestNodePortAddressesPrimary(t *testing.T) {
+	o, err := ParseArgs([]string{"--nodeport-addresses", "primary"})
+	if err != nil || !o.nodePortPrimary || o.nodePortCIDRs != nil {
+		t.Fatalf("parsed %v, %v", o, err)
+	}
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	devAddrs := []netip.Addr{a("10.89.0.11"), a("10.89.0.100"), a("192.168.1.5")} // .100: a VIP
+	if got := primaryAddresses(devAddrs, []netip.Addr{a("10.89.0.11"), a("fd00::11")}, nil); !slices.Equal(got, []netip.Addr{a("10.89.0.11")}) {
+		t.Errorf("with the Node known: %v", got)
+	}
+	if got := primaryAddresses(devAddrs, nil, []netip.Addr{a("10.89.0.11"), a("192.168.1.5")}); !slices.Equal(got, []netip.Addr{a("10.89.0.11"), a("192.168.1.5")}) {
+		t.Errorf("before the Node is known: %v", got)
 	}
 }
