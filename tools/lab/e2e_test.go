@@ -605,6 +605,14 @@ func TestE2EAgentWithOnlyItsCapabilities(t *testing.T) {
 // NodePorts are served only on the addresses --nodeport-addresses allows: another address of
 // the same device is the kernel's (nothing listens there: refused).
 func TestE2ENodePortAddresses(t *testing.T) {
+	// A CIDR, and "primary" (no Node object in the lab: the device's primary address, not
+	// the secondary one added here).
+	for _, flag := range []string{"10.89.0.11/32", "primary"} {
+		t.Run(flag, func(t *testing.T) { checkNodePortAddresses(t, flag) })
+	}
+}
+
+func checkNodePortAddresses(t *testing.T, flag string) {
 	testutil.RequirePrivileges(t)
 	l := lab.UpForTest(t)
 	l.Node1.MustExec(t, "ip", "addr", "add", "10.89.0.21/24", "dev", "eth0")
@@ -612,16 +620,14 @@ func TestE2ENodePortAddresses(t *testing.T) {
 	copyExamples(t, c.manifests)
 	startPods(t, l)
 	a, err := l.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests,
-		Extra: []string{"--nodeport-addresses", "10.89.0.11/32"}})
+		Extra: []string{"--nodeport-addresses", flag}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.agent = a
 	c.stopAgentAtCleanup(t)
 	c.waitReady(t)
-	if _, err := lab.HTTPGet(l.Client, c.nodePort(30080)); err != nil {
-		t.Errorf("allowed address: %v", err)
-	}
+	c.waitFor(t, "the NodePort on the allowed address", func() error { _, err := lab.HTTPGet(l.Client, c.nodePort(30080)); return err })
 	other := netip.MustParseAddrPort("10.89.0.21:30080")
 	if err := lab.TCPConnect(l.Client, other, time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("address outside --nodeport-addresses: %v, want refused by the kernel", err)
