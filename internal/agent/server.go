@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -102,6 +103,11 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 		}
 	}()
 
+	release, err := lockPinPath(ctx, o.BPFFS, alog)
+	if err != nil {
+		return err
+	}
+	defer release()
 	dp, err := datapath.Load(o.DP, nil)
 	if err != nil {
 		return err
@@ -257,6 +263,31 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			return err
 		}
 		return nil
+	}
+}
+
+// lockPinPath takes the --bpffs lock, waiting while another agent holds it (a rolling update
+// that starts the new pod before the old one has gone): two agents on one set of maps would
+// undo each other's writes.
+func lockPinPath(ctx context.Context, dir string, log *zap.Logger) (func(), error) {
+	logged := false
+	for {
+		release, err := datapath.LockPinPath(dir)
+		if err == nil {
+			return release, nil
+		}
+		if !errors.Is(err, datapath.ErrPinPathLocked) {
+			return nil, err
+		}
+		if !logged {
+			log.Warn("Another sluice-agent holds --bpffs; waiting for it to exit", zap.String("bpffs", dir))
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for --bpffs %s: %w", dir, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
 }
 
