@@ -400,3 +400,27 @@ func TestSNATClaimOfADeadEntry(t *testing.T) {
 		})
 	}
 }
+
+// FlushFlows finds a flow by its endpoint's address in both of its entries (the forward one
+// rewrites to it, the reverse one is keyed by it), and leaves other flows alone.
+func TestFlushFlowsByEndpoint(t *testing.T) {
+	e := newEnv(t)
+	udp := func(sport uint16) []byte {
+		p := e.fromClient(layers.IPProtocolUDP, sport, 30081)
+		return p.Bytes()
+	}
+	e.xdp(t, udp(41000), xdpTX)
+	e.xdp(t, udp(41001), xdpTX)
+	e.xdp(t, e.tcp(43000, true, false, false, false), xdpTX) // TCP: not flushed
+	before := countEntries(t, e.dp.Objs.SluiceCt)
+	n, err := e.m.FlushFlows(maps.UDP, map[maps.FlowTarget]bool{{ServiceID: 2, Backend: ap(backendIP, 5353)}: true})
+	if err != nil || n != 4 {
+		t.Fatalf("flushed %d entries (%v), want the two UDP flows' 4", n, err)
+	}
+	if got := countEntries(t, e.dp.Objs.SluiceCt); got != before-4 {
+		t.Errorf("%d entries left of %d", got, before)
+	}
+	if n, _ := e.m.FlushFlows(maps.UDP, map[maps.FlowTarget]bool{{ServiceID: 1, Backend: ap(backendIP, 8080)}: true}); n != 0 {
+		t.Errorf("a UDP flush took %d TCP entries", n)
+	}
+}

@@ -69,6 +69,11 @@ type Service struct {
 	// Name is "namespace/name:port" for logs, as kube-proxy's ServicePortName.
 	Name     string
 	Backends []maps.Backend // sorted by address and port, no duplicates
+	// Serving are all the port's serving endpoints (ready, or terminating and still serving),
+	// on any node, whether policy picks them or not: a UDP flow's entries are flushed when its
+	// endpoint leaves this set, as kube-proxy clears conntrack only for endpoints that stop
+	// serving (not for one that starts terminating, or one externalTrafficPolicy sets aside).
+	Serving []netip.AddrPort // sorted
 
 	// Port is the service port, which the load-balancer and external IPs are served on.
 	Port uint16
@@ -279,8 +284,8 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			s.Key.Name = s.Name
 		}
 		s.Port = uint16(sp.Port)
-		cluster, local := backends(svcSlices, sp, proto, o.NodeName)
-		s.Backends = cluster
+		cluster, local, serving := backends(svcSlices, sp, proto, o.NodeName)
+		s.Backends, s.Serving = cluster, serving
 		if s.ExternalLocal {
 			s.Backends = local
 			s.DropEmpty = len(local) == 0 && len(cluster) > 0
@@ -394,7 +399,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 // serving-but-terminating ones (so that a rolling update does not refuse connections while old
 // pods still serve); for externalTrafficPolicy Local, this node's ready ones, or, when none is
 // ready here, this node's serving-but-terminating ones.
-func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, nodeName string) (cluster, local []maps.Backend) {
+func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, nodeName string) (cluster, local []maps.Backend, serving []netip.AddrPort) {
 	var ready, terminating []maps.Backend
 	for _, sl := range svcSlices {
 		port, ok := slicePort(sl, sp.Name, proto)
@@ -417,6 +422,9 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 			isReady := c.Ready == nil || *c.Ready
 			isServing := c.Serving == nil || *c.Serving
 			isTerminating := c.Terminating != nil && *c.Terminating
+			if isServing {
+				serving = append(serving, netip.AddrPortFrom(addr, port))
+			}
 			switch {
 			case isReady:
 				ready = append(ready, b)
@@ -434,7 +442,8 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 	if len(local) == 0 {
 		local = onlyLocal(terminating)
 	}
-	return sortBackends(cluster), sortBackends(local)
+	slices.SortFunc(serving, netip.AddrPort.Compare)
+	return sortBackends(cluster), sortBackends(local), slices.Compact(serving)
 }
 
 func onlyLocal(bs []maps.Backend) []maps.Backend {
@@ -484,7 +493,7 @@ func slicePort(sl *discoveryv1.EndpointSlice, name string, proto maps.Proto) (ui
 
 // Equal reports whether two services program the datapath identically.
 func (s *Service) Equal(o *Service) bool {
-	return s.Key == o.Key && slices.Equal(s.Backends, o.Backends) && s.Port == o.Port &&
+	return s.Key == o.Key && slices.Equal(s.Backends, o.Backends) && slices.Equal(s.Serving, o.Serving) && s.Port == o.Port &&
 		slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) && slices.Equal(s.ExternalIPs, o.ExternalIPs) &&
 		slices.Equal(s.SourceRanges, o.SourceRanges) && s.AffinityTimeout == o.AffinityTimeout &&
 		s.ExternalLocal == o.ExternalLocal && s.DropEmpty == o.DropEmpty && s.Maglev == o.Maglev

@@ -178,11 +178,22 @@ func (k *Kernel) Affinities() ([]Affinity, error) {
 	return out, nil
 }
 
+// FlowTarget names the flows of a service to one endpoint, by address: the endpoint's backend
+// ID may already be gone, and given to another backend, when its flows are flushed.
+type FlowTarget struct {
+	ServiceID uint32
+	Backend   netip.AddrPort
+}
+
+func (f FlowTarget) String() string { return fmt.Sprintf("%d/%s", f.ServiceID, f.Backend) }
+
 // FlushFlows deletes the connection-table entries (both directions) of the flows of proto
-// that each (service, backend) pair in gone names, and returns how many entries went. kube-proxy
-// does the same for UDP when an endpoint leaves, so that a client that keeps its source port
-// (DNS, say) reaches a live endpoint instead of the old one until its flow times out.
-func (k *Kernel) FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, error) {
+// that each (service, endpoint) pair in gone names, and returns how many entries went.
+// kube-proxy does the same for UDP when an endpoint stops serving, so that a client that keeps
+// its source port (DNS, say) reaches a live endpoint instead of the old one until its flow
+// times out. A flow's forward entry holds the endpoint as its rewritten destination, its
+// reverse entry as its key's source.
+func (k *Kernel) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) {
 	if len(gone) == 0 {
 		return 0, nil
 	}
@@ -191,7 +202,14 @@ func (k *Kernel) FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, erro
 	var v datapath.SluiceCtEntry
 	it := k.objs.SluiceCt.Iterate()
 	for it.Next(&key, &v) {
-		if Proto(key.Proto) == proto && gone[AffinityMatch{ServiceID: v.SvcId, BackendID: v.BackendId}] {
+		if Proto(key.Proto) != proto || v.SvcId == 0 {
+			continue
+		}
+		be := netip.AddrPortFrom(AddrFrom4(v.NatDaddr), PortFrom16(v.NatDport))
+		if v.Flags&CTReply != 0 {
+			be = netip.AddrPortFrom(AddrFrom4(key.Saddr), PortFrom16(key.Sport))
+		}
+		if gone[FlowTarget{ServiceID: v.SvcId, Backend: be}] {
 			keys = append(keys, key)
 		}
 	}
@@ -209,7 +227,7 @@ func (k *Kernel) FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, erro
 	return n, nil
 }
 
-func (f *Fake) FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, error) {
+func (f *Fake) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for m := range gone {

@@ -183,8 +183,8 @@ type Maps interface {
 	// UpdateMaglev swaps in a service's whole table (backend IDs), atomically.
 	UpdateMaglev(svcID uint32, table []uint32) error
 	DeleteMaglev(svcID uint32) error
-	// FlushFlows deletes the flows of proto to each (service, backend) pair in gone.
-	FlushFlows(proto Proto, gone map[AffinityMatch]bool) (int, error)
+	// FlushFlows deletes the flows of proto to each (service, endpoint) pair in gone.
+	FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error)
 
 	Frontends() (map[FrontendKey]Frontend, error)
 	Slots() (map[SlotKey]uint32, error)

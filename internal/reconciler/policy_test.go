@@ -229,12 +229,11 @@ func TestDroppedUDPBackendsFlowsFlushed(t *testing.T) {
 	udp := svc(30053, maps.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
 	tcp := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
 	apply(t, r, state([]netip.Addr{node1}, udp, tcp))
-	gone := r.services[udp.Key].backends[1]
 	n := len(f.Writes)
 
 	apply(t, r, state([]netip.Addr{node1}, svc(30053, maps.UDP, be("10.244.1.10", 53)), svc(30080, maps.TCP, be("10.244.1.10", 80))))
 	w := f.Writes[n:]
-	want := fmt.Sprintf("flush UDP flows of %d/%d", r.services[udp.Key].id, gone)
+	want := fmt.Sprintf("flush UDP flows of %d/10.244.2.10:53", r.services[udp.Key].id)
 	if i := indexOf(t, w, want); i < lastIndex(t, w, "frontend ") {
 		t.Errorf("flows flushed before the frontends stopped picking the backend: %q", w)
 	}
@@ -247,6 +246,33 @@ func TestDroppedUDPBackendsFlowsFlushed(t *testing.T) {
 	n = len(f.Writes)
 	apply(t, r, state([]netip.Addr{node1}))
 	indexOf(t, f.Writes[n:], "flush UDP flows of")
+}
+
+// An endpoint that no longer gets new flows but still serves (it started terminating while
+// others are ready; externalTrafficPolicy Local set it aside) keeps its UDP flows, as
+// kube-proxy keeps their conntrack entries; when it stops serving they are flushed.
+func TestUDPFlowsKeptWhileTheEndpointServes(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	ap := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	udp := svc(30053, maps.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
+	udp.Serving = []netip.AddrPort{ap("10.244.1.10:53"), ap("10.244.2.10:53")}
+	apply(t, r, state([]netip.Addr{node1}, udp))
+
+	n := len(f.Writes)
+	setAside := svc(30053, maps.UDP, be("10.244.1.10", 53))
+	setAside.Serving = udp.Serving // 10.244.2.10 still serves
+	apply(t, r, state([]netip.Addr{node1}, setAside))
+	for _, w := range f.Writes[n:] {
+		if strings.HasPrefix(w, "flush") {
+			t.Errorf("flows of an endpoint still serving flushed: %q", f.Writes[n:])
+		}
+	}
+	n = len(f.Writes)
+	stopped := svc(30053, maps.UDP, be("10.244.1.10", 53))
+	stopped.Serving = []netip.AddrPort{ap("10.244.1.10:53")}
+	apply(t, r, state([]netip.Addr{node1}, stopped))
+	indexOf(t, f.Writes[n:], fmt.Sprintf("flush UDP flows of %d/10.244.2.10:53", r.services[udp.Key].id))
 }
 
 func TestPortWithoutNodePortRestored(t *testing.T) {

@@ -32,6 +32,9 @@ type applied struct {
 	ranges      []netip.Prefix  // loadBalancerSourceRanges written
 	maglev      []uint32        // backend IDs (by slot) the Maglev table was built from
 	maglevStale bool            // a table of unknown content is there (restored)
+	// serving: the endpoints the service's flows may go to (its serving endpoints, and every
+	// backend it has used): a UDP flow is flushed when its endpoint leaves (noteGone).
+	serving map[netip.AddrPort]bool
 }
 
 func newApplied(id uint32) *applied {
@@ -71,9 +74,9 @@ type Reconciler struct {
 	orphanMaglev  []uint32
 	// Frontends a crash left on a key whose ID another service holds.
 	orphanFrontends []maps.FrontendKey
-	// goneUDP are (service, backend) pairs a UDP service stopped using: their flows are flushed
-	// once the frontends no longer pick them.
-	goneUDP  map[maps.AffinityMatch]bool
+	// goneUDP are (service, endpoint) pairs whose endpoint stopped serving: their UDP flows are
+	// flushed once the frontends no longer pick it.
+	goneUDP  map[maps.FlowTarget]bool
 	noBatch  bool // set while recovering from a failed batch
 	batching bool // frontend writes are buffered: publish leaves trimming to the caller
 }
@@ -305,18 +308,41 @@ func (r *Reconciler) Apply(st desired.State) error {
 	return errors.Join(errs...)
 }
 
-// noteGone records the backends a UDP service has now and will not keep: their flows are
-// flushed once the frontends no longer pick them, as kube-proxy clears its conntrack entries (a
-// client that keeps its source port would otherwise go on talking to the old endpoint).
-func (r *Reconciler) noteGone(a *applied, keep []uint32) {
-	for _, id := range a.backends {
-		if id != 0 && !slices.Contains(keep, id) {
-			if r.goneUDP == nil {
-				r.goneUDP = map[maps.AffinityMatch]bool{}
+// noteGone records the endpoints of a UDP service that stopped serving (svc nil: the service
+// is gone): their flows are flushed once the frontends no longer pick them, as kube-proxy
+// clears its conntrack entries (a client that keeps its source port would otherwise go on
+// talking to the old endpoint). An endpoint that is still serving keeps its flows, picked or
+// not: one that started terminating, one externalTrafficPolicy Local sets aside.
+func (r *Reconciler) noteGone(a *applied, svc *desired.Service, keep []uint32) {
+	now := map[netip.AddrPort]bool{}
+	if svc != nil {
+		for _, ap := range svc.Serving {
+			now[ap] = true
+		}
+		for _, id := range keep { // picked ones serve, whatever Serving says
+			if b, ok := r.backends[id]; ok {
+				now[netip.AddrPortFrom(b.Addr, b.Port)] = true
 			}
-			r.goneUDP[maps.AffinityMatch{ServiceID: a.id, BackendID: id}] = true
 		}
 	}
+	for _, id := range a.backends { // restored, or used before
+		if b, ok := r.backends[id]; ok && id != 0 {
+			if a.serving == nil {
+				a.serving = map[netip.AddrPort]bool{}
+			}
+			a.serving[netip.AddrPortFrom(b.Addr, b.Port)] = true
+		}
+	}
+	for ap := range a.serving {
+		if now[ap] {
+			continue
+		}
+		if r.goneUDP == nil {
+			r.goneUDP = map[maps.FlowTarget]bool{}
+		}
+		r.goneUDP[maps.FlowTarget{ServiceID: a.id, Backend: ap}] = true
+	}
+	a.serving = now
 }
 
 // flushGone deletes the flows to the backends UDP services dropped.
@@ -575,7 +601,7 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 		return nil, nil, fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
 	}
 	if svc.Key.Proto == maps.UDP {
-		r.noteGone(a, want)
+		r.noteGone(a, svc, want)
 	}
 	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
 	// or a new backend in each slot, never an empty one.
@@ -764,7 +790,7 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 		}
 	}
 	if k.Proto == maps.UDP {
-		r.noteGone(a, nil)
+		r.noteGone(a, nil, nil)
 	}
 	// No frontend points at the service now: its policy entries go (an empty policy keeps none).
 	if err := r.settlePolicy(&desired.Service{}, a); err != nil {
