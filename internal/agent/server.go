@@ -198,6 +198,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			}
 		},
 		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev}, FullEvery: o.SyncPeriod,
+		NodeZone: func() string { return tracker.NodeZone(o.NodeName) },
 		Addresses: func() ([]netip.Addr, error) {
 			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
 			// follow them before reading the addresses NodePorts are served on.

@@ -30,7 +30,9 @@ const (
 
 // Options are the agent settings that shape the desired state.
 type Options struct {
-	NodeName      string
+	NodeName string
+	// NodeZone is the node's topology.kubernetes.io/zone label, for endpoints' zone hints.
+	NodeZone      string
 	NodePortRange PortRange
 	// Maglev makes Maglev the default backend selection (--lb-algorithm maglev).
 	Maglev bool
@@ -284,7 +286,7 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			s.Key.Name = s.Name
 		}
 		s.Port = uint16(sp.Port)
-		cluster, local, serving := backends(svcSlices, sp, proto, o.NodeName)
+		cluster, local, serving := backends(svcSlices, sp, proto, o)
 		s.Backends, s.Serving = cluster, serving
 		if s.ExternalLocal {
 			s.Backends = local
@@ -399,8 +401,8 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 // serving-but-terminating ones (so that a rolling update does not refuse connections while old
 // pods still serve); for externalTrafficPolicy Local, this node's ready ones, or, when none is
 // ready here, this node's serving-but-terminating ones.
-func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, nodeName string) (cluster, local []maps.Backend, serving []netip.AddrPort) {
-	var ready, terminating []maps.Backend
+func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, o Options) (cluster, local []maps.Backend, serving []netip.AddrPort) {
+	var eps []endpoint
 	for _, sl := range svcSlices {
 		port, ok := slicePort(sl, sp.Name, proto)
 		if !ok {
@@ -414,33 +416,56 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 			if err != nil || !addr.Is4() {
 				continue
 			}
-			b := maps.Backend{Addr: addr, Port: port, Local: nodeName != "" && ep.NodeName != nil && *ep.NodeName == nodeName}
+			e := endpoint{b: maps.Backend{Addr: addr, Port: port, Local: o.NodeName != "" && ep.NodeName != nil && *ep.NodeName == o.NodeName}}
 			c := ep.Conditions
 			// As kube-proxy reads them (the API's defaults): ready and serving when missing are
 			// true, terminating false; ready alone makes an endpoint ready (the EndpointSlice
 			// controller sets it for terminating pods only with publishNotReadyAddresses).
-			isReady := c.Ready == nil || *c.Ready
+			e.ready = c.Ready == nil || *c.Ready
 			isServing := c.Serving == nil || *c.Serving
 			isTerminating := c.Terminating != nil && *c.Terminating
 			if isServing {
 				serving = append(serving, netip.AddrPortFrom(addr, port))
 			}
-			switch {
-			case isReady:
-				ready = append(ready, b)
-			case isServing && isTerminating:
-				b.Terminating = true
-				terminating = append(terminating, b)
+			e.fallback = !e.ready && isServing && isTerminating
+			e.b.Terminating = e.fallback
+			if h := ep.Hints; h != nil {
+				for _, z := range h.ForZones {
+					e.zones = append(e.zones, z.Name)
+				}
+				for _, n := range h.ForNodes {
+					e.nodes = append(e.nodes, n.Name)
+				}
 			}
+			eps = append(eps, e)
 		}
 	}
-	cluster = ready
+	// Cluster traffic: ready endpoints the topology hints allow, else serving terminating
+	// ones; Local traffic: this node's, hints aside (kube-proxy's CategorizeEndpoints).
+	mode := topologyMode(eps, o.NodeName, o.NodeZone)
+	var ready, terminating []maps.Backend
+	for _, e := range eps {
+		switch {
+		case e.ready && e.available(mode, o.NodeName, o.NodeZone):
+			cluster = append(cluster, e.b)
+		case e.fallback && e.available(mode, o.NodeName, o.NodeZone):
+			terminating = append(terminating, e.b)
+		}
+		if e.ready {
+			ready = append(ready, e.b)
+		}
+	}
 	if len(cluster) == 0 {
 		cluster = terminating
 	}
 	local = onlyLocal(ready)
 	if len(local) == 0 {
-		local = onlyLocal(terminating)
+		local = nil
+		for _, e := range eps {
+			if e.fallback && e.b.Local {
+				local = append(local, e.b)
+			}
+		}
 	}
 	slices.SortFunc(serving, netip.AddrPort.Compare)
 	return sortBackends(cluster), sortBackends(local), slices.Compact(serving)

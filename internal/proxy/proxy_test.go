@@ -208,3 +208,51 @@ func TestTrackerSkipsTriggerTimesBeforeItsStart(t *testing.T) {
 		t.Errorf("triggers %v, want only the fresh slice's (%v)", got, start.Add(time.Second))
 	}
 }
+
+// The node's zone label decides which zone-hinted endpoints serve; a label that changes
+// re-programs every service.
+func TestSyncerFollowsTheNodesZone(t *testing.T) {
+	f := maps.NewFake()
+	tr := NewTracker()
+	s := &Syncer{
+		Tracker: tr, Reconciler: reconciler.New(f, 100, 100, zap.NewNop()), Options: desired.Options{NodeName: "node1", NodePortRange: desired.PortRange{Min: 30000, Max: 32767}}, Log: zap.NewNop(),
+		Addresses: func() ([]netip.Addr, error) { return []netip.Addr{netip.MustParseAddr("10.89.0.11")}, nil },
+		NodeZone:  func() string { return tr.NodeZone("node1") },
+	}
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{v1.LabelTopologyZone: "a"}}}
+	tr.OnNodeAdd(node)
+	tr.OnServiceAdd(&v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, Ports: []v1.ServicePort{{Protocol: v1.ProtocolTCP, NodePort: 30080}}}})
+	hinted := func(addr, zone string) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{addr}, Hints: &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: zone}}}}
+	}
+	tcp, name, port := v1.ProtocolTCP, "", int32(80)
+	tr.OnEndpointSliceAdd(&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-1",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "web"}}, AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:     []discoveryv1.EndpointPort{{Name: &name, Protocol: &tcp, Port: &port}},
+		Endpoints: []discoveryv1.Endpoint{hinted("10.244.1.10", "a"), hinted("10.244.2.10", "b")}})
+	tr.OnSynced()
+	backends := func() []string {
+		var out []string
+		for _, b := range f.BackendMap {
+			out = append(out, b.Addr.String())
+		}
+		return out
+	}
+	if err := s.Sync(); err != nil || len(f.SlotMap) != 1 || backends()[0] != "10.244.1.10" {
+		t.Fatalf("zone a: %v, slots %v, backends %v", err, f.SlotMap, backends())
+	}
+	relabelled := node.DeepCopy()
+	relabelled.Labels[v1.LabelTopologyZone] = "b"
+	tr.OnNodeUpdate(node, relabelled)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	var slotted []string
+	for _, id := range f.SlotMap {
+		slotted = append(slotted, f.BackendMap[id].Addr.String())
+	}
+	if len(slotted) != 1 || slotted[0] != "10.244.2.10" {
+		t.Errorf("zone b: slots hold %v", slotted)
+	}
+}

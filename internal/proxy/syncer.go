@@ -27,6 +27,8 @@ type Syncer struct {
 	Options desired.Options
 	// Addresses returns the node addresses to serve NodePorts on.
 	Addresses func() ([]netip.Addr, error)
+	// NodeZone, if set, returns the node's zone label (topology hints); a change rebuilds.
+	NodeZone func() string
 	FullEvery time.Duration // 0: every sync is full
 	Log       *zap.Logger
 	// Metrics and Health are optional.
@@ -99,6 +101,11 @@ func (s *Syncer) sync(ch Changes, addrs []netip.Addr) error {
 	var err error
 	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
 	full := s.idx == nil || !slices.Equal(addrs, s.addrs) || time.Since(s.lastFull) >= s.FullEvery
+	if s.NodeZone != nil {
+		if zone := s.NodeZone(); zone != s.Options.NodeZone {
+			s.Options.NodeZone, full = zone, true // every service's topology may change
+		}
+	}
 	var keys []desired.ServiceKey
 	var problems []desired.Problem
 	names := ch.Dirty

@@ -102,6 +102,17 @@ func (t *Tracker) NodeAddresses(name string) []netip.Addr {
 	return out
 }
 
+// NodeZone returns the topology.kubernetes.io/zone label of the Node named name ("" while
+// unknown or unlabelled).
+func (t *Tracker) NodeZone(name string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n := t.nodes[name]; n != nil {
+		return n.Labels[v1.LabelTopologyZone]
+	}
+	return ""
+}
+
 func (t *Tracker) notify() {
 	select {
 	case t.changed <- struct{}{}:
