@@ -19,7 +19,8 @@ import (
 
 // Syncer keeps the desired state (a desired.Index, updated only for the services that changed)
 // and applies it. Every FullEvery, and whenever the node's addresses change, it rebuilds
-// everything and applies all of it, repairing anything changed behind its back.
+// everything, compares the maps with what was written (Reconciler.Repair) and applies all of
+// it, repairing anything changed behind its back.
 type Syncer struct {
 	Tracker    *Tracker
 	Reconciler *reconciler.Reconciler
@@ -132,6 +133,12 @@ func (s *Syncer) sync(ch Changes, addrs []netip.Addr) error {
 	st := desired.State{Addresses: addrs, Services: s.idx.Services}
 	s.logChanges(st, keys)
 	if full {
+		// What changed behind the agent is written again by this Apply.
+		if n, rerr := s.Reconciler.Repair(); rerr != nil {
+			s.Log.Warn("Could not compare the maps with what was written", zap.Error(rerr))
+		} else if n > 0 {
+			s.Log.Warn("Map entries changed behind the agent; writing them again", zap.Int("entries", n))
+		}
 		err = s.Reconciler.Apply(st)
 		s.lastFull, s.addrs = time.Now(), addrs
 		if s.AfterFullSync != nil {

@@ -35,6 +35,9 @@ type applied struct {
 	// serving: the endpoints the service's flows may go to (its serving endpoints, and every
 	// backend it has used): a UDP flow is flushed when its endpoint leaves (noteGone).
 	serving map[netip.AddrPort]bool
+	// staleSlots are slots found changed behind the agent (Repair): rewritten by the next
+	// prepare even where the bookkeeping says they hold the right backend.
+	staleSlots map[int]bool
 }
 
 func newApplied(id uint32) *applied {
@@ -606,7 +609,7 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
 	// or a new backend in each slot, never an empty one.
 	for i, id := range want {
-		if i < len(a.backends) && a.backends[i] == id {
+		if i < len(a.backends) && a.backends[i] == id && !a.staleSlots[i] {
 			continue
 		}
 		if err := r.m.UpdateSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}, id); err != nil {
@@ -620,6 +623,7 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 			a.backends = append(a.backends, id)
 		}
 	}
+	a.staleSlots = nil
 	// 3. What the frontends' flags will turn on.
 	if err := r.preparePolicy(svc, a, want); err != nil {
 		return nil, nil, err
