@@ -58,7 +58,7 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 		return fwd_to_kernel((struct __sk_buff *)ctx, to->saddr, to->daddr, ports, 0);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		count_reason(REASON_DROP_FIB);
+		count_reason(REASON_DROP_NO_ROUTE);
 		return VERDICT_DROP(xdp);
 	}
 	/* What XDP cannot send, it leaves untranslated to tc ingress, which finds the same flow;
@@ -80,7 +80,7 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 		if ((void *)(iph + 1) > data_end)
 			return VERDICT_DROP(xdp);
 		if (iph->ttl <= 1) {
-			count_reason(REASON_DROP_TTL);
+			count_reason(REASON_DROP_TTL_EXCEEDED);
 			return VERDICT_DROP(xdp);
 		}
 	}

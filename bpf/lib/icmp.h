@@ -198,12 +198,12 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 	__builtin_memset(fib, 0, sizeof(*fib));
 	int rc = fwd_lookup(skb, false, fib, &out, IPPROTO_ICMP, p.tos, 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
-		count_reason(REASON_DROP_FIB);
+		count_reason(REASON_DROP_NO_ROUTE);
 		return TC_ACT_SHOT;
 	}
 	__u8 ttl;
 	if (bpf_skb_load_bytes(skb, p.l3_off + offsetof(struct iphdr, ttl), &ttl, 1) || ttl <= 1) {
-		count_reason(REASON_DROP_TTL);
+		count_reason(REASON_DROP_TTL_EXCEEDED);
 		return TC_ACT_SHOT;
 	}
 	if (icmp_rewrite(skb, &p, &q, &in, &out, true))

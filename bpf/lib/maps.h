@@ -104,23 +104,23 @@ enum reason {
 	REASON_PASS_NO_FLOW,        /* TCP segment other than SYN (SCTP packet without INIT) to a
 				     * frontend, no flow: the kernel answers it (only a SYN opens
 				     * a flow) */
-	REASON_REJECT_TCP,          /* no endpoint: TCP RST sent */
-	REASON_REJECT_UDP,          /* no endpoint: ICMP port unreachable sent (UDP, SCTP) */
+	REASON_REJECT_TCP_RST,          /* no endpoint: TCP RST sent */
+	REASON_REJECT_ICMP_UNREACHABLE,          /* no endpoint: ICMP port unreachable sent (UDP, SCTP) */
 	REASON_DROP_SNAT_EXHAUSTED, /* no free SNAT port to this backend */
 	REASON_DROP_NO_BACKEND,     /* slot or backend missing (agent mid-update) */
-	REASON_DROP_FIB,            /* no route to the backend or client */
+	REASON_DROP_NO_ROUTE,            /* no route to the backend or client */
 	REASON_DROP_FRAG_NEEDED,    /* larger than the next hop's MTU, DF clear, and no sluice0 to
 				     * hand it to the kernel through (REASON_FRAG_BY_STACK) */
-	REASON_DROP_TTL,            /* TTL would reach 0 */
+	REASON_DROP_TTL_EXCEEDED,            /* TTL would reach 0 */
 	REASON_DROP_REJECT_FAILED,  /* could not build the RST / ICMP reply */
 	REASON_DROP_CT_COLLISION,   /* a local backend's reply tuple is held by another flow */
 	REASON_DROP_SOURCE_RANGE,   /* source outside the service's loadBalancerSourceRanges */
-	REASON_DROP_NO_LOCAL,       /* externalTrafficPolicy Local, no endpoint on this node */
+	REASON_DROP_NO_LOCAL_ENDPOINT,       /* externalTrafficPolicy Local, no endpoint on this node */
 	REASON_CT_PEER_LOST,        /* not a verdict: a live flow's other entry was gone (the
 				     * LRU evicted it from a full table) and was recreated */
 	REASON_ICMP_RELATED,        /* not a drop: an ICMP error about a translated flow,
 				     * translated for the flow's other end (conntrack's RELATED) */
-	REASON_ICMP_FRAG_NEEDED,    /* larger than the next hop's MTU with DF set: "fragmentation
+	REASON_ICMP_FRAG_NEEDED_SENT,    /* larger than the next hop's MTU with DF set: "fragmentation
 				     * needed" with that MTU sent back to the sender, as a router */
 	REASON_FRAG_BY_STACK,       /* not a drop: larger than the next hop's MTU without DF:
 				     * translated and handed to the kernel (through sluice0), which

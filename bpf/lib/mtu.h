@@ -120,7 +120,7 @@ __noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u3
 		count_reason(REASON_DROP_REJECT_FAILED);
 		return TC_ACT_SHOT;
 	}
-	count_reason(REASON_ICMP_FRAG_NEEDED);
+	count_reason(REASON_ICMP_FRAG_NEEDED_SENT);
 	return ctx_bounce(skb, false);
 }
 

@@ -204,7 +204,7 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		return VERDICT_DROP(xdp);
 	}
 	if (fe->count == 0 && (fe->flags & FE_F_DROP_EMPTY)) {
-		count_reason(REASON_DROP_NO_LOCAL);
+		count_reason(REASON_DROP_NO_LOCAL_ENDPOINT);
 		return VERDICT_DROP(xdp);
 	}
 	if (fe->count == 0) {

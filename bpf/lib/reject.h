@@ -153,7 +153,7 @@ static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p
 		count_reason(REASON_DROP_REJECT_FAILED);
 		return VERDICT_DROP(xdp);
 	}
-	count_reason(p->proto == IPPROTO_TCP ? REASON_REJECT_TCP : REASON_REJECT_UDP);
+	count_reason(p->proto == IPPROTO_TCP ? REASON_REJECT_TCP_RST : REASON_REJECT_ICMP_UNREACHABLE);
 	count_rejected(svc_id);
 	return ctx_bounce(ctx, xdp);
 }

@@ -14,15 +14,15 @@ static __always_inline void count_reason(__u32 reason)
 		t->reason = reason + 1;
 		if (reason == REASON_ICMP_RELATED)
 			t->stage = TRACE_RELATED;
-		else if (reason == REASON_ICMP_FRAG_NEEDED || reason == REASON_FRAG_BY_STACK)
+		else if (reason == REASON_ICMP_FRAG_NEEDED_SENT || reason == REASON_FRAG_BY_STACK)
 			t->stage = TRACE_TOO_BIG;
-		else if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason <= REASON_DROP_NO_LOCAL)
+		else if (reason >= REASON_DROP_SNAT_EXHAUSTED && reason <= REASON_DROP_NO_LOCAL_ENDPOINT)
 			t->stage = TRACE_DROP;
 		else if (reason == REASON_PASS_TO_TC)
 			t->stage = TRACE_TO_TC;
 		else if (reason == REASON_PASS_NO_FLOW)
 			t->stage = TRACE_NO_FLOW;
-		else if (reason == REASON_REJECT_TCP || reason == REASON_REJECT_UDP)
+		else if (reason == REASON_REJECT_TCP_RST || reason == REASON_REJECT_ICMP_UNREACHABLE)
 			t->stage = TRACE_REJECT;
 		else
 			t->stage = TRACE_PARSE;

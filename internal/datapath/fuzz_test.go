@@ -138,8 +138,8 @@ func checkVerdict(e *env, in []byte, ret uint32, out []byte, before, after map[m
 		if err := outChecksums(in, out); err != nil {
 			return err
 		}
-		if after[datapath.SluiceReasonREASON_REJECT_TCP] > before[datapath.SluiceReasonREASON_REJECT_TCP] ||
-			after[datapath.SluiceReasonREASON_REJECT_UDP] > before[datapath.SluiceReasonREASON_REJECT_UDP] {
+		if after[datapath.SluiceReasonREASON_REJECT_TCP_RST] > before[datapath.SluiceReasonREASON_REJECT_TCP_RST] ||
+			after[datapath.SluiceReasonREASON_REJECT_ICMP_UNREACHABLE] > before[datapath.SluiceReasonREASON_REJECT_ICMP_UNREACHABLE] {
 			return nil // a refusal, built from scratch and checked above
 		}
 		return checkTranslation(e, in, out)

@@ -273,7 +273,7 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 				return p.Bytes()
 			}},
 		{desc: "TCP SYN, no endpoints: RST+ACK, seq 0, ack = seq+1", verdict: fwd,
-			reason: reasonPtr(datapath.SluiceReasonREASON_REJECT_TCP),
+			reason: reasonPtr(datapath.SluiceReasonREASON_REJECT_TCP_RST),
 			in:     func(*flow) []byte { return tcpSYN(40007, 30090).Bytes() },
 			want: func(*flow, []byte) []byte {
 				return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolTCP, DF: true,
@@ -304,7 +304,7 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 				return p.Bytes()
 			}},
 		{desc: "UDP, no endpoints: ICMP port unreachable quoting the datagram", verdict: fwd,
-			reason: reasonPtr(datapath.SluiceReasonREASON_REJECT_UDP),
+			reason: reasonPtr(datapath.SluiceReasonREASON_REJECT_ICMP_UNREACHABLE),
 			in:     func(*flow) []byte { return e.fromClient(layers.IPProtocolUDP, 40010, 30090).Bytes() },
 			want: func(*flow, []byte) []byte {
 				return icmpUnreachable(e.nodeMAC, e.fromClient(layers.IPProtocolUDP, 40010, 30090))
@@ -356,7 +356,7 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 				return b
 			}},
 		{desc: "TTL 1 to a remote backend: dropped, counted", verdict: drop,
-			reason: reasonPtr(datapath.SluiceReasonREASON_DROP_TTL),
+			reason: reasonPtr(datapath.SluiceReasonREASON_DROP_TTL_EXCEEDED),
 			in: func(*flow) []byte {
 				p := tcpSYN(40018, 30080)
 				p.TTL = 1

@@ -219,7 +219,7 @@ func TestTooBigForTheNextHop(t *testing.T) {
 	}
 	runTable(t, e, e.dp.Objs.SluiceTcIngress, false, []golden{
 		{desc: "UDP with DF over the MTU: fragmentation needed, MTU 1280", verdict: tcRedirect,
-			reason: reasonPtr(datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED),
+			reason: reasonPtr(datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED_SENT),
 			in:     func(*flow) []byte { return big(layers.IPProtocolUDP, 40130, true).Bytes() },
 			want:   func(*flow, []byte) []byte { return fragNeeded(big(layers.IPProtocolUDP, 40130, true)) }},
 		{desc: "UDP without DF over the MTU: dropped, counted", verdict: tcShot,
@@ -259,11 +259,11 @@ func TestTooBigForTheNextHop(t *testing.T) {
 	e.run(t, e.dp.Objs.SluiceTcIngress, false, syn.Bytes())
 	seg := e.fromClient(layers.IPProtocolTCP, 40133, 30080)
 	seg.ACK, seg.DF, seg.Payload = true, true, make([]byte, 2800)
-	before := e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED]
+	before := e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED_SENT]
 	ret, out := e.runGSO(t, seg.Bytes(), 1400)
-	if ret != tcRedirect || e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED] != before+1 {
+	if ret != tcRedirect || e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED_SENT] != before+1 {
 		t.Fatalf("GSO packet with 1440-byte segments: verdict %d, icmp_frag_needed %d -> %d; want redirect, +1",
-			ret, before, e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED])
+			ret, before, e.reasons(t)[datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED_SENT])
 	}
 	got := out[:14+binary.BigEndian.Uint16(out[16:])]
 	if err := testutil.VerifyChecksums(got); err != nil {

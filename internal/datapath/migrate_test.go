@@ -60,7 +60,7 @@ func TestMigratePinnedMaps(t *testing.T) {
 	must(t, err)
 	counters := make([]uint64, ncpu)
 	counters[0] = 11
-	reason := uint32(datapath.SluiceReasonREASON_DROP_FIB)
+	reason := uint32(datapath.SluiceReasonREASON_DROP_NO_ROUTE)
 	must(t, oldReasons.Update(&reason, counters, ebpf.UpdateAny))
 
 	dp, err := datapath.Load(datapath.Config{PinPath: dir}, nil)
@@ -89,8 +89,8 @@ func TestMigratePinnedMaps(t *testing.T) {
 	}
 	r, err := km.Reasons()
 	must(t, err)
-	if r[datapath.SluiceReasonREASON_DROP_FIB] != 11 {
-		t.Errorf("reason counter %d, want 11 carried over", r[datapath.SluiceReasonREASON_DROP_FIB])
+	if r[datapath.SluiceReasonREASON_DROP_NO_ROUTE] != 11 {
+		t.Errorf("reason counter %d, want 11 carried over", r[datapath.SluiceReasonREASON_DROP_NO_ROUTE])
 	}
 
 	// Until Commit the old pins stay (the old programs still run on them); a flow the old

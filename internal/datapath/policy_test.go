@@ -241,10 +241,10 @@ func TestPolicyDropWithoutLocalEndpoint(t *testing.T) {
 		p.SYN = proto == layers.IPProtocolTCP
 		e.xdp(t, p.Bytes(), xdpDrop)
 		after := e.reasons(t)
-		if after[datapath.SluiceReasonREASON_DROP_NO_LOCAL] != before[datapath.SluiceReasonREASON_DROP_NO_LOCAL]+1 {
+		if after[datapath.SluiceReasonREASON_DROP_NO_LOCAL_ENDPOINT] != before[datapath.SluiceReasonREASON_DROP_NO_LOCAL_ENDPOINT]+1 {
 			t.Errorf("%s: drop_no_local_endpoint not counted", proto)
 		}
-		for _, r := range []maps.Reason{datapath.SluiceReasonREASON_REJECT_TCP, datapath.SluiceReasonREASON_REJECT_UDP} {
+		for _, r := range []maps.Reason{datapath.SluiceReasonREASON_REJECT_TCP_RST, datapath.SluiceReasonREASON_REJECT_ICMP_UNREACHABLE} {
 			if after[r] != before[r] {
 				t.Errorf("%s: rejected (%s) instead of dropped", proto, maps.ReasonNames[r])
 			}

@@ -130,28 +130,28 @@ type SluiceFrontendKey struct {
 type SluiceReason uint32
 
 const (
-	SluiceReasonREASON_PASS_MALFORMED        SluiceReason = 0
-	SluiceReasonREASON_PASS_FRAGMENT         SluiceReason = 1
-	SluiceReasonREASON_PASS_TO_TC            SluiceReason = 2
-	SluiceReasonREASON_PASS_NO_FLOW          SluiceReason = 3
-	SluiceReasonREASON_REJECT_TCP            SluiceReason = 4
-	SluiceReasonREASON_REJECT_UDP            SluiceReason = 5
-	SluiceReasonREASON_DROP_SNAT_EXHAUSTED   SluiceReason = 6
-	SluiceReasonREASON_DROP_NO_BACKEND       SluiceReason = 7
-	SluiceReasonREASON_DROP_FIB              SluiceReason = 8
-	SluiceReasonREASON_DROP_FRAG_NEEDED      SluiceReason = 9
-	SluiceReasonREASON_DROP_TTL              SluiceReason = 10
-	SluiceReasonREASON_DROP_REJECT_FAILED    SluiceReason = 11
-	SluiceReasonREASON_DROP_CT_COLLISION     SluiceReason = 12
-	SluiceReasonREASON_DROP_SOURCE_RANGE     SluiceReason = 13
-	SluiceReasonREASON_DROP_NO_LOCAL         SluiceReason = 14
-	SluiceReasonREASON_CT_PEER_LOST          SluiceReason = 15
-	SluiceReasonREASON_ICMP_RELATED          SluiceReason = 16
-	SluiceReasonREASON_ICMP_FRAG_NEEDED      SluiceReason = 17
-	SluiceReasonREASON_FRAG_BY_STACK         SluiceReason = 18
-	SluiceReasonREASON_KERNEL_FLOW_MOVED     SluiceReason = 19
-	SluiceReasonREASON_KERNEL_FLOW_UNTRACKED SluiceReason = 20
-	SluiceReasonREASON_MAX                   SluiceReason = 21
+	SluiceReasonREASON_PASS_MALFORMED          SluiceReason = 0
+	SluiceReasonREASON_PASS_FRAGMENT           SluiceReason = 1
+	SluiceReasonREASON_PASS_TO_TC              SluiceReason = 2
+	SluiceReasonREASON_PASS_NO_FLOW            SluiceReason = 3
+	SluiceReasonREASON_REJECT_TCP_RST          SluiceReason = 4
+	SluiceReasonREASON_REJECT_ICMP_UNREACHABLE SluiceReason = 5
+	SluiceReasonREASON_DROP_SNAT_EXHAUSTED     SluiceReason = 6
+	SluiceReasonREASON_DROP_NO_BACKEND         SluiceReason = 7
+	SluiceReasonREASON_DROP_NO_ROUTE           SluiceReason = 8
+	SluiceReasonREASON_DROP_FRAG_NEEDED        SluiceReason = 9
+	SluiceReasonREASON_DROP_TTL_EXCEEDED       SluiceReason = 10
+	SluiceReasonREASON_DROP_REJECT_FAILED      SluiceReason = 11
+	SluiceReasonREASON_DROP_CT_COLLISION       SluiceReason = 12
+	SluiceReasonREASON_DROP_SOURCE_RANGE       SluiceReason = 13
+	SluiceReasonREASON_DROP_NO_LOCAL_ENDPOINT  SluiceReason = 14
+	SluiceReasonREASON_CT_PEER_LOST            SluiceReason = 15
+	SluiceReasonREASON_ICMP_RELATED            SluiceReason = 16
+	SluiceReasonREASON_ICMP_FRAG_NEEDED_SENT   SluiceReason = 17
+	SluiceReasonREASON_FRAG_BY_STACK           SluiceReason = 18
+	SluiceReasonREASON_KERNEL_FLOW_MOVED       SluiceReason = 19
+	SluiceReasonREASON_KERNEL_FLOW_UNTRACKED   SluiceReason = 20
+	SluiceReasonREASON_MAX                     SluiceReason = 21
 )
 
 type SluiceScratch struct {
