@@ -116,6 +116,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	km := maps.NewKernel(&dp.Objs.SluiceMaps)
 	km.MaglevSize = dp.Config.MaglevSize
 	rec := reconciler.New(km, o.DP.MaxServices, o.DP.MaxBackends, log.Named("reconciler"))
+	rec.FlushInBackground(ctx) // a flush walks the whole connection table: not on the sync loop
 	n, err := rec.Restore()
 	if err != nil {
 		return err

@@ -32,6 +32,14 @@ func NewFake() *Fake {
 		Affinity: map[AffinityMatch]bool{}, Ranges: map[SourceRange]bool{}, Maglev: map[uint32][]uint32{}}
 }
 
+// WritesSoFar returns a copy of Writes, safe while another goroutine writes (a background
+// flush).
+func (f *Fake) WritesSoFar() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.Writes...)
+}
+
 func (f *Fake) log(format string, args ...any) {
 	f.Writes = append(f.Writes, fmt.Sprintf(format, args...))
 }

@@ -80,7 +80,8 @@ type Reconciler struct {
 	// goneUDP are (service, endpoint) pairs whose endpoint stopped serving: their UDP flows are
 	// flushed once the frontends no longer pick it.
 	goneUDP  map[maps.FlowTarget]bool
-	noBatch  bool // set while recovering from a failed batch
+	flusher  *flusher // set by FlushInBackground
+	noBatch  bool     // set while recovering from a failed batch
 	batching bool // frontend writes are buffered: publish leaves trimming to the caller
 }
 
@@ -351,6 +352,11 @@ func (r *Reconciler) noteGone(a *applied, svc *desired.Service, keep []uint32) {
 // flushGone deletes the flows to the backends UDP services dropped.
 func (r *Reconciler) flushGone() error {
 	if len(r.goneUDP) == 0 {
+		return nil
+	}
+	if r.flusher != nil {
+		r.flusher.add(r.goneUDP)
+		r.goneUDP = nil
 		return nil
 	}
 	n, err := r.m.FlushFlows(maps.UDP, r.goneUDP)
