@@ -29,7 +29,7 @@ type Syncer struct {
 	// Addresses returns the node addresses to serve NodePorts on.
 	Addresses func() ([]netip.Addr, error)
 	// NodeZone, if set, returns the node's zone label (topology hints); a change rebuilds.
-	NodeZone func() string
+	NodeZone  func() string
 	FullEvery time.Duration // 0: every sync is full
 	Log       *zap.Logger
 	// Metrics and Health are optional.

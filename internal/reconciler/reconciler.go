@@ -82,7 +82,7 @@ type Reconciler struct {
 	goneUDP  map[maps.FlowTarget]bool
 	flusher  *flusher // set by FlushInBackground
 	noBatch  bool     // set while recovering from a failed batch
-	batching bool // frontend writes are buffered: publish leaves trimming to the caller
+	batching bool     // frontend writes are buffered: publish leaves trimming to the caller
 }
 
 // New returns a Reconciler with nothing applied; call Restore before the first Apply when the
