@@ -91,7 +91,9 @@ func TestTunnelsCarryNodePorts(t *testing.T) {
 				if os.Getenv("SLUICE_KVM_GUEST") != "" {
 					t.Fatalf("the guest kernel has no %s: %s", k.probe[1], out)
 				}
-				t.Skipf("this kernel has no %s (make test-kernel runs this in its guests): %s", k.probe[1], strings.TrimSpace(out))
+				// A missing module is not a missing privilege: even under CI this host skips, and
+				// the guests, which have it, fail instead (SLUICE_KVM_GUEST).
+				t.Skipf("this kernel has no %s, not a failure even with CI set (make test-kernel runs it in guests that have it): %s", k.probe[1], strings.TrimSpace(out))
 			}
 			client, n1, n2, dp := tunnelLab(t)
 			k.setup(t, n1, n2)
