@@ -2,11 +2,14 @@ package reconciler
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/sluicelb/sluice/internal/desired"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -72,4 +75,60 @@ func (f *flusher) run(ctx context.Context) {
 		}
 		f.log.Debug("Flushed UDP flows of endpoints that stopped serving", zap.Int("pairs", len(gone)), zap.Int("entries", n))
 	}
+}
+
+// noteGone records the endpoints of a UDP service that stopped serving (svc nil: the service
+// is gone): their flows are flushed once the frontends no longer pick them, as kube-proxy
+// clears its conntrack entries (a client that keeps its source port would otherwise go on
+// talking to the old endpoint). An endpoint that is still serving keeps its flows, picked or
+// not: one that started terminating, one externalTrafficPolicy Local sets aside.
+func (r *Reconciler) noteGone(a *applied, svc *desired.Service, keep []uint32) {
+	now := map[netip.AddrPort]bool{}
+	if svc != nil {
+		for _, ap := range svc.Serving {
+			now[ap] = true
+		}
+		for _, id := range keep { // picked ones serve, whatever Serving says
+			if b, ok := r.backends[id]; ok {
+				now[netip.AddrPortFrom(b.Addr, b.Port)] = true
+			}
+		}
+	}
+	for _, id := range a.backends { // restored, or used before
+		if b, ok := r.backends[id]; ok && id != 0 {
+			if a.serving == nil {
+				a.serving = map[netip.AddrPort]bool{}
+			}
+			a.serving[netip.AddrPortFrom(b.Addr, b.Port)] = true
+		}
+	}
+	for ap := range a.serving {
+		if now[ap] {
+			continue
+		}
+		if r.goneUDP == nil {
+			r.goneUDP = map[maps.FlowTarget]bool{}
+		}
+		r.goneUDP[maps.FlowTarget{ServiceID: a.id, Backend: ap}] = true
+	}
+	a.serving = now
+}
+
+// flushGone deletes the flows to the backends UDP services dropped.
+func (r *Reconciler) flushGone() error {
+	if len(r.goneUDP) == 0 {
+		return nil
+	}
+	if r.flusher != nil {
+		r.flusher.add(r.goneUDP)
+		r.goneUDP = nil
+		return nil
+	}
+	n, err := r.m.FlushFlows(maps.UDP, r.goneUDP)
+	if err != nil {
+		return fmt.Errorf("flush UDP flows of removed endpoints: %w", err)
+	}
+	r.log.Debug("Flushed UDP flows of removed endpoints", zap.Int("pairs", len(r.goneUDP)), zap.Int("entries", n))
+	r.goneUDP = nil
+	return nil
 }

@@ -1,0 +1,89 @@
+package reconciler
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+// Service and backend IDs: allocation, reference counts and pruning of backends no slot
+// names.
+
+func (r *Reconciler) ref(id uint32, d int) {
+	if id != 0 {
+		r.backendRefs[id] += d
+		if r.backendRefs[id] <= 0 {
+			r.unused[id] = true
+		}
+	}
+}
+
+func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
+	if id, ok := r.backendIDs[b]; ok {
+		return id, nil
+	}
+	if uint32(len(r.backends)) >= r.maxBackends {
+		return 0, fmt.Errorf("add backend %s: %w (%d backends)", b, maps.ErrFull, r.maxBackends)
+	}
+	id := r.nextBackend
+	for {
+		if _, used := r.backends[id]; !used && id != 0 {
+			break
+		}
+		id++
+	}
+	if err := r.m.UpdateBackend(id, b); err != nil {
+		return 0, err
+	}
+	r.nextBackend = id + 1
+	r.backendIDs[b] = id
+	r.backends[id] = b
+	r.backendRefs[id] = 0
+	r.unused[id] = true
+	return id, nil
+}
+
+// pruneBackends deletes the backends no slot names any more; only those whose count fell to
+// zero since the last prune are looked at.
+func (r *Reconciler) pruneBackends() error {
+	var errs []error
+	for id := range r.unused {
+		delete(r.unused, id)
+		if r.backendRefs[id] > 0 {
+			continue
+		}
+		if _, ok := r.backends[id]; !ok {
+			continue
+		}
+		if err := r.m.DeleteBackend(id); err != nil {
+			errs = append(errs, err)
+			r.unused[id] = true // retried next time
+			continue
+		}
+		b := r.backends[id]
+		if r.backendIDs[b] == id {
+			delete(r.backendIDs, b)
+		}
+		delete(r.backends, id)
+		delete(r.backendRefs, id)
+	}
+	if len(r.backends) == 0 {
+		r.nextBackend = 1
+	}
+	return errors.Join(errs...)
+}
+
+// allocServiceID hands out the lowest free ID; 0 is never used, and IDs index the per-service
+// stats array, so they stay below maxServices.
+func (r *Reconciler) allocServiceID() (uint32, error) {
+	n := r.maxServices - 1
+	for i := uint32(0); i < n; i++ {
+		id := (r.nextSvc+i)%n + 1
+		if !r.svcIDs[id] {
+			r.nextSvc = id % n
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("allocate service ID: %w (%d services)", maps.ErrFull, r.maxServices-1)
+}

@@ -1,0 +1,145 @@
+package reconciler
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+// Restoring the bookkeeping from what a previous agent left in the pinned maps.
+
+// Restore reads what a previous agent left in the maps, so that the first Apply rewrites only
+// what differs: services whose state is unchanged are not touched, and flows keep going.
+func (r *Reconciler) Restore() (int, error) {
+	fes, err := r.m.Frontends()
+	if err != nil {
+		return 0, fmt.Errorf("restore frontends: %w", err)
+	}
+	slots, err := r.m.Slots()
+	if err != nil {
+		return 0, fmt.Errorf("restore slots: %w", err)
+	}
+	bes, err := r.m.Backends()
+	if err != nil {
+		return 0, fmt.Errorf("restore backends: %w", err)
+	}
+	infos, err := r.m.ServiceInfos()
+	if err != nil {
+		return 0, fmt.Errorf("restore service names: %w", err)
+	}
+	matches, err := r.m.AffinityMatches()
+	if err != nil {
+		return 0, fmt.Errorf("restore affinity backends: %w", err)
+	}
+	ranges, err := r.m.SourceRanges()
+	if err != nil {
+		return 0, fmt.Errorf("restore source ranges: %w", err)
+	}
+	tables, err := r.m.MaglevTables()
+	if err != nil {
+		return 0, fmt.Errorf("restore maglev tables: %w", err)
+	}
+	for id, b := range bes {
+		// A build that marked only local backends' ports left remote ones' replies unmarked:
+		// mark every restored backend's before the programs are swapped in.
+		if err := r.m.SetBackendPort(b.Port); err != nil {
+			return 0, fmt.Errorf("restore backend ports: %w", err)
+		}
+		r.backends[id] = b
+		if cur, ok := r.backendIDs[b]; !ok || id < cur {
+			r.backendIDs[b] = id
+		}
+		r.backendRefs[id] = 0
+		r.unused[id] = true
+		if id >= r.nextBackend {
+			r.nextBackend = id + 1
+		}
+	}
+	// Frontends in a stable order, so a service whose addresses disagree on the ID resolves
+	// the same way each time (the others are rewritten by Apply).
+	keys := make([]maps.FrontendKey, 0, len(fes))
+	for k := range fes {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+	for _, k := range keys {
+		fe := fes[k]
+		// The service port a frontend belongs to is in its ID's info (load-balancer and
+		// external IPs carry the service port, not the NodePort); without one, its own port.
+		sk := desired.ServiceKey{NodePort: k.Port, Proto: k.Proto}
+		if info, ok := infos[fe.ServiceID]; ok && info.NodePort != 0 {
+			sk = desired.ServiceKey{NodePort: info.NodePort, Proto: info.Proto}
+		} else if ok && info.Name != "" {
+			sk = desired.ServiceKey{Proto: info.Proto, Name: info.Name} // served on external IPs only
+		}
+		a := r.services[sk]
+		if a == nil {
+			if r.svcIDs[fe.ServiceID] {
+				// Two services on one ID: a crash mid-write. Delete this one unless Apply
+				// rewrites it.
+				r.orphanFrontends = append(r.orphanFrontends, k)
+				continue
+			}
+			a = newApplied(fe.ServiceID)
+			a.name, a.local = infos[fe.ServiceID].Name, infos[fe.ServiceID].ExternalLocal
+			r.services[sk] = a
+			r.svcIDs[fe.ServiceID] = true
+		}
+		if fe.ServiceID != a.id {
+			r.orphanFrontends = append(r.orphanFrontends, k)
+			continue
+		}
+		// Every frontend is recorded as it is, so that removing the service removes them
+		// all and the next Apply rewrites those that disagree (a crash mid-publish).
+		a.fes[k] = fe
+		r.owners[k] = sk
+		a.count = max(a.count, fe.Count)
+	}
+	byID := map[uint32]*applied{}
+	for _, a := range r.services {
+		byID[a.id] = a
+		a.backends = make([]uint32, a.count)
+	}
+	for id := range infos {
+		if byID[id] == nil {
+			r.orphanInfos = append(r.orphanInfos, id)
+		}
+	}
+	for m := range matches {
+		if a := byID[m.ServiceID]; a != nil {
+			a.matches[m.BackendID] = true
+		} else {
+			r.orphanMatches = append(r.orphanMatches, m)
+		}
+	}
+	for sr := range ranges {
+		if a := byID[sr.ServiceID]; a != nil {
+			a.ranges = append(a.ranges, sr.Prefix)
+		} else {
+			r.orphanRanges = append(r.orphanRanges, sr)
+		}
+	}
+	for id := range tables {
+		// Rewritten once rather than compared: it costs one batch per Maglev service.
+		if a := byID[id]; a != nil {
+			a.maglevStale = true
+		} else {
+			r.orphanMaglev = append(r.orphanMaglev, id)
+		}
+	}
+	for sk, id := range slots {
+		a := byID[sk.ServiceID]
+		if a == nil || sk.Slot == 0 || sk.Slot > uint32(a.count) {
+			r.orphanSlots = append(r.orphanSlots, sk)
+			continue
+		}
+		if _, ok := bes[id]; !ok {
+			continue // names a backend never written: an empty slot, rewritten by Apply
+		}
+		a.backends[sk.Slot-1] = id
+		r.backendRefs[id]++
+	}
+	return len(r.services), nil
+}
