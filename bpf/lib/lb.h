@@ -65,12 +65,16 @@ __noinline __u32 lb_pick_id(__u32 svc_id, __u32 count_flags, __u32 affinity_time
 	__u32 id = 0;
 
 	if (flags & FE_F_AFFINITY) {
-		/* The client's remembered backend, if recent and still one of the service's. */
+		/* The client's remembered backend, if recent, still one of the service's, and still
+		 * there: a backend deleted while the set still names it (the agent mid-update, or a
+		 * failed write) must not keep the client, refreshed below, pinned to nothing. */
 		struct affinity *a = bpf_map_lookup_elem(&sluice_affinity, &ak);
 		if (a && now - a->last_seen <= (__u64)affinity_timeout_s * NSEC_PER_SEC) {
 			struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
-			if (bpf_map_lookup_elem(&sluice_affinity_match, &m))
-				id = a->backend_id;
+			__u32 remembered = a->backend_id;
+			if (bpf_map_lookup_elem(&sluice_affinity_match, &m) &&
+			    bpf_map_lookup_elem(&sluice_backends, &remembered))
+				id = remembered;
 		}
 	}
 	if (!id) {
@@ -89,7 +93,8 @@ __noinline __u32 lb_pick_id(__u32 svc_id, __u32 count_flags, __u32 affinity_time
 			return 0;
 		id = *slot;
 	}
-	if ((flags & FE_F_AFFINITY) && !cfg_trace && id) {
+	/* Remember only a backend that exists (a slot may name one being replaced). */
+	if ((flags & FE_F_AFFINITY) && !cfg_trace && id && bpf_map_lookup_elem(&sluice_backends, &id)) {
 		struct affinity a = { .backend_id = id, .last_seen = now };
 		bpf_map_update_elem(&sluice_affinity, &ak, &a, BPF_ANY);
 	}

@@ -358,3 +358,36 @@ func TestPolicyMaglevRemovalMovesFewFlows(t *testing.T) {
 		t.Errorf("moved %.2f%% of flows (%d of the other backends'): want at most 1/N + 2%%", 100*total, moved)
 	}
 }
+
+// A remembered backend whose entry is gone (deleted while the affinity set still named it) is
+// not the client's any more: its new connection is balanced again and remembered anew, instead
+// of being dropped, its dead entry refreshed, for as long as it retries.
+func TestPolicyAffinityToAMissingBackend(t *testing.T) {
+	e := newEnv(t)
+	e.policyService(t, 20, 30100, maps.Frontend{Flags: maps.FrontendAffinity, AffinityTimeout: 10})
+	first := e.synFrom(t, clientIP, 40000, 30100)
+	var firstID uint32
+	var keep []uint32
+	for id, a := range policyPods {
+		if a == first {
+			firstID = id
+		} else {
+			keep = append(keep, id)
+		}
+	}
+	for i, id := range keep {
+		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 20, Slot: uint32(i + 1)}, id))
+	}
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30100, Proto: maps.TCP},
+		maps.Frontend{ServiceID: 20, Count: 2, Flags: maps.FrontendAffinity, AffinityTimeout: 10}))
+	must(t, e.m.DeleteBackend(firstID)) // the affinity set still names it
+	second := e.synFrom(t, clientIP, 41000, 30100)
+	if second == first {
+		t.Fatalf("sent to %s, whose backend entry is gone", first)
+	}
+	for sport := uint16(41001); sport < 41005; sport++ {
+		if got := e.synFrom(t, clientIP, sport, 30100); got != second {
+			t.Fatalf("connection went to %s, want the newly remembered %s", got, second)
+		}
+	}
+}
