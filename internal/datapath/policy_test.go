@@ -62,6 +62,28 @@ func (e *env) synFrom(t *testing.T, src netip.Addr, sport, port uint16) netip.Ad
 	return dst
 }
 
+// dropFromAffinityService takes pod out of service 20's slots (the other two stay, count 2)
+// and returns its backend ID; the affinity set is left as it was.
+func (e *env) dropFromAffinityService(t *testing.T, pod netip.Addr) uint32 {
+	t.Helper()
+	var podID uint32
+	var keep []uint32
+	for id, a := range policyPods {
+		if a == pod {
+			podID = id
+		} else {
+			keep = append(keep, id)
+		}
+	}
+	slices.Sort(keep)
+	for i, id := range keep {
+		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 20, Slot: uint32(i + 1)}, id))
+	}
+	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30100, Proto: maps.TCP},
+		maps.Frontend{ServiceID: 20, Count: 2, Flags: maps.FrontendAffinity, AffinityTimeout: 10}))
+	return podID
+}
+
 func TestPolicySessionAffinity(t *testing.T) {
 	e := newEnv(t)
 	e.policyService(t, 20, 30100, maps.Frontend{Flags: maps.FrontendAffinity, AffinityTimeout: 10})
@@ -84,20 +106,7 @@ func TestPolicySessionAffinity(t *testing.T) {
 
 	// The remembered backend leaves the service: the client is balanced again, then sticks
 	// to its new backend.
-	var keep []uint32
-	var firstID uint32
-	for id, a := range policyPods {
-		if a == first {
-			firstID = id
-		} else {
-			keep = append(keep, id)
-		}
-	}
-	for i, id := range keep {
-		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 20, Slot: uint32(i + 1)}, id))
-	}
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30100, Proto: maps.TCP},
-		maps.Frontend{ServiceID: 20, Count: 2, Flags: maps.FrontendAffinity, AffinityTimeout: 10}))
+	firstID := e.dropFromAffinityService(t, first)
 	must(t, e.m.DeleteAffinityMatch(maps.AffinityMatch{ServiceID: 20, BackendID: firstID}))
 	second := e.synFrom(t, clientIP, 41000, 30100)
 	if second == first {
@@ -366,20 +375,7 @@ func TestPolicyAffinityToAMissingBackend(t *testing.T) {
 	e := newEnv(t)
 	e.policyService(t, 20, 30100, maps.Frontend{Flags: maps.FrontendAffinity, AffinityTimeout: 10})
 	first := e.synFrom(t, clientIP, 40000, 30100)
-	var firstID uint32
-	var keep []uint32
-	for id, a := range policyPods {
-		if a == first {
-			firstID = id
-		} else {
-			keep = append(keep, id)
-		}
-	}
-	for i, id := range keep {
-		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 20, Slot: uint32(i + 1)}, id))
-	}
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30100, Proto: maps.TCP},
-		maps.Frontend{ServiceID: 20, Count: 2, Flags: maps.FrontendAffinity, AffinityTimeout: 10}))
+	firstID := e.dropFromAffinityService(t, first)
 	must(t, e.m.DeleteBackend(firstID)) // the affinity set still names it
 	second := e.synFrom(t, clientIP, 41000, 30100)
 	if second == first {
