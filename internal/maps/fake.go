@@ -6,7 +6,10 @@ import (
 )
 
 // Fake is an in-memory Maps for unit tests. Max* > 0 make a map report ErrFull like the
-// kernel's; Writes records every call in order, so tests can check write ordering.
+// kernel's; Writes records every call in order, so tests can check write ordering. Fault, when
+// set, is asked before every write and fails it (with no effect) when it returns an error;
+// CheckOrder records in Violations every write after which the datapath could read an entry
+// naming one that does not exist (see Dangling).
 type Fake struct {
 	mu          sync.Mutex
 	FrontendMap map[FrontendKey]Frontend
@@ -23,6 +26,9 @@ type Fake struct {
 	MaxSlots      int
 	MaxBackends   int
 	Writes        []string
+	Fault         func(op string) error
+	CheckOrder    bool
+	Violations    []string
 }
 
 // NewFake returns an empty Fake.
@@ -41,7 +47,24 @@ func (f *Fake) WritesSoFar() []string {
 }
 
 func (f *Fake) log(format string, args ...any) {
-	f.Writes = append(f.Writes, fmt.Sprintf(format, args...))
+	w := fmt.Sprintf(format, args...)
+	f.Writes = append(f.Writes, w)
+	if f.CheckOrder {
+		for _, d := range f.dangling() {
+			f.Violations = append(f.Violations, fmt.Sprintf("after write %d %q: %s", len(f.Writes)-1, w, d))
+		}
+	}
+}
+
+// fault fails a write when the test's Fault says so; the error wraps what Fault returned.
+func (f *Fake) fault(op string) error {
+	if f.Fault == nil {
+		return nil
+	}
+	if err := f.Fault(op); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
 }
 
 func full[K comparable, V any](m map[K]V, k K, max int) bool {
@@ -52,6 +75,9 @@ func full[K comparable, V any](m map[K]V, k K, max int) bool {
 func (f *Fake) UpdateFrontend(k FrontendKey, v Frontend) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update frontend"); err != nil {
+		return err
+	}
 	if full(f.FrontendMap, k, f.MaxFrontends) {
 		return fmt.Errorf("update frontend %s: %w", k, ErrFull)
 	}
@@ -67,6 +93,9 @@ func (f *Fake) UpdateFrontend(k FrontendKey, v Frontend) error {
 func (f *Fake) DeleteFrontend(k FrontendKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete frontend"); err != nil {
+		return err
+	}
 	delete(f.FrontendMap, k)
 	f.log("delete frontend %s", k)
 	return nil
@@ -75,6 +104,9 @@ func (f *Fake) DeleteFrontend(k FrontendKey) error {
 func (f *Fake) UpdateSlot(k SlotKey, id uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update slot"); err != nil {
+		return err
+	}
 	if full(f.SlotMap, k, f.MaxSlots) {
 		return fmt.Errorf("update slot %d/%d: %w", k.ServiceID, k.Slot, ErrFull)
 	}
@@ -86,6 +118,9 @@ func (f *Fake) UpdateSlot(k SlotKey, id uint32) error {
 func (f *Fake) DeleteSlot(k SlotKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete slot"); err != nil {
+		return err
+	}
 	delete(f.SlotMap, k)
 	f.log("delete slot %d/%d", k.ServiceID, k.Slot)
 	return nil
@@ -94,6 +129,9 @@ func (f *Fake) DeleteSlot(k SlotKey) error {
 func (f *Fake) UpdateBackend(id uint32, b Backend) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update backend"); err != nil {
+		return err
+	}
 	if full(f.BackendMap, id, f.MaxBackends) {
 		return fmt.Errorf("update backend %d: %w", id, ErrFull)
 	}
@@ -105,6 +143,9 @@ func (f *Fake) UpdateBackend(id uint32, b Backend) error {
 func (f *Fake) DeleteBackend(id uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete backend"); err != nil {
+		return err
+	}
 	delete(f.BackendMap, id)
 	f.log("delete backend %d", id)
 	return nil
@@ -113,6 +154,9 @@ func (f *Fake) DeleteBackend(id uint32) error {
 func (f *Fake) SetFrontendPort(port uint16) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("set frontend port"); err != nil {
+		return err
+	}
 	if !f.FrontendPorts[port] {
 		f.FrontendPorts[port] = true
 		f.log("prefilter frontend port %d", port)
@@ -123,6 +167,9 @@ func (f *Fake) SetFrontendPort(port uint16) error {
 func (f *Fake) SetBackendPort(port uint16) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("set backend port"); err != nil {
+		return err
+	}
 	if !f.BackendPorts[port] {
 		f.BackendPorts[port] = true
 		f.log("prefilter backend port %d", port)
@@ -136,6 +183,9 @@ func (f *Fake) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update service info"); err != nil {
+		return err
+	}
 	f.Info[id] = info
 	f.log("info %d = %s", id, info.Name)
 	return nil
@@ -144,6 +194,9 @@ func (f *Fake) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 func (f *Fake) DeleteServiceInfo(id uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete service info"); err != nil {
+		return err
+	}
 	delete(f.Info, id)
 	f.log("delete info %d", id)
 	return nil
@@ -186,6 +239,9 @@ func clone[K comparable, V any](m map[K]V) map[K]V {
 func (f *Fake) UpdateAffinityMatch(m AffinityMatch) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update affinity backend"); err != nil {
+		return err
+	}
 	f.Affinity[m] = true
 	f.log("affinity backend %s", m)
 	return nil
@@ -194,6 +250,9 @@ func (f *Fake) UpdateAffinityMatch(m AffinityMatch) error {
 func (f *Fake) DeleteAffinityMatch(m AffinityMatch) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete affinity backend"); err != nil {
+		return err
+	}
 	delete(f.Affinity, m)
 	f.log("delete affinity backend %s", m)
 	return nil
@@ -202,6 +261,9 @@ func (f *Fake) DeleteAffinityMatch(m AffinityMatch) error {
 func (f *Fake) UpdateSourceRange(r SourceRange) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update source range"); err != nil {
+		return err
+	}
 	f.Ranges[r] = true
 	f.log("source range %s", r)
 	return nil
@@ -210,6 +272,9 @@ func (f *Fake) UpdateSourceRange(r SourceRange) error {
 func (f *Fake) DeleteSourceRange(r SourceRange) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete source range"); err != nil {
+		return err
+	}
 	delete(f.Ranges, r)
 	f.log("delete source range %s", r)
 	return nil
@@ -218,6 +283,9 @@ func (f *Fake) DeleteSourceRange(r SourceRange) error {
 func (f *Fake) UpdateMaglev(svcID uint32, table []uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("update maglev table"); err != nil {
+		return err
+	}
 	f.Maglev[svcID] = append([]uint32(nil), table...)
 	f.log("maglev table %d (%d entries)", svcID, len(table))
 	return nil
@@ -226,6 +294,9 @@ func (f *Fake) UpdateMaglev(svcID uint32, table []uint32) error {
 func (f *Fake) DeleteMaglev(svcID uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fault("delete maglev table"); err != nil {
+		return err
+	}
 	delete(f.Maglev, svcID)
 	f.log("delete maglev table %d", svcID)
 	return nil

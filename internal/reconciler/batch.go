@@ -1,6 +1,8 @@
 package reconciler
 
 import (
+	"fmt"
+
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
@@ -12,8 +14,8 @@ import (
 // batchThreshold is how many services make Apply batch its writes.
 const batchThreshold = 256
 
-// applyBatched writes every service's backends and slots in one batch, then every frontend in
-// another: the same order as one service at a time, across all of them. If a batch fails (a
+// applyBatched writes every service's backends and slots in one batch, then the policy
+// entries (which name backends) unbuffered, then every frontend in another batch: the same order as one service at a time, across all of them. If a batch fails (a
 // full map), the bookkeeping no longer matches the maps: it is rebuilt from them and the
 // services are applied one at a time, which names the ones that do not fit.
 func (r *Reconciler) applyBatched(b maps.Batcher, st desired.State, keys []desired.ServiceKey) []error {
@@ -34,6 +36,15 @@ func (r *Reconciler) applyBatched(b maps.Batcher, st desired.State, keys []desir
 	}
 	if err := b.Flush(); err != nil {
 		return r.recover(st, err)
+	}
+	// Policy entries name backends: written unbuffered, once the backends are there.
+	for _, k := range keys {
+		if p, ok := preps[k]; ok {
+			if err := r.preparePolicy(st.Services[k], p.a, p.want); err != nil {
+				errs = append(errs, &ServiceError{Key: k, Name: st.Services[k].Name, Err: err})
+				delete(preps, k)
+			}
+		}
 	}
 	b.Begin()
 	r.batching = true
@@ -66,12 +77,25 @@ func (r *Reconciler) applyBatched(b maps.Batcher, st desired.State, keys []desir
 // service at a time.
 func (r *Reconciler) recover(st desired.State, cause error) []error {
 	r.log.Warn("Batched write failed; applying service by service", zap.Error(cause))
-	fresh := New(r.m, r.maxServices, r.maxBackends, r.log)
-	if _, err := fresh.Restore(); err != nil {
+	if err := r.relearn(); err != nil {
 		return []error{cause, err}
 	}
-	*r = *fresh
 	r.noBatch = true
 	defer func() { r.noBatch = false }()
 	return Errors(r.Apply(st))
+}
+
+// relearn replaces the bookkeeping with what the maps hold (Restore). If that fails, the
+// bookkeeping is marked lost, and every later Apply relearns first and writes nothing until it
+// succeeds: writes planned from bookkeeping that disagrees with the maps could point a
+// frontend at slots that are not there.
+func (r *Reconciler) relearn() error {
+	fresh := New(r.m, r.maxServices, r.maxBackends, r.log)
+	fresh.MaglevSize, fresh.batchAt, fresh.flusher = r.MaglevSize, r.batchAt, r.flusher
+	if _, err := fresh.Restore(); err != nil {
+		r.lost = true
+		return fmt.Errorf("relearn the maps: %w", err)
+	}
+	*r = *fresh
+	return nil
 }

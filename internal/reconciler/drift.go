@@ -15,6 +15,11 @@ import (
 // before each full sync. It returns how many entries differed. (Policy maps are not compared:
 // a service's policy entries are rewritten when its policy changes.)
 func (r *Reconciler) Repair() (int, error) {
+	if r.lost {
+		if err := r.relearn(); err != nil {
+			return 0, err
+		}
+	}
 	fes, err := r.m.Frontends()
 	if err != nil {
 		return 0, fmt.Errorf("repair: read frontends: %w", err)
@@ -43,19 +48,22 @@ func (r *Reconciler) Repair() (int, error) {
 	for _, a := range r.services {
 		for fk, fe := range a.fes {
 			ownedFE[fk] = true
-			if cur, ok := fes[fk]; !ok || cur != fe {
-				delete(a.fes, fk) // publish writes it again
+			if cur := fes[fk]; cur != fe {
+				// What the map holds now (zero: nothing): publish writes it again, or deletes
+				// it if the service no longer serves the key.
+				a.fes[fk] = cur
 				n++
 			}
 		}
 		for i, id := range a.backends {
 			sk := maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}
 			ownedSlot[sk] = true
-			if cur, ok := slots[sk]; !ok || cur != id {
-				if a.staleSlots == nil {
-					a.staleSlots = map[int]bool{}
-				}
-				a.staleSlots[i] = true
+			if cur := slots[sk]; cur != id {
+				// Recorded as the map has it (0: empty), so the next prepare rewrites it, and
+				// the backend it names now is held until then.
+				r.ref(cur, +1)
+				r.ref(id, -1)
+				a.backends[i] = cur
 				n++
 			}
 		}
@@ -69,7 +77,7 @@ func (r *Reconciler) Repair() (int, error) {
 		}
 	}
 	for sk := range slots {
-		if !ownedSlot[sk] {
+		if _, left := r.orphans.slots[sk]; !ownedSlot[sk] && !left {
 			n++
 			if err := r.m.DeleteSlot(sk); err != nil {
 				errs = append(errs, fmt.Errorf("repair: delete slot %d/%d: %w", sk.ServiceID, sk.Slot, err))
@@ -81,7 +89,7 @@ func (r *Reconciler) Repair() (int, error) {
 
 // isOrphanFrontend: a restored frontend Apply will settle itself.
 func (r *Reconciler) isOrphanFrontend(fk maps.FrontendKey) bool {
-	for _, o := range r.orphanFrontends {
+	for _, o := range r.orphans.frontends {
 		if o == fk {
 			return true
 		}

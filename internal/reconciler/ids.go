@@ -7,7 +7,7 @@ import (
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
-// Service and backend IDs: allocation, reference counts and pruning of backends no slot
+// Service and backend IDs: allocation, reference counts and pruning of backends nothing
 // names.
 
 func (r *Reconciler) ref(id uint32, d int) {
@@ -28,7 +28,9 @@ func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
 	}
 	id := r.nextBackend
 	for {
-		if _, used := r.backends[id]; !used && id != 0 {
+		// An ID some restored entry names, though no backend has it, is not handed out
+		// until that entry is gone: it would name the new backend.
+		if _, used := r.backends[id]; !used && id != 0 && r.backendRefs[id] <= 0 {
 			break
 		}
 		id++
@@ -44,8 +46,10 @@ func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
 	return id, nil
 }
 
-// pruneBackends deletes the backends no slot names any more; only those whose count fell to
-// zero since the last prune are looked at.
+// pruneBackends deletes the backends nothing names any more (no slot, Maglev table or
+// affinity backend set, leftovers included); only those whose count fell to zero since the
+// last prune are looked at. Counting every entry that names a backend is what makes pruning
+// safe after any failed write: an entry that could not be deleted still holds its backend.
 func (r *Reconciler) pruneBackends() error {
 	var errs []error
 	for id := range r.unused {
@@ -54,6 +58,7 @@ func (r *Reconciler) pruneBackends() error {
 			continue
 		}
 		if _, ok := r.backends[id]; !ok {
+			delete(r.backendRefs, id) // an ID only a leftover named
 			continue
 		}
 		if err := r.m.DeleteBackend(id); err != nil {
@@ -80,7 +85,7 @@ func (r *Reconciler) allocServiceID() (uint32, error) {
 	n := r.maxServices - 1
 	for i := uint32(0); i < n; i++ {
 		id := (r.nextSvc+i)%n + 1
-		if !r.svcIDs[id] {
+		if !r.svcIDs[id] && !r.orphans.holds(id) {
 			r.nextSvc = id % n
 			return id, nil
 		}

@@ -13,29 +13,6 @@ import (
 // Policy entries: session affinity backend sets, source ranges and Maglev tables, written
 // before the frontends that use them and deleted after.
 
-// deleteOrphanPolicy deletes policy entries a previous agent left for service IDs no service
-// holds now.
-func (r *Reconciler) deleteOrphanPolicy() []error {
-	var errs []error
-	for _, m := range r.orphanMatches {
-		if !r.svcIDs[m.ServiceID] {
-			errs = append(errs, r.m.DeleteAffinityMatch(m))
-		}
-	}
-	for _, sr := range r.orphanRanges {
-		if !r.svcIDs[sr.ServiceID] {
-			errs = append(errs, r.m.DeleteSourceRange(sr))
-		}
-	}
-	for _, id := range r.orphanMaglev {
-		if !r.svcIDs[id] {
-			errs = append(errs, r.m.DeleteMaglev(id))
-		}
-	}
-	r.orphanMatches, r.orphanRanges, r.orphanMaglev = nil, nil, nil
-	return errs
-}
-
 // preparePolicy writes the policy entries svc's frontends will need before they carry its
 // flags: the affinity backend set, the source ranges, the Maglev table.
 func (r *Reconciler) preparePolicy(svc *desired.Service, a *applied, want []uint32) error {
@@ -46,6 +23,7 @@ func (r *Reconciler) preparePolicy(svc *desired.Service, a *applied, want []uint
 					return err
 				}
 				a.matches[id] = true
+				r.ref(id, +1)
 			}
 		}
 	}
@@ -74,6 +52,7 @@ func (r *Reconciler) preparePolicy(svc *desired.Service, a *applied, want []uint
 		if err := r.m.UpdateMaglev(a.id, table); err != nil {
 			return err
 		}
+		r.holdMaglev(a, distinct(want))
 		a.maglev, a.maglevStale = slices.Clone(want), false
 	}
 	return nil
@@ -94,6 +73,7 @@ func (r *Reconciler) settlePolicy(svc *desired.Service, a *applied) error {
 				return err
 			}
 			delete(a.matches, id)
+			r.ref(id, -1)
 		}
 	}
 	for i := 0; i < len(a.ranges); {
@@ -110,7 +90,19 @@ func (r *Reconciler) settlePolicy(svc *desired.Service, a *applied) error {
 		if err := r.m.DeleteMaglev(a.id); err != nil {
 			return err
 		}
+		r.holdMaglev(a, nil)
 		a.maglev, a.maglevStale = nil, false
 	}
 	return nil
+}
+
+// holdMaglev moves the service's Maglev references to the backends its table names now.
+func (r *Reconciler) holdMaglev(a *applied, held []uint32) {
+	for _, id := range held {
+		r.ref(id, +1)
+	}
+	for _, id := range a.maglevHeld {
+		r.ref(id, -1)
+	}
+	a.maglevHeld = held
 }

@@ -206,6 +206,28 @@ func TestPolicyExternalIPConflictKeepsFirst(t *testing.T) {
 	}
 }
 
+// A service that wanted a key its holder lets go takes it in the same apply, also when it
+// comes first in order (before, the key stayed unserved until that service changed again).
+func TestPolicyReleasedKeyGoesToTheWaitingService(t *testing.T) {
+	f := maps.NewFake()
+	r := New(f, 100, 100, zap.NewNop())
+	holder := svc(30082, maps.TCP, be("10.244.9.9", 80))
+	waiter := svc(30081, maps.TCP, be("10.244.9.8", 80))
+	holder.Port, waiter.Port = 80, 80
+	holder.ExternalIPs = []netip.Addr{extIP}
+	apply(t, r, state([]netip.Addr{node1}, holder, waiter))
+	w2 := *waiter
+	w2.ExternalIPs = []netip.Addr{extIP}
+	apply(t, r, state([]netip.Addr{node1}, holder, &w2))
+	h2 := *holder
+	h2.ExternalIPs = nil
+	apply(t, r, state([]netip.Addr{node1}, &h2, &w2))
+	k := maps.FrontendKey{Addr: extIP, Port: 80, Proto: maps.TCP}
+	if fe, ok := f.FrontendMap[k]; !ok || fe.ServiceID != r.services[waiter.Key].id {
+		t.Errorf("%s = %+v (present %v), want service %d", k, fe, ok, r.services[waiter.Key].id)
+	}
+}
+
 func TestPolicyOrphansDeleted(t *testing.T) {
 	f := maps.NewFake()
 	f.Affinity[maps.AffinityMatch{ServiceID: 7, BackendID: 1}] = true

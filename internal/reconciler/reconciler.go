@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -37,13 +38,11 @@ type applied struct {
 	matches     map[uint32]bool // session affinity: backend IDs written as the service's
 	ranges      []netip.Prefix  // loadBalancerSourceRanges written
 	maglev      []uint32        // backend IDs (by slot) the Maglev table was built from
+	maglevHeld  []uint32        // the distinct backend IDs the table in the map names
 	maglevStale bool            // a table of unknown content is there (restored)
 	// serving: the endpoints the service's flows may go to (its serving endpoints, and every
 	// backend it has used): a UDP flow is flushed when its endpoint leaves (noteGone).
 	serving map[netip.AddrPort]bool
-	// staleSlots are slots found changed behind the agent (Repair): rewritten by the next
-	// prepare even where the bookkeeping says they hold the right backend.
-	staleSlots map[int]bool
 }
 
 func newApplied(id uint32) *applied {
@@ -71,23 +70,23 @@ type Reconciler struct {
 	// owners says which service port holds each frontend key: load-balancer and external IPs
 	// of two services may collide, and the first one keeps the key.
 	owners map[maps.FrontendKey]desired.ServiceKey
+	// waiting are the service ports that wanted a key another one held: when the holder lets
+	// it go, they are published again in the same Apply (else the key would stay unserved
+	// until their next change).
+	waiting map[maps.FrontendKey]map[desired.ServiceKey]bool
 	// MaglevSize is the entries of each Maglev table: what the maps say their tables hold
 	// (maps.MaglevSizer), else maglev.DefaultTableSize.
 	MaglevSize uint32
 
-	// Left by a previous agent with no service of ours: deleted on the first Apply.
-	orphanSlots   []maps.SlotKey
-	orphanInfos   []uint32
-	orphanMatches []maps.AffinityMatch
-	orphanRanges  []maps.SourceRange
-	orphanMaglev  []uint32
-	// Frontends a crash left on a key whose ID another service holds.
-	orphanFrontends []maps.FrontendKey
+	// Left by a previous agent with no service of ours: deleted by the next Apply.
+	orphans orphans
 	// goneUDP are (service, endpoint) pairs whose endpoint stopped serving: their UDP flows are
 	// flushed once the frontends no longer pick it.
 	goneUDP  map[maps.FlowTarget]bool
 	flusher  *flusher // set by FlushInBackground
 	noBatch  bool     // set while recovering from a failed batch
+	batchAt  int      // how many services make Apply batch (batchThreshold; tests lower it)
+	lost     bool     // the bookkeeping may disagree with the maps: relearn before writing
 	batching bool     // frontend writes are buffered: publish leaves trimming to the caller
 }
 
@@ -109,8 +108,11 @@ func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconci
 		backendRefs: map[uint32]int{},
 		unused:      map[uint32]bool{},
 		owners:      map[maps.FrontendKey]desired.ServiceKey{},
+		waiting:     map[maps.FrontendKey]map[desired.ServiceKey]bool{},
 		nextBackend: 1,
 		MaglevSize:  size,
+		orphans:     newOrphans(),
+		batchAt:     batchThreshold,
 	}
 }
 
@@ -118,6 +120,11 @@ func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconci
 // reported in the returned error by name and left as it was; every other service is applied.
 // Calling Apply again with the same state writes nothing.
 func (r *Reconciler) Apply(st desired.State) error {
+	if r.lost {
+		if err := r.relearn(); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	// Removals first: they free service IDs and map room for the additions.
 	for k, a := range r.services {
@@ -127,12 +134,15 @@ func (r *Reconciler) Apply(st desired.State) error {
 			}
 		}
 	}
+	if err := r.deleteOrphans(); err != nil {
+		errs = append(errs, err)
+	}
 	keys := make([]desired.ServiceKey, 0, len(st.Services))
 	for k := range st.Services {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Less(keys[j]) })
-	if b, ok := r.m.(maps.Batcher); ok && len(keys) >= batchThreshold && !r.noBatch {
+	if b, ok := r.m.(maps.Batcher); ok && len(keys) >= r.batchAt && !r.noBatch {
 		errs = append(errs, r.applyBatched(b, st, keys)...)
 	} else {
 		for _, k := range keys {
@@ -141,42 +151,10 @@ func (r *Reconciler) Apply(st desired.State) error {
 			}
 		}
 	}
-	for _, fk := range r.orphanFrontends {
-		if k, ok := r.owners[fk]; ok && r.services[k] != nil {
-			continue // rewritten by the service that owns the key now
-		}
-		if err := r.m.DeleteFrontend(fk); err != nil {
-			errs = append(errs, err)
-		}
+	if r.lost {
+		return errors.Join(errs...) // nothing more may be planned from the bookkeeping
 	}
-	r.orphanFrontends = nil
-	errs = append(errs, r.deleteOrphanPolicy()...)
-	if len(r.orphanSlots) > 0 {
-		owned := make(map[uint32]*applied, len(r.services))
-		for _, a := range r.services {
-			owned[a.id] = a
-		}
-		for _, sk := range r.orphanSlots {
-			// A service applied since the restore may have taken this ID and written this
-			// slot: then it is no leftover.
-			if a := owned[sk.ServiceID]; a != nil && sk.Slot >= 1 && sk.Slot <= uint32(len(a.backends)) {
-				continue
-			}
-			if err := r.m.DeleteSlot(sk); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	r.orphanSlots = nil
-	for _, id := range r.orphanInfos {
-		if !r.svcIDs[id] {
-			if err := r.m.DeleteServiceInfo(id); err != nil {
-				errs = append(errs, err)
-			}
-			_ = r.m.ResetServiceStats(id)
-		}
-	}
-	r.orphanInfos = nil
+	errs = append(errs, r.handOver(st)...)
 	if err := r.pruneBackends(); err != nil {
 		errs = append(errs, err)
 	}
@@ -188,6 +166,11 @@ func (r *Reconciler) Apply(st desired.State) error {
 // st are removed. The sync loop uses it for the services that changed; a full Apply repairs
 // everything else periodically.
 func (r *Reconciler) ApplyKeys(st desired.State, keys []desired.ServiceKey) error {
+	if r.lost {
+		if err := r.relearn(); err != nil {
+			return err
+		}
+	}
 	var errs []error
 	done := make(map[desired.ServiceKey]bool, len(keys))
 	// Removals first, as in Apply.
@@ -207,11 +190,40 @@ func (r *Reconciler) ApplyKeys(st desired.State, keys []desired.ServiceKey) erro
 			}
 		}
 	}
+	if r.lost {
+		return errors.Join(errs...) // nothing more may be planned from the bookkeeping
+	}
+	errs = append(errs, r.handOver(st)...)
 	if err := r.pruneBackends(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, r.flushGone())
 	return errors.Join(errs...)
+}
+
+// handOver publishes again the service ports waiting for a key its holder let go; the first
+// in order gets it, as in a fresh Apply.
+func (r *Reconciler) handOver(st desired.State) []error {
+	var errs []error
+	var again []desired.ServiceKey
+	for k, ws := range r.waiting {
+		if owner, ok := r.owners[k]; ok && r.services[owner] != nil {
+			continue
+		}
+		for sk := range ws {
+			if st.Services[sk] != nil && !slices.Contains(again, sk) {
+				again = append(again, sk)
+			}
+		}
+		delete(r.waiting, k)
+	}
+	sort.Slice(again, func(i, j int) bool { return again[i].Less(again[j]) })
+	for _, sk := range again {
+		if err := r.applyService(st.Services[sk], st.Addresses); err != nil {
+			errs = append(errs, &ServiceError{Key: sk, Name: st.Services[sk].Name, Err: err})
+		}
+	}
+	return errs
 }
 
 // Applied returns what was last applied for a service port.
@@ -226,6 +238,9 @@ func (r *Reconciler) Applied(k desired.ServiceKey) (*desired.Service, bool) {
 func (r *Reconciler) applyService(svc *desired.Service, addrs []netip.Addr) error {
 	a, want, err := r.prepare(svc)
 	if err != nil {
+		return err
+	}
+	if err := r.preparePolicy(svc, a, want); err != nil {
 		return err
 	}
 	return r.publish(svc, a, want, addrs)
@@ -286,13 +301,15 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
 	// or a new backend in each slot, never an empty one.
 	for i, id := range want {
-		if i < len(a.backends) && a.backends[i] == id && !a.staleSlots[i] {
+		if i < len(a.backends) && a.backends[i] == id {
 			continue
 		}
-		if err := r.m.UpdateSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}, id); err != nil {
+		sk := maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}
+		if err := r.m.UpdateSlot(sk, id); err != nil {
 			return nil, nil, err
 		}
 		r.ref(id, +1)
+		r.slotWritten(sk)
 		if i < len(a.backends) {
 			r.ref(a.backends[i], -1)
 			a.backends[i] = id
@@ -300,11 +317,8 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 			a.backends = append(a.backends, id)
 		}
 	}
-	a.staleSlots = nil
-	// 3. What the frontends' flags will turn on.
-	if err := r.preparePolicy(svc, a, want); err != nil {
-		return nil, nil, err
-	}
+	// 3. (preparePolicy) What the frontends' flags will turn on; after the backends are
+	// written, which a batch does only at its flush.
 	return a, want, nil
 }
 
@@ -324,6 +338,10 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 					zap.Stringer("frontend", k), zap.String("holder", r.services[owner].name))
 			}
 			delete(wanted, k)
+			if r.waiting[k] == nil {
+				r.waiting[k] = map[desired.ServiceKey]bool{}
+			}
+			r.waiting[k][svc.Key] = true
 			continue
 		}
 		fe.ServiceID, fe.Count = a.id, count

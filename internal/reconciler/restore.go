@@ -79,7 +79,7 @@ func (r *Reconciler) Restore() (int, error) {
 			if r.svcIDs[fe.ServiceID] {
 				// Two services on one ID: a crash mid-write. Delete this one unless Apply
 				// rewrites it.
-				r.orphanFrontends = append(r.orphanFrontends, k)
+				r.orphans.frontends = append(r.orphans.frontends, k)
 				continue
 			}
 			a = newApplied(fe.ServiceID)
@@ -88,7 +88,7 @@ func (r *Reconciler) Restore() (int, error) {
 			r.svcIDs[fe.ServiceID] = true
 		}
 		if fe.ServiceID != a.id {
-			r.orphanFrontends = append(r.orphanFrontends, k)
+			r.orphans.frontends = append(r.orphans.frontends, k)
 			continue
 		}
 		// Every frontend is recorded as it is, so that removing the service removes them
@@ -102,37 +102,44 @@ func (r *Reconciler) Restore() (int, error) {
 		byID[a.id] = a
 		a.backends = make([]uint32, a.count)
 	}
+	// Every entry that names a backend holds a reference to it, leftovers included.
 	for id := range infos {
 		if byID[id] == nil {
-			r.orphanInfos = append(r.orphanInfos, id)
+			r.orphans.infos[id] = true
 		}
 	}
 	for m := range matches {
+		r.backendRefs[m.BackendID]++
 		if a := byID[m.ServiceID]; a != nil {
 			a.matches[m.BackendID] = true
 		} else {
-			r.orphanMatches = append(r.orphanMatches, m)
+			r.orphans.matches[m] = true
 		}
 	}
 	for sr := range ranges {
 		if a := byID[sr.ServiceID]; a != nil {
 			a.ranges = append(a.ranges, sr.Prefix)
 		} else {
-			r.orphanRanges = append(r.orphanRanges, sr)
+			r.orphans.ranges[sr] = true
 		}
 	}
-	for id := range tables {
+	for id, table := range tables {
+		held := distinct(table)
+		for _, b := range held {
+			r.backendRefs[b]++
+		}
 		// Rewritten once rather than compared: it costs one batch per Maglev service.
 		if a := byID[id]; a != nil {
-			a.maglevStale = true
+			a.maglevStale, a.maglevHeld = true, held
 		} else {
-			r.orphanMaglev = append(r.orphanMaglev, id)
+			r.orphans.maglev[id] = held
 		}
 	}
 	for sk, id := range slots {
 		a := byID[sk.ServiceID]
 		if a == nil || sk.Slot == 0 || sk.Slot > uint32(a.count) {
-			r.orphanSlots = append(r.orphanSlots, sk)
+			r.orphans.slots[sk] = id
+			r.backendRefs[id]++
 			continue
 		}
 		if _, ok := bes[id]; !ok {
@@ -142,4 +149,17 @@ func (r *Reconciler) Restore() (int, error) {
 		r.backendRefs[id]++
 	}
 	return len(r.services), nil
+}
+
+// distinct returns the IDs in ids once each, in first-seen order.
+func distinct(ids []uint32) []uint32 {
+	seen := map[uint32]bool{}
+	var out []uint32
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
 }

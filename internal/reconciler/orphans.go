@@ -1,0 +1,123 @@
+package reconciler
+
+import (
+	"errors"
+
+	"github.com/sluicelb/sluice/internal/maps"
+)
+
+// Leftovers: entries a previous agent wrote that no service of ours owns (a crash mid-write,
+// services deleted while no agent ran). No frontend reads them, but the slots, affinity
+// backends and Maglev tables among them name backends: they hold references to those until
+// they are deleted, so a backend is never deleted while any entry names it.
+
+type orphans struct {
+	slots   map[maps.SlotKey]uint32 // -> the backend it names
+	infos   map[uint32]bool
+	matches map[maps.AffinityMatch]bool
+	ranges  map[maps.SourceRange]bool
+	maglev  map[uint32][]uint32 // -> the distinct backends its table names
+	// frontends a crash left on a key whose ID another service holds
+	frontends []maps.FrontendKey
+}
+
+func newOrphans() orphans {
+	return orphans{slots: map[maps.SlotKey]uint32{}, infos: map[uint32]bool{}, matches: map[maps.AffinityMatch]bool{},
+		ranges: map[maps.SourceRange]bool{}, maglev: map[uint32][]uint32{}}
+}
+
+// holds says whether a leftover still uses service ID id: the ID is not handed out until
+// they are gone, so that no new service inherits a leftover's entries.
+func (o *orphans) holds(id uint32) bool {
+	if o.infos[id] || o.maglev[id] != nil {
+		return true
+	}
+	for k := range o.slots {
+		if k.ServiceID == id {
+			return true
+		}
+	}
+	for m := range o.matches {
+		if m.ServiceID == id {
+			return true
+		}
+	}
+	for sr := range o.ranges {
+		if sr.ServiceID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// deleteOrphans deletes the leftovers, before the services are applied. Frontends first:
+// a leftover frontend reads its ID's slots up to its own count, which may be past what the
+// ID's service now keeps (so until it is gone, that service must not trim them); after it no
+// frontend reads the rest. A key a service still serves is gone until that service's publish
+// rewrites it, a moment's gap that only a crash mid-write leads to. Those whose delete fails
+// stay (and keep their references) for the next Apply.
+func (r *Reconciler) deleteOrphans() error {
+	o := &r.orphans
+	var errs []error
+	left := o.frontends[:0]
+	for _, fk := range o.frontends {
+		if err := r.m.DeleteFrontend(fk); err != nil {
+			errs = append(errs, err)
+			left = append(left, fk)
+		}
+	}
+	o.frontends = left
+	if len(left) > 0 {
+		return errors.Join(errs...) // the rest waits: a leftover frontend may read it
+	}
+	for m := range o.matches {
+		if err := r.m.DeleteAffinityMatch(m); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(o.matches, m)
+		r.ref(m.BackendID, -1)
+	}
+	for id, held := range o.maglev {
+		if err := r.m.DeleteMaglev(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(o.maglev, id)
+		for _, b := range held {
+			r.ref(b, -1)
+		}
+	}
+	for sr := range o.ranges {
+		if err := r.m.DeleteSourceRange(sr); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(o.ranges, sr)
+	}
+	for sk, b := range o.slots {
+		if err := r.m.DeleteSlot(sk); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(o.slots, sk)
+		r.ref(b, -1)
+	}
+	for id := range o.infos {
+		if err := r.m.DeleteServiceInfo(id); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		delete(o.infos, id)
+		_ = r.m.ResetServiceStats(id)
+	}
+	return errors.Join(errs...)
+}
+
+// slotWritten: a service wrote slot sk over whatever a leftover had there.
+func (r *Reconciler) slotWritten(sk maps.SlotKey) {
+	if b, ok := r.orphans.slots[sk]; ok {
+		delete(r.orphans.slots, sk)
+		r.ref(b, -1)
+	}
+}
