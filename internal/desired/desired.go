@@ -258,6 +258,18 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 		// A policy we cannot honour is not silently replaced by another.
 		return nil, []Problem{{obj, err}}
 	}
+	// An address that is no IP (only a manifest can say one: the API server validates them)
+	// is skipped; say which.
+	for _, sl := range svcSlices {
+		for _, ep := range sl.Endpoints {
+			if len(ep.Addresses) > 0 {
+				if _, err := netip.ParseAddr(ep.Addresses[0]); err != nil {
+					problems = append(problems, Problem{"EndpointSlice " + sl.Namespace + "/" + sl.Name,
+						fmt.Errorf("skip endpoint %q: not an IP address", ep.Addresses[0])})
+				}
+			}
+		}
+	}
 	r := o.NodePortRange
 	for _, sp := range svc.Spec.Ports {
 		// Without a NodePort (a ClusterIP service with externalIPs, a LoadBalancer without

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -230,8 +231,13 @@ func (k *Kernel) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) 
 func (f *Fake) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var lines []string
 	for m := range gone {
-		f.log("flush %s flows of %s", proto, m)
+		lines = append(lines, fmt.Sprintf("flush %s flows of %s", proto, m))
+	}
+	slices.Sort(lines) // one write in effect: logged in a stable order
+	for _, l := range lines {
+		f.log("%s", l)
 	}
 	return 0, nil
 }

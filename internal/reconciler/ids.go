@@ -3,8 +3,10 @@ package reconciler
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
-	"github.com/sluicelb/sluice/internal/maps"
+	lbmaps "github.com/sluicelb/sluice/internal/maps"
 )
 
 // Service and backend IDs: allocation, reference counts and pruning of backends nothing
@@ -19,12 +21,12 @@ func (r *Reconciler) ref(id uint32, d int) {
 	}
 }
 
-func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
+func (r *Reconciler) backendID(b lbmaps.Backend) (uint32, error) {
 	if id, ok := r.backendIDs[b]; ok {
 		return id, nil
 	}
 	if uint32(len(r.backends)) >= r.maxBackends {
-		return 0, fmt.Errorf("add backend %s: %w (%d backends)", b, maps.ErrFull, r.maxBackends)
+		return 0, fmt.Errorf("add backend %s: %w (%d backends)", b, lbmaps.ErrFull, r.maxBackends)
 	}
 	id := r.nextBackend
 	for {
@@ -52,7 +54,8 @@ func (r *Reconciler) backendID(b maps.Backend) (uint32, error) {
 // safe after any failed write: an entry that could not be deleted still holds its backend.
 func (r *Reconciler) pruneBackends() error {
 	var errs []error
-	for id := range r.unused {
+	// In ID order, so a run's writes are the same each time (scenario tests compare them).
+	for _, id := range slices.Sorted(maps.Keys(r.unused)) {
 		delete(r.unused, id)
 		if r.backendRefs[id] > 0 {
 			continue
@@ -90,5 +93,5 @@ func (r *Reconciler) allocServiceID() (uint32, error) {
 			return id, nil
 		}
 	}
-	return 0, fmt.Errorf("allocate service ID: %w (%d services)", maps.ErrFull, r.maxServices-1)
+	return 0, fmt.Errorf("allocate service ID: %w (%d services)", lbmaps.ErrFull, r.maxServices-1)
 }

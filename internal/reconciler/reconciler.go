@@ -126,12 +126,18 @@ func (r *Reconciler) Apply(st desired.State) error {
 		}
 	}
 	var errs []error
-	// Removals first: they free service IDs and map room for the additions.
-	for k, a := range r.services {
+	// Removals first: they free service IDs and map room for the additions. In order, so
+	// the writes are the same each run.
+	var gone []desired.ServiceKey
+	for k := range r.services {
 		if _, ok := st.Services[k]; !ok {
-			if err := r.removeService(k, a); err != nil {
-				errs = append(errs, &ServiceError{Key: k, Name: a.name, Err: err, Removing: true})
-			}
+			gone = append(gone, k)
+		}
+	}
+	sort.Slice(gone, func(i, j int) bool { return gone[i].Less(gone[j]) })
+	for _, k := range gone {
+		if err := r.removeService(k, r.services[k]); err != nil {
+			errs = append(errs, &ServiceError{Key: k, Name: r.services[k].name, Err: err, Removing: true})
 		}
 	}
 	if err := r.deleteOrphans(); err != nil {
@@ -172,6 +178,8 @@ func (r *Reconciler) ApplyKeys(st desired.State, keys []desired.ServiceKey) erro
 		}
 	}
 	var errs []error
+	keys = slices.Clone(keys)
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Less(keys[j]) })
 	done := make(map[desired.ServiceKey]bool, len(keys))
 	// Removals first, as in Apply.
 	for _, k := range keys {
