@@ -110,7 +110,7 @@ func (e *env) run(t *testing.T, prog *ebpf.Program, xdp bool, in []byte) (uint32
 	return ret, out
 }
 
-// flow remembers what an earlier row of the table observed (the SNAT port the datapath chose).
+// flow remembers what an earlier step of a row observed (the SNAT port the datapath chose).
 type flow struct{ snatPort uint16 }
 
 func ap(a netip.Addr, p uint16) netip.AddrPort { return netip.AddrPortFrom(a, p) }
@@ -131,6 +131,9 @@ type golden struct {
 	verdict uint32
 	want    func(f *flow, got []byte) []byte
 	reason  *maps.Reason // a counter this row must raise by one
+	// steps, if set, make the row a sequence (a flow's packets both ways): run in order as
+	// subtests of the row, so -run selects the whole case. The row's other fields are unused.
+	steps []golden
 }
 
 func reasonPtr(r maps.Reason) *maps.Reason { return &r }
@@ -201,47 +204,51 @@ func ingressTable(t *testing.T, e *env, xdp bool) []golden {
 			p.Dst = ap(netip.MustParseAddr("10.0.0.50"), 30080)
 			return p.Bytes()
 		}},
-		{desc: "TCP SYN to NodePort, remote backend: DNAT+SNAT, TTL-1, MACs from the FIB", verdict: fwd,
-			in: func(*flow) []byte { return tcpSYN(40001, 30080).Bytes() },
-			want: func(f *flow, got []byte) []byte {
-				f.snatPort = snatFrom(t, got, 34)
-				return toRemote(tcpSYN(40001, 30080), f.snatPort, 8080).Bytes()
-			}},
-		{desc: "later packet of the same flow: same backend, same SNAT port", verdict: fwd,
-			in: func(*flow) []byte {
-				p := tcpSYN(40001, 30080)
-				p.SYN, p.ACK, p.Seq, p.Ack, p.Payload = false, true, 1001, 5001, []byte("GET / HTTP/1.1\r\n\r\n")
-				return p.Bytes()
-			},
-			want: func(f *flow, got []byte) []byte {
-				p := tcpSYN(40001, 30080)
-				p.SYN, p.ACK, p.Seq, p.Ack, p.Payload = false, true, 1001, 5001, []byte("GET / HTTP/1.1\r\n\r\n")
-				return toRemote(p, f.snatPort, 8080).Bytes()
-			}},
-		{desc: "backend's SYN-ACK: translated back to the client", verdict: fwd,
-			in: func(f *flow) []byte {
-				return testutil.Pkt{SrcMAC: backendMAC, DstMAC: e.nodeMAC, Proto: layers.IPProtocolTCP,
-					Src: ap(backendIP, 8080), Dst: ap(nodeIP, f.snatPort), SYN: true, ACK: true, Seq: 5000, Ack: 1001, Window: 1000}.Bytes()
-			},
-			want: func(f *flow, got []byte) []byte {
-				return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolTCP, TTL: 63,
-					Src: ap(nodeIP, 30080), Dst: ap(clientIP, 40001), SYN: true, ACK: true, Seq: 5000, Ack: 1001, Window: 1000}.Bytes()
-			}},
-		{desc: "UDP to NodePort, remote backend: DNAT+SNAT with UDP checksum", verdict: fwd,
-			in: func(*flow) []byte { return e.fromClient(layers.IPProtocolUDP, 40002, 30081).Bytes() },
-			want: func(f *flow, got []byte) []byte {
-				f.snatPort = snatFrom(t, got, 34)
-				return toRemote(e.fromClient(layers.IPProtocolUDP, 40002, 30081), f.snatPort, 5353).Bytes()
-			}},
-		{desc: "backend's UDP reply: translated back to the client", verdict: fwd,
-			in: func(f *flow) []byte {
-				return testutil.Pkt{SrcMAC: backendMAC, DstMAC: e.nodeMAC, Proto: layers.IPProtocolUDP,
-					Src: ap(backendIP, 5353), Dst: ap(nodeIP, f.snatPort), Payload: []byte("answer")}.Bytes()
-			},
-			want: func(f *flow, got []byte) []byte {
-				return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolUDP, TTL: 63,
-					Src: ap(nodeIP, 30081), Dst: ap(clientIP, 40002), Payload: []byte("answer")}.Bytes()
-			}},
+		{desc: "TCP to NodePort, remote backend: the SYN, a later packet and the SYN-ACK", steps: []golden{
+			{desc: "TCP SYN to NodePort, remote backend: DNAT+SNAT, TTL-1, MACs from the FIB", verdict: fwd,
+				in: func(*flow) []byte { return tcpSYN(40001, 30080).Bytes() },
+				want: func(f *flow, got []byte) []byte {
+					f.snatPort = snatFrom(t, got, 34)
+					return toRemote(tcpSYN(40001, 30080), f.snatPort, 8080).Bytes()
+				}},
+			{desc: "later packet of the same flow: same backend, same SNAT port", verdict: fwd,
+				in: func(*flow) []byte {
+					p := tcpSYN(40001, 30080)
+					p.SYN, p.ACK, p.Seq, p.Ack, p.Payload = false, true, 1001, 5001, []byte("GET / HTTP/1.1\r\n\r\n")
+					return p.Bytes()
+				},
+				want: func(f *flow, got []byte) []byte {
+					p := tcpSYN(40001, 30080)
+					p.SYN, p.ACK, p.Seq, p.Ack, p.Payload = false, true, 1001, 5001, []byte("GET / HTTP/1.1\r\n\r\n")
+					return toRemote(p, f.snatPort, 8080).Bytes()
+				}},
+			{desc: "backend's SYN-ACK: translated back to the client", verdict: fwd,
+				in: func(f *flow) []byte {
+					return testutil.Pkt{SrcMAC: backendMAC, DstMAC: e.nodeMAC, Proto: layers.IPProtocolTCP,
+						Src: ap(backendIP, 8080), Dst: ap(nodeIP, f.snatPort), SYN: true, ACK: true, Seq: 5000, Ack: 1001, Window: 1000}.Bytes()
+				},
+				want: func(f *flow, got []byte) []byte {
+					return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolTCP, TTL: 63,
+						Src: ap(nodeIP, 30080), Dst: ap(clientIP, 40001), SYN: true, ACK: true, Seq: 5000, Ack: 1001, Window: 1000}.Bytes()
+				}},
+		}},
+		{desc: "UDP to NodePort, remote backend: a datagram and the reply", steps: []golden{
+			{desc: "UDP to NodePort, remote backend: DNAT+SNAT with UDP checksum", verdict: fwd,
+				in: func(*flow) []byte { return e.fromClient(layers.IPProtocolUDP, 40002, 30081).Bytes() },
+				want: func(f *flow, got []byte) []byte {
+					f.snatPort = snatFrom(t, got, 34)
+					return toRemote(e.fromClient(layers.IPProtocolUDP, 40002, 30081), f.snatPort, 5353).Bytes()
+				}},
+			{desc: "backend's UDP reply: translated back to the client", verdict: fwd,
+				in: func(f *flow) []byte {
+					return testutil.Pkt{SrcMAC: backendMAC, DstMAC: e.nodeMAC, Proto: layers.IPProtocolUDP,
+						Src: ap(backendIP, 5353), Dst: ap(nodeIP, f.snatPort), Payload: []byte("answer")}.Bytes()
+				},
+				want: func(f *flow, got []byte) []byte {
+					return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolUDP, TTL: 63,
+						Src: ap(nodeIP, 30081), Dst: ap(clientIP, 40002), Payload: []byte("answer")}.Bytes()
+				}},
+		}},
 		{desc: "UDP without checksum: translated, checksum stays 0", verdict: fwd,
 			in: func(*flow) []byte {
 				p := e.fromClient(layers.IPProtocolUDP, 40003, 30081)
@@ -438,9 +445,22 @@ func (e *env) reasons(t *testing.T) map[maps.Reason]uint64 {
 }
 
 func runTable(t *testing.T, e *env, prog *ebpf.Program, xdp bool, table []golden) {
-	f := &flow{}
+	t.Helper()
 	for _, g := range table {
-		t.Run(g.desc, func(t *testing.T) {
+		if g.steps != nil {
+			t.Run(g.desc, func(t *testing.T) { runSteps(t, e, prog, xdp, g.steps, &flow{}) })
+			continue
+		}
+		runSteps(t, e, prog, xdp, []golden{g}, &flow{})
+	}
+}
+
+// runSteps runs rows in order, sharing what earlier ones observed; a failed step stops the
+// rest (they would only repeat its failure).
+func runSteps(t *testing.T, e *env, prog *ebpf.Program, xdp bool, steps []golden, f *flow) {
+	t.Helper()
+	for _, g := range steps {
+		if !t.Run(g.desc, func(t *testing.T) {
 			in := g.in(f)
 			before := e.reasons(t)
 			ret, got := e.run(t, prog, xdp, in)
@@ -465,7 +485,9 @@ func runTable(t *testing.T, e *env, prog *ebpf.Program, xdp bool, table []golden
 					t.Errorf("counter %s went %d -> %d, want +1", maps.ReasonNames[*g.reason], before[*g.reason], after[*g.reason])
 				}
 			}
-		})
+		}) {
+			return
+		}
 	}
 }
 
