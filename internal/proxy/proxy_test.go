@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/sluicelb/sluice/internal/desired"
 	"github.com/sluicelb/sluice/internal/maps"
@@ -92,60 +94,99 @@ func TestSyncerWaitsForTheFirstFullSet(t *testing.T) {
 	}
 }
 
-func TestRunnerCoalescesAndRetries(t *testing.T) {
-	var calls atomic.Int32
-	var fail atomic.Bool
-	fail.Store(true)
-	r := &Runner{
-		MinInterval: 50 * time.Millisecond, MaxInterval: time.Hour,
+// runnerHarness drives a Runner on a fake clock, with no sleeps: step moves time and, if
+// that fired the timer, waits until the loop has handled it; the fake clock's only waiter is
+// the runner's timer, so "no waiter right after Step" means it fired.
+type runnerHarness struct {
+	t       *testing.T
+	clk     *clocktesting.FakeClock
+	trigger chan struct{}
+	idle    chan struct{}
+	syncs   atomic.Int32
+	results chan error // what each sync returns (nil when empty)
+}
+
+func startRunner(t *testing.T, min, max time.Duration) *runnerHarness {
+	h := &runnerHarness{t: t, clk: clocktesting.NewFakeClock(time.Unix(1000, 0)), trigger: make(chan struct{}),
+		idle: make(chan struct{}), results: make(chan error, 100)}
+	r := &Runner{MinInterval: min, MaxInterval: max, Clock: h.clk, idle: func() { h.idle <- struct{}{} },
 		Sync: func() error {
-			calls.Add(1)
-			if fail.Load() {
-				fail.Store(false)
-				return errors.New("transient")
+			h.syncs.Add(1)
+			select {
+			case err := <-h.results:
+				return err
+			default:
+				return nil
 			}
-			return nil
-		},
-	}
-	trigger := make(chan struct{}, 1)
+		}}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.Run(ctx, trigger)
-	// First sync at once (fails), the retry after backoff succeeds.
-	time.Sleep(150 * time.Millisecond)
-	if n := calls.Load(); n != 2 {
-		t.Fatalf("%d syncs after a failure, want 2 (first + retry)", n)
+	t.Cleanup(cancel)
+	go r.Run(ctx, h.trigger)
+	for !h.clk.HasWaiters() { // the timer exists
+		runtime.Gosched()
 	}
-	// A burst of triggers is one sync.
+	return h
+}
+
+func (h *runnerHarness) step(d time.Duration) {
+	h.clk.Step(d)
+	if !h.clk.HasWaiters() {
+		<-h.idle
+	}
+}
+
+func (h *runnerHarness) poke() {
+	h.trigger <- struct{}{}
+	<-h.idle
+}
+
+func (h *runnerHarness) want(n int32, what string) {
+	h.t.Helper()
+	if got := h.syncs.Load(); got != n {
+		h.t.Fatalf("%s: %d syncs, want %d", what, got, n)
+	}
+}
+
+func TestRunnerCoalescesAndRetries(t *testing.T) {
+	h := startRunner(t, 50*time.Millisecond, time.Hour)
+	h.results <- errors.New("transient")
+	h.step(0)
+	h.want(1, "at start")
+	// The failure is retried after the first backoff (MinInterval), not before.
+	h.step(49 * time.Millisecond)
+	h.want(1, "before the backoff")
+	h.step(time.Millisecond)
+	h.want(2, "after the backoff")
+	// A burst of changes within MinInterval is one sync, MinInterval after the last sync.
 	for i := 0; i < 20; i++ {
-		select {
-		case trigger <- struct{}{}:
-		default:
-		}
-		time.Sleep(time.Millisecond)
+		h.poke()
 	}
-	time.Sleep(150 * time.Millisecond)
-	if n := calls.Load(); n < 3 || n > 4 {
-		t.Errorf("%d syncs after a burst, want 1-2 more", n)
-	}
+	h.step(49 * time.Millisecond)
+	h.want(2, "within MinInterval of the last sync")
+	h.step(time.Millisecond)
+	h.want(3, "a burst")
+	// Nothing changes: the periodic sync comes after MaxInterval.
+	h.step(time.Hour - time.Millisecond)
+	h.want(3, "before MaxInterval")
+	h.step(time.Millisecond)
+	h.want(4, "after MaxInterval")
 }
 
 // While failures back off, a new change is still synced at the minimum interval.
 func TestRunnerSyncsChangesDuringBackoff(t *testing.T) {
-	var calls atomic.Int32
-	r := &Runner{MinInterval: 10 * time.Millisecond, MaxInterval: time.Hour,
-		Sync: func() error { calls.Add(1); return errors.New("failing") }}
-	trigger := make(chan struct{}, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.Run(ctx, trigger)
-	time.Sleep(400 * time.Millisecond) // the backoff has grown past 100 ms
-	before := calls.Load()
-	trigger <- struct{}{}
-	time.Sleep(60 * time.Millisecond)
-	if calls.Load() == before {
-		t.Error("a change during backoff waited for the retry")
+	h := startRunner(t, 10*time.Millisecond, time.Hour)
+	for i := 0; i < 20; i++ {
+		h.results <- errors.New("failing")
 	}
+	h.step(0)
+	// Backoffs 10, 20, 40, 80, 160 ms: five more failures.
+	for _, d := range []time.Duration{10, 20, 40, 80, 160} {
+		h.step(d * time.Millisecond)
+	}
+	h.want(6, "after five backoffs")
+	h.poke() // the next retry is 320 ms away
+	h.step(10 * time.Millisecond)
+	h.want(7, "a change during backoff")
 }
 
 // The device manager finds the node's devices by its Node's InternalIP and ExternalIP (not its

@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"time"
+
+	"k8s.io/utils/clock"
 )
 
 // Runner calls a sync function when triggered, at most once per MinInterval, at least once
@@ -15,13 +17,21 @@ type Runner struct {
 	Sync        func() error
 	// OnError is told of each failed sync (logging); optional.
 	OnError func(err error, retryIn time.Duration)
+	// Clock is where time comes from (nil: the real one); tests step a fake one.
+	Clock clock.Clock
+
+	idle func() // tests: called each time the loop has handled an event
 }
 
 // Run loops until ctx is done. trigger asks for a sync.
 func (r *Runner) Run(ctx context.Context, trigger <-chan struct{}) {
+	clk := r.Clock
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
 	var last time.Time
 	backoff := time.Duration(0)
-	timer := time.NewTimer(0) // first sync at once
+	timer := clk.NewTimer(0) // first sync at once
 	defer timer.Stop()
 	for {
 		select {
@@ -30,23 +40,26 @@ func (r *Runner) Run(ctx context.Context, trigger <-chan struct{}) {
 		case <-trigger:
 			// A change is synced at the minimum interval even while a failure backs off:
 			// the backoff only spaces out retries when nothing new arrives.
-			wait := r.MinInterval - time.Since(last)
+			wait := r.MinInterval - clk.Since(last)
 			if wait < 0 {
 				wait = 0
 			}
 			resetTimer(timer, wait)
-		case <-timer.C:
-			last = time.Now()
+		case <-timer.C():
+			last = clk.Now()
 			if err := r.Sync(); err != nil {
 				backoff = nextBackoff(backoff, r.MinInterval, r.MaxInterval)
 				if r.OnError != nil {
 					r.OnError(err, backoff)
 				}
 				resetTimer(timer, backoff)
-				continue
+			} else {
+				backoff = 0
+				resetTimer(timer, r.MaxInterval)
 			}
-			backoff = 0
-			resetTimer(timer, r.MaxInterval)
+		}
+		if r.idle != nil {
+			r.idle()
 		}
 	}
 }
@@ -66,10 +79,10 @@ func nextBackoff(cur, min, max time.Duration) time.Duration {
 	return cur
 }
 
-func resetTimer(t *time.Timer, d time.Duration) {
+func resetTimer(t clock.Timer, d time.Duration) {
 	t.Stop()
 	select {
-	case <-t.C:
+	case <-t.C():
 	default:
 	}
 	t.Reset(d)
