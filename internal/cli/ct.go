@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -38,7 +39,7 @@ func monotonicNow() time.Duration {
 
 func flowState(e maps.CTEntry) string {
 	switch {
-	case e.Proto != maps.TCP:
+	case e.Proto != lb.TCP:
 		return "udp"
 	case e.Flags&maps.CTClosing != 0:
 		return "closing"

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/reconciler"
 	"github.com/sluicelb/sluice/internal/testutil"
@@ -51,16 +52,16 @@ func newFixture(t *testing.T) *fixture {
 		os.RemoveAll(dir)
 	})
 	k := maps.NewKernel(&dp.Objs.SluiceMaps)
-	be := func(a netip.Addr, p uint16, local bool) maps.Backend {
-		return maps.Backend{Addr: a, Port: p, Local: local}
+	be := func(a netip.Addr, p uint16, local bool) lb.Backend {
+		return lb.Backend{Addr: a, Port: p, Local: local}
 	}
 	st := desired.State{Addresses: []netip.Addr{nodeIP}, Services: map[desired.ServiceKey]*desired.Service{}}
 	for _, s := range []*desired.Service{
-		{Key: desired.ServiceKey{NodePort: 30080, Proto: maps.TCP}, Name: "default/web:http", Backends: []maps.Backend{be(backendIP, 8080, false), be(podIP, 80, true)}},
-		{Key: desired.ServiceKey{NodePort: 30081, Proto: maps.TCP}, Name: "default/api:http", Backends: []maps.Backend{be(backendIP, 8080, false)}},
-		{Key: desired.ServiceKey{NodePort: 30053, Proto: maps.UDP}, Name: "default/dns:dns", Backends: []maps.Backend{be(backendIP, 5353, false)}},
-		{Key: desired.ServiceKey{NodePort: 30090, Proto: maps.TCP}, Name: "default/empty:http"},
-		{Key: desired.ServiceKey{NodePort: 30095, Proto: maps.TCP}, Name: "default/sticky:http", Backends: []maps.Backend{be(podIP, 80, true)},
+		{Key: desired.ServiceKey{NodePort: 30080, Proto: lb.TCP}, Name: "default/web:http", Backends: []lb.Backend{be(backendIP, 8080, false), be(podIP, 80, true)}},
+		{Key: desired.ServiceKey{NodePort: 30081, Proto: lb.TCP}, Name: "default/api:http", Backends: []lb.Backend{be(backendIP, 8080, false)}},
+		{Key: desired.ServiceKey{NodePort: 30053, Proto: lb.UDP}, Name: "default/dns:dns", Backends: []lb.Backend{be(backendIP, 5353, false)}},
+		{Key: desired.ServiceKey{NodePort: 30090, Proto: lb.TCP}, Name: "default/empty:http"},
+		{Key: desired.ServiceKey{NodePort: 30095, Proto: lb.TCP}, Name: "default/sticky:http", Backends: []lb.Backend{be(podIP, 80, true)},
 			AffinityTimeout: 600, ExternalLocal: true, Maglev: true},
 	} {
 		st.Services[s.Key] = s

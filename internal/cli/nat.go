@@ -6,6 +6,7 @@ import (
 	"sort"
 	"text/tabwriter"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -33,7 +34,7 @@ func natList(e *Env, args []string) error {
 	type key struct {
 		node    netip.Addr
 		backend netip.AddrPort
-		proto   maps.Proto
+		proto   lb.Proto
 	}
 	use := map[key][]uint16{}
 	err = k.Conntrack(func(c maps.CTEntry) bool {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -66,10 +67,10 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 		if s == nil {
 			s = &ServiceJSON{ID: fe.ServiceID, Name: name(fe.ServiceID), NodePort: fk.Port, Protocol: fk.Proto.String(),
 				Policy: PolicyJSON{TrafficPolicy: "Cluster", Algorithm: "random", SessionAffinity: "None"}}
-			if fe.Flags&maps.FrontendMaglev != 0 {
+			if fe.Flags&lb.FrontendMaglev != 0 {
 				s.Policy.Algorithm = "maglev"
 			}
-			if fe.Flags&maps.FrontendAffinity != 0 {
+			if fe.Flags&lb.FrontendAffinity != 0 {
 				s.Policy.SessionAffinity, s.Policy.AffinityTimeoutSeconds = "ClientIP", int(fe.AffinityTimeout)
 			}
 			if i, ok := infos[fe.ServiceID]; ok && i.NodePort != 0 {

@@ -10,6 +10,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -413,14 +414,14 @@ func TestFlushFlowsByEndpoint(t *testing.T) {
 	e.xdp(t, udp(41001), xdpTX)
 	e.xdp(t, e.tcp(43000, true, false, false, false), xdpTX) // TCP: not flushed
 	before := countEntries(t, e.dp.Objs.SluiceCt)
-	n, err := e.m.FlushFlows(maps.UDP, map[maps.FlowTarget]bool{{ServiceID: 2, Backend: ap(backendIP, 5353)}: true})
+	n, err := e.m.FlushFlows(lb.UDP, map[maps.FlowTarget]bool{{ServiceID: 2, Backend: ap(backendIP, 5353)}: true})
 	if err != nil || n != 4 {
 		t.Fatalf("flushed %d entries (%v), want the two UDP flows' 4", n, err)
 	}
 	if got := countEntries(t, e.dp.Objs.SluiceCt); got != before-4 {
 		t.Errorf("%d entries left of %d", got, before)
 	}
-	if n, _ := e.m.FlushFlows(maps.UDP, map[maps.FlowTarget]bool{{ServiceID: 1, Backend: ap(backendIP, 8080)}: true}); n != 0 {
+	if n, _ := e.m.FlushFlows(lb.UDP, map[maps.FlowTarget]bool{{ServiceID: 1, Backend: ap(backendIP, 8080)}: true}); n != 0 {
 		t.Errorf("a UDP flush took %d TCP entries", n)
 	}
 }

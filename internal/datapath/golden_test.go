@@ -11,6 +11,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -63,17 +64,17 @@ func newEnvWith(t testing.TB, cfg datapath.Config) *env {
 
 	// svc 1: TCP 30080 -> remote 10.0.0.2:8080; svc 2: UDP 30081 -> remote 10.0.0.2:5353;
 	// svc 3: TCP 30082 -> local pod 10.244.1.10:80; svc 4/5: TCP/UDP 30090, no endpoints.
-	must(t, e.m.UpdateBackend(1, maps.Backend{Addr: backendIP, Port: 8080}))
-	must(t, e.m.UpdateBackend(2, maps.Backend{Addr: backendIP, Port: 5353}))
-	must(t, e.m.UpdateBackend(3, maps.Backend{Addr: podIP, Port: 80, Local: true}))
+	must(t, e.m.UpdateBackend(1, lb.Backend{Addr: backendIP, Port: 8080}))
+	must(t, e.m.UpdateBackend(2, lb.Backend{Addr: backendIP, Port: 5353}))
+	must(t, e.m.UpdateBackend(3, lb.Backend{Addr: podIP, Port: 80, Local: true}))
 	for svc, be := range map[uint32]uint32{1: 1, 2: 2, 3: 3} {
 		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: svc, Slot: 1}, be))
 	}
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30080, Proto: maps.TCP}, maps.Frontend{ServiceID: 1, Count: 1}))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30081, Proto: maps.UDP}, maps.Frontend{ServiceID: 2, Count: 1}))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30082, Proto: maps.TCP}, maps.Frontend{ServiceID: 3, Count: 1}))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30090, Proto: maps.TCP}, maps.Frontend{ServiceID: 4}))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30090, Proto: maps.UDP}, maps.Frontend{ServiceID: 5}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30080, Proto: lb.TCP}, lb.Frontend{ServiceID: 1, Count: 1}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30081, Proto: lb.UDP}, lb.Frontend{ServiceID: 2, Count: 1}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30082, Proto: lb.TCP}, lb.Frontend{ServiceID: 3, Count: 1}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30090, Proto: lb.TCP}, lb.Frontend{ServiceID: 4}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30090, Proto: lb.UDP}, lb.Frontend{ServiceID: 5}))
 	for _, p := range []uint16{30080, 30081, 30082, 30090} {
 		must(t, e.m.SetFrontendPort(p))
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -50,9 +51,9 @@ func quoteOf(p testutil.Pkt, n int) []byte {
 // icmpEnv adds a UDP service with a local backend to newEnv's: svc 6, UDP 30083 -> pod:5353.
 func icmpEnv(t *testing.T) *env {
 	e := newEnv(t)
-	must(t, e.m.UpdateBackend(6, maps.Backend{Addr: podIP, Port: 5353, Local: true}))
+	must(t, e.m.UpdateBackend(6, lb.Backend{Addr: podIP, Port: 5353, Local: true}))
 	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 6, Slot: 1}, 6))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30083, Proto: maps.UDP}, maps.Frontend{ServiceID: 6, Count: 1}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30083, Proto: lb.UDP}, lb.Frontend{ServiceID: 6, Count: 1}))
 	must(t, e.m.SetFrontendPort(30083))
 	return e
 }

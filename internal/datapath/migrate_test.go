@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -78,13 +79,13 @@ func TestMigratePinnedMaps(t *testing.T) {
 		}
 	}
 	km := maps.NewKernel(&dp.Objs.SluiceMaps)
-	fe, ok := km.LookupFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30080, Proto: maps.TCP})
-	if !ok || fe != (maps.Frontend{ServiceID: 7, Count: 3}) {
+	fe, ok := km.LookupFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30080, Proto: lb.TCP})
+	if !ok || fe != (lb.Frontend{ServiceID: 7, Count: 3}) {
 		t.Errorf("converted frontend %+v (found %v)", fe, ok)
 	}
 	infos, err := km.ServiceInfos()
 	must(t, err)
-	if i := infos[7]; i.Name != "default/web:http" || i.NodePort != 30080 || i.Proto != maps.TCP || i.Updated.UnixNano() != 12345 {
+	if i := infos[7]; i.Name != "default/web:http" || i.NodePort != 30080 || i.Proto != lb.TCP || i.Updated.UnixNano() != 12345 {
 		t.Errorf("converted service info %+v", i)
 	}
 	r, err := km.Reasons()

@@ -8,6 +8,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
@@ -24,22 +25,22 @@ var policyPods = map[uint32]netip.Addr{
 }
 
 // policyService writes service svc on nodeIP:port/TCP with the three local pods.
-func (e *env) policyService(t *testing.T, svc uint32, port uint16, fe maps.Frontend) {
+func (e *env) policyService(t *testing.T, svc uint32, port uint16, fe lb.Frontend) {
 	t.Helper()
 	for id, addr := range policyPods {
-		must(t, e.m.UpdateBackend(id, maps.Backend{Addr: addr, Port: 80, Local: true}))
+		must(t, e.m.UpdateBackend(id, lb.Backend{Addr: addr, Port: 80, Local: true}))
 	}
 	for i, id := range []uint32{3, 10, 11} {
 		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: svc, Slot: uint32(i + 1)}, id))
-		if fe.Flags&maps.FrontendAffinity != 0 {
+		if fe.Flags&lb.FrontendAffinity != 0 {
 			must(t, e.m.UpdateAffinityMatch(maps.AffinityMatch{ServiceID: svc, BackendID: id}))
 		}
 	}
 	fe.ServiceID = svc
-	if fe.Count == 0 && fe.Flags&maps.FrontendDropEmpty == 0 {
+	if fe.Count == 0 && fe.Flags&lb.FrontendDropEmpty == 0 {
 		fe.Count = 3
 	}
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: port, Proto: maps.TCP}, fe))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: port, Proto: lb.TCP}, fe))
 	must(t, e.m.SetFrontendPort(port))
 }
 
@@ -79,14 +80,14 @@ func (e *env) dropFromAffinityService(t *testing.T, pod netip.Addr) uint32 {
 	for i, id := range keep {
 		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 20, Slot: uint32(i + 1)}, id))
 	}
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30100, Proto: maps.TCP},
-		maps.Frontend{ServiceID: 20, Count: 2, Flags: maps.FrontendAffinity, AffinityTimeout: 10}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30100, Proto: lb.TCP},
+		lb.Frontend{ServiceID: 20, Count: 2, Flags: lb.FrontendAffinity, AffinityTimeout: 10}))
 	return podID
 }
 
 func TestPolicySessionAffinity(t *testing.T) {
 	e := newEnv(t)
-	e.policyService(t, 20, 30100, maps.Frontend{Flags: maps.FrontendAffinity, AffinityTimeout: 10})
+	e.policyService(t, 20, 30100, lb.Frontend{Flags: lb.FrontendAffinity, AffinityTimeout: 10})
 	first := e.synFrom(t, clientIP, 40000, 30100)
 	for sport := uint16(40001); sport < 40030; sport++ {
 		if got := e.synFrom(t, clientIP, sport, 30100); got != first {
@@ -133,7 +134,7 @@ func TestPolicySessionAffinity(t *testing.T) {
 	}
 
 	// Without the flag the same client is spread.
-	e.policyService(t, 21, 30101, maps.Frontend{})
+	e.policyService(t, 21, 30101, lb.Frontend{})
 	seen = map[netip.Addr]bool{}
 	for sport := uint16(43000); sport < 43030; sport++ {
 		seen[e.synFrom(t, clientIP, sport, 30101)] = true
@@ -168,7 +169,7 @@ func lbHash(a, b, c uint32) uint32 {
 
 func TestPolicyMaglev(t *testing.T) {
 	e := newEnv(t)
-	e.policyService(t, 22, 30102, maps.Frontend{Flags: maps.FrontendMaglev})
+	e.policyService(t, 22, 30102, lb.Frontend{Flags: lb.FrontendMaglev})
 	ids := []uint32{3, 10, 11}
 	table := make([]uint32, maps.DefaultMaglevSize)
 	for i := range table {
@@ -216,7 +217,7 @@ func TestPolicyMaglev(t *testing.T) {
 
 func TestPolicySourceRanges(t *testing.T) {
 	e := newEnv(t)
-	e.policyService(t, 23, 30103, maps.Frontend{Flags: maps.FrontendSourceRanges})
+	e.policyService(t, 23, 30103, lb.Frontend{Flags: lb.FrontendSourceRanges})
 	must(t, e.m.UpdateSourceRange(maps.SourceRange{ServiceID: 23, Prefix: netip.MustParsePrefix("10.0.0.8/30")}))
 	// Another service's range allows nothing here.
 	must(t, e.m.UpdateSourceRange(maps.SourceRange{ServiceID: 24, Prefix: netip.MustParsePrefix("0.0.0.0/0")}))
@@ -240,10 +241,10 @@ func TestPolicySourceRanges(t *testing.T) {
 
 func TestPolicyDropWithoutLocalEndpoint(t *testing.T) {
 	e := newEnv(t)
-	e.policyService(t, 25, 30104, maps.Frontend{Flags: maps.FrontendDropEmpty})
+	e.policyService(t, 25, 30104, lb.Frontend{Flags: lb.FrontendDropEmpty})
 	for _, proto := range []layers.IPProtocol{layers.IPProtocolTCP, layers.IPProtocolUDP} {
 		if proto == layers.IPProtocolUDP {
-			must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30104, Proto: maps.UDP}, maps.Frontend{ServiceID: 26, Flags: maps.FrontendDropEmpty}))
+			must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30104, Proto: lb.UDP}, lb.Frontend{ServiceID: 26, Flags: lb.FrontendDropEmpty}))
 		}
 		before := e.reasons(t)
 		p := e.fromClient(proto, 47000, 30104)
@@ -267,7 +268,7 @@ func TestPolicySNATAddressOfLoadBalancerIP(t *testing.T) {
 	e := newEnv(t)
 	lbIP := netip.MustParseAddr("203.0.113.10")
 	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 30, Slot: 1}, 1))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: lbIP, Port: 80, Proto: maps.TCP}, maps.Frontend{ServiceID: 30, Count: 1, SNATAddr: nodeIP}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: lbIP, Port: 80, Proto: lb.TCP}, lb.Frontend{ServiceID: 30, Count: 1, SNATAddr: nodeIP}))
 	must(t, e.m.SetFrontendPort(80))
 
 	p := e.fromClient(layers.IPProtocolTCP, 48000, 80)
@@ -312,7 +313,7 @@ func TestPolicyMaglevRemovalMovesFewFlows(t *testing.T) {
 	var ids []uint32
 	for i := 1; i <= n; i++ {
 		addr := netip.AddrFrom4([4]byte{10, 244, 1, byte(i)})
-		must(t, e.m.UpdateBackend(uint32(i), maps.Backend{Addr: addr, Port: 80, Local: true}))
+		must(t, e.m.UpdateBackend(uint32(i), lb.Backend{Addr: addr, Port: 80, Local: true}))
 		keys, ids = append(keys, netip.AddrPortFrom(addr, 80).String()), append(ids, uint32(i))
 	}
 	setTable := func(keys []string, ids []uint32) {
@@ -325,7 +326,7 @@ func TestPolicyMaglevRemovalMovesFewFlows(t *testing.T) {
 		must(t, e.m.UpdateMaglev(40, table))
 	}
 	setTable(keys, ids)
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30110, Proto: maps.TCP}, maps.Frontend{ServiceID: 40, Count: n, Flags: maps.FrontendMaglev}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30110, Proto: lb.TCP}, lb.Frontend{ServiceID: 40, Count: n, Flags: lb.FrontendMaglev}))
 	must(t, e.m.SetFrontendPort(30110))
 
 	pick := func() []netip.Addr {
@@ -373,7 +374,7 @@ func TestPolicyMaglevRemovalMovesFewFlows(t *testing.T) {
 // of being dropped, its dead entry refreshed, for as long as it retries.
 func TestPolicyAffinityToAMissingBackend(t *testing.T) {
 	e := newEnv(t)
-	e.policyService(t, 20, 30100, maps.Frontend{Flags: maps.FrontendAffinity, AffinityTimeout: 10})
+	e.policyService(t, 20, 30100, lb.Frontend{Flags: lb.FrontendAffinity, AffinityTimeout: 10})
 	first := e.synFrom(t, clientIP, 40000, 30100)
 	firstID := e.dropFromAffinityService(t, first)
 	must(t, e.m.DeleteBackend(firstID)) // the affinity set still names it

@@ -8,6 +8,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -33,13 +34,13 @@ func sctpTag(chunk byte) uint32 {
 
 func (e *env) sctpServices(t testing.TB) {
 	t.Helper()
-	must(t, e.m.UpdateBackend(60, maps.Backend{Addr: backendIP, Port: 3868}))
-	must(t, e.m.UpdateBackend(61, maps.Backend{Addr: podIP, Port: 3868, Local: true}))
+	must(t, e.m.UpdateBackend(60, lb.Backend{Addr: backendIP, Port: 3868}))
+	must(t, e.m.UpdateBackend(61, lb.Backend{Addr: podIP, Port: 3868, Local: true}))
 	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 60, Slot: 1}, 60))
 	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 61, Slot: 1}, 61))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30868, Proto: maps.SCTP}, maps.Frontend{ServiceID: 60, Count: 1}))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30869, Proto: maps.SCTP}, maps.Frontend{ServiceID: 61, Count: 1}))
-	must(t, e.m.UpdateFrontend(maps.FrontendKey{Addr: nodeIP, Port: 30870, Proto: maps.SCTP}, maps.Frontend{ServiceID: 62}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30868, Proto: lb.SCTP}, lb.Frontend{ServiceID: 60, Count: 1}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30869, Proto: lb.SCTP}, lb.Frontend{ServiceID: 61, Count: 1}))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30870, Proto: lb.SCTP}, lb.Frontend{ServiceID: 62}))
 	for _, p := range []uint16{30868, 30869, 30870} {
 		must(t, e.m.SetFrontendPort(p))
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -164,12 +165,12 @@ func tunnelLab(t *testing.T) (client, n1, n2 *testutil.Netns, dp *datapath.Datap
 	t.Cleanup(func() { dp.Close() })
 	m := maps.NewKernel(&dp.Objs.SluiceMaps)
 	node1, backend := netip.MustParseAddr(tunNode1), netip.MustParseAddr(tunBackend)
-	must(t, m.UpdateBackend(1, maps.Backend{Addr: backend, Port: 8080}))
-	must(t, m.UpdateBackend(2, maps.Backend{Addr: backend, Port: 5353}))
+	must(t, m.UpdateBackend(1, lb.Backend{Addr: backend, Port: 8080}))
+	must(t, m.UpdateBackend(2, lb.Backend{Addr: backend, Port: 5353}))
 	must(t, m.UpdateSlot(maps.SlotKey{ServiceID: 1, Slot: 1}, 1))
 	must(t, m.UpdateSlot(maps.SlotKey{ServiceID: 2, Slot: 1}, 2))
-	must(t, m.UpdateFrontend(maps.FrontendKey{Addr: node1, Port: tunNodePort, Proto: maps.TCP}, maps.Frontend{ServiceID: 1, Count: 1}))
-	must(t, m.UpdateFrontend(maps.FrontendKey{Addr: node1, Port: tunUDPPort, Proto: maps.UDP}, maps.Frontend{ServiceID: 2, Count: 1}))
+	must(t, m.UpdateFrontend(lb.FrontendKey{Addr: node1, Port: tunNodePort, Proto: lb.TCP}, lb.Frontend{ServiceID: 1, Count: 1}))
+	must(t, m.UpdateFrontend(lb.FrontendKey{Addr: node1, Port: tunUDPPort, Proto: lb.UDP}, lb.Frontend{ServiceID: 2, Count: 1}))
 	for _, p := range []uint16{tunNodePort, tunUDPPort} {
 		must(t, m.SetFrontendPort(p))
 	}

@@ -13,7 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 const (
@@ -43,7 +43,7 @@ type Options struct {
 // without a NodePort (served on external or load-balancer IPs only) is keyed by its name.
 type ServiceKey struct {
 	NodePort uint16
-	Proto    maps.Proto
+	Proto    lb.Proto
 	Name     string // "namespace/name:port", only when NodePort is 0
 }
 
@@ -70,7 +70,7 @@ type Service struct {
 	Key ServiceKey
 	// Name is "namespace/name:port" for logs, as kube-proxy's ServicePortName.
 	Name     string
-	Backends []maps.Backend // sorted by address and port, no duplicates
+	Backends []lb.Backend // sorted by address and port, no duplicates
 	// Serving are all the port's serving endpoints (ready, or terminating and still serving),
 	// on any node, whether policy picks them or not: a UDP flow's entries are flushed when its
 	// endpoint leaves this set, as kube-proxy clears conntrack only for endpoints that stop
@@ -99,25 +99,25 @@ type Service struct {
 
 // Frontends are the addresses the service port is served on, given the node's NodePort
 // addresses (sorted), with each one's policy; the reconciler adds the service ID and count.
-func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Frontend {
-	var flags maps.FrontendFlags
+func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Frontend {
+	var flags lb.FrontendFlags
 	if s.AffinityTimeout > 0 {
-		flags |= maps.FrontendAffinity
+		flags |= lb.FrontendAffinity
 	}
 	if s.DropEmpty {
-		flags |= maps.FrontendDropEmpty
+		flags |= lb.FrontendDropEmpty
 	}
 	if s.Maglev {
-		flags |= maps.FrontendMaglev
+		flags |= lb.FrontendMaglev
 	}
-	fe := maps.Frontend{Flags: flags, AffinityTimeout: s.AffinityTimeout}
-	out := make(map[maps.FrontendKey]maps.Frontend, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
+	fe := lb.Frontend{Flags: flags, AffinityTimeout: s.AffinityTimeout}
+	out := make(map[lb.FrontendKey]lb.Frontend, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
 	for _, a := range nodeAddrs {
 		if s.Key.NodePort == 0 {
 			break // served on its external and load-balancer IPs only
 		}
 		fe.SNATAddr = a // remote backends answer the address the client used
-		out[maps.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = fe
+		out[lb.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = fe
 	}
 	// Load-balancer and external IPs need not route back to this node: remote backends see
 	// its first NodePort address, as kube-proxy's masquerade shows them the egress address.
@@ -126,13 +126,13 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[maps.FrontendKey]maps.Fr
 		fe.SNATAddr = nodeAddrs[0]
 	}
 	for _, a := range s.ExternalIPs {
-		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
+		out[lb.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
 	}
 	if len(s.SourceRanges) > 0 {
-		fe.Flags |= maps.FrontendSourceRanges
+		fe.Flags |= lb.FrontendSourceRanges
 	}
 	for _, a := range s.LoadBalancerIPs {
-		out[maps.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
+		out[lb.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
 	}
 	return out
 }
@@ -288,9 +288,9 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 		}
 		s := pol
 		s.Name = fmt.Sprintf("%s:%s", n, sp.Name)
-		if len(s.Name) > maps.ServiceNameMax {
+		if len(s.Name) > lb.ServiceNameMax {
 			// Only a manifest can say it (the API server keeps names within its limits).
-			problems = append(problems, Problem{obj, fmt.Errorf("port %q: name %s is longer than Kubernetes allows (%d bytes)", sp.Name, s.Name, maps.ServiceNameMax)})
+			problems = append(problems, Problem{obj, fmt.Errorf("port %q: name %s is longer than Kubernetes allows (%d bytes)", sp.Name, s.Name, lb.ServiceNameMax)})
 			continue
 		}
 		s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
@@ -332,14 +332,14 @@ func wantService(svc *v1.Service) bool {
 	return svc.Spec.ClusterIP != v1.ClusterIPNone
 }
 
-func protoOf(p v1.Protocol) (maps.Proto, error) {
+func protoOf(p v1.Protocol) (lb.Proto, error) {
 	switch p {
 	case v1.ProtocolTCP, "":
-		return maps.TCP, nil
+		return lb.TCP, nil
 	case v1.ProtocolUDP:
-		return maps.UDP, nil
+		return lb.UDP, nil
 	case v1.ProtocolSCTP:
-		return maps.SCTP, nil
+		return lb.SCTP, nil
 	}
 	return 0, fmt.Errorf("protocol %q is not supported (TCP, UDP and SCTP are)", p)
 }
@@ -413,7 +413,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 // serving-but-terminating ones (so that a rolling update does not refuse connections while old
 // pods still serve); for externalTrafficPolicy Local, this node's ready ones, or, when none is
 // ready here, this node's serving-but-terminating ones.
-func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto maps.Proto, o Options) (cluster, local []maps.Backend, serving []netip.AddrPort) {
+func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto lb.Proto, o Options) (cluster, local []lb.Backend, serving []netip.AddrPort) {
 	var eps []endpoint
 	for _, sl := range svcSlices {
 		port, ok := slicePort(sl, sp.Name, proto)
@@ -428,7 +428,7 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 			if err != nil || !addr.Is4() {
 				continue
 			}
-			e := endpoint{b: maps.Backend{Addr: addr, Port: port, Local: o.NodeName != "" && ep.NodeName != nil && *ep.NodeName == o.NodeName}}
+			e := endpoint{b: lb.Backend{Addr: addr, Port: port, Local: o.NodeName != "" && ep.NodeName != nil && *ep.NodeName == o.NodeName}}
 			c := ep.Conditions
 			// As kube-proxy reads them (the API's defaults): ready and serving when missing are
 			// true, terminating false; ready alone makes an endpoint ready (the EndpointSlice
@@ -455,7 +455,7 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 	// Cluster traffic: ready endpoints the topology hints allow, else serving terminating
 	// ones; Local traffic: this node's, hints aside (kube-proxy's CategorizeEndpoints).
 	mode := topologyMode(eps, o.NodeName, o.NodeZone)
-	var ready, terminating []maps.Backend
+	var ready, terminating []lb.Backend
 	for _, e := range eps {
 		switch {
 		case e.ready && e.available(mode, o.NodeName, o.NodeZone):
@@ -483,8 +483,8 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto m
 	return sortBackends(cluster), sortBackends(local), slices.Compact(serving)
 }
 
-func onlyLocal(bs []maps.Backend) []maps.Backend {
-	var out []maps.Backend
+func onlyLocal(bs []lb.Backend) []lb.Backend {
+	var out []lb.Backend
 	for _, b := range bs {
 		if b.Local {
 			out = append(out, b)
@@ -493,12 +493,12 @@ func onlyLocal(bs []maps.Backend) []maps.Backend {
 	return out
 }
 
-func sortBackends(bs []maps.Backend) []maps.Backend {
+func sortBackends(bs []lb.Backend) []lb.Backend {
 	slices.SortFunc(bs, compareBackends)
-	return slices.CompactFunc(bs, func(a, b maps.Backend) bool { return compareBackends(a, b) == 0 })
+	return slices.CompactFunc(bs, func(a, b lb.Backend) bool { return compareBackends(a, b) == 0 })
 }
 
-func compareBackends(a, b maps.Backend) int {
+func compareBackends(a, b lb.Backend) int {
 	if c := a.Addr.Compare(b.Addr); c != 0 {
 		return c
 	}
@@ -507,7 +507,7 @@ func compareBackends(a, b maps.Backend) int {
 
 // slicePort finds the slice's port for the service port named name, as kube-proxy matches
 // them: by name (both empty for a single unnamed port) and protocol.
-func slicePort(sl *discoveryv1.EndpointSlice, name string, proto maps.Proto) (uint16, bool) {
+func slicePort(sl *discoveryv1.EndpointSlice, name string, proto lb.Proto) (uint16, bool) {
 	for _, p := range sl.Ports {
 		pname := ""
 		if p.Name != nil {

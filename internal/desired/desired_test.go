@@ -6,12 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/sluicelb/sluice/internal/maps"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -59,8 +58,8 @@ func sport(name string, proto v1.Protocol, p int32) discoveryv1.EndpointPort {
 	return discoveryv1.EndpointPort{Name: ptr(name), Protocol: ptr(proto), Port: ptr(p)}
 }
 
-func b(addr string, port uint16, local bool) maps.Backend {
-	return maps.Backend{Addr: netip.MustParseAddr(addr), Port: port, Local: local}
+func b(addr string, port uint16, local bool) lb.Backend {
+	return lb.Backend{Addr: netip.MustParseAddr(addr), Port: port, Local: local}
 }
 
 func build(svcs []*v1.Service, slices []*discoveryv1.EndpointSlice) (State, []Problem) {
@@ -82,16 +81,16 @@ func TestBuild(t *testing.T) {
 		name     string
 		svcs     []*v1.Service
 		slices   []*discoveryv1.EndpointSlice
-		want     map[ServiceKey][]maps.Backend
+		want     map[ServiceKey][]lb.Backend
 		problems []string
 	}{
 		{
 			name:   "NodePort joins slices by label and ports by name, marks local endpoints",
 			svcs:   []*v1.Service{service("web", v1.ServiceTypeNodePort, port("http", tcp, 30080), port("dns", udp, 30053))},
 			slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", []discoveryv1.EndpointPort{sport("http", tcp, 8080), sport("dns", udp, 5353)}, ep{addr: "10.244.1.10", node: "node1"}, ep{addr: "10.244.2.10", node: "node2"})},
-			want: map[ServiceKey][]maps.Backend{
-				{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 8080, true), b("10.244.2.10", 8080, false)},
-				{NodePort: 30053, Proto: maps.UDP}: {b("10.244.1.10", 5353, true), b("10.244.2.10", 5353, false)},
+			want: map[ServiceKey][]lb.Backend{
+				{NodePort: 30080, Proto: lb.TCP}: {b("10.244.1.10", 8080, true), b("10.244.2.10", 8080, false)},
+				{NodePort: 30053, Proto: lb.UDP}: {b("10.244.1.10", 5353, true), b("10.244.2.10", 5353, false)},
 			},
 		},
 		{
@@ -101,13 +100,13 @@ func TestBuild(t *testing.T) {
 				slice("web-2", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.2.10"}, ep{addr: "10.244.1.10"}),
 				slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10"}),
 			},
-			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 80, false), b("10.244.2.10", 80, false)}},
+			want: map[ServiceKey][]lb.Backend{{NodePort: 30080, Proto: lb.TCP}: {b("10.244.1.10", 80, false), b("10.244.2.10", 80, false)}},
 		},
 		{
 			name:   "not-ready endpoints are left out; no endpoints still makes a frontend (reject)",
 			svcs:   []*v1.Service{service("web", v1.ServiceTypeNodePort, port("", tcp, 30080))},
 			slices: []*discoveryv1.EndpointSlice{slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: no})},
-			want:   map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: nil},
+			want:   map[ServiceKey][]lb.Backend{{NodePort: 30080, Proto: lb.TCP}: nil},
 		},
 		{
 			name: "serving terminating endpoints used only when none is ready",
@@ -116,7 +115,7 @@ func TestBuild(t *testing.T) {
 				slice("web-1", "web", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: no, serv: yes, term: yes}, ep{addr: "10.244.1.11", ready: yes}),
 				slice("api-1", "api", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.20", ready: no, serv: yes, term: yes}, ep{addr: "10.244.1.21", ready: no, serv: no, term: yes}),
 			},
-			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
+			want: map[ServiceKey][]lb.Backend{{NodePort: 30080, Proto: lb.TCP}: {b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: lb.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
 		},
 		{
 			// As kube-proxy reads conditions: ready alone says ready (a terminating endpoint
@@ -127,12 +126,12 @@ func TestBuild(t *testing.T) {
 				slice("pnra-1", "pnra", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.10", ready: yes, term: yes}, ep{addr: "10.244.1.11", ready: yes}),
 				slice("old-1", "old", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.20", ready: no, term: yes}),
 			},
-			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: {b("10.244.1.10", 80, false), b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: maps.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
+			want: map[ServiceKey][]lb.Backend{{NodePort: 30080, Proto: lb.TCP}: {b("10.244.1.10", 80, false), b("10.244.1.11", 80, false)}, {NodePort: 30081, Proto: lb.TCP}: {{Addr: netip.MustParseAddr("10.244.1.20"), Port: 80, Terminating: true}}},
 		},
 		{
 			name:     "names longer than Kubernetes allows (only a manifest can have one) are refused",
 			svcs:     []*v1.Service{service(strings.Repeat("x", 140), v1.ServiceTypeNodePort, port("http", tcp, 30080))},
-			want:     map[ServiceKey][]maps.Backend{},
+			want:     map[ServiceKey][]lb.Backend{},
 			problems: []string{`Service default/` + strings.Repeat("x", 140) + `: port "http": name`},
 		},
 		{
@@ -151,7 +150,7 @@ func TestBuild(t *testing.T) {
 					return s
 				}(),
 			},
-			want: map[ServiceKey][]maps.Backend{{NodePort: 30201, Proto: maps.TCP}: nil},
+			want: map[ServiceKey][]lb.Backend{{NodePort: 30201, Proto: lb.TCP}: nil},
 		},
 		{
 			name: "LoadBalancer nodePorts served; ClusterIP, ExternalName, other proxies' services ignored",
@@ -165,12 +164,12 @@ func TestBuild(t *testing.T) {
 					return s
 				}(),
 			},
-			want: map[ServiceKey][]maps.Backend{{NodePort: 30100, Proto: maps.TCP}: nil},
+			want: map[ServiceKey][]lb.Backend{{NodePort: 30100, Proto: lb.TCP}: nil},
 		},
 		{
 			name:     "invalid ports are reported by name and skipped, the rest served",
 			svcs:     []*v1.Service{service("bad", v1.ServiceTypeNodePort, port("quic", "QUIC", 30200), port("low", tcp, 80), port("ok", tcp, 30201), port("sctp", v1.ProtocolSCTP, 30202))},
-			want:     map[ServiceKey][]maps.Backend{{NodePort: 30201, Proto: maps.TCP}: nil, {NodePort: 30202, Proto: maps.SCTP}: nil},
+			want:     map[ServiceKey][]lb.Backend{{NodePort: 30201, Proto: lb.TCP}: nil, {NodePort: 30202, Proto: lb.SCTP}: nil},
 			problems: []string{`Service default/bad: port "quic": protocol "QUIC"`, `Service default/bad: port "low": nodePort 80 outside`},
 		},
 		{
@@ -181,7 +180,7 @@ func TestBuild(t *testing.T) {
 				b.CreationTimestamp = metav1.NewTime(time.Unix(100, 0))
 				return []*v1.Service{a, b}
 			}(),
-			want:     map[ServiceKey][]maps.Backend{{NodePort: 30300, Proto: maps.TCP}: nil},
+			want:     map[ServiceKey][]lb.Backend{{NodePort: 30300, Proto: lb.TCP}: nil},
 			problems: []string{`Service default/a: port "": nodePort 30300/TCP already used by default/b:`},
 		},
 		{
@@ -192,7 +191,7 @@ func TestBuild(t *testing.T) {
 				s.AddressType = discoveryv1.AddressTypeIPv6
 				return s
 			}()},
-			want: map[ServiceKey][]maps.Backend{{NodePort: 30080, Proto: maps.TCP}: nil},
+			want: map[ServiceKey][]lb.Backend{{NodePort: 30080, Proto: lb.TCP}: nil},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

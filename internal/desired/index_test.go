@@ -4,12 +4,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/sluicelb/sluice/internal/maps"
 )
 
 func nn(name string) types.NamespacedName {
@@ -23,7 +22,7 @@ func TestIndexConflictHandover(t *testing.T) {
 	older, newer := service("old", v1.ServiceTypeNodePort, port("", tcp, 30300)), service("new", v1.ServiceTypeNodePort, port("", tcp, 30300))
 	older.CreationTimestamp = metav1.NewTime(time.Unix(100, 0))
 	newer.CreationTimestamp = metav1.NewTime(time.Unix(200, 0))
-	k := ServiceKey{NodePort: 30300, Proto: maps.TCP}
+	k := ServiceKey{NodePort: 30300, Proto: lb.TCP}
 	x := NewIndex(Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}})
 	x.Set(nn("new"), newer, nil)
 	if x.Services[k].Name != "default/new:" {
@@ -53,7 +52,7 @@ func TestIndexSetReturnsOnlyAffectedKeys(t *testing.T) {
 	svc := service("b", v1.ServiceTypeNodePort, port("", tcp, 30200)) // nodePort changed
 	sl := []*discoveryv1.EndpointSlice{slice("b-1", "b", []discoveryv1.EndpointPort{sport("", tcp, 80)}, ep{addr: "10.244.1.1"})}
 	keys, _ := x.Set(nn("b"), svc, sl)
-	if len(keys) != 2 || len(x.Services) != 3 || len(x.Services[ServiceKey{NodePort: 30200, Proto: maps.TCP}].Backends) != 1 {
+	if len(keys) != 2 || len(x.Services) != 3 || len(x.Services[ServiceKey{NodePort: 30200, Proto: lb.TCP}].Backends) != 1 {
 		t.Errorf("keys %v services %v", keys, x.Services)
 	}
 }

@@ -6,11 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/sluicelb/sluice/internal/maps"
 )
 
 // Policy as kube-proxy reads it from the same objects: session affinity, externalTrafficPolicy
@@ -19,7 +18,7 @@ import (
 func TestBuildPolicy(t *testing.T) {
 	tcp := v1.ProtocolTCP
 	yes, no := ptr(true), ptr(false)
-	key := ServiceKey{NodePort: 30080, Proto: maps.TCP}
+	key := ServiceKey{NodePort: 30080, Proto: lb.TCP}
 	web := func(mod func(*v1.Service)) []*v1.Service {
 		s := service("web", v1.ServiceTypeLoadBalancer, port("", tcp, 30080))
 		mod(s)
@@ -76,7 +75,7 @@ func TestBuildPolicy(t *testing.T) {
 			svcs:   web(func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal }),
 			slices: eps(local, remote, localTerm),
 			want: func(s *Service) string {
-				if !s.ExternalLocal || s.DropEmpty || !slices.Equal(s.Backends, []maps.Backend{b("10.244.1.10", 8080, true)}) {
+				if !s.ExternalLocal || s.DropEmpty || !slices.Equal(s.Backends, []lb.Backend{b("10.244.1.10", 8080, true)}) {
 					return "want the local ready endpoint only"
 				}
 				return ""
@@ -87,7 +86,7 @@ func TestBuildPolicy(t *testing.T) {
 			svcs:   web(func(s *v1.Service) { s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal }),
 			slices: eps(remote, localTerm),
 			want: func(s *Service) string {
-				want := []maps.Backend{{Addr: netip.MustParseAddr("10.244.1.11"), Port: 8080, Local: true, Terminating: true}}
+				want := []lb.Backend{{Addr: netip.MustParseAddr("10.244.1.11"), Port: 8080, Local: true, Terminating: true}}
 				if !slices.Equal(s.Backends, want) || s.DropEmpty {
 					return "want the local terminating endpoint"
 				}
@@ -131,9 +130,9 @@ func TestBuildPolicy(t *testing.T) {
 					return "wrong addresses"
 				}
 				fes := s.Frontends([]netip.Addr{nodeAddr})
-				lb := fes[maps.FrontendKey{Addr: netip.MustParseAddr("203.0.113.10"), Port: 80, Proto: maps.TCP}]
-				np := fes[maps.FrontendKey{Addr: nodeAddr, Port: 30080, Proto: maps.TCP}]
-				if len(fes) != 3 || lb.Flags != maps.FrontendSourceRanges || np.Flags != 0 || lb.SNATAddr != nodeAddr || np.SNATAddr != nodeAddr {
+				lbFE := fes[lb.FrontendKey{Addr: netip.MustParseAddr("203.0.113.10"), Port: 80, Proto: lb.TCP}]
+				np := fes[lb.FrontendKey{Addr: nodeAddr, Port: 30080, Proto: lb.TCP}]
+				if len(fes) != 3 || lbFE.Flags != lb.FrontendSourceRanges || np.Flags != 0 || lbFE.SNATAddr != nodeAddr || np.SNATAddr != nodeAddr {
 					return "wrong frontends"
 				}
 				return ""
@@ -190,7 +189,7 @@ func TestBuildDefaultAlgorithm(t *testing.T) {
 	in := Input{Options: Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}, Maglev: true}, Addresses: []netip.Addr{nodeAddr},
 		Services: map[types.NamespacedName]*v1.Service{{Namespace: "default", Name: "web"}: s, {Namespace: "default", Name: "api"}: random}}
 	st, _ := Build(in)
-	if !st.Services[ServiceKey{NodePort: 30080, Proto: maps.TCP}].Maglev || st.Services[ServiceKey{NodePort: 30081, Proto: maps.TCP}].Maglev {
+	if !st.Services[ServiceKey{NodePort: 30080, Proto: lb.TCP}].Maglev || st.Services[ServiceKey{NodePort: 30081, Proto: lb.TCP}].Maglev {
 		t.Errorf("--lb-algorithm maglev: want maglev unless annotated random")
 	}
 }
@@ -223,15 +222,15 @@ func TestBuildPortsWithoutNodePort(t *testing.T) {
 	cip := service("cip", v1.ServiceTypeClusterIP, port("http", tcp, 0))
 	cip.Spec.ExternalIPs = []string{"198.51.100.7"}
 	plain := service("plain", v1.ServiceTypeClusterIP, port("http", tcp, 0))
-	lb := service("lb", v1.ServiceTypeLoadBalancer, port("http", tcp, 0))
-	lb.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.10"}}
-	st, problems := build([]*v1.Service{cip, plain, lb}, []*discoveryv1.EndpointSlice{
+	lbSvc := service("lb", v1.ServiceTypeLoadBalancer, port("http", tcp, 0))
+	lbSvc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.10"}}
+	st, problems := build([]*v1.Service{cip, plain, lbSvc}, []*discoveryv1.EndpointSlice{
 		slice("cip-1", "cip", []discoveryv1.EndpointPort{sport("http", tcp, 8080)}, ep{addr: "10.244.1.10", node: "node1"}),
 	})
 	if len(problems) != 0 || len(st.Services) != 2 {
 		t.Fatalf("problems %v, services %v", problems, st.Services)
 	}
-	s := st.Services[ServiceKey{Proto: maps.TCP, Name: "default/cip:http"}]
+	s := st.Services[ServiceKey{Proto: lb.TCP, Name: "default/cip:http"}]
 	if s == nil || len(s.Backends) != 1 {
 		t.Fatalf("the ClusterIP service's external IP port: %+v", s)
 	}
@@ -239,10 +238,10 @@ func TestBuildPortsWithoutNodePort(t *testing.T) {
 	if len(fes) != 1 {
 		t.Errorf("frontends %v: want the external IP only, no NodePort", fes)
 	}
-	if _, ok := fes[maps.FrontendKey{Addr: netip.MustParseAddr("198.51.100.7"), Port: 80, Proto: maps.TCP}]; !ok {
+	if _, ok := fes[lb.FrontendKey{Addr: netip.MustParseAddr("198.51.100.7"), Port: 80, Proto: lb.TCP}]; !ok {
 		t.Errorf("frontends %v", fes)
 	}
-	if st.Services[ServiceKey{Proto: maps.TCP, Name: "default/lb:http"}] == nil {
+	if st.Services[ServiceKey{Proto: lb.TCP, Name: "default/lb:http"}] == nil {
 		t.Error("a LoadBalancer without node ports is served on its ingress IP")
 	}
 }

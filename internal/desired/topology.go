@@ -3,12 +3,12 @@ package desired
 import (
 	"slices"
 
-	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // endpoint is one endpoint of a service port as backends reads it from the slices.
 type endpoint struct {
-	b        maps.Backend
+	b        lb.Backend
 	ready    bool
 	fallback bool     // not ready, but serving and terminating: used when nothing is ready
 	zones    []string // hints.forZones

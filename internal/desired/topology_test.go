@@ -4,10 +4,9 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-
-	"github.com/sluicelb/sluice/internal/maps"
 )
 
 // Topology hints, as kube-proxy's CategorizeEndpoints applies them to Cluster traffic: the
@@ -85,7 +84,7 @@ func TestTopologyHints(t *testing.T) {
 			x := NewIndex(Options{NodeName: "node1", NodeZone: tc.zone, NodePortRange: PortRange{30000, 32767}})
 			x.Set(nn("web"), s, []*discoveryv1.EndpointSlice{tc.slice})
 			var got []string
-			for _, b := range x.Services[ServiceKey{NodePort: 30080, Proto: maps.TCP}].Backends {
+			for _, b := range x.Services[ServiceKey{NodePort: 30080, Proto: lb.TCP}].Backends {
 				got = append(got, b.Addr.String())
 			}
 			if !slices.Equal(got, tc.want) {

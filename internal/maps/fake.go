@@ -3,6 +3,8 @@ package maps
 import (
 	"fmt"
 	"sync"
+
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Fake is an in-memory Maps for unit tests. Max* > 0 make a map report ErrFull like the
@@ -12,9 +14,9 @@ import (
 // naming one that does not exist (see Dangling).
 type Fake struct {
 	mu          sync.Mutex
-	FrontendMap map[FrontendKey]Frontend
+	FrontendMap map[lb.FrontendKey]lb.Frontend
 	SlotMap     map[SlotKey]uint32
-	BackendMap  map[uint32]Backend
+	BackendMap  map[uint32]lb.Backend
 	// Ports set in the prefilter bitmaps.
 	FrontendPorts map[uint16]bool
 	BackendPorts  map[uint16]bool
@@ -33,7 +35,7 @@ type Fake struct {
 
 // NewFake returns an empty Fake.
 func NewFake() *Fake {
-	return &Fake{FrontendMap: map[FrontendKey]Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]Backend{},
+	return &Fake{FrontendMap: map[lb.FrontendKey]lb.Frontend{}, SlotMap: map[SlotKey]uint32{}, BackendMap: map[uint32]lb.Backend{},
 		FrontendPorts: map[uint16]bool{}, BackendPorts: map[uint16]bool{}, Info: map[uint32]ServiceInfo{},
 		Affinity: map[AffinityMatch]bool{}, Ranges: map[SourceRange]bool{}, Maglev: map[uint32][]uint32{}}
 }
@@ -72,7 +74,7 @@ func full[K comparable, V any](m map[K]V, k K, max int) bool {
 	return !ok && max > 0 && len(m) >= max
 }
 
-func (f *Fake) UpdateFrontend(k FrontendKey, v Frontend) error {
+func (f *Fake) UpdateFrontend(k lb.FrontendKey, v lb.Frontend) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fault("update frontend"); err != nil {
@@ -90,7 +92,7 @@ func (f *Fake) UpdateFrontend(k FrontendKey, v Frontend) error {
 	return nil
 }
 
-func (f *Fake) DeleteFrontend(k FrontendKey) error {
+func (f *Fake) DeleteFrontend(k lb.FrontendKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fault("delete frontend"); err != nil {
@@ -126,7 +128,7 @@ func (f *Fake) DeleteSlot(k SlotKey) error {
 	return nil
 }
 
-func (f *Fake) UpdateBackend(id uint32, b Backend) error {
+func (f *Fake) UpdateBackend(id uint32, b lb.Backend) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fault("update backend"); err != nil {
@@ -204,7 +206,7 @@ func (f *Fake) DeleteServiceInfo(id uint32) error {
 
 func (f *Fake) ResetServiceStats(id uint32) error { return nil }
 
-func (f *Fake) Frontends() (map[FrontendKey]Frontend, error) {
+func (f *Fake) Frontends() (map[lb.FrontendKey]lb.Frontend, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return clone(f.FrontendMap), nil
@@ -216,7 +218,7 @@ func (f *Fake) Slots() (map[SlotKey]uint32, error) {
 	return clone(f.SlotMap), nil
 }
 
-func (f *Fake) Backends() (map[uint32]Backend, error) {
+func (f *Fake) Backends() (map[uint32]lb.Backend, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return clone(f.BackendMap), nil

@@ -1,5 +1,7 @@
 package maps
 
+import "github.com/sluicelb/sluice/internal/lb"
+
 // FakeBatcher is a Fake that buffers between Begin and Flush as Kernel does: updates of ports,
 // backends, slots, service info and frontends wait for Flush, which writes them stage by stage
 // in that order and stops at the first stage that fails; deletes and policy writes go through
@@ -46,7 +48,7 @@ func (b *FakeBatcher) SetBackendPort(p uint16) error {
 	return b.buffer(0, func() error { return b.Fake.SetBackendPort(p) })
 }
 
-func (b *FakeBatcher) UpdateBackend(id uint32, be Backend) error {
+func (b *FakeBatcher) UpdateBackend(id uint32, be lb.Backend) error {
 	return b.buffer(1, func() error { return b.Fake.UpdateBackend(id, be) })
 }
 
@@ -61,6 +63,6 @@ func (b *FakeBatcher) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 	return b.buffer(3, func() error { return b.Fake.UpdateServiceInfo(id, info) })
 }
 
-func (b *FakeBatcher) UpdateFrontend(k FrontendKey, fe Frontend) error {
+func (b *FakeBatcher) UpdateFrontend(k lb.FrontendKey, fe lb.Frontend) error {
 	return b.buffer(4, func() error { return b.Fake.UpdateFrontend(k, fe) })
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Dangling lists what the datapath could read that names an entry that does not exist: a
@@ -18,11 +20,11 @@ func (f *Fake) Dangling() []string {
 
 func (f *Fake) dangling() []string {
 	var out []string
-	keys := make([]FrontendKey, 0, len(f.FrontendMap))
+	keys := make([]lb.FrontendKey, 0, len(f.FrontendMap))
 	for k := range f.FrontendMap {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b FrontendKey) int { return strings.Compare(a.String(), b.String()) })
+	slices.SortFunc(keys, func(a, b lb.FrontendKey) int { return strings.Compare(a.String(), b.String()) })
 	checked := map[uint32]uint16{} // service ID -> slots checked so far
 	for _, k := range keys {
 		fe := f.FrontendMap[k]
@@ -37,7 +39,7 @@ func (f *Fake) dangling() []string {
 		}
 		checked[fe.ServiceID] = max(checked[fe.ServiceID], fe.Count)
 		// With no backend the datapath rejects (or drops) before it reads the table.
-		if fe.Flags&FrontendMaglev != 0 && fe.Count > 0 && f.Maglev[fe.ServiceID] == nil {
+		if fe.Flags&lb.FrontendMaglev != 0 && fe.Count > 0 && f.Maglev[fe.ServiceID] == nil {
 			out = append(out, fmt.Sprintf("frontend %s: no maglev table %d", k, fe.ServiceID))
 		}
 	}

@@ -9,13 +9,14 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // ServiceInfo is what inspection tools learn about a service ID (the datapath never reads it).
 type ServiceInfo struct {
 	Name     string // namespace/name:port
 	NodePort uint16
-	Proto    Proto
+	Proto    lb.Proto
 	Updated  time.Time
 	// ExternalLocal: externalTrafficPolicy Local (the frontends cannot tell it: their backends
 	// are simply the local ones).
@@ -45,14 +46,17 @@ func putCString[T ~int8 | ~uint8](dst []T, s string) {
 	}
 }
 
-// ServiceNameMax is the longest service name the maps hold: namespace/name:port at Kubernetes'
-// limits (63 + 1 + 63 + 1 + 15).
-const ServiceNameMax = len(datapath.SluiceSvcInfo{}.Name) - 1
+// svc_info's name holds lb.ServiceNameMax bytes and a NUL: these fail to compile (a negative
+// array length) unless the two agree.
+var (
+	_ [len(datapath.SluiceSvcInfo{}.Name) - 1 - lb.ServiceNameMax]struct{}
+	_ [lb.ServiceNameMax - (len(datapath.SluiceSvcInfo{}.Name) - 1)]struct{}
+)
 
 // checkServiceName refuses a name the maps cannot hold whole: cut, two names could become one.
 func checkServiceName(id uint32, name string) error {
-	if len(name) > ServiceNameMax {
-		return fmt.Errorf("update service info %d: name %q is %d bytes, longer than the %d Kubernetes allows", id, name, len(name), ServiceNameMax)
+	if len(name) > lb.ServiceNameMax {
+		return fmt.Errorf("update service info %d: name %q is %d bytes, longer than the %d Kubernetes allows", id, name, len(name), lb.ServiceNameMax)
 	}
 	return nil
 }
@@ -85,7 +89,7 @@ func (k *Kernel) ServiceInfos() (map[uint32]ServiceInfo, error) {
 	var v datapath.SluiceSvcInfo
 	it := k.objs.SluiceSvcInfo.Iterate()
 	for it.Next(&id, &v) {
-		out[id] = ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs)),
+		out[id] = ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: lb.Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs)),
 			ExternalLocal: v.Flags&infoExternalLocal != 0}
 	}
 	if err := it.Err(); err != nil {
@@ -207,7 +211,7 @@ const (
 // NatSrc->NatDst.
 type CTEntry struct {
 	Src, Dst       netip.AddrPort
-	Proto          Proto
+	Proto          lb.Proto
 	NatSrc, NatDst netip.AddrPort
 	ServiceID      uint32
 	BackendID      uint32
@@ -224,7 +228,7 @@ func (k *Kernel) Conntrack(fn func(CTEntry) bool) error {
 		e := CTEntry{
 			Src:       netip.AddrPortFrom(AddrFrom4(key.Saddr), PortFrom16(key.Sport)),
 			Dst:       netip.AddrPortFrom(AddrFrom4(key.Daddr), PortFrom16(key.Dport)),
-			Proto:     Proto(key.Proto),
+			Proto:     lb.Proto(key.Proto),
 			NatSrc:    netip.AddrPortFrom(AddrFrom4(v.NatSaddr), PortFrom16(v.NatSport)),
 			NatDst:    netip.AddrPortFrom(AddrFrom4(v.NatDaddr), PortFrom16(v.NatDport)),
 			ServiceID: v.SvcId, BackendID: v.BackendId, Flags: v.Flags,

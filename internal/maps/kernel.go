@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Backend flags, mirroring BACKEND_F_* in bpf/lib/maps.h.
@@ -55,11 +56,11 @@ func Port16(p uint16) uint16 {
 // PortFrom16 converts a stored network-order port back to host order.
 func PortFrom16(v uint16) uint16 { return Port16(v) }
 
-func frontendKey(k FrontendKey) datapath.SluiceFrontendKey {
+func frontendKey(k lb.FrontendKey) datapath.SluiceFrontendKey {
 	return datapath.SluiceFrontendKey{Addr: Addr4(k.Addr), Port: Port16(k.Port), Proto: uint8(k.Proto)}
 }
 
-func backendValue(b Backend) datapath.SluiceBackend {
+func backendValue(b lb.Backend) datapath.SluiceBackend {
 	v := datapath.SluiceBackend{Addr: Addr4(b.Addr), Port: Port16(b.Port)}
 	if b.Local {
 		v.Flags |= backendLocal
@@ -88,7 +89,7 @@ func ignoreMissing(what string, err error) error {
 	return fmt.Errorf("delete %s: %w", what, err)
 }
 
-func (k *Kernel) UpdateFrontend(key FrontendKey, v Frontend) error {
+func (k *Kernel) UpdateFrontend(key lb.FrontendKey, v lb.Frontend) error {
 	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: uint16(v.Flags), AffinityTimeoutS: v.AffinityTimeout}
 	if v.SNATAddr.Is4() {
 		val.SnatAddr = Addr4(v.SNATAddr)
@@ -101,7 +102,7 @@ func (k *Kernel) UpdateFrontend(key FrontendKey, v Frontend) error {
 	return wrapUpdate("frontend "+key.String(), k.objs.SluiceFrontends.Update(&fk, &val, ebpf.UpdateAny))
 }
 
-func (k *Kernel) DeleteFrontend(key FrontendKey) error {
+func (k *Kernel) DeleteFrontend(key lb.FrontendKey) error {
 	fk := frontendKey(key)
 	return ignoreMissing("frontend "+key.String(), k.objs.SluiceFrontends.Delete(&fk))
 }
@@ -120,7 +121,7 @@ func (k *Kernel) DeleteSlot(key SlotKey) error {
 	return ignoreMissing(fmt.Sprintf("slot %d/%d", key.ServiceID, key.Slot), k.objs.SluiceSlots.Delete(&sk))
 }
 
-func (k *Kernel) UpdateBackend(id uint32, b Backend) error {
+func (k *Kernel) UpdateBackend(id uint32, b lb.Backend) error {
 	v := backendValue(b)
 	if bt := k.batch; bt != nil {
 		bt.beKeys, bt.beVals = append(bt.beKeys, id), append(bt.beVals, v)
@@ -182,13 +183,13 @@ func (k *Kernel) ResetServiceStats(id uint32) error {
 	return nil
 }
 
-func (k *Kernel) Frontends() (map[FrontendKey]Frontend, error) {
-	out := map[FrontendKey]Frontend{}
+func (k *Kernel) Frontends() (map[lb.FrontendKey]lb.Frontend, error) {
+	out := map[lb.FrontendKey]lb.Frontend{}
 	var key datapath.SluiceFrontendKey
 	var val datapath.SluiceFrontend
 	it := k.objs.SluiceFrontends.Iterate()
 	for it.Next(&key, &val) {
-		fk := FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: Proto(key.Proto)}
+		fk := lb.FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: lb.Proto(key.Proto)}
 		out[fk] = frontendFrom(val)
 	}
 	if err := it.Err(); err != nil {
@@ -211,13 +212,13 @@ func (k *Kernel) Slots() (map[SlotKey]uint32, error) {
 	return out, nil
 }
 
-func (k *Kernel) Backends() (map[uint32]Backend, error) {
-	out := map[uint32]Backend{}
+func (k *Kernel) Backends() (map[uint32]lb.Backend, error) {
+	out := map[uint32]lb.Backend{}
 	var key uint32
 	var val datapath.SluiceBackend
 	it := k.objs.SluiceBackends.Iterate()
 	for it.Next(&key, &val) {
-		out[key] = Backend{Addr: AddrFrom4(val.Addr), Port: PortFrom16(val.Port),
+		out[key] = lb.Backend{Addr: AddrFrom4(val.Addr), Port: PortFrom16(val.Port),
 			Local: val.Flags&backendLocal != 0, Terminating: val.Flags&backendTerminating != 0}
 	}
 	if err := it.Err(); err != nil {
@@ -259,31 +260,31 @@ func (k *Kernel) Reasons() (map[Reason]uint64, error) {
 }
 
 // LookupFrontend reads one frontend.
-func (k *Kernel) LookupFrontend(key FrontendKey) (Frontend, bool) {
+func (k *Kernel) LookupFrontend(key lb.FrontendKey) (lb.Frontend, bool) {
 	fk := frontendKey(key)
 	var v datapath.SluiceFrontend
 	if err := k.objs.SluiceFrontends.Lookup(&fk, &v); err != nil {
-		return Frontend{}, false
+		return lb.Frontend{}, false
 	}
 	return frontendFrom(v), true
 }
 
 // LookupSlotBackend reads the backend in one slot.
-func (k *Kernel) LookupSlotBackend(key SlotKey) (Backend, bool) {
+func (k *Kernel) LookupSlotBackend(key SlotKey) (lb.Backend, bool) {
 	sk := datapath.SluiceSlotKey{SvcId: key.ServiceID, Slot: key.Slot}
 	var id uint32
 	if err := k.objs.SluiceSlots.Lookup(&sk, &id); err != nil {
-		return Backend{}, false
+		return lb.Backend{}, false
 	}
 	var v datapath.SluiceBackend
 	if err := k.objs.SluiceBackends.Lookup(&id, &v); err != nil {
-		return Backend{}, false
+		return lb.Backend{}, false
 	}
-	return Backend{Addr: AddrFrom4(v.Addr), Port: PortFrom16(v.Port), Local: v.Flags&backendLocal != 0, Terminating: v.Flags&backendTerminating != 0}, true
+	return lb.Backend{Addr: AddrFrom4(v.Addr), Port: PortFrom16(v.Port), Local: v.Flags&backendLocal != 0, Terminating: v.Flags&backendTerminating != 0}, true
 }
 
-func frontendFrom(v datapath.SluiceFrontend) Frontend {
-	fe := Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: FrontendFlags(v.Flags), AffinityTimeout: v.AffinityTimeoutS}
+func frontendFrom(v datapath.SluiceFrontend) lb.Frontend {
+	fe := lb.Frontend{ServiceID: v.SvcId, Count: v.Count, Flags: lb.FrontendFlags(v.Flags), AffinityTimeout: v.AffinityTimeoutS}
 	if v.SnatAddr != 0 {
 		fe.SNATAddr = AddrFrom4(v.SnatAddr)
 	}

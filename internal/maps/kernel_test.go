@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -14,9 +15,9 @@ import (
 // What the reconciler writes is what it reads back when it restores.
 func TestKernelRoundTrip(t *testing.T) {
 	k := testutil.KernelMaps(t, datapath.Config{})
-	fk := maps.FrontendKey{Addr: netip.MustParseAddr("10.89.0.11"), Port: 30080, Proto: maps.TCP}
-	fe := maps.Frontend{ServiceID: 7, Count: 2}
-	be := maps.Backend{Addr: netip.MustParseAddr("10.244.1.10"), Port: 8080, Local: true}
+	fk := lb.FrontendKey{Addr: netip.MustParseAddr("10.89.0.11"), Port: 30080, Proto: lb.TCP}
+	fe := lb.Frontend{ServiceID: 7, Count: 2}
+	be := lb.Backend{Addr: netip.MustParseAddr("10.244.1.10"), Port: 8080, Local: true}
 	sk := maps.SlotKey{ServiceID: 7, Slot: 2}
 	for _, err := range []error{k.UpdateFrontend(fk, fe), k.UpdateBackend(3, be), k.UpdateSlot(sk, 3), k.ResetServiceStats(7)} {
 		if err != nil {
@@ -53,11 +54,11 @@ func TestKernelRoundTrip(t *testing.T) {
 func TestKernelFullMap(t *testing.T) {
 	k := testutil.KernelMaps(t, datapath.Config{MaxFrontends: 2})
 	for p := uint16(30000); p < 30002; p++ {
-		if err := k.UpdateFrontend(maps.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: p, Proto: maps.TCP}, maps.Frontend{ServiceID: 1}); err != nil {
+		if err := k.UpdateFrontend(lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: p, Proto: lb.TCP}, lb.Frontend{ServiceID: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	err := k.UpdateFrontend(maps.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30002, Proto: maps.TCP}, maps.Frontend{ServiceID: 1})
+	err := k.UpdateFrontend(lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30002, Proto: lb.TCP}, lb.Frontend{ServiceID: 1})
 	if !errors.Is(err, maps.ErrFull) {
 		t.Fatalf("third frontend: %v, want ErrFull", err)
 	}
@@ -77,7 +78,7 @@ func TestKernelKeepsLongServiceNames(t *testing.T) {
 		t.Fatalf("test name is %d bytes", len(a))
 	}
 	for id, name := range map[uint32]string{1: a, 2: b} {
-		if err := k.UpdateServiceInfo(id, maps.ServiceInfo{Name: name, Proto: maps.TCP}); err != nil {
+		if err := k.UpdateServiceInfo(id, maps.ServiceInfo{Name: name, Proto: lb.TCP}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // DefaultMaglevSize is the datapath's default Maglev table size (datapath.Config.MaglevSize).
@@ -194,7 +195,7 @@ func (f FlowTarget) String() string { return fmt.Sprintf("%d/%s", f.ServiceID, f
 // its source port (DNS, say) reaches a live endpoint instead of the old one until its flow
 // times out. A flow's forward entry holds the endpoint as its rewritten destination, its
 // reverse entry as its key's source.
-func (k *Kernel) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) {
+func (k *Kernel) FlushFlows(proto lb.Proto, gone map[FlowTarget]bool) (int, error) {
 	if len(gone) == 0 {
 		return 0, nil
 	}
@@ -203,7 +204,7 @@ func (k *Kernel) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) 
 	var v datapath.SluiceCtEntry
 	it := k.objs.SluiceCt.Iterate()
 	for it.Next(&key, &v) {
-		if Proto(key.Proto) != proto || v.SvcId == 0 {
+		if lb.Proto(key.Proto) != proto || v.SvcId == 0 {
 			continue
 		}
 		be := netip.AddrPortFrom(AddrFrom4(v.NatDaddr), PortFrom16(v.NatDport))
@@ -228,7 +229,7 @@ func (k *Kernel) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) 
 	return n, nil
 }
 
-func (f *Fake) FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error) {
+func (f *Fake) FlushFlows(proto lb.Proto, gone map[FlowTarget]bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var lines []string

@@ -4,83 +4,11 @@
 package maps
 
 import (
-	"fmt"
 	"net/netip"
-	"strings"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 )
-
-// Proto is an IP protocol number.
-type Proto uint8
-
-const (
-	TCP  Proto = 6
-	UDP  Proto = 17
-	SCTP Proto = 132
-)
-
-func (p Proto) String() string {
-	switch p {
-	case TCP:
-		return "TCP"
-	case UDP:
-		return "UDP"
-	case SCTP:
-		return "SCTP"
-	}
-	return fmt.Sprintf("proto-%d", uint8(p))
-}
-
-// FrontendKey is a node address, NodePort and protocol: what a client connects to.
-type FrontendKey struct {
-	Addr  netip.Addr
-	Port  uint16
-	Proto Proto
-}
-
-func (k FrontendKey) String() string {
-	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
-}
-
-// Frontend is a frontend's service: its ID, how many backend slots it has, and its policy.
-type Frontend struct {
-	ServiceID uint32
-	Count     uint16
-	Flags     FrontendFlags
-	// AffinityTimeout is the session affinity timeout in seconds (FrontendAffinity).
-	AffinityTimeout uint32
-	// SNATAddr is the node address remote backends see; invalid: the frontend's own.
-	SNATAddr netip.Addr
-}
-
-// FrontendFlags mirror FE_F_* in bpf/lib/maps.h.
-type FrontendFlags uint16
-
-const (
-	// FrontendAffinity: sessionAffinity ClientIP.
-	FrontendAffinity FrontendFlags = 0x01
-	// FrontendDropEmpty: no backend drops instead of rejecting (externalTrafficPolicy Local
-	// with endpoints only elsewhere).
-	FrontendDropEmpty FrontendFlags = 0x02
-	// FrontendSourceRanges: new flows only from the service's loadBalancerSourceRanges.
-	FrontendSourceRanges FrontendFlags = 0x04
-	// FrontendMaglev: backends picked with the service's Maglev table.
-	FrontendMaglev FrontendFlags = 0x08
-)
-
-func (f FrontendFlags) String() string {
-	var out []string
-	for _, n := range []struct {
-		f    FrontendFlags
-		name string
-	}{{FrontendAffinity, "affinity"}, {FrontendDropEmpty, "drop-empty"}, {FrontendSourceRanges, "source-ranges"}, {FrontendMaglev, "maglev"}} {
-		if f&n.f != 0 {
-			out = append(out, n.name)
-		}
-	}
-	return strings.Join(out, ",")
-}
 
 // AffinityMatch says backend BackendID serves service ServiceID, so that a client's
 // remembered backend is used only while it does.
@@ -98,26 +26,6 @@ type SourceRange struct {
 type SlotKey struct {
 	ServiceID uint32
 	Slot      uint32
-}
-
-// Backend is an endpoint address; Local marks a pod on this node, Terminating one that is
-// used only because no endpoint is ready (kube-proxy's fallback).
-type Backend struct {
-	Addr        netip.Addr
-	Port        uint16
-	Local       bool
-	Terminating bool
-}
-
-func (b Backend) String() string {
-	s := netip.AddrPortFrom(b.Addr, b.Port).String()
-	if b.Local {
-		s += " (local)"
-	}
-	if b.Terminating {
-		s += " (terminating)"
-	}
-	return s
 }
 
 // ServiceStats are a service's counters summed over CPUs.
@@ -157,11 +65,11 @@ var ReasonNames = map[Reason]string{
 
 // Maps is what the reconciler writes and restores from. Every write is idempotent.
 type Maps interface {
-	UpdateFrontend(FrontendKey, Frontend) error
-	DeleteFrontend(FrontendKey) error
+	UpdateFrontend(lb.FrontendKey, lb.Frontend) error
+	DeleteFrontend(lb.FrontendKey) error
 	UpdateSlot(SlotKey, uint32) error
 	DeleteSlot(SlotKey) error
-	UpdateBackend(uint32, Backend) error
+	UpdateBackend(uint32, lb.Backend) error
 	DeleteBackend(uint32) error
 	// SetFrontendPort and SetBackendPort mark a port in the datapath's prefilter bitmaps: the
 	// destination port of a frontend, the source port of a local backend's replies. Bits are
@@ -184,11 +92,11 @@ type Maps interface {
 	UpdateMaglev(svcID uint32, table []uint32) error
 	DeleteMaglev(svcID uint32) error
 	// FlushFlows deletes the flows of proto to each (service, endpoint) pair in gone.
-	FlushFlows(proto Proto, gone map[FlowTarget]bool) (int, error)
+	FlushFlows(proto lb.Proto, gone map[FlowTarget]bool) (int, error)
 
-	Frontends() (map[FrontendKey]Frontend, error)
+	Frontends() (map[lb.FrontendKey]lb.Frontend, error)
 	Slots() (map[SlotKey]uint32, error)
-	Backends() (map[uint32]Backend, error)
+	Backends() (map[uint32]lb.Backend, error)
 	ServiceInfos() (map[uint32]ServiceInfo, error)
 	AffinityMatches() (map[AffinityMatch]bool, error)
 	SourceRanges() (map[SourceRange]bool, error)

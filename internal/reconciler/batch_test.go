@@ -10,6 +10,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -17,11 +18,11 @@ import (
 func bigState(n int) desired.State {
 	st := desired.State{Addresses: []netip.Addr{node1}, Services: map[desired.ServiceKey]*desired.Service{}}
 	for i := 0; i < n; i++ {
-		var bs []maps.Backend
+		var bs []lb.Backend
 		for j := 0; j < 3; j++ {
 			bs = append(bs, be(fmt.Sprintf("10.%d.%d.%d", 100+j, i/256, i%256), 80))
 		}
-		k := desired.ServiceKey{NodePort: uint16(20000 + i), Proto: maps.TCP}
+		k := desired.ServiceKey{NodePort: uint16(20000 + i), Proto: lb.TCP}
 		st.Services[k] = &desired.Service{Key: k, Name: fmt.Sprintf("default/s%d:http", i), Backends: bs}
 	}
 	return st
@@ -40,7 +41,7 @@ func TestBatchedApply(t *testing.T) {
 	if len(fes) != 400 || len(slots) != 1200 || len(bes) != 1200 {
 		t.Fatalf("frontends %d slots %d backends %d", len(fes), len(slots), len(bes))
 	}
-	fe, ok := k.LookupFrontend(maps.FrontendKey{Addr: node1, Port: 20007, Proto: maps.TCP})
+	fe, ok := k.LookupFrontend(lb.FrontendKey{Addr: node1, Port: 20007, Proto: lb.TCP})
 	b, ok2 := k.LookupSlotBackend(maps.SlotKey{ServiceID: fe.ServiceID, Slot: 3})
 	if !ok || !ok2 || fe.Count != 3 || b.Addr != netip.MustParseAddr("10.102.0.7") {
 		t.Errorf("service 7: %+v %+v", fe, b)
@@ -76,14 +77,14 @@ func TestScale100kServices1MBackends(t *testing.T) {
 		MaxBackends: 1<<20 + 1<<16, MaxSlots: 1<<20 + 1<<16})
 	st := desired.State{Addresses: []netip.Addr{node1}, Services: make(map[desired.ServiceKey]*desired.Service, services)}
 	for i := 0; i < services; i++ {
-		bs := make([]maps.Backend, per)
+		bs := make([]lb.Backend, per)
 		for j := range bs {
 			n := i*per + j
-			bs[j] = maps.Backend{Addr: netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), Port: 8080}
+			bs[j] = lb.Backend{Addr: netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), Port: 8080}
 		}
-		proto := maps.TCP
+		proto := lb.TCP
 		if i >= 50000 {
-			proto = maps.UDP
+			proto = lb.UDP
 		}
 		k := desired.ServiceKey{NodePort: uint16(10000 + i%50000), Proto: proto}
 		st.Services[k] = &desired.Service{Key: k, Name: fmt.Sprintf("default/s%d:p", i), Backends: bs}

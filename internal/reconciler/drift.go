@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -43,7 +44,7 @@ func (r *Reconciler) Repair() (int, error) {
 			}
 		}
 	}
-	ownedFE := map[maps.FrontendKey]bool{}
+	ownedFE := map[lb.FrontendKey]bool{}
 	ownedSlot := map[maps.SlotKey]bool{}
 	for _, a := range r.services {
 		for fk, fe := range a.fes {
@@ -88,7 +89,7 @@ func (r *Reconciler) Repair() (int, error) {
 }
 
 // isOrphanFrontend: a restored frontend Apply will settle itself.
-func (r *Reconciler) isOrphanFrontend(fk maps.FrontendKey) bool {
+func (r *Reconciler) isOrphanFrontend(fk lb.FrontendKey) bool {
 	for _, o := range r.orphans.frontends {
 		if o == fk {
 			return true

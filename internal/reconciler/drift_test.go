@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	smaps "github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -15,13 +16,13 @@ import (
 func TestRepairPutsBackWhatChangedBehindTheAgent(t *testing.T) {
 	f := smaps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	st := state([]netip.Addr{node1}, svc(30080, smaps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80)), svc(30053, smaps.UDP, be("10.244.1.10", 53)))
+	st := state([]netip.Addr{node1}, svc(30080, lb.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80)), svc(30053, lb.UDP, be("10.244.1.10", 53)))
 	apply(t, r, st)
 	wantFE, wantSlots, wantBE := maps.Clone(f.FrontendMap), maps.Clone(f.SlotMap), maps.Clone(f.BackendMap)
 
 	// Behind the agent: a frontend's count changed, a slot deleted, a backend's port changed,
 	// a stray frontend and a stray slot added.
-	var fk smaps.FrontendKey
+	var fk lb.FrontendKey
 	for k := range f.FrontendMap {
 		fk = k
 		break
@@ -43,7 +44,7 @@ func TestRepairPutsBackWhatChangedBehindTheAgent(t *testing.T) {
 	b := f.BackendMap[bid]
 	b.Port = 1
 	f.BackendMap[bid] = b
-	f.FrontendMap[smaps.FrontendKey{Addr: node1, Port: 31999, Proto: smaps.TCP}] = smaps.Frontend{ServiceID: 77, Count: 1}
+	f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 31999, Proto: lb.TCP}] = lb.Frontend{ServiceID: 77, Count: 1}
 	f.SlotMap[smaps.SlotKey{ServiceID: 77, Slot: 1}] = bid
 
 	n, err := r.Repair()

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -32,9 +33,9 @@ func randomState(rng *rand.Rand) desired.State {
 		if rng.Intn(4) == 0 {
 			continue
 		}
-		proto := maps.TCP
+		proto := lb.TCP
 		if i%2 == 1 {
-			proto = maps.UDP
+			proto = lb.UDP
 		}
 		k := desired.ServiceKey{NodePort: uint16(30001 + i), Proto: proto}
 		s := &desired.Service{Key: k, Name: fmt.Sprintf("default/s%d:p", i), Port: 80}
@@ -65,7 +66,7 @@ func randomState(rng *rand.Rand) desired.State {
 func keysOf(st desired.State, rng *rand.Rand) []desired.ServiceKey {
 	var ks []desired.ServiceKey
 	for i := 0; i < 6; i++ {
-		for _, p := range []maps.Proto{maps.TCP, maps.UDP} {
+		for _, p := range []lb.Proto{lb.TCP, lb.UDP} {
 			if rng.Intn(3) == 0 {
 				ks = append(ks, desired.ServiceKey{NodePort: uint16(30001 + i), Proto: p})
 			}

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -62,7 +63,7 @@ func (f *flusher) run(ctx context.Context) {
 		if len(gone) == 0 {
 			continue
 		}
-		n, err := f.m.FlushFlows(maps.UDP, gone)
+		n, err := f.m.FlushFlows(lb.UDP, gone)
 		if err != nil {
 			f.log.Warn("Could not flush the UDP flows of endpoints that stopped serving; retrying", zap.Int("pairs", len(gone)), zap.Error(err))
 			select {
@@ -124,7 +125,7 @@ func (r *Reconciler) flushGone() error {
 		r.goneUDP = nil
 		return nil
 	}
-	n, err := r.m.FlushFlows(maps.UDP, r.goneUDP)
+	n, err := r.m.FlushFlows(lb.UDP, r.goneUDP)
 	if err != nil {
 		return fmt.Errorf("flush UDP flows of removed endpoints: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -18,7 +19,7 @@ type slowFlush struct {
 	release chan struct{}
 }
 
-func (s slowFlush) FlushFlows(p maps.Proto, gone map[maps.FlowTarget]bool) (int, error) {
+func (s slowFlush) FlushFlows(p lb.Proto, gone map[maps.FlowTarget]bool) (int, error) {
 	<-s.release
 	return s.Fake.FlushFlows(p, gone)
 }
@@ -32,10 +33,10 @@ func TestFlushOffTheSyncLoop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r.FlushInBackground(ctx)
-	apply(t, r, state([]netip.Addr{node1}, svc(30053, maps.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))))
+	apply(t, r, state([]netip.Addr{node1}, svc(30053, lb.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))))
 	done := make(chan struct{})
 	go func() {
-		apply(t, r, state([]netip.Addr{node1}, svc(30053, maps.UDP, be("10.244.1.10", 53))))
+		apply(t, r, state([]netip.Addr{node1}, svc(30053, lb.UDP, be("10.244.1.10", 53))))
 		close(done)
 	}()
 	select {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	lbmaps "github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -21,7 +22,7 @@ func (r *Reconciler) ref(id uint32, d int) {
 	}
 }
 
-func (r *Reconciler) backendID(b lbmaps.Backend) (uint32, error) {
+func (r *Reconciler) backendID(b lb.Backend) (uint32, error) {
 	if id, ok := r.backendIDs[b]; ok {
 		return id, nil
 	}

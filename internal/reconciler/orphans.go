@@ -3,6 +3,7 @@ package reconciler
 import (
 	"errors"
 
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -18,7 +19,7 @@ type orphans struct {
 	ranges  map[maps.SourceRange]bool
 	maglev  map[uint32][]uint32 // -> the distinct backends its table names
 	// frontends a crash left on a key whose ID another service holds
-	frontends []maps.FrontendKey
+	frontends []lb.FrontendKey
 }
 
 func newOrphans() orphans {

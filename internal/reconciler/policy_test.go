@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 )
@@ -20,7 +21,7 @@ var (
 )
 
 func policySvc() *desired.Service {
-	s := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80), be("10.244.3.10", 80))
+	s := svc(30080, lb.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80), be("10.244.3.10", 80))
 	s.Port = 80
 	s.LoadBalancerIPs = []netip.Addr{lbIP}
 	s.ExternalIPs = []netip.Addr{extIP}
@@ -43,11 +44,11 @@ func TestPolicyFrontendsOnEveryAddress(t *testing.T) {
 	s.AffinityTimeout = 60
 	apply(t, r, state([]netip.Addr{node1}, s))
 
-	want := map[maps.FrontendKey]maps.FrontendFlags{
-		{Addr: node1, Port: 30080, Proto: maps.TCP}: maps.FrontendAffinity,
-		{Addr: extIP, Port: 80, Proto: maps.TCP}:    maps.FrontendAffinity,
+	want := map[lb.FrontendKey]lb.FrontendFlags{
+		{Addr: node1, Port: 30080, Proto: lb.TCP}: lb.FrontendAffinity,
+		{Addr: extIP, Port: 80, Proto: lb.TCP}:    lb.FrontendAffinity,
 		// Source ranges apply to the load-balancer IP only, as in kube-proxy.
-		{Addr: lbIP, Port: 80, Proto: maps.TCP}: maps.FrontendAffinity | maps.FrontendSourceRanges,
+		{Addr: lbIP, Port: 80, Proto: lb.TCP}: lb.FrontendAffinity | lb.FrontendSourceRanges,
 	}
 	if len(f.FrontendMap) != len(want) {
 		t.Fatalf("frontends %v", f.FrontendMap)
@@ -155,8 +156,8 @@ func TestPolicyMaglevTable(t *testing.T) {
 	if indexOf(t, f.Writes, "maglev table") > indexOf(t, f.Writes, "frontend ") {
 		t.Errorf("the table must exist before a frontend carries the flag: %q", f.Writes)
 	}
-	fe := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}]
-	if fe.Flags != maps.FrontendMaglev {
+	fe := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30080, Proto: lb.TCP}]
+	if fe.Flags != lb.FrontendMaglev {
 		t.Errorf("frontend flags %s", fe.Flags)
 	}
 
@@ -189,12 +190,12 @@ func TestPolicyExternalIPConflictKeepsFirst(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
 	a := policySvc()
-	b := svc(30081, maps.TCP, be("10.244.9.9", 80))
+	b := svc(30081, lb.TCP, be("10.244.9.9", 80))
 	b.Port = 80
 	b.ExternalIPs = []netip.Addr{extIP}
 	apply(t, r, state([]netip.Addr{node1}, a))
 	apply(t, r, state([]netip.Addr{node1}, a, b))
-	k := maps.FrontendKey{Addr: extIP, Port: 80, Proto: maps.TCP}
+	k := lb.FrontendKey{Addr: extIP, Port: 80, Proto: lb.TCP}
 	if got, want := f.FrontendMap[k].ServiceID, r.services[a.Key].id; got != want {
 		t.Errorf("%s went to service %d, want the first holder %d", k, got, want)
 	}
@@ -211,8 +212,8 @@ func TestPolicyExternalIPConflictKeepsFirst(t *testing.T) {
 func TestPolicyReleasedKeyGoesToTheWaitingService(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	holder := svc(30082, maps.TCP, be("10.244.9.9", 80))
-	waiter := svc(30081, maps.TCP, be("10.244.9.8", 80))
+	holder := svc(30082, lb.TCP, be("10.244.9.9", 80))
+	waiter := svc(30081, lb.TCP, be("10.244.9.8", 80))
 	holder.Port, waiter.Port = 80, 80
 	holder.ExternalIPs = []netip.Addr{extIP}
 	apply(t, r, state([]netip.Addr{node1}, holder, waiter))
@@ -222,7 +223,7 @@ func TestPolicyReleasedKeyGoesToTheWaitingService(t *testing.T) {
 	h2 := *holder
 	h2.ExternalIPs = nil
 	apply(t, r, state([]netip.Addr{node1}, &h2, &w2))
-	k := maps.FrontendKey{Addr: extIP, Port: 80, Proto: maps.TCP}
+	k := lb.FrontendKey{Addr: extIP, Port: 80, Proto: lb.TCP}
 	if fe, ok := f.FrontendMap[k]; !ok || fe.ServiceID != r.services[waiter.Key].id {
 		t.Errorf("%s = %+v (present %v), want service %d", k, fe, ok, r.services[waiter.Key].id)
 	}
@@ -248,12 +249,12 @@ func TestPolicyOrphansDeleted(t *testing.T) {
 func TestDroppedUDPBackendsFlowsFlushed(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	udp := svc(30053, maps.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
-	tcp := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
+	udp := svc(30053, lb.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
+	tcp := svc(30080, lb.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
 	apply(t, r, state([]netip.Addr{node1}, udp, tcp))
 	n := len(f.Writes)
 
-	apply(t, r, state([]netip.Addr{node1}, svc(30053, maps.UDP, be("10.244.1.10", 53)), svc(30080, maps.TCP, be("10.244.1.10", 80))))
+	apply(t, r, state([]netip.Addr{node1}, svc(30053, lb.UDP, be("10.244.1.10", 53)), svc(30080, lb.TCP, be("10.244.1.10", 80))))
 	w := f.Writes[n:]
 	want := fmt.Sprintf("flush UDP flows of %d/10.244.2.10:53", r.services[udp.Key].id)
 	if i := indexOf(t, w, want); i < lastIndex(t, w, "frontend ") {
@@ -277,12 +278,12 @@ func TestUDPFlowsKeptWhileTheEndpointServes(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
 	ap := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
-	udp := svc(30053, maps.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
+	udp := svc(30053, lb.UDP, be("10.244.1.10", 53), be("10.244.2.10", 53))
 	udp.Serving = []netip.AddrPort{ap("10.244.1.10:53"), ap("10.244.2.10:53")}
 	apply(t, r, state([]netip.Addr{node1}, udp))
 
 	n := len(f.Writes)
-	setAside := svc(30053, maps.UDP, be("10.244.1.10", 53))
+	setAside := svc(30053, lb.UDP, be("10.244.1.10", 53))
 	setAside.Serving = udp.Serving // 10.244.2.10 still serves
 	apply(t, r, state([]netip.Addr{node1}, setAside))
 	for _, w := range f.Writes[n:] {
@@ -291,7 +292,7 @@ func TestUDPFlowsKeptWhileTheEndpointServes(t *testing.T) {
 		}
 	}
 	n = len(f.Writes)
-	stopped := svc(30053, maps.UDP, be("10.244.1.10", 53))
+	stopped := svc(30053, lb.UDP, be("10.244.1.10", 53))
 	stopped.Serving = []netip.AddrPort{ap("10.244.1.10:53")}
 	apply(t, r, state([]netip.Addr{node1}, stopped))
 	indexOf(t, f.Writes[n:], fmt.Sprintf("flush UDP flows of %d/10.244.2.10:53", r.services[udp.Key].id))
@@ -300,8 +301,8 @@ func TestUDPFlowsKeptWhileTheEndpointServes(t *testing.T) {
 func TestPortWithoutNodePortRestored(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	s := &desired.Service{Key: desired.ServiceKey{Proto: maps.TCP, Name: "default/cip:http"}, Name: "default/cip:http", Port: 80,
-		ExternalIPs: []netip.Addr{extIP}, Backends: []maps.Backend{be("10.244.1.10", 80)}}
+	s := &desired.Service{Key: desired.ServiceKey{Proto: lb.TCP, Name: "default/cip:http"}, Name: "default/cip:http", Port: 80,
+		ExternalIPs: []netip.Addr{extIP}, Backends: []lb.Backend{be("10.244.1.10", 80)}}
 	apply(t, r, state([]netip.Addr{node1}, s))
 	if len(f.FrontendMap) != 1 || f.FrontendPorts[0] {
 		t.Fatalf("frontends %v, prefilter %v: want the external IP only", f.FrontendMap, f.FrontendPorts)

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maglev"
 	"github.com/sluicelb/sluice/internal/maps"
 )
@@ -32,7 +33,7 @@ type applied struct {
 	backends []uint32 // backends[i] is in slot i+1
 	count    uint16   // the count the frontends carry (the highest, after a crash mid-write)
 	local    bool     // the service info says externalTrafficPolicy Local
-	fes      map[maps.FrontendKey]maps.Frontend
+	fes      map[lb.FrontendKey]lb.Frontend
 	last     *desired.Service
 
 	matches     map[uint32]bool // session affinity: backend IDs written as the service's
@@ -46,7 +47,7 @@ type applied struct {
 }
 
 func newApplied(id uint32) *applied {
-	return &applied{id: id, fes: map[maps.FrontendKey]maps.Frontend{}, matches: map[uint32]bool{}}
+	return &applied{id: id, fes: map[lb.FrontendKey]lb.Frontend{}, matches: map[uint32]bool{}}
 }
 
 // Reconciler owns the writes to the service, slot and backend maps. Not safe for concurrent use:
@@ -60,8 +61,8 @@ type Reconciler struct {
 	services map[desired.ServiceKey]*applied
 	svcIDs   map[uint32]bool
 
-	backendIDs  map[maps.Backend]uint32
-	backends    map[uint32]maps.Backend
+	backendIDs  map[lb.Backend]uint32
+	backends    map[uint32]lb.Backend
 	backendRefs map[uint32]int
 	unused      map[uint32]bool // backends whose count fell to zero: pruned after the writes
 	nextBackend uint32
@@ -69,11 +70,11 @@ type Reconciler struct {
 
 	// owners says which service port holds each frontend key: load-balancer and external IPs
 	// of two services may collide, and the first one keeps the key.
-	owners map[maps.FrontendKey]desired.ServiceKey
+	owners map[lb.FrontendKey]desired.ServiceKey
 	// waiting are the service ports that wanted a key another one held: when the holder lets
 	// it go, they are published again in the same Apply (else the key would stay unserved
 	// until their next change).
-	waiting map[maps.FrontendKey]map[desired.ServiceKey]bool
+	waiting map[lb.FrontendKey]map[desired.ServiceKey]bool
 	// MaglevSize is the entries of each Maglev table: what the maps say their tables hold
 	// (maps.MaglevSizer), else maglev.DefaultTableSize.
 	MaglevSize uint32
@@ -103,12 +104,12 @@ func New(m maps.Maps, maxServices, maxBackends uint32, log *zap.Logger) *Reconci
 		m: m, log: log, maxServices: maxServices, maxBackends: maxBackends,
 		services:    map[desired.ServiceKey]*applied{},
 		svcIDs:      map[uint32]bool{},
-		backendIDs:  map[maps.Backend]uint32{},
-		backends:    map[uint32]maps.Backend{},
+		backendIDs:  map[lb.Backend]uint32{},
+		backends:    map[uint32]lb.Backend{},
 		backendRefs: map[uint32]int{},
 		unused:      map[uint32]bool{},
-		owners:      map[maps.FrontendKey]desired.ServiceKey{},
-		waiting:     map[maps.FrontendKey]map[desired.ServiceKey]bool{},
+		owners:      map[lb.FrontendKey]desired.ServiceKey{},
+		waiting:     map[lb.FrontendKey]map[desired.ServiceKey]bool{},
 		nextBackend: 1,
 		MaglevSize:  size,
 		orphans:     newOrphans(),
@@ -303,7 +304,7 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	if len(want) > 0xffff {
 		return nil, nil, fmt.Errorf("write slots: %d backends, at most 65535 per service", len(want))
 	}
-	if svc.Key.Proto == maps.UDP {
+	if svc.Key.Proto == lb.UDP {
 		r.noteGone(a, svc, want)
 	}
 	// 2. Slots 1..n. The frontends still carry the old count, so a packet reads either an old
@@ -417,7 +418,7 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 			delete(r.owners, fk)
 		}
 	}
-	if k.Proto == maps.UDP {
+	if k.Proto == lb.UDP {
 		r.noteGone(a, nil, nil)
 	}
 	// No frontend points at the service now: its policy entries go (an empty policy keeps none).

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 )
 
@@ -18,8 +19,8 @@ var (
 	node2 = netip.MustParseAddr("192.168.7.11")
 )
 
-func be(addr string, port uint16) maps.Backend {
-	return maps.Backend{Addr: netip.MustParseAddr(addr), Port: port}
+func be(addr string, port uint16) lb.Backend {
+	return lb.Backend{Addr: netip.MustParseAddr(addr), Port: port}
 }
 
 func state(addrs []netip.Addr, svcs ...*desired.Service) desired.State {
@@ -30,7 +31,7 @@ func state(addrs []netip.Addr, svcs ...*desired.Service) desired.State {
 	return st
 }
 
-func svc(port uint16, proto maps.Proto, backends ...maps.Backend) *desired.Service {
+func svc(port uint16, proto lb.Proto, backends ...lb.Backend) *desired.Service {
 	return &desired.Service{Key: desired.ServiceKey{NodePort: port, Proto: proto}, Name: "default/svc" + string(rune('a'+port%26)), Backends: backends}
 }
 
@@ -58,7 +59,7 @@ func TestApplyOrdersWritesAndIsIdempotent(t *testing.T) {
 	r := New(f, 100, 100, zap.NewNop())
 	local := be("10.244.1.10", 80)
 	local.Local = true
-	st := state([]netip.Addr{node1, node2}, svc(30080, maps.TCP, local, be("10.244.2.10", 8080)))
+	st := state([]netip.Addr{node1, node2}, svc(30080, lb.TCP, local, be("10.244.2.10", 8080)))
 	apply(t, r, st)
 	if !f.BackendPorts[80] || !f.BackendPorts[8080] {
 		t.Errorf("prefilter backend ports %v: want the local and the remote backend's", f.BackendPorts)
@@ -74,7 +75,7 @@ func TestApplyOrdersWritesAndIsIdempotent(t *testing.T) {
 	if indexOf(t, w, "prefilter frontend port 30080") > indexOf(t, w, "frontend ") {
 		t.Errorf("the prefilter must pass the port before the frontend exists: %q", w)
 	}
-	fe := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}]
+	fe := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30080, Proto: lb.TCP}]
 	if fe.Count != 2 || fe.ServiceID == 0 {
 		t.Errorf("frontend %+v", fe)
 	}
@@ -89,9 +90,9 @@ func TestApplyOrdersWritesAndIsIdempotent(t *testing.T) {
 func TestScaleDownShrinksCountBeforeDeletingSlots(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	apply(t, r, state([]netip.Addr{node1}, svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80), be("10.244.3.10", 80))))
+	apply(t, r, state([]netip.Addr{node1}, svc(30080, lb.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80), be("10.244.3.10", 80))))
 	f.Writes = nil
-	apply(t, r, state([]netip.Addr{node1}, svc(30080, maps.TCP, be("10.244.2.10", 80))))
+	apply(t, r, state([]netip.Addr{node1}, svc(30080, lb.TCP, be("10.244.2.10", 80))))
 
 	w := f.Writes
 	if indexOf(t, w, "frontend") > indexOf(t, w, "delete slot") {
@@ -110,8 +111,8 @@ func TestScaleDownShrinksCountBeforeDeletingSlots(t *testing.T) {
 func TestRemoveServiceDeletesFrontendsFirstAndPrunes(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	keep := svc(30081, maps.UDP, be("10.244.1.10", 53))
-	apply(t, r, state([]netip.Addr{node1}, svc(30080, maps.TCP, be("10.244.1.10", 80)), keep))
+	keep := svc(30081, lb.UDP, be("10.244.1.10", 53))
+	apply(t, r, state([]netip.Addr{node1}, svc(30080, lb.TCP, be("10.244.1.10", 80)), keep))
 	f.Writes = nil
 	apply(t, r, state([]netip.Addr{node1}, keep))
 
@@ -127,8 +128,8 @@ func TestRemoveServiceDeletesFrontendsFirstAndPrunes(t *testing.T) {
 func TestNoEndpointsKeepsFrontendWithZeroCount(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	apply(t, r, state([]netip.Addr{node1}, svc(30090, maps.TCP)))
-	fe, ok := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30090, Proto: maps.TCP}]
+	apply(t, r, state([]netip.Addr{node1}, svc(30090, lb.TCP)))
+	fe, ok := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30090, Proto: lb.TCP}]
 	if !ok || fe.Count != 0 {
 		t.Fatalf("a service without endpoints needs a frontend with count 0 (to reject): %v %v", fe, ok)
 	}
@@ -137,13 +138,13 @@ func TestNoEndpointsKeepsFrontendWithZeroCount(t *testing.T) {
 func TestAddressesFollowTheNode(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 100, 100, zap.NewNop())
-	s := svc(30080, maps.TCP, be("10.244.1.10", 80))
+	s := svc(30080, lb.TCP, be("10.244.1.10", 80))
 	apply(t, r, state([]netip.Addr{node1}, s))
 	apply(t, r, state([]netip.Addr{node2}, s))
-	if _, ok := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}]; ok {
+	if _, ok := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30080, Proto: lb.TCP}]; ok {
 		t.Error("frontend on the old address is left")
 	}
-	if _, ok := f.FrontendMap[maps.FrontendKey{Addr: node2, Port: 30080, Proto: maps.TCP}]; !ok {
+	if _, ok := f.FrontendMap[lb.FrontendKey{Addr: node2, Port: 30080, Proto: lb.TCP}]; !ok {
 		t.Error("no frontend on the new address")
 	}
 }
@@ -151,8 +152,8 @@ func TestAddressesFollowTheNode(t *testing.T) {
 func TestRestoreWritesNothingForUnchangedStateAndPrunesLeftovers(t *testing.T) {
 	f := maps.NewFake()
 	old := New(f, 100, 100, zap.NewNop())
-	a := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
-	gone := svc(30085, maps.TCP, be("10.244.9.9", 80))
+	a := svc(30080, lb.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
+	gone := svc(30085, lb.TCP, be("10.244.9.9", 80))
 	apply(t, old, state([]netip.Addr{node1}, a, gone))
 	// A stray slot from a crashed agent.
 	if err := f.UpdateSlot(maps.SlotKey{ServiceID: 77, Slot: 1}, 1); err != nil {
@@ -174,7 +175,7 @@ func TestRestoreWritesNothingForUnchangedStateAndPrunesLeftovers(t *testing.T) {
 	if len(f.FrontendMap) != 1 || len(f.SlotMap) != 2 || len(f.BackendMap) != 2 {
 		t.Errorf("after prune: %v %v %v", f.FrontendMap, f.SlotMap, f.BackendMap)
 	}
-	if id, _ := r.ServiceID(a.Key); id != f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}].ServiceID {
+	if id, _ := r.ServiceID(a.Key); id != f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30080, Proto: lb.TCP}].ServiceID {
 		t.Error("service ID changed across restore")
 	}
 }
@@ -183,23 +184,23 @@ func TestFullMapReportsServiceAndKeepsOthers(t *testing.T) {
 	f := maps.NewFake()
 	f.MaxBackends = 2
 	r := New(f, 100, 100, zap.NewNop())
-	big := svc(30082, maps.TCP, be("10.244.1.1", 80), be("10.244.1.2", 80), be("10.244.1.3", 80))
+	big := svc(30082, lb.TCP, be("10.244.1.1", 80), be("10.244.1.2", 80), be("10.244.1.3", 80))
 	big.Name = "default/big:http"
-	small := svc(30080, maps.TCP, be("10.244.2.1", 80))
+	small := svc(30080, lb.TCP, be("10.244.2.1", 80))
 	err := r.Apply(state([]netip.Addr{node1}, small, big))
 	if err == nil || !errors.Is(err, maps.ErrFull) || !strings.Contains(err.Error(), "default/big:http") {
 		t.Fatalf("want a full-map error naming the service, got %v", err)
 	}
-	if _, ok := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30080, Proto: maps.TCP}]; !ok {
+	if _, ok := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30080, Proto: lb.TCP}]; !ok {
 		t.Error("the service that fits was not applied")
 	}
-	if _, ok := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30082, Proto: maps.TCP}]; ok {
+	if _, ok := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30082, Proto: lb.TCP}]; ok {
 		t.Error("the service that does not fit got a frontend (half-written)")
 	}
 	// Room again: the next apply completes it.
 	f.MaxBackends = 0
 	apply(t, r, state([]netip.Addr{node1}, small, big))
-	if fe := f.FrontendMap[maps.FrontendKey{Addr: node1, Port: 30082, Proto: maps.TCP}]; fe.Count != 3 {
+	if fe := f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30082, Proto: lb.TCP}]; fe.Count != 3 {
 		t.Errorf("after retry: %+v", fe)
 	}
 }
@@ -207,11 +208,11 @@ func TestFullMapReportsServiceAndKeepsOthers(t *testing.T) {
 func TestServiceIDsAreReused(t *testing.T) {
 	f := maps.NewFake()
 	r := New(f, 3, 100, zap.NewNop()) // IDs 1 and 2 only
-	apply(t, r, state([]netip.Addr{node1}, svc(30080, maps.TCP), svc(30081, maps.TCP)))
-	if err := r.Apply(state([]netip.Addr{node1}, svc(30080, maps.TCP), svc(30081, maps.TCP), svc(30082, maps.TCP))); !errors.Is(err, maps.ErrFull) {
+	apply(t, r, state([]netip.Addr{node1}, svc(30080, lb.TCP), svc(30081, lb.TCP)))
+	if err := r.Apply(state([]netip.Addr{node1}, svc(30080, lb.TCP), svc(30081, lb.TCP), svc(30082, lb.TCP))); !errors.Is(err, maps.ErrFull) {
 		t.Fatalf("third service: %v", err)
 	}
-	apply(t, r, state([]netip.Addr{node1}, svc(30082, maps.TCP)))
+	apply(t, r, state([]netip.Addr{node1}, svc(30082, lb.TCP)))
 	ids := []uint32{}
 	for _, fe := range f.FrontendMap {
 		ids = append(ids, fe.ServiceID)
@@ -225,9 +226,9 @@ func TestServiceIDsAreReused(t *testing.T) {
 // they are all rewritten, and removing the service removes every one.
 func TestRestoreRepairsDisagreeingFrontends(t *testing.T) {
 	f := maps.NewFake()
-	a := svc(30080, maps.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
+	a := svc(30080, lb.TCP, be("10.244.1.10", 80), be("10.244.2.10", 80))
 	apply(t, New(f, 100, 100, zap.NewNop()), state([]netip.Addr{node1, node2}, a))
-	k2 := maps.FrontendKey{Addr: node2, Port: 30080, Proto: maps.TCP}
+	k2 := lb.FrontendKey{Addr: node2, Port: 30080, Proto: lb.TCP}
 	fe := f.FrontendMap[k2]
 	fe.Count = 1 // as if the crash hit between the two frontend writes
 	f.FrontendMap[k2] = fe

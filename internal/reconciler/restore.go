@@ -5,7 +5,7 @@ import (
 	"sort"
 
 	"github.com/sluicelb/sluice/internal/desired"
-	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Restoring the bookkeeping from what a previous agent left in the pinned maps.
@@ -59,7 +59,7 @@ func (r *Reconciler) Restore() (int, error) {
 	}
 	// Frontends in a stable order, so a service whose addresses disagree on the ID resolves
 	// the same way each time (the others are rewritten by Apply).
-	keys := make([]maps.FrontendKey, 0, len(fes))
+	keys := make([]lb.FrontendKey, 0, len(fes))
 	for k := range fes {
 		keys = append(keys, k)
 	}

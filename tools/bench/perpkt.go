@@ -21,6 +21,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/reconciler"
 	"github.com/sluicelb/sluice/internal/testutil"
@@ -262,14 +263,14 @@ func perPacketConfig() datapath.Config {
 func ppState(n, b int) desired.State {
 	st := desired.State{Addresses: []netip.Addr{ppNodeIP}, Services: make(map[desired.ServiceKey]*desired.Service, n)}
 	for i := 0; i < n; i++ {
-		bs := make([]maps.Backend, b)
+		bs := make([]lb.Backend, b)
 		for j := range bs {
 			k := i*b + j
-			bs[j] = maps.Backend{Addr: netip.AddrFrom4([4]byte{10, byte(64 + k>>16), byte(k >> 8), byte(k)}), Port: 8080}
+			bs[j] = lb.Backend{Addr: netip.AddrFrom4([4]byte{10, byte(64 + k>>16), byte(k >> 8), byte(k)}), Port: 8080}
 		}
-		proto := maps.UDP
+		proto := lb.UDP
 		if i%2 == 1 {
-			proto = maps.TCP
+			proto = lb.TCP
 		}
 		key := desired.ServiceKey{NodePort: uint16(10000 + i/2), Proto: proto}
 		st.Services[key] = &desired.Service{Key: key, Name: fmt.Sprintf("bench/s%d:p", i), Port: 80, Backends: bs}

@@ -32,6 +32,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/cli"
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/controlplane"
@@ -331,7 +332,7 @@ func (c *apiCluster) checkPinned(t *testing.T, port uint16, count int) {
 		t.Fatal(err)
 	}
 	defer objs.Close()
-	fe, ok := maps.NewKernel(objs).LookupFrontend(maps.FrontendKey{Addr: c.Node1IP, Port: port, Proto: maps.TCP})
+	fe, ok := maps.NewKernel(objs).LookupFrontend(lb.FrontendKey{Addr: c.Node1IP, Port: port, Proto: lb.TCP})
 	switch {
 	case count < 0 && ok:
 		t.Errorf("frontend for %d still pinned: %+v", port, fe)

@@ -20,7 +20,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/cli"
 	"github.com/sluicelb/sluice/internal/datapath"
-	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/lab"
 )
@@ -405,7 +405,7 @@ func (c *cluster) checkCounters(t *testing.T) {
 	if total == 0 || replies == 0 {
 		t.Errorf("service counters: %d packets, %d replies; want both > 0", total, replies)
 	}
-	_ = maps.TCP
+	_ = lb.TCP
 }
 
 // sluicectl runs the CLI on node1 (nsenter --net: ip netns exec would hide the pins) with

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/tools/controlplane"
 	"github.com/sluicelb/sluice/tools/lab"
@@ -238,7 +239,7 @@ func waitPins(dir string, a *lab.Agent) (*datapath.SluiceMaps, error) {
 
 // hasBackend reports whether the service on port holds addr among its backends.
 func hasBackend(k *maps.Kernel, node netip.Addr, port uint16, addr netip.Addr) bool {
-	fe, ok := k.LookupFrontend(maps.FrontendKey{Addr: node, Port: port, Proto: maps.TCP})
+	fe, ok := k.LookupFrontend(lb.FrontendKey{Addr: node, Port: port, Proto: lb.TCP})
 	if !ok {
 		return false
 	}
