@@ -49,6 +49,7 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 // the collection is closed when the test ends.
 func loadWithStats(t *testing.T) (*ebpf.CollectionSpec, *ebpf.Collection) {
 	t.Helper()
+	testutil.RequirePrivileges(t)
 	spec, err := datapath.Spec(datapath.Config{})
 	if err != nil {
 		t.Fatal(err)

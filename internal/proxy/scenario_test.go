@@ -38,7 +38,7 @@ var update = flag.Bool("update", false, "rewrite the expected dumps and writes o
 //	fail        lines of write operations ("update slot", "delete backend", ...) that fail
 //	            from now on; an empty body ends the faults
 //	restart     a new agent: a new Reconciler restored from the maps, a new Syncer
-//	resync      the next sync is a full one (as every --full-sync-period)
+//	resync      the next sync is a full one (as every --sync-period)
 //	dump        sync, then the maps (maps.Fake.Dump, IDs resolved) must equal the body
 //	writes      the writes of the last sync, in order, must equal the body
 //	log         each line is in a warning or error the last sync logged
