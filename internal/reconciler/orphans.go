@@ -20,35 +20,25 @@ type orphans struct {
 	maglev  map[uint32][]uint32 // -> the distinct backends its table names
 	// frontends a crash left on a key whose ID another service holds
 	frontends []lb.FrontendKey
+	// ids counts the leftovers of each service ID but frontends (which carry another
+	// service's ID): an ID is not handed out while any remain.
+	ids map[uint32]int
 }
 
 func newOrphans() orphans {
 	return orphans{slots: map[maps.SlotKey]uint32{}, infos: map[uint32]bool{}, matches: map[maps.AffinityMatch]bool{},
-		ranges: map[maps.SourceRange]bool{}, maglev: map[uint32][]uint32{}}
+		ranges: map[maps.SourceRange]bool{}, maglev: map[uint32][]uint32{}, ids: map[uint32]int{}}
 }
 
 // holds says whether a leftover still uses service ID id: the ID is not handed out until
 // they are gone, so that no new service inherits a leftover's entries.
-func (o *orphans) holds(id uint32) bool {
-	if o.infos[id] || o.maglev[id] != nil {
-		return true
+func (o *orphans) holds(id uint32) bool { return o.ids[id] > 0 }
+
+// gone notes that a leftover of service ID id was deleted (or overwritten).
+func (o *orphans) gone(id uint32) {
+	if o.ids[id]--; o.ids[id] <= 0 {
+		delete(o.ids, id)
 	}
-	for k := range o.slots {
-		if k.ServiceID == id {
-			return true
-		}
-	}
-	for m := range o.matches {
-		if m.ServiceID == id {
-			return true
-		}
-	}
-	for sr := range o.ranges {
-		if sr.ServiceID == id {
-			return true
-		}
-	}
-	return false
 }
 
 // deleteOrphans deletes the leftovers, before the services are applied. Frontends first:
@@ -77,6 +67,7 @@ func (r *Reconciler) deleteOrphans() error {
 			continue
 		}
 		delete(o.matches, m)
+		o.gone(m.ServiceID)
 		r.ref(m.BackendID, -1)
 	}
 	for id, held := range o.maglev {
@@ -85,6 +76,7 @@ func (r *Reconciler) deleteOrphans() error {
 			continue
 		}
 		delete(o.maglev, id)
+		o.gone(id)
 		for _, b := range held {
 			r.ref(b, -1)
 		}
@@ -95,6 +87,7 @@ func (r *Reconciler) deleteOrphans() error {
 			continue
 		}
 		delete(o.ranges, sr)
+		o.gone(sr.ServiceID)
 	}
 	for sk, b := range o.slots {
 		if err := r.m.DeleteSlot(sk); err != nil {
@@ -102,6 +95,7 @@ func (r *Reconciler) deleteOrphans() error {
 			continue
 		}
 		delete(o.slots, sk)
+		o.gone(sk.ServiceID)
 		r.ref(b, -1)
 	}
 	for id := range o.infos {
@@ -110,6 +104,7 @@ func (r *Reconciler) deleteOrphans() error {
 			continue
 		}
 		delete(o.infos, id)
+		o.gone(id)
 		_ = r.m.ResetServiceStats(id)
 	}
 	return errors.Join(errs...)
@@ -119,6 +114,7 @@ func (r *Reconciler) deleteOrphans() error {
 func (r *Reconciler) slotWritten(sk maps.SlotKey) {
 	if b, ok := r.orphans.slots[sk]; ok {
 		delete(r.orphans.slots, sk)
+		r.orphans.gone(sk.ServiceID)
 		r.ref(b, -1)
 	}
 }

@@ -106,6 +106,7 @@ func (r *Reconciler) Restore() (int, error) {
 	for id := range infos {
 		if byID[id] == nil {
 			r.orphans.infos[id] = true
+			r.orphans.ids[id]++
 		}
 	}
 	for m := range matches {
@@ -114,6 +115,7 @@ func (r *Reconciler) Restore() (int, error) {
 			a.matches[m.BackendID] = true
 		} else {
 			r.orphans.matches[m] = true
+			r.orphans.ids[m.ServiceID]++
 		}
 	}
 	for sr := range ranges {
@@ -121,6 +123,7 @@ func (r *Reconciler) Restore() (int, error) {
 			a.ranges = append(a.ranges, sr.Prefix)
 		} else {
 			r.orphans.ranges[sr] = true
+			r.orphans.ids[sr.ServiceID]++
 		}
 	}
 	for id, table := range tables {
@@ -133,12 +136,14 @@ func (r *Reconciler) Restore() (int, error) {
 			a.maglevStale, a.maglevHeld = true, held
 		} else {
 			r.orphans.maglev[id] = held
+			r.orphans.ids[id]++
 		}
 	}
 	for sk, id := range slots {
 		a := byID[sk.ServiceID]
 		if a == nil || sk.Slot == 0 || sk.Slot > uint32(a.count) {
 			r.orphans.slots[sk] = id
+			r.orphans.ids[sk.ServiceID]++
 			r.backendRefs[id]++
 			continue
 		}
