@@ -200,7 +200,7 @@ type Ratio struct {
 	Of    string  `json:"of"`
 }
 
-// Goal is one of the issue's targets and where this run stands.
+// Goal is one of the benchmark's targets (docs/benchmarks.md lists them) and where this run stands.
 type Goal struct {
 	Goal     string  `json:"goal"`
 	Measured float64 `json:"measured"`
