@@ -137,6 +137,17 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Fronte
 	return out
 }
 
+// Serves says whether k is one of the service port's frontends on nodeAddrs.
+func (s *Service) Serves(k lb.FrontendKey, nodeAddrs []netip.Addr) bool {
+	if k.Proto != s.Key.Proto {
+		return false
+	}
+	if s.Key.NodePort != 0 && k.Port == s.Key.NodePort && slices.Contains(nodeAddrs, k.Addr) {
+		return true
+	}
+	return k.Port == s.Port && (slices.Contains(s.ExternalIPs, k.Addr) || slices.Contains(s.LoadBalancerIPs, k.Addr))
+}
+
 // HealthCheck is a service with externalTrafficPolicy Local and a healthCheckNodePort: the
 // load balancer asks that port whether this node has endpoints for it.
 type HealthCheck struct {

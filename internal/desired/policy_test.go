@@ -245,3 +245,31 @@ func TestBuildPortsWithoutNodePort(t *testing.T) {
 		t.Error("a LoadBalancer without node ports is served on its ingress IP")
 	}
 }
+
+// Serves agrees with Frontends: every frontend is served, and nothing else.
+func TestServesAgreesWithFrontends(t *testing.T) {
+	addrs := []netip.Addr{nodeAddr, netip.MustParseAddr("192.168.7.11")}
+	s := &Service{Key: ServiceKey{NodePort: 30080, Proto: lb.TCP}, Port: 80,
+		ExternalIPs: []netip.Addr{netip.MustParseAddr("198.51.100.7")}, LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("203.0.113.10")}}
+	fes := s.Frontends(addrs)
+	for k := range fes {
+		if !s.Serves(k, addrs) {
+			t.Errorf("frontend %s not served", k)
+		}
+	}
+	for _, k := range []lb.FrontendKey{
+		{Addr: nodeAddr, Port: 30080, Proto: lb.UDP},
+		{Addr: nodeAddr, Port: 80, Proto: lb.TCP},
+		{Addr: netip.MustParseAddr("203.0.113.10"), Port: 30080, Proto: lb.TCP},
+		{Addr: netip.MustParseAddr("10.0.0.9"), Port: 30080, Proto: lb.TCP},
+	} {
+		if s.Serves(k, addrs) {
+			t.Errorf("%s served, though no frontend", k)
+		}
+	}
+	noNodePort := *s
+	noNodePort.Key = ServiceKey{Proto: lb.TCP, Name: "default/x:http"}
+	if noNodePort.Serves(lb.FrontendKey{Addr: nodeAddr, Port: 0, Proto: lb.TCP}, addrs) {
+		t.Error("a port without a NodePort served on a node address")
+	}
+}

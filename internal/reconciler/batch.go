@@ -92,6 +92,9 @@ func (r *Reconciler) recover(st desired.State, cause error) []error {
 func (r *Reconciler) relearn() error {
 	fresh := New(r.m, r.maxServices, r.maxBackends, r.log)
 	fresh.MaglevSize, fresh.batchAt, fresh.flusher = r.MaglevSize, r.batchAt, r.flusher
+	// Not in the maps, so not restored: endpoints whose UDP flows are still to be flushed, and
+	// services waiting for a key.
+	fresh.goneUDP, fresh.waiting = r.goneUDP, r.waiting
 	if _, err := fresh.Restore(); err != nil {
 		r.lost = true
 		return fmt.Errorf("relearn the maps: %w", err)

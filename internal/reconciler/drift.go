@@ -49,12 +49,25 @@ func (r *Reconciler) Repair() (int, error) {
 	for _, a := range r.services {
 		for fk, fe := range a.fes {
 			ownedFE[fk] = true
-			if cur := fes[fk]; cur != fe {
-				// What the map holds now (zero: nothing): publish writes it again, or deletes
-				// it if the service no longer serves the key.
-				a.fes[fk] = cur
-				n++
+			cur, ok := fes[fk]
+			if cur == fe {
+				continue
 			}
+			n++
+			if ok && cur.ServiceID != a.id {
+				// It reads another service's slots, which that service may trim at any sync:
+				// rewritten now (the service's own slots are there). If that fails, it is a
+				// leftover, deleted first by the next Apply.
+				if err := r.m.UpdateFrontend(fk, fe); err != nil {
+					errs = append(errs, fmt.Errorf("repair frontend %s: %w", fk, err))
+					r.orphans.frontends[fk] = cur.ServiceID
+					delete(a.fes, fk)
+				}
+				continue
+			}
+			// What the map holds now (zero: nothing): publish writes it again, or deletes it
+			// if the service no longer serves the key.
+			a.fes[fk] = cur
 		}
 		for i, id := range a.backends {
 			sk := maps.SlotKey{ServiceID: a.id, Slot: uint32(i + 1)}
@@ -69,16 +82,21 @@ func (r *Reconciler) Repair() (int, error) {
 			}
 		}
 	}
-	for fk := range fes {
+	stillRead := map[uint32]bool{} // IDs of unowned frontends that could not be deleted
+	for fk, fe := range fes {
 		if !ownedFE[fk] && !r.isOrphanFrontend(fk) {
 			n++
 			if err := r.m.DeleteFrontend(fk); err != nil {
 				errs = append(errs, fmt.Errorf("repair: delete frontend %s: %w", fk, err))
+				stillRead[fe.ServiceID] = true
+				// A leftover from now on: deleted first by the next Apply, which until then
+				// keeps what it may read.
+				r.orphans.frontends[fk] = fe.ServiceID
 			}
 		}
 	}
 	for sk := range slots {
-		if _, left := r.orphans.slots[sk]; !ownedSlot[sk] && !left {
+		if _, left := r.orphans.slots[sk]; !ownedSlot[sk] && !left && !stillRead[sk.ServiceID] {
 			n++
 			if err := r.m.DeleteSlot(sk); err != nil {
 				errs = append(errs, fmt.Errorf("repair: delete slot %d/%d: %w", sk.ServiceID, sk.Slot, err))
@@ -90,10 +108,6 @@ func (r *Reconciler) Repair() (int, error) {
 
 // isOrphanFrontend: a restored frontend Apply will settle itself.
 func (r *Reconciler) isOrphanFrontend(fk lb.FrontendKey) bool {
-	for _, o := range r.orphans.frontends {
-		if o == fk {
-			return true
-		}
-	}
-	return false
+	_, ok := r.orphans.frontends[fk]
+	return ok
 }

@@ -21,7 +21,7 @@ var errInjected = errors.New("injected fault")
 // randomState draws services over a small universe, so that backends, IDs and policy entries
 // are shared, moved and dropped between steps. Services do not share load-balancer IPs: which
 // one holds a shared key depends on history (the first keeps it), so it is not compared here.
-func randomState(rng *rand.Rand) desired.State {
+func randomState(rng *rand.Rand, shareIPs bool) desired.State {
 	addrs := []netip.Addr{node1, node2, netip.MustParseAddr("10.89.0.12")}
 	st := desired.State{Services: map[desired.ServiceKey]*desired.Service{}}
 	for _, a := range addrs {
@@ -52,7 +52,7 @@ func randomState(rng *rand.Rand) desired.State {
 		}
 		s.Maglev = rng.Intn(3) == 0
 		if rng.Intn(3) == 0 {
-			s.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr(fmt.Sprintf("203.0.113.%d", 10*i+rng.Intn(3)))}
+			s.LoadBalancerIPs = []netip.Addr{lbAddr(i, rng, shareIPs)}
 			if rng.Intn(2) == 0 {
 				s.SourceRanges = []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("198.51.%d.0/24", rng.Intn(3)))}
 			}
@@ -61,6 +61,49 @@ func randomState(rng *rand.Rand) desired.State {
 		st.Services[k] = s
 	}
 	return st
+}
+
+func lbAddr(i int, rng *rand.Rand, shared bool) netip.Addr {
+	if shared {
+		return netip.MustParseAddr(fmt.Sprintf("203.0.113.%d", 1+rng.Intn(2)))
+	}
+	return netip.MustParseAddr(fmt.Sprintf("203.0.113.%d", 10*i+rng.Intn(3)))
+}
+
+// writeBehind changes the maps as a tool or an older agent might, without leaving anything
+// dangling (that would be the outsider's doing): a frontend deleted, a frontend written on a
+// key with some ID and a count that ID's slots cover, a backend's value changed.
+func writeBehind(f *maps.Fake, rng *rand.Rand) string {
+	switch rng.Intn(3) {
+	case 0:
+		for k := range f.FrontendMap {
+			delete(f.FrontendMap, k)
+			return "outside: frontend deleted"
+		}
+	case 1:
+		id := uint32(1 + rng.Intn(8))
+		n := uint16(0)
+		for {
+			b, ok := f.SlotMap[maps.SlotKey{ServiceID: id, Slot: uint32(n) + 1}]
+			if _, exists := f.BackendMap[b]; !ok || !exists {
+				break
+			}
+			n++
+		}
+		k := lb.FrontendKey{Addr: node1, Port: uint16(30001 + rng.Intn(6)), Proto: lb.TCP}
+		if rng.Intn(2) == 0 {
+			k.Proto = lb.UDP
+		}
+		f.FrontendMap[k] = lb.Frontend{ServiceID: id, Count: uint16(rng.Intn(int(n) + 1))}
+		return "outside: frontend written"
+	default:
+		for id, b := range f.BackendMap {
+			b.Port++
+			f.BackendMap[id] = b
+			return "outside: backend changed"
+		}
+	}
+	return "outside: nothing"
 }
 
 func keysOf(st desired.State, rng *rand.Rand) []desired.ServiceKey {
@@ -76,12 +119,16 @@ func keysOf(st desired.State, rng *rand.Rand) []desired.ServiceKey {
 }
 
 // Map writes fail at random (as a full map or a kernel error would) while services come, go
-// and change, the agent restarts, and drift is repaired: after every single write, nothing the
-// datapath can read names an entry that does not exist; and once writes succeed again, one
-// Apply leaves the maps equal to a fresh agent's.
+// and change, the agent crashes mid-write and restarts, entries change behind it and drift is
+// repaired: after every single write, nothing the datapath can read names an entry that does
+// not exist; and once writes succeed again, a repair and one Apply leave the maps equal to a
+// fresh agent's (where services share load-balancer IPs, which one holds a shared key depends
+// on history, so those seeds check the invariant only).
 func TestRandomWriteFaultsNeverLeaveDanglingEntries(t *testing.T) {
 	for seed := int64(1); seed <= 1000; seed++ {
 		rng := rand.New(rand.NewSource(seed))
+		faults := rand.New(rand.NewSource(-seed)) // apart, so a seed's states do not depend on its faults
+		shareIPs := seed%3 == 0
 		var f *maps.Fake
 		var m maps.Maps
 		batched := seed%2 == 0
@@ -108,12 +155,12 @@ func TestRandomWriteFaultsNeverLeaveDanglingEntries(t *testing.T) {
 		for step := 0; step < 12; step++ {
 			stepStart := len(f.Writes)
 			f.Fault = func(op string) error {
-				if rng.Float64() < rate {
+				if faults.Float64() < rate {
 					return errInjected
 				}
 				return nil
 			}
-			switch rng.Intn(6) {
+			switch rng.Intn(8) {
 			case 0:
 				f.Fault = nil // a restart reads the maps; reads do not fail here
 				r = newR()
@@ -125,13 +172,39 @@ func TestRandomWriteFaultsNeverLeaveDanglingEntries(t *testing.T) {
 				_, _ = r.Repair()
 				trace = append(trace, "repair")
 			case 2:
-				st = randomState(rng)
+				st = randomState(rng, shareIPs)
 				_ = r.ApplyKeys(st, keysOf(st, rng))
 				trace = append(trace, "apply keys")
+			case 3:
+				// A crash: the writes after the first few fail, and a new agent restores.
+				left := rng.Intn(20)
+				f.Fault = func(string) error {
+					if left--; left < 0 {
+						return errInjected
+					}
+					return nil
+				}
+				_ = r.Apply(randomState(rng, shareIPs))
+				f.Fault = nil
+				r = newR()
+				if _, err := r.Restore(); err != nil {
+					t.Fatalf("seed %d: restore: %v", seed, err)
+				}
+				trace = append(trace, "crash and restart")
+			case 4:
+				// Written behind the agent, found by the next full sync's Repair (until then the
+				// agent cannot know what an outside frontend reads).
+				trace = append(trace, writeBehind(f, rng), "repair")
+				if d := f.Dangling(); len(d) > 0 {
+					t.Fatalf("seed %d: the test's outside write left %v", seed, d)
+				}
+				_, _ = r.Repair()
 			default:
-				st = randomState(rng)
+				// A full sync, as the Syncer runs it: Repair, then Apply.
+				st = randomState(rng, shareIPs)
+				_, _ = r.Repair()
 				_ = r.Apply(st)
-				trace = append(trace, "apply")
+				trace = append(trace, "repair and apply")
 			}
 			if len(f.Violations) > 0 {
 				t.Fatalf("seed %d (batched %v), steps %s: %d violations, first:\n%s\nwrites of the last step:\n%s", seed, batched,
@@ -140,8 +213,14 @@ func TestRandomWriteFaultsNeverLeaveDanglingEntries(t *testing.T) {
 			}
 		}
 		f.Fault = nil
+		if _, err := r.Repair(); err != nil {
+			t.Fatalf("seed %d: repair without faults: %v", seed, err)
+		}
 		if err := r.Apply(st); err != nil {
 			t.Fatalf("seed %d: apply without faults: %v", seed, err)
+		}
+		if len(f.Violations) > 0 {
+			t.Fatalf("seed %d: the last apply: %v", seed, f.Violations[:min(5, len(f.Violations))])
 		}
 		want := maps.NewFake()
 		fresh := New(want, 64, 256, zap.NewNop())
@@ -149,7 +228,7 @@ func TestRandomWriteFaultsNeverLeaveDanglingEntries(t *testing.T) {
 		if err := fresh.Apply(st); err != nil {
 			t.Fatal(err)
 		}
-		if got, exp := withoutPorts(f.Dump()), withoutPorts(want.Dump()); got != exp {
+		if got, exp := withoutPorts(f.Dump()), withoutPorts(want.Dump()); got != exp && !shareIPs {
 			t.Fatalf("seed %d (batched %v), steps %s: maps after recovery differ from a fresh agent's:\n%s",
 				seed, batched, strings.Join(trace, ", "), lineDiff(got, exp))
 		}
@@ -191,4 +270,56 @@ func lineDiff(got, want string) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, "\n")
+}
+
+// A slot a crash left naming a backend that is not there keeps that ID from being handed to a
+// new backend: else, while the slot is not yet rewritten, the service's traffic would go to
+// another service's backend.
+func TestRestoredSlotReservesItsMissingBackendID(t *testing.T) {
+	f := maps.NewFake()
+	f.FrontendMap[lb.FrontendKey{Addr: node1, Port: 30001, Proto: lb.TCP}] = lb.Frontend{ServiceID: 1, Count: 2}
+	f.Info[1] = maps.ServiceInfo{Name: "default/a:p", NodePort: 30001, Proto: lb.TCP}
+	f.BackendMap[1] = be("10.244.1.10", 80)
+	f.SlotMap[maps.SlotKey{ServiceID: 1, Slot: 1}] = 1
+	f.SlotMap[maps.SlotKey{ServiceID: 1, Slot: 2}] = 2 // backend 2 was never written
+	r := New(f, 64, 256, zap.NewNop())
+	if _, err := r.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	f.Fault = func(op string) error {
+		if op == "update slot" {
+			return errInjected
+		}
+		return nil
+	}
+	a := svc(30001, lb.TCP, be("10.244.1.10", 80), be("10.244.1.11", 80))
+	b := svc(30000, lb.TCP, be("10.244.9.9", 80)) // applied first
+	_ = r.Apply(state([]netip.Addr{node1}, a, b))
+	for _, w := range f.Writes {
+		if strings.HasPrefix(w, "backend 2 = ") {
+			t.Errorf("backend ID 2, which slot 1/2 names, was handed out: %q", w)
+		}
+	}
+}
+
+// A batch that fails and is recovered from still flushes the UDP flows of the endpoints the
+// service dropped (they are not in the maps, so relearning them from the maps would lose them).
+func TestRecoveredBatchKeepsUDPFlushes(t *testing.T) {
+	fb := maps.NewFakeBatcher()
+	r := New(fb, 64, 256, zap.NewNop())
+	r.batchAt = 1
+	x := be("10.244.0.10", 53)
+	apply(t, r, state([]netip.Addr{node1}, svc(30053, lb.UDP, x)))
+	fail := true
+	fb.Fault = func(op string) error {
+		if op == "update frontend" && fail {
+			fail = false
+			return errInjected
+		}
+		return nil
+	}
+	_ = r.Apply(state([]netip.Addr{node1}, svc(30053, lb.UDP, be("10.244.0.11", 53), be("10.244.0.12", 53))))
+	if !slices.ContainsFunc(fb.Writes, func(w string) bool { return strings.HasPrefix(w, "flush UDP flows of 1/10.244.0.10:53") }) {
+		t.Errorf("no flush of the dropped endpoint's flows; writes %q", fb.Writes)
+	}
 }

@@ -18,21 +18,33 @@ type orphans struct {
 	matches map[maps.AffinityMatch]bool
 	ranges  map[maps.SourceRange]bool
 	maglev  map[uint32][]uint32 // -> the distinct backends its table names
-	// frontends a crash left on a key whose ID another service holds
-	frontends []lb.FrontendKey
+	// frontends a crash left on a key whose ID another service holds (-> that ID)
+	frontends map[lb.FrontendKey]uint32
 	// ids counts the leftovers of each service ID but frontends (which carry another
 	// service's ID): an ID is not handed out while any remain.
 	ids map[uint32]int
 }
 
 func newOrphans() orphans {
-	return orphans{slots: map[maps.SlotKey]uint32{}, infos: map[uint32]bool{}, matches: map[maps.AffinityMatch]bool{},
+	return orphans{frontends: map[lb.FrontendKey]uint32{}, slots: map[maps.SlotKey]uint32{}, infos: map[uint32]bool{}, matches: map[maps.AffinityMatch]bool{},
 		ranges: map[maps.SourceRange]bool{}, maglev: map[uint32][]uint32{}, ids: map[uint32]int{}}
 }
 
 // holds says whether a leftover still uses service ID id: the ID is not handed out until
 // they are gone, so that no new service inherits a leftover's entries.
 func (o *orphans) holds(id uint32) bool { return o.ids[id] > 0 }
+
+// read says whether a leftover frontend reads service ID id's entries: until it is gone, the
+// service holding the ID trims nothing and is not removed (its slots, Maglev table and
+// affinity entries may be what the leftover reads).
+func (o *orphans) read(id uint32) bool {
+	for _, fid := range o.frontends {
+		if fid == id {
+			return true
+		}
+	}
+	return false
+}
 
 // gone notes that a leftover of service ID id was deleted (or overwritten).
 func (o *orphans) gone(id uint32) {
@@ -41,24 +53,22 @@ func (o *orphans) gone(id uint32) {
 	}
 }
 
-// deleteOrphans deletes the leftovers, before the services are applied. Frontends first:
-// a leftover frontend reads its ID's slots up to its own count, which may be past what the
-// ID's service now keeps (so until it is gone, that service must not trim them); after it no
-// frontend reads the rest. A key a service still serves is gone until that service's publish
+// deleteOrphans deletes the leftovers, before the services are removed or applied. Frontends
+// first: a leftover frontend reads its ID's slots up to its own count, which may be past what
+// the ID's service now keeps (see read); after it no frontend reads the rest. A key a service still serves is gone until that service's publish
 // rewrites it, a moment's gap that only a crash mid-write leads to. Those whose delete fails
 // stay (and keep their references) for the next Apply.
 func (r *Reconciler) deleteOrphans() error {
 	o := &r.orphans
 	var errs []error
-	left := o.frontends[:0]
-	for _, fk := range o.frontends {
+	for fk := range o.frontends {
 		if err := r.m.DeleteFrontend(fk); err != nil {
 			errs = append(errs, err)
-			left = append(left, fk)
+			continue
 		}
+		delete(o.frontends, fk)
 	}
-	o.frontends = left
-	if len(left) > 0 {
+	if len(o.frontends) > 0 {
 		return errors.Join(errs...) // the rest waits: a leftover frontend may read it
 	}
 	for m := range o.matches {

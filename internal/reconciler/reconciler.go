@@ -127,6 +127,9 @@ func (r *Reconciler) Apply(st desired.State) error {
 		}
 	}
 	var errs []error
+	if err := r.deleteOrphans(); err != nil {
+		errs = append(errs, err)
+	}
 	// Removals first: they free service IDs and map room for the additions. In order, so
 	// the writes are the same each run.
 	var gone []desired.ServiceKey
@@ -140,9 +143,6 @@ func (r *Reconciler) Apply(st desired.State) error {
 		if err := r.removeService(k, r.services[k]); err != nil {
 			errs = append(errs, &ServiceError{Key: k, Name: r.services[k].name, Err: err, Removing: true})
 		}
-	}
-	if err := r.deleteOrphans(); err != nil {
-		errs = append(errs, err)
 	}
 	keys := make([]desired.ServiceKey, 0, len(st.Services))
 	for k := range st.Services {
@@ -179,6 +179,9 @@ func (r *Reconciler) ApplyKeys(st desired.State, keys []desired.ServiceKey) erro
 		}
 	}
 	var errs []error
+	if err := r.deleteOrphans(); err != nil {
+		errs = append(errs, err)
+	}
 	keys = slices.Clone(keys)
 	sort.Slice(keys, func(i, j int) bool { return keys[i].Less(keys[j]) })
 	done := make(map[desired.ServiceKey]bool, len(keys))
@@ -216,6 +219,16 @@ func (r *Reconciler) handOver(st desired.State) []error {
 	var errs []error
 	var again []desired.ServiceKey
 	for k, ws := range r.waiting {
+		// Waiters that no longer want the key stop waiting (else the set only grows).
+		for sk := range ws {
+			if svc := st.Services[sk]; svc == nil || !svc.Serves(k, st.Addresses) {
+				delete(ws, sk)
+			}
+		}
+		if len(ws) == 0 {
+			delete(r.waiting, k)
+			continue
+		}
 		if owner, ok := r.owners[k]; ok && r.services[owner] != nil {
 			continue
 		}
@@ -393,6 +406,9 @@ func (r *Reconciler) publish(svc *desired.Service, a *applied, want []uint32, ad
 // trim deletes the slots past n, and the policy entries the service no longer uses, once no
 // frontend points at them.
 func (r *Reconciler) trim(a *applied, n int) error {
+	if r.orphans.read(a.id) {
+		return nil // a leftover frontend may read past n: trimmed once it is gone
+	}
 	for len(a.backends) > n {
 		last := len(a.backends)
 		if err := r.m.DeleteSlot(maps.SlotKey{ServiceID: a.id, Slot: uint32(last)}); err != nil {
@@ -422,6 +438,9 @@ func (r *Reconciler) removeService(k desired.ServiceKey, a *applied) error {
 		r.noteGone(a, nil, nil)
 	}
 	// No frontend points at the service now: its policy entries go (an empty policy keeps none).
+	if r.orphans.read(a.id) {
+		return fmt.Errorf("remove service %d: a leftover frontend still reads its slots; retried", a.id)
+	}
 	if err := r.settlePolicy(&desired.Service{}, a); err != nil {
 		return err
 	}

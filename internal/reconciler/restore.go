@@ -79,7 +79,7 @@ func (r *Reconciler) Restore() (int, error) {
 			if r.svcIDs[fe.ServiceID] {
 				// Two services on one ID: a crash mid-write. Delete this one unless Apply
 				// rewrites it.
-				r.orphans.frontends = append(r.orphans.frontends, k)
+				r.orphans.frontends[k] = fe.ServiceID
 				continue
 			}
 			a = newApplied(fe.ServiceID)
@@ -88,7 +88,7 @@ func (r *Reconciler) Restore() (int, error) {
 			r.svcIDs[fe.ServiceID] = true
 		}
 		if fe.ServiceID != a.id {
-			r.orphans.frontends = append(r.orphans.frontends, k)
+			r.orphans.frontends[k] = fe.ServiceID
 			continue
 		}
 		// Every frontend is recorded as it is, so that removing the service removes them
@@ -147,9 +147,9 @@ func (r *Reconciler) Restore() (int, error) {
 			r.backendRefs[id]++
 			continue
 		}
-		if _, ok := bes[id]; !ok {
-			continue // names a backend never written: an empty slot, rewritten by Apply
-		}
+		// Recorded as it is, also when it names a backend that is not there (a crash
+		// mid-write): the ID is then not handed out to a new backend until Apply rewrites
+		// the slot, or the slot would send this service's traffic to another's backend.
 		a.backends[sk.Slot-1] = id
 		r.backendRefs[id]++
 	}
