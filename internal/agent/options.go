@@ -55,7 +55,9 @@ func NewOptions(hostname string) *Options {
 		APIQPS: 50, APIBurst: 100, NodeName: NodeNameOf(hostname), BPFFS: "/sys/fs/bpf/sluice",
 		XDPMode: "auto", TCAttach: "auto", NodePortRange: "30000-32767",
 		SNATPorts: fmt.Sprintf("%d-%d", dp.SNATPortMin, dp.SNATPortMax), LogLevel: "info",
-		MetricsAddr: "127.0.0.1:10249", LBAlgorithm: "random", SyncPeriod: 30 * time.Second,
+		// Not kube-proxy's 10249 (metrics) or 10256 (healthz): sluice runs beside it while a
+		// cluster migrates.
+		MetricsAddr: "127.0.0.1:9871", LBAlgorithm: "random", SyncPeriod: 30 * time.Second,
 		MinSync: 100 * time.Millisecond, DP: dp,
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"flag"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -86,5 +87,21 @@ func TestNodePortAddressesPrimary(t *testing.T) {
 	}
 	if got := primaryAddresses(devAddrs, nil, []netip.Addr{a("10.89.0.11"), a("192.168.1.5")}); !slices.Equal(got, []netip.Addr{a("10.89.0.11"), a("192.168.1.5")}) {
 		t.Errorf("before the Node is known: %v", got)
+	}
+}
+
+// Beside kube-proxy (a cluster migrating to sluice), the agent must start: its default
+// address for /metrics, /healthz and /readyz is none of the ports kube-proxy or the kubelet
+// listen on (before, 127.0.0.1:10249, and the agent exited "address already in use").
+func TestDefaultsStayClearOfKubeProxy(t *testing.T) {
+	o := NewOptions("node1")
+	taken := map[string]string{"10249": "kube-proxy metrics", "10256": "kube-proxy healthz",
+		"10248": "kubelet healthz", "10250": "kubelet", "10255": "kubelet read-only"}
+	_, port, err := net.SplitHostPort(o.MetricsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who, ok := taken[port]; ok {
+		t.Errorf("--metrics-addr defaults to %s, %s's port", o.MetricsAddr, who)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -32,6 +33,9 @@ type Server struct {
 	mu        sync.Mutex
 	services  map[types.NamespacedName]desired.HealthCheck
 	listeners map[uint16]*listener
+	// elsewhere are the ports another process serves (kube-proxy, beside sluice): said once,
+	// then retried quietly on every Sync, so sluice takes a port over when it is let go.
+	elsewhere map[uint16]bool
 }
 
 type listener struct {
@@ -41,13 +45,17 @@ type listener struct {
 }
 
 // Sync makes the server answer for exactly these services: new ports are opened, ports of
-// services gone are closed, and counts change in place. A port that cannot be opened (taken by
-// another process) is logged and retried on the next Sync.
+// services gone are closed, and counts change in place. A port another process already serves
+// is left to it: beside kube-proxy, whichever binds a healthCheckNodePort first answers it, and
+// both answer alike (both count this node's ready endpoints of the same EndpointSlices). That
+// is said once; the port is tried again on every Sync, so sluice serves it once the other
+// process lets it go (kube-proxy removed). Any other failure is logged as an error.
 func (s *Server) Sync(checks map[types.NamespacedName]desired.HealthCheck) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.listeners == nil {
 		s.listeners = map[uint16]*listener{}
+		s.elsewhere = map[uint16]bool{}
 	}
 	s.services = make(map[types.NamespacedName]desired.HealthCheck, len(checks))
 	want := map[uint16]types.NamespacedName{}
@@ -73,12 +81,26 @@ func (s *Server) Sync(checks map[types.NamespacedName]desired.HealthCheck) {
 			continue
 		}
 		l, err := s.listen(port, n)
-		if err != nil {
+		switch {
+		case errors.Is(err, syscall.EADDRINUSE):
+			if !s.elsewhere[port] {
+				s.Log.Info("Health check port served by another process (kube-proxy?); leaving it to it, and taking it over if it is let go",
+					zap.Stringer("service", n), zap.Uint16("port", port))
+				s.elsewhere[port] = true
+			}
+			continue
+		case err != nil:
 			s.Log.Error("Could not serve health check", zap.Stringer("service", n), zap.Uint16("port", port), zap.Error(err))
 			continue
 		}
+		delete(s.elsewhere, port)
 		s.Log.Info("Serving health check", zap.Stringer("service", n), zap.Uint16("port", port))
 		s.listeners[port] = l
+	}
+	for port := range s.elsewhere {
+		if _, ok := want[port]; !ok {
+			delete(s.elsewhere, port)
+		}
 	}
 }
 

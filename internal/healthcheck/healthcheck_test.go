@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluicelb/sluice/internal/desired"
@@ -80,17 +82,24 @@ func TestServeLikeKubeProxy(t *testing.T) {
 	}
 }
 
-func TestPortTakenIsRetried(t *testing.T) {
+// Beside kube-proxy, which already serves the port: sluice leaves it (said once at info, no
+// error on every sync) and serves it once it is let go.
+func TestPortTakenIsLeftAndTakenOver(t *testing.T) {
 	ln, err := net.Listen("tcp", ":0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
-	s := &Server{Log: zap.NewNop()}
+	core, logs := observer.New(zapcore.InfoLevel)
+	s := &Server{Log: zap.New(core)}
 	defer s.Close()
 	web := types.NamespacedName{Namespace: "default", Name: "web"}
 	checks := map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}}
 	s.Sync(checks)
+	s.Sync(checks)
+	if n := logs.FilterMessageSnippet("served by another process").Len(); n != 1 || logs.FilterLevelExact(zapcore.ErrorLevel).Len() != 0 {
+		t.Errorf("logged %v, want the other process said once and no error", logs.All())
+	}
 	ln.Close()
 	s.Sync(checks)
 	if resp, _ := get(t, port); resp.StatusCode != 200 {

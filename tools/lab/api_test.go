@@ -344,7 +344,7 @@ func (c *apiCluster) checkPinned(t *testing.T, port uint16, count int) {
 // checkMetrics reads the agent's endpoints on node1's loopback.
 func (c *apiCluster) checkMetrics(t *testing.T) {
 	t.Helper()
-	agent := netip.MustParseAddrPort("127.0.0.1:10249")
+	agent := netip.MustParseAddrPort("127.0.0.1:9871")
 	for _, p := range []string{"/healthz", "/readyz"} {
 		if status, body, err := lab.HTTPGetPath(c.Node1, agent, p); err != nil || status != 200 {
 			t.Errorf("%s: %d %q %v", p, status, body, err)

@@ -75,7 +75,7 @@ func startCluster(t *testing.T, mode string, extra ...string) *cluster {
 func (c *cluster) waitReady(t *testing.T) {
 	t.Helper()
 	c.waitFor(t, "the agent's /readyz", func() error {
-		status, body, err := lab.HTTPGetPath(c.Node1, netip.MustParseAddrPort("127.0.0.1:10249"), "/readyz")
+		status, body, err := lab.HTTPGetPath(c.Node1, netip.MustParseAddrPort("127.0.0.1:9871"), "/readyz")
 		if err == nil && status != 200 {
 			err = fmt.Errorf("%d %s", status, body)
 		}
@@ -470,7 +470,7 @@ func testSluicectl(t *testing.T, mode, xdp, reason, first string, progs int) {
 		len(ps.Devices[0].Programs) != progs {
 		t.Errorf("prog show (running): %+v, want XDP %s because %s, %d programs", ps, xdp, reason, progs)
 	}
-	_, metrics, err := lab.HTTPGetPath(c.Node1, netip.MustParseAddrPort("127.0.0.1:10249"), "/metrics")
+	_, metrics, err := lab.HTTPGetPath(c.Node1, netip.MustParseAddrPort("127.0.0.1:9871"), "/metrics")
 	want := fmt.Sprintf(`sluice_device_info{device="eth0",tc_mode="tcx",xdp_mode="%s",xdp_reason="%s"} 1`, xdp, reason)
 	if err != nil || !strings.Contains(metrics, want) {
 		t.Errorf("metrics: want %s (%v)", want, err)

@@ -63,7 +63,7 @@ func startParity(t *testing.T, proxy string) *parity {
 	case "sluice":
 		c.agent, err = c.StartAgent(lab.AgentOptions{Binary: agentBinary(t),
 			Extra: []string{"--kubeconfig", kubeconfig, "--min-sync-interval", "20ms"}})
-		ready = p.healthz("127.0.0.1:10249", "/readyz")
+		ready = p.healthz("127.0.0.1:9871", "/readyz")
 	}
 	if err != nil {
 		t.Fatal(err)
