@@ -10,7 +10,7 @@ DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.
 	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h \
 	iptables:iptables-restore nftables:nft wrk:wrk iperf3:iperf3 conntrack:conntrack
 
-.PHONY: deps generate check-generate build test test-kernel demo bench bench-quick controlplane clean
+.PHONY: deps generate check-generate build test test-kernel demo bench bench-quick controlplane image clean
 
 deps:
 	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
@@ -32,9 +32,16 @@ check-generate: generate
 		echo "committed BPF objects or bindings are stale; commit the output of 'make generate'"; \
 		git diff --stat -- $(GENERATED); exit 1; }
 
+# Static, with the Dockerfile's flags: the binaries are the image's, and the image test
+# (tools/image) finds them in the build cache.
 build:
 	@mkdir -p bin
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/ ./cmd/...
+
+# The agent's image as an OCI archive, as the Dockerfile describes it, with no container engine
+# (import it with: ctr -n k8s.io images import bin/sluice-agent-image.tar).
+image:
+	$(GO) run ./tools/image/cmd/sluice-image --version $(VERSION) --out bin/sluice-agent-image.tar
 
 # Unit, golden-packet (BPF_PROG_TEST_RUN) and end-to-end (netns) tests. Needs root.
 test: deps check-generate build
