@@ -236,27 +236,29 @@ func (sc *scenario) apply(body string) {
 		}
 		switch tm.Kind {
 		case "Service":
-			var o v1.Service
-			sc.decode(doc, &o)
-			old, _ := sc.objects["Service "+o.Namespace+"/"+o.Name].(*v1.Service)
-			sc.tr.OnServiceUpdate(old, &o)
-			sc.objects["Service "+o.Namespace+"/"+o.Name] = &o
+			o := &v1.Service{}
+			sc.decode(doc, o)
+			remember(sc, "Service "+o.Namespace+"/"+o.Name, o, sc.tr.OnServiceUpdate)
 		case "EndpointSlice":
-			var o discoveryv1.EndpointSlice
-			sc.decode(doc, &o)
-			old, _ := sc.objects["EndpointSlice "+o.Namespace+"/"+o.Name].(*discoveryv1.EndpointSlice)
-			sc.tr.OnEndpointSliceUpdate(old, &o)
-			sc.objects["EndpointSlice "+o.Namespace+"/"+o.Name] = &o
+			o := &discoveryv1.EndpointSlice{}
+			sc.decode(doc, o)
+			remember(sc, "EndpointSlice "+o.Namespace+"/"+o.Name, o, sc.tr.OnEndpointSliceUpdate)
 		case "Node":
-			var o v1.Node
-			sc.decode(doc, &o)
-			old, _ := sc.objects["Node "+o.Name].(*v1.Node)
-			sc.tr.OnNodeUpdate(old, &o)
-			sc.objects["Node "+o.Name] = &o
+			o := &v1.Node{}
+			sc.decode(doc, o)
+			remember(sc, "Node "+o.Name, o, sc.tr.OnNodeUpdate)
 		default:
 			sc.t.Fatalf("apply: unknown kind %q", tm.Kind)
 		}
 	}
+}
+
+// remember hands o to the tracker as an update of what was applied under key before (nil: an
+// add) and keeps it for the next update or delete.
+func remember[T any](sc *scenario, key string, o *T, update func(old, o *T)) {
+	old, _ := sc.objects[key].(*T)
+	update(old, o)
+	sc.objects[key] = o
 }
 
 func (sc *scenario) decode(doc string, into any) {
