@@ -251,8 +251,9 @@ func previousAgent(t *testing.T) string {
 // on NIC-like veths.
 func TestE2EUpgradeUnderLoad(t *testing.T) {
 	old := previousAgent(t)
-	// The old build needs --devices; it finds no device by itself.
-	c := startLoadClusterWith(t, old, "native", "--devices", "eth0")
+	// The old build needs --devices (it finds no device by itself) and serves its health on
+	// 127.0.0.1:10249 unless told the address this build's tests read.
+	c := startLoadClusterWith(t, old, "native", "--devices", "eth0", "--metrics-addr", "127.0.0.1:9871")
 	c.startWrk(t, 4*time.Second, true)
 	time.Sleep(500 * time.Millisecond)
 	if err := c.agent.Stop(); err != nil {
