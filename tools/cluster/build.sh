@@ -4,8 +4,10 @@
 # place at its version is skipped, so a second run takes seconds.
 #
 #   Kubernetes v1.37.2 (the source tree tools/controlplane/build.sh prepares): kubelet,
-#     kube-controller-manager, kube-scheduler, kubectl, e2e.test, agnhost, and the pause image's
-#     binary from build/pause/linux/pause.c (static, gcc); ginkgo at the version Kubernetes pins.
+#     kube-controller-manager, kube-scheduler, kubectl, e2e.test with the release's version stamp
+#     (tools/controlplane/ldflags.sh), the e2e images' programs agnhost and regression-issue-74839
+#     as test/images/image-util.sh builds them, and the pause image's binary from
+#     build/pause/linux/pause.c (static, gcc); ginkgo at the version Kubernetes pins.
 #   containerd v2.4.2 (the release Kubernetes 1.37 is paired with; Debian bookworm's 1.6.20 is
 #     older than any it supports) with its runc shim and ctr, and runc v1.5.2 (containerd's CI
 #     runc), all without cgo-only extras (btrfs, devmapper, zfs, seccomp).
@@ -14,6 +16,8 @@
 # Usage: build.sh [part...]   parts: k8s containerd runc debian (default: all)
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
+# The k8s stamp changes with how the part builds, not only with the version: a change rebuilds.
+K8S_BUILD="$K8S_VERSION+ver"
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-v1.5.2}
 CACHE=${SLUICE_CACHE:-/var/cache/sluice}
@@ -26,6 +30,12 @@ mkdir -p "$BIN"
 stamp() { [ "$(cat "$BIN/.$1" 2>/dev/null)" = "$2" ]; }
 done_() { echo "$2" > "$BIN/.$1"; }
 log() { echo "cluster/build.sh: $*" >&2; }
+# A part builds into $NEW, beside $BIN, and install_ renames its files into $BIN: a binary that
+# is running (a cluster that is up) is replaced, never written over ("text file busy").
+NEWS=()
+trap 'rm -rf "${NEWS[@]}"' EXIT
+new() { NEW=$(mktemp -d "$BIN/.new.XXXXXX") && NEWS+=("$NEW"); }
+install_() { mv -f "$NEW"/* "$BIN/"; }
 
 part_debian() {
 	local missing=()
@@ -38,37 +48,51 @@ part_debian() {
 }
 
 part_k8s() {
-	stamp k8s "$K8S_VERSION" && return 0
+	stamp k8s "$K8S_BUILD" && return 0
 	bash "$HERE/../controlplane/build.sh" # prepares $SRC (and builds kube-apiserver, kube-proxy)
 	cd "$SRC"
 	log "building Kubernetes $K8S_VERSION node and test binaries (about 15 minutes cold)"
-	CGO_ENABLED=0 go build -trimpath -o "$BIN/" ./cmd/kubelet ./cmd/kube-controller-manager ./cmd/kube-scheduler \
-		./cmd/kubectl ./test/images/agnhost
-	CGO_ENABLED=0 go test -c -trimpath -o "$BIN/e2e.test" ./test/e2e
-	local ginkgo
+	local ldflags ginkgo pause
+	ldflags=$(bash "$HERE/../controlplane/ldflags.sh")
+	new
+	CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$NEW/" ./cmd/kubelet ./cmd/kube-controller-manager \
+		./cmd/kube-scheduler ./cmd/kubectl
+	CGO_ENABLED=0 go test -c -trimpath -ldflags "$ldflags" -o "$NEW/e2e.test" ./test/e2e
+	# As image-util.sh builds the e2e images' programs: -w, and agnhost's own version.
+	CGO_ENABLED=0 go build -trimpath -ldflags "-w -X main.Version=$(cat test/images/agnhost/VERSION)" \
+		-o "$NEW/" ./test/images/agnhost
+	CGO_ENABLED=0 go build -trimpath -ldflags "-w" -o "$NEW/" ./test/images/regression-issue-74839
 	ginkgo=$(go list -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
-	GOBIN=$BIN CGO_ENABLED=0 go install "github.com/onsi/ginkgo/v2/ginkgo@$ginkgo"
-	gcc -Os -static -Wall -Werror -DVERSION="\"$K8S_VERSION\"" -o "$BIN/pause" build/pause/linux/pause.c
-	cp "$CACHE/k8s/bin/kube-apiserver" "$CACHE/k8s/bin/kube-proxy" "$BIN/"
-	done_ k8s "$K8S_VERSION"
+	GOBIN=$NEW CGO_ENABLED=0 go install "github.com/onsi/ginkgo/v2/ginkgo@$ginkgo"
+	# pause -v says the pause image's tag, as its Makefile builds it (stripped).
+	pause=$(sed -n 's/^TAG ?= *//p' build/pause/Makefile)
+	gcc -Os -static -Wall -Werror -DVERSION="v$pause" -o "$NEW/pause" build/pause/linux/pause.c
+	strip "$NEW/pause"
+	cp "$CACHE/k8s/bin/kube-apiserver" "$CACHE/k8s/bin/kube-proxy" "$NEW/"
+	install_
+	done_ k8s "$K8S_BUILD"
 }
 
 part_containerd() {
 	stamp containerd "$CONTAINERD_VERSION" && return 0
 	log "building containerd $CONTAINERD_VERSION"
-	(cd /tmp && GOBIN=$BIN CGO_ENABLED=0 go install -trimpath -tags "no_btrfs no_devmapper no_zfs urfave_cli_no_docs" \
+	new
+	(cd /tmp && GOBIN=$NEW CGO_ENABLED=0 go install -trimpath -tags "no_btrfs no_devmapper no_zfs urfave_cli_no_docs" \
 		-ldflags "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
 		"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION")
+	install_
 	done_ containerd "$CONTAINERD_VERSION"
 }
 
 part_runc() {
 	stamp runc "$RUNC_VERSION" && return 0
 	log "building runc $RUNC_VERSION"
-	(cd /tmp && GOBIN=$BIN CGO_ENABLED=1 go install -trimpath -tags urfave_cli_no_docs \
+	new
+	(cd /tmp && GOBIN=$NEW CGO_ENABLED=1 go install -trimpath -tags urfave_cli_no_docs \
 		-ldflags "-X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION")
+	install_
 	done_ runc "$RUNC_VERSION"
 }
 

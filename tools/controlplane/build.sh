@@ -4,18 +4,23 @@
 # with the binaries in place does nothing. About 5 minutes cold on 2 cores.
 #
 # The module zip lacks staging/: each `replace k8s.io/X => ./staging/src/k8s.io/X` becomes a
-# requirement of the published k8s.io/X v0.37.2 (the sample-* replaces are dropped).
+# requirement of the published k8s.io/X v0.37.2 (the sample-* replaces are dropped). The
+# binaries carry the release's version stamp (ldflags.sh).
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 STAGING_VERSION=${STAGING_VERSION:-v0.37.2}
 CACHE=${SLUICE_CACHE:-/var/cache/sluice}
 SRC=$CACHE/k8s/src-$K8S_VERSION
 BIN=$CACHE/k8s/bin
+HERE=$(cd "$(dirname "$0")" && pwd)
+# .version says what was built (tools/bench reports it); .build also changes with how, so that
+# binaries built before the version stamp are built again once.
+BUILD="$K8S_VERSION+ver"
 
 if ! command -v etcd >/dev/null 2>&1; then
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
 fi
-if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-proxy" ] && [ "$(cat "$BIN/.version" 2>/dev/null)" = "$K8S_VERSION" ]; then
+if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-proxy" ] && [ "$(cat "$BIN/.build" 2>/dev/null)" = "$BUILD" ]; then
 	exit 0
 fi
 mkdir -p "$CACHE/k8s" "$BIN"
@@ -48,5 +53,12 @@ fi
 cd "$SRC"
 rm -f go.work go.work.sum
 export GOCACHE=$CACHE/k8s/gocache GOFLAGS=-mod=mod GOWORK=off
-go build -o "$BIN/" ./cmd/kube-apiserver ./cmd/kube-proxy
+ldflags=$(bash "$HERE/ldflags.sh")
+# Built beside the old binaries and renamed over them: one that is running is replaced, not
+# written over (which fails with "text file busy", or corrupts it).
+tmp=$(mktemp -d "$BIN/.new.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+go build -ldflags "$ldflags" -o "$tmp/" ./cmd/kube-apiserver ./cmd/kube-proxy
+mv -f "$tmp"/* "$BIN/"
 echo "$K8S_VERSION" > "$BIN/.version"
+echo "$BUILD" > "$BIN/.build"
