@@ -11,15 +11,19 @@
 #   containerd v2.4.2 (the release Kubernetes 1.37 is paired with; Debian bookworm's 1.6.20 is
 #     older than any it supports) with its runc shim and ctr, and runc v1.5.2 (containerd's CI
 #     runc), all without cgo-only extras (btrfs, devmapper, zfs, seccomp).
-#   Debian: containernetworking-plugins (bridge, host-local, loopback) and etcd.
+#   CoreDNS v1.14.6, the release kubeadm 1.37 deploys (CoreDNSVersion in
+#     cmd/kubeadm/app/constants), as its Makefile builds it: static, -tags grpcnotrace, -s -w.
+#   Debian: containernetworking-plugins (bridge, host-local, loopback) and etcd; busybox-static,
+#     curl, netcat-openbsd and iproute2 for the test images (images.go).
 #
-# Usage: build.sh [part...]   parts: k8s containerd runc debian (default: all)
+# Usage: build.sh [part...]   parts: k8s containerd runc coredns debian (default: all)
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 # The k8s stamp changes with how the part builds, not only with the version: a change rebuilds.
 K8S_BUILD="$K8S_VERSION+ver"
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-v1.5.2}
+COREDNS_VERSION=${COREDNS_VERSION:-v1.14.6}
 CACHE=${SLUICE_CACHE:-/var/cache/sluice}
 BIN=$CACHE/cluster/bin
 SRC=$CACHE/k8s/src-$K8S_VERSION
@@ -41,6 +45,11 @@ part_debian() {
 	local missing=()
 	[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 	command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+	# The test images' shell and tools (images.go): a static busybox, not the dynamic one.
+	dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+	[ -x /usr/bin/curl ] || missing+=(curl)
+	[ -x /bin/nc.openbsd ] || missing+=(netcat-openbsd)
+	[ -x /usr/bin/ss ] || missing+=(iproute2)
 	if [ ${#missing[@]} -gt 0 ]; then
 		log "installing ${missing[*]}"
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -96,8 +105,22 @@ part_runc() {
 	done_ runc "$RUNC_VERSION"
 }
 
+part_coredns() {
+	stamp coredns "$COREDNS_VERSION" && return 0
+	local kubeadm
+	kubeadm=$(sed -n 's/^\tCoreDNSVersion = "\(.*\)"$/\1/p' "$SRC/cmd/kubeadm/app/constants/constants.go" 2>/dev/null || true)
+	[ -z "$kubeadm" ] || [ "$kubeadm" = "$COREDNS_VERSION" ] ||
+		log "note: kubeadm $K8S_VERSION deploys CoreDNS $kubeadm; building $COREDNS_VERSION"
+	log "building CoreDNS $COREDNS_VERSION"
+	new
+	(cd /tmp && GOBIN=$NEW CGO_ENABLED=0 go install -trimpath -tags grpcnotrace -ldflags "-s -w" \
+		"github.com/coredns/coredns@$COREDNS_VERSION")
+	install_
+	done_ coredns "$COREDNS_VERSION"
+}
+
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(debian containerd runc k8s)
+[ ${#parts[@]} -gt 0 ] || parts=(debian containerd runc k8s coredns)
 for p in "${parts[@]}"; do
 	"part_$p"
 done
