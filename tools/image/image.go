@@ -26,6 +26,7 @@ type File struct {
 	Mode int64  // permission bits; a directory when Dir
 	Dir  bool
 	Data []byte
+	Link string // when set, a symbolic link to Link (busybox's applets, a library's soname)
 }
 
 // Config is what the image's config says about running it.
@@ -36,6 +37,9 @@ type Config struct {
 	Env        []string
 	WorkingDir string
 	Labels     map[string]string
+	// ExposedPorts, e.g. "53/udp", as the Dockerfile's EXPOSE says (omitted when empty, so that
+	// images without it keep their bytes).
+	ExposedPorts map[string]struct{} `json:",omitempty"`
 }
 
 // Image is a name (reference) and its layers, bottom first.
@@ -207,15 +211,18 @@ func layerTar(files []File) ([]byte, error) {
 
 func writeEntry(tw *tar.Writer, name string, f File) error {
 	h := &tar.Header{Name: name, Mode: f.Mode, ModTime: epoch, Format: tar.FormatPAX}
-	if f.Dir {
+	switch {
+	case f.Dir:
 		h.Typeflag, h.Name = tar.TypeDir, name+"/"
-	} else {
+	case f.Link != "":
+		h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, f.Link, 0o777
+	default:
 		h.Typeflag, h.Size = tar.TypeReg, int64(len(f.Data))
 	}
 	if err := tw.WriteHeader(h); err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
-	if !f.Dir {
+	if h.Typeflag == tar.TypeReg {
 		if _, err := tw.Write(f.Data); err != nil {
 			return fmt.Errorf("write %s: %w", name, err)
 		}

@@ -185,3 +185,25 @@ func TestDockerfileWithUnknownFinalStepIsRefused(t *testing.T) {
 		t.Errorf("err %v", err)
 	}
 }
+
+// A symbolic link is written as one, and EXPOSE's ports reach the config only when set.
+func TestSymlinksAndExposedPorts(t *testing.T) {
+	img := Image{Name: "example.test/x:1", Arch: "amd64",
+		Config: Config{Entrypoint: []string{"/bin/sh"}, ExposedPorts: map[string]struct{}{"53/udp": {}}},
+		Layers: [][]File{{{Path: "/bin/busybox", Mode: 0o755, Data: []byte("x")}, {Path: "/bin/sh", Link: "busybox"}}}}
+	var buf bytes.Buffer
+	if err := Write(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	a := readArchive(t, buf.Bytes())
+	if h := a.layers[0]["bin/sh"]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "busybox" || h.Size != 0 {
+		t.Errorf("bin/sh: %+v, want a symbolic link to busybox", h)
+	}
+	if _, ok := a.config.Config.ExposedPorts["53/udp"]; !ok {
+		t.Errorf("config %+v: no 53/udp", a.config.Config)
+	}
+	cfg, _ := json.Marshal(Config{})
+	if strings.Contains(string(cfg), "ExposedPorts") {
+		t.Errorf("an empty config says %s", cfg)
+	}
+}
