@@ -14,7 +14,7 @@
 #   CoreDNS v1.14.6, the release kubeadm 1.37 deploys (CoreDNSVersion in
 #     cmd/kubeadm/app/constants), as its Makefile builds it: static, -tags grpcnotrace, -s -w.
 #   Debian: containernetworking-plugins (bridge, host-local, loopback) and etcd; busybox-static,
-#     curl, netcat-openbsd and iproute2 for the test images (images.go).
+#     dash, curl, netcat-openbsd, iproute2 and wget for the test images (images.go).
 #
 # Usage: build.sh [part...]   parts: k8s containerd runc coredns debian (default: all)
 set -euo pipefail
@@ -50,6 +50,8 @@ part_debian() {
 	[ -x /usr/bin/curl ] || missing+=(curl)
 	[ -x /bin/nc.openbsd ] || missing+=(netcat-openbsd)
 	[ -x /usr/bin/ss ] || missing+=(iproute2)
+	[ -x /usr/bin/wget ] || missing+=(wget)
+	[ -x /bin/dash ] || missing+=(dash)
 	if [ ${#missing[@]} -gt 0 ]; then
 		log "installing ${missing[*]}"
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
