@@ -10,7 +10,7 @@
 #     build/pause/linux/pause.c (static, gcc); ginkgo at the version Kubernetes pins.
 #   containerd v2.4.2 (the release Kubernetes 1.37 is paired with; Debian bookworm's 1.6.20 is
 #     older than any it supports) with its runc shim and ctr, and runc v1.5.2 (containerd's CI
-#     runc), all without cgo-only extras (btrfs, devmapper, zfs, seccomp).
+#     runc), containerd without cgo-only extras (btrfs, devmapper, zfs); runc with seccomp.
 #   CoreDNS v1.14.6, the release kubeadm 1.37 deploys (CoreDNSVersion in
 #     cmd/kubeadm/app/constants), as its Makefile builds it: static, -tags grpcnotrace, -s -w.
 #   Debian: containernetworking-plugins (bridge, host-local, loopback) and etcd; busybox-static,
@@ -98,13 +98,18 @@ part_containerd() {
 }
 
 part_runc() {
-	stamp runc "$RUNC_VERSION" && return 0
+	# With seccomp (cgo, libseccomp): containerd gives every sandbox its default profile, and the
+	# e2e suite's pods ask for RuntimeDefault; a runc without it refuses to start them.
+	stamp runc "$RUNC_VERSION+seccomp" && return 0
+	[ -f /usr/include/seccomp.h ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libseccomp-dev pkg-config >/dev/null; }
 	log "building runc $RUNC_VERSION"
-	new
-	(cd /tmp && GOBIN=$NEW CGO_ENABLED=1 go install -trimpath -tags urfave_cli_no_docs \
+	local tmp
+	tmp=$(mktemp -d)
+	(cd /tmp && GOBIN=$tmp CGO_ENABLED=1 go install -trimpath -tags "seccomp urfave_cli_no_docs" \
 		-ldflags "-X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION")
-	install_
-	done_ runc "$RUNC_VERSION"
+	mv "$tmp/runc" "$BIN/runc" # a rename: a node of a running cluster may be executing the old one
+	rmdir "$tmp"
+	done_ runc "$RUNC_VERSION+seccomp"
 }
 
 part_coredns() {

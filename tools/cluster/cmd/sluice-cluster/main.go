@@ -1,0 +1,76 @@
+// Command sluice-cluster brings the real cluster on this machine up and down and runs the
+// upstream e2e suite against it (package cluster; make cluster-up, cluster-down, e2e-k8s).
+//
+//	sluice-cluster up [--kube-proxy iptables|none] [--no-sluice]
+//	sluice-cluster down
+//	sluice-cluster e2e [--focus-file F] [--report docs/conformance.md]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sluicelb/sluice/tools/cluster"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: sluice-cluster up|down|e2e|relay [flags]")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1], os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "sluice-cluster:", err)
+		os.Exit(1)
+	}
+}
+
+func run(cmd string, args []string) error {
+	var c cluster.Config
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.StringVar(&c.Dir, "dir", envOr("SLUICE_CLUSTER_DIR", cluster.DefaultDir), "the cluster's state")
+	fs.StringVar(&c.Bin, "bin", cluster.BinDir(), "what tools/cluster/build.sh built")
+	fs.StringVar(&c.Src, "src", ".", "sluice's source tree (manifests/, Dockerfile)")
+	fs.StringVar(&c.Version, "version", "dev", "sluice's version: its image's tag")
+	fs.StringVar(&c.KubeProxy, "kube-proxy", envOr("KUBE_PROXY", cluster.KubeProxyIPTables), "kube-proxy beside sluice: iptables, or none")
+	fs.BoolVar(&c.NoSluice, "no-sluice", false, "do not deploy sluice")
+	listen := fs.String("listen", "127.0.0.1:16443", "relay: where to serve the API server on the host")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c.Logf = func(f string, a ...any) {
+		fmt.Fprintf(os.Stderr, "%s sluice-cluster: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
+	}
+	switch cmd {
+	case "up":
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		c.RelayCmd = []string{self, "relay", "--listen", *listen}
+		up, err := cluster.Up(c)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("KUBECONFIG=%s\nkubectl:  %s\ne2e.test: %s\n", up.Kubeconfig(), up.Bin+"/kubectl", up.Bin+"/e2e.test")
+		return nil
+	case "down":
+		return cluster.Down(c)
+	case "relay":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		return cluster.Relay(ctx, *listen)
+	}
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

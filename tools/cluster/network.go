@@ -1,0 +1,122 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+// sysctlsIn sets sysctls in a network namespace (they are per namespace: forwarding, rp_filter).
+func sysctlsIn(ns string, kv ...string) error {
+	for _, s := range kv {
+		k, v, _ := strings.Cut(s, "=")
+		if err := run("ip", "netns", "exec", ns, "sysctl", "-qw", k+"="+v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// upNetwork makes the namespaces: sluice-gw with br0 (the nodes' default gateway and the
+// control plane's address), the client, and the nodes, each on br0 by a veth named eth0 on its
+// side. The veths stay as the kernel makes them (tx checksumming on, no XDP on the bridge's
+// ports): a kind node's NIC is such a veth, and the defaults must work there.
+func upNetwork() error {
+	ip := func(args ...string) error { return run("ip", args...) }
+	nss := []string{gwNS, clientNS}
+	for _, n := range Nodes {
+		nss = append(nss, n.Name)
+	}
+	for _, ns := range nss {
+		if err := ip("netns", "add", ns); err != nil {
+			return err
+		}
+		if err := ip("-n", ns, "link", "set", "lo", "up"); err != nil {
+			return err
+		}
+	}
+	if err := ip("-n", gwNS, "link", "add", "br0", "type", "bridge"); err != nil {
+		return err
+	}
+	if err := ip("-n", gwNS, "addr", "add", gwIP.String()+"/24", "dev", "br0"); err != nil {
+		return err
+	}
+	if err := ip("-n", gwNS, "link", "set", "br0", "up"); err != nil {
+		return err
+	}
+	type host struct{ ns, addr, port string }
+	hosts := []host{{clientNS, clientIP.String(), "client"}}
+	for i, n := range Nodes {
+		hosts = append(hosts, host{n.Name, n.IP.String(), fmt.Sprintf("node%d", i+1)})
+		// A node forwards (pods, NodePorts) with no reverse-path filter, as every Kubernetes
+		// node; set before eth0 moves in so that it inherits them.
+		if err := sysctlsIn(n.Name, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+			"net.ipv4.conf.default.rp_filter=0"); err != nil {
+			return err
+		}
+	}
+	// The gateway routes between the pods' subnets and the client as the nodes' router does.
+	if err := sysctlsIn(gwNS, "net.ipv4.ip_forward=1"); err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		tmp := "slc" + h.port
+		if err := ip("link", "add", tmp, "type", "veth", "peer", "name", tmp+"p"); err != nil {
+			return err
+		}
+		steps := [][]string{
+			{"link", "set", tmp, "netns", h.ns},
+			{"-n", h.ns, "link", "set", tmp, "name", "eth0"},
+			{"link", "set", tmp + "p", "netns", gwNS},
+			{"-n", gwNS, "link", "set", tmp + "p", "name", h.port},
+			{"-n", gwNS, "link", "set", h.port, "master", "br0", "up"},
+			{"-n", h.ns, "addr", "add", h.addr + "/24", "dev", "eth0"},
+			{"-n", h.ns, "link", "set", "eth0", "up"},
+			{"-n", h.ns, "route", "add", "default", "via", gwIP.String()},
+		}
+		for _, s := range steps {
+			if err := ip(s...); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// routePodCIDR tells every namespace but the node itself that cidr is behind node: the pod
+// routes a CNI such as kindnet installs, and the gateway's and client's routes to them.
+func routePodCIDR(node Node, cidr string) error {
+	nss := []string{gwNS, clientNS}
+	for _, n := range Nodes {
+		if n.Name != node.Name {
+			nss = append(nss, n.Name)
+		}
+	}
+	for _, ns := range nss {
+		if err := run("ip", "-n", ns, "route", "replace", cidr, "via", node.IP.String()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// downNetwork deletes the namespaces (their links go with them).
+func downNetwork() error {
+	var errs []string
+	nss := []string{gwNS, clientNS}
+	for _, n := range Nodes {
+		nss = append(nss, n.Name)
+	}
+	for _, ns := range nss {
+		if _, err := os.Stat("/run/netns/" + ns); err != nil {
+			continue
+		}
+		if err := run("ip", "netns", "del", ns); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("delete namespaces: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
