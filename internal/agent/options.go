@@ -23,6 +23,7 @@ type Options struct {
 	Devices       string
 	NodeName      string
 	BPFFS         string
+	ProcFS        string
 	XDPMode       string
 	TCAttach      string
 	NodePortRange string
@@ -52,7 +53,7 @@ type Options struct {
 func NewOptions(hostname string) *Options {
 	dp := datapath.Defaults()
 	return &Options{
-		APIQPS: 50, APIBurst: 100, NodeName: NodeNameOf(hostname), BPFFS: "/sys/fs/bpf/sluice",
+		APIQPS: 50, APIBurst: 100, NodeName: NodeNameOf(hostname), BPFFS: "/sys/fs/bpf/sluice", ProcFS: "/proc",
 		XDPMode: "auto", TCAttach: "auto", NodePortRange: "30000-32767",
 		SNATPorts: fmt.Sprintf("%d-%d", dp.SNATPortMin, dp.SNATPortMax), LogLevel: "info",
 		// Not kube-proxy's 10249 (metrics) or 10256 (healthz): sluice runs beside it while a
@@ -76,6 +77,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Devices, "devices", o.Devices, "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts (default: the devices that carry the Node's InternalIP/ExternalIP, else the default route's; followed as they change)")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name, as EndpointSlices' nodeName (marks local backends; default: the hostname, lowercased)")
 	fs.StringVar(&o.BPFFS, "bpffs", o.BPFFS, "bpffs directory for the pinned maps")
+	fs.StringVar(&o.ProcFS, "procfs", o.ProcFS, "where the node's procfs is mounted: its sys/net is read and written (a container's own /proc/sys is read-only)")
 	fs.StringVar(&o.XDPMode, "xdp-mode", o.XDPMode, "XDP attach mode: auto (per device: native on NIC drivers known to be right with it, tc elsewhere), native, generic, or off (tc ingress only)")
 	fs.StringVar(&o.TCAttach, "tc-attach", o.TCAttach, "tc attach mode: auto (TCX on 6.6+, else clsact), tcx, or clsact")
 	fs.StringVar(&o.NodePortRange, "nodeport-range", o.NodePortRange, "NodePorts outside this range are refused")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -64,6 +65,10 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	alog.Info("Starting", zap.String("version", version), zap.String("node", o.NodeName),
 		zap.String("devices", cmp.Or(o.Devices, "(detect)")), zap.String("xdpMode", o.XDPMode), zap.String("bpffs", o.BPFFS))
 
+	if _, err := os.Stat(filepath.Join(o.ProcFS, "sys", "net")); err != nil {
+		return fmt.Errorf("find the node's procfs (--procfs): %w", err)
+	}
+	datapath.SetProcFS(o.ProcFS)
 	mode, tcMode, portRange, nodePortCIDRs := o.xdp, o.tc, o.portRange, o.nodePortCIDRs
 	if ok, err := datapath.ForwardingEnabled(); err == nil && !ok {
 		alog.Warn("net.ipv4.ip_forward is 0: remote backends and local pods are unreachable until it is 1")

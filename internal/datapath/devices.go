@@ -42,7 +42,7 @@ func DeviceAddresses(devices []string) ([]netip.Addr, error) {
 // ForwardingEnabled reports net.ipv4.ip_forward: without it the kernel refuses to forward and
 // bpf_fib_lookup reports forwarding disabled, so remote backends are unreachable.
 func ForwardingEnabled() (bool, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	b, err := os.ReadFile(sysctlPath("net/ipv4/ip_forward"))
 	if err != nil {
 		return false, fmt.Errorf("read ip_forward: %w", err)
 	}
@@ -52,7 +52,7 @@ func ForwardingEnabled() (bool, error) {
 // LocalPortRange reads net.ipv4.ip_local_port_range: the source ports the node's own
 // connections use, which the SNAT range should stay clear of.
 func LocalPortRange() (lo, hi uint16, err error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	b, err := os.ReadFile(sysctlPath("net/ipv4/ip_local_port_range"))
 	if err != nil {
 		return 0, 0, fmt.Errorf("read ip_local_port_range: %w", err)
 	}

@@ -47,7 +47,7 @@ func EnsureStackDevice() (int, net.HardwareAddr, error) {
 		return 0, nil, fmt.Errorf("set up %s: a %s device of that name exists, not sluice's veth", StackDevice, l.Type())
 	}
 	for key, v := range stackSysctls {
-		p := filepath.Join("/proc/sys/net/ipv4/conf", StackDevice, key)
+		p := sysctlPath(filepath.Join("net/ipv4/conf", StackDevice, key))
 		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
 			return 0, nil, fmt.Errorf("set %s: %w", p, err)
 		}
@@ -64,7 +64,7 @@ func EnsureStackDevice() (int, net.HardwareAddr, error) {
 // larger of `all` and the device's value, and in strict mode it refuses a local source on
 // StackDevice whatever accept_local says: oversized packets without DF are then dropped.
 func StrictReversePathFilter() bool {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/all/rp_filter")
+	b, err := os.ReadFile(sysctlPath("net/ipv4/conf/all/rp_filter"))
 	return err == nil && strings.TrimSpace(string(b)) == "1"
 }
 
