@@ -120,3 +120,12 @@ func downNetwork() error {
 	}
 	return nil
 }
+
+// masqueradePods masquerades what the node's pods send outside the pod network (to nodes, to
+// the client), as kindnet does: kube-proxy and sluice then see another node's pods arrive
+// from that node's address, as on kind, and pod-to-pod traffic keeps its addresses.
+func masqueradePods(n Node) error {
+	return run("nsenter", "--net=/run/netns/"+n.Name, "--", "iptables", "-w", "-t", "nat", "-A", "POSTROUTING",
+		"-s", podCIDR, "!", "-d", podCIDR, "-m", "comment", "--comment", "sluice-cluster: pods to outside the pod network",
+		"-j", "MASQUERADE")
+}

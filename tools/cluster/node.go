@@ -215,8 +215,9 @@ serializeImagePulls: false
 }
 
 // cniConfig is the node's pod network: a bridge with host-local addresses from its podCIDR,
-// hairpin on (a pod reaching itself through a service), no masquerade (pods keep their
-// addresses across nodes; the routes to the other nodes' podCIDRs are routePodCIDR's).
+// hairpin on (a pod reaching itself through a service), and no masquerade of the plugin's (it
+// would hide pods from pods on other nodes: masqueradePods does it as kindnet does; the routes
+// to the other nodes' podCIDRs are routePodCIDR's).
 func (c *Config) cniConfig(n Node, cidr string) string {
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",

@@ -178,6 +178,9 @@ func (c *Config) wireNodes(cs kubernetes.Interface) error {
 		if err := routePodCIDR(n, cidr); err != nil {
 			return err
 		}
+		if err := masqueradePods(n); err != nil {
+			return err
+		}
 	}
 	return waitFor("every node Ready", 3*time.Minute, func() error {
 		for _, n := range Nodes {

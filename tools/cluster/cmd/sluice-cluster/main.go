@@ -8,10 +8,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -38,6 +40,9 @@ func run(cmd string, args []string) error {
 	fs.StringVar(&c.Version, "version", "dev", "sluice's version: its image's tag")
 	fs.StringVar(&c.KubeProxy, "kube-proxy", envOr("KUBE_PROXY", cluster.KubeProxyIPTables), "kube-proxy beside sluice: iptables, or none")
 	fs.BoolVar(&c.NoSluice, "no-sluice", false, "do not deploy sluice")
+	focus := fs.String("focus-file", "tools/cluster/e2e/nodeport.txt", "e2e: the tests to run, one exact name per line")
+	out := fs.String("out", "bin/e2e", "e2e: where the log, JUnit report and results.json go")
+	procs := fs.Int("procs", 4, "e2e: ginkgo processes")
 	listen := fs.String("listen", "127.0.0.1:16443", "relay: where to serve the API server on the host")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -57,6 +62,26 @@ func run(cmd string, args []string) error {
 			return err
 		}
 		fmt.Printf("KUBECONFIG=%s\nkubectl:  %s\ne2e.test: %s\n", up.Kubeconfig(), up.Bin+"/kubectl", up.Bin+"/e2e.test")
+		return nil
+	case "e2e":
+		names, err := cluster.ReadFocus(*focus)
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+		defer stop()
+		res, err := c.RunE2E(ctx, cluster.E2E{Focus: names, Procs: *procs, Out: *out, Log: os.Stderr})
+		if err != nil {
+			return err
+		}
+		b, _ := json.MarshalIndent(res, "", "  ")
+		if err := os.WriteFile(filepath.Join(*out, "results.json"), b, 0o644); err != nil {
+			return err
+		}
+		for _, r := range res {
+			fmt.Printf("%-8s %6s  %s\n", r.State, r.Duration.Round(time.Second), r.Name)
+		}
+		fmt.Println(cluster.Summary(res))
 		return nil
 	case "down":
 		return cluster.Down(c)
