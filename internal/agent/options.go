@@ -35,6 +35,9 @@ type Options struct {
 	LBAlgorithm   string
 	SyncPeriod    time.Duration
 	MinSync       time.Duration
+
+	// HealthzBindAddress is where kube-proxy's node health server is served (its flag).
+	HealthzBindAddress string
 	// DP is the datapath's configuration; its SNAT ports and pin path come from the flags.
 	DP datapath.Config
 
@@ -47,6 +50,8 @@ type Options struct {
 	// nodePortPrimary: --nodeport-addresses primary.
 	nodePortPrimary bool
 	deviceList      []string
+	// healthzAddr: --healthz-bind-address with its port (kube-proxy's 10256 if it had none).
+	healthzAddr string
 }
 
 // NewOptions returns the defaults; hostname is the node's (os.Hostname), the default node name.
@@ -84,6 +89,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.SNATPorts, "snat-port-range", o.SNATPorts, "source ports for SNAT to remote backends (keep clear of net.ipv4.ip_local_port_range)")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "where /metrics, /healthz and /readyz are served (empty: nowhere)")
+	fs.StringVar(&o.HealthzBindAddress, "healthz-bind-address", o.HealthzBindAddress, "IP:port (an IP alone: port 10256) where kube-proxy's node health server is served: /healthz and /livez, what cloud load balancers probe to choose the nodes that get traffic (empty, the default: nowhere, since sluice runs beside kube-proxy, which holds it). 0.0.0.0:10256 is kube-proxy's address: set it when sluice replaces kube-proxy")
 	fs.DurationVar(&o.SyncPeriod, "sync-period", o.SyncPeriod, "full resync interval")
 	fs.DurationVar(&o.MinSync, "min-sync-interval", o.MinSync, "minimum time between syncs")
 	fs.Func("max-services", "service ports the maps hold", uintFlag(&o.DP.MaxServices))

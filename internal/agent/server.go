@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -27,6 +28,7 @@ import (
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/metrics"
 	"github.com/sluicelb/sluice/internal/proxy"
+	"github.com/sluicelb/sluice/internal/proxyhealth"
 	"github.com/sluicelb/sluice/internal/reconciler"
 	"github.com/sluicelb/sluice/internal/source"
 )
@@ -85,6 +87,10 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	// The source lists the API while the datapath loads: the tracker only collects until the
 	// sync loop starts, after the programs are attached.
 	tracker := proxy.NewTracker()
+	// kube-proxy's node health server: a change queued and not programmed within two sync
+	// periods is unhealthy, as kube-proxy times it (cmd/kube-proxy/app/server.go).
+	nodeHealth := proxyhealth.New(2*o.SyncPeriod, func() *v1.Node { return tracker.Node(o.NodeName) }, nil, log.Named("proxyhealth"))
+	tracker.Queued = nodeHealth.QueuedUpdate
 	var src source.Source
 	if o.Manifests != "" {
 		src = source.NewManifests(o.Manifests, log.Named("source"))
@@ -237,6 +243,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 		Log: log.Named("sync"),
 	}
 	syncer.HealthChecks = hcs.Sync
+	syncer.Updated = nodeHealth.Updated
 	runner := &proxy.Runner{
 		MinInterval: o.MinSync, MaxInterval: o.SyncPeriod, Sync: syncer.Sync,
 		OnError: func(err error, retry time.Duration) {
@@ -249,6 +256,14 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 				errc <- err
 			}
 		}()
+	}
+	// As kube-proxy's sync loop does at its start: from here, a change queued and never
+	// programmed (a first sync that keeps failing) makes the node unhealthy.
+	nodeHealth.Updated()
+	if o.healthzAddr != "" {
+		// Kept trying in the background: kube-proxy may hold the address while a cluster
+		// migrates, and the datapath must not wait for it.
+		go nodeHealth.Run(ctx, o.healthzAddr)
 	}
 	runnerDone := make(chan struct{})
 	go func() {

@@ -59,6 +59,9 @@ func (o *Options) Validate() error {
 	} else if o.nodePortCIDRs, err = parseCIDRs(o.NodePortAddrs); err != nil {
 		return err
 	}
+	if o.healthzAddr, err = parseHealthzAddr(o.HealthzBindAddress, o.MetricsAddr); err != nil {
+		return err
+	}
 	o.DP.SNATPortMin, o.DP.SNATPortMax = snat.Min, snat.Max
 	o.DP.PinPath = o.BPFFS
 	if err := o.DP.Validate(); err != nil {
@@ -84,4 +87,31 @@ func parseCIDRs(s string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("validate flags: --nodeport-addresses %s has no IPv4 CIDR, and sluice serves IPv4 NodePorts only", s)
 	}
 	return out, nil
+}
+
+// kubeProxyHealthzPort is kube-proxy's node health port (pkg/cluster/ports ProxyHealthzPort).
+const kubeProxyHealthzPort = 10256
+
+// parseHealthzAddr checks --healthz-bind-address as kube-proxy checks its own: IP:port, or an
+// IP alone, which gets kube-proxy's port. It must not be --metrics-addr's port on an address
+// both would listen on: one of the two servers could never start.
+func parseHealthzAddr(s, metricsAddr string) (string, error) {
+	if s = strings.TrimSpace(s); s == "" {
+		return "", nil
+	}
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(ip, kubeProxyHealthzPort).String(), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Addr().Zone() != "" {
+		return "", fmt.Errorf("validate flags: --healthz-bind-address %q: want IP:port (kube-proxy's is 0.0.0.0:10256)", s)
+	}
+	if ap.Port() == 0 {
+		return "", fmt.Errorf("validate flags: --healthz-bind-address %q: want a port from 1 to 65535", s)
+	}
+	if m, err := netip.ParseAddrPort(metricsAddr); err == nil && m.Port() == ap.Port() &&
+		(m.Addr() == ap.Addr() || m.Addr().IsUnspecified() || ap.Addr().IsUnspecified()) {
+		return "", fmt.Errorf("validate flags: --healthz-bind-address %s and --metrics-addr %s are the same port", s, metricsAddr)
+	}
+	return ap.String(), nil
 }

@@ -32,6 +32,11 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"--nodeport-addresses", "fd00::/64"}, "has no IPv4 CIDR"},
 		{[]string{"--ct-udp-timeout", "500ms"}, "UDP timeout"},
 		{[]string{"--max-services", "-1"}, "max-services"},
+		{[]string{"--healthz-bind-address", "10256"}, "--healthz-bind-address"},
+		{[]string{"--healthz-bind-address", "node1:10256"}, "--healthz-bind-address"},
+		{[]string{"--healthz-bind-address", "0.0.0.0:70000"}, "--healthz-bind-address"},
+		{[]string{"--healthz-bind-address", "0.0.0.0:0"}, "--healthz-bind-address"},
+		{[]string{"--healthz-bind-address", "0.0.0.0:9871"}, "--metrics-addr"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "unexpected arguments"},
 	} {
@@ -59,6 +64,15 @@ func TestParseArgsValid(t *testing.T) {
 	}
 	if len(o.nodePortCIDRs) != 2 {
 		t.Errorf("CIDRs %v", o.nodePortCIDRs)
+	}
+	// --healthz-bind-address as kube-proxy's: IP:port, or an IP alone on kube-proxy's port.
+	for in, want := range map[string]string{"0.0.0.0:10256": "0.0.0.0:10256", "10.89.0.11": "10.89.0.11:10256",
+		"[::]:10256": "[::]:10256", "": ""} {
+		if o, err := ParseArgs([]string{"--healthz-bind-address", in}); err != nil {
+			t.Errorf("--healthz-bind-address %q: %v", in, err)
+		} else if o.healthzAddr != want {
+			t.Errorf("--healthz-bind-address %q: %q, want %q", in, o.healthzAddr, want)
+		}
 	}
 	// --cleanup and --version need nothing else to be valid.
 	if _, err := ParseArgs([]string{"--cleanup", "--lb-algorithm", "nonsense"}); err != nil {
@@ -103,5 +117,9 @@ func TestDefaultsStayClearOfKubeProxy(t *testing.T) {
 	}
 	if who, ok := taken[port]; ok {
 		t.Errorf("--metrics-addr defaults to %s, %s's port", o.MetricsAddr, who)
+	}
+	// kube-proxy's node health server is sluice's only when asked for.
+	if o.HealthzBindAddress != "" {
+		t.Errorf("--healthz-bind-address defaults to %s, want none", o.HealthzBindAddress)
 	}
 }

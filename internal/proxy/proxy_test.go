@@ -297,3 +297,55 @@ func TestSyncerFollowsTheNodesZone(t *testing.T) {
 		t.Errorf("zone b: slots hold %v", slotted)
 	}
 }
+
+// The node health server is told of each change to program once the first complete set is in
+// (a change queued), and of each sync that programmed them, not of one that failed.
+func TestNodeHealthIsToldOfQueuedChangesAndSyncs(t *testing.T) {
+	f := maps.NewFake()
+	tr := NewTracker()
+	var queued, updated int
+	tr.Queued = func() { queued++ }
+	addrErr := error(nil)
+	s := &Syncer{
+		Tracker: tr, Reconciler: reconciler.New(f, 100, 100, zap.NewNop()), Options: desired.Options{NodeName: "node1", NodePortRange: desired.PortRange{Min: 30000, Max: 32767}}, Log: zap.NewNop(),
+		Addresses: func() ([]netip.Addr, error) { return []netip.Addr{netip.MustParseAddr("10.89.0.11")}, addrErr },
+		Updated:   func() { updated++ },
+	}
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, Ports: []v1.ServicePort{{Protocol: v1.ProtocolTCP, NodePort: 30080}}}}
+	tr.OnServiceAdd(svc)
+	tr.OnNodeAdd(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1"}})
+	if err := s.Sync(); err != nil || queued != 0 || updated != 0 {
+		t.Fatalf("before the first full set: %v, queued %d, updated %d; want neither", err, queued, updated)
+	}
+	tr.OnSynced()
+	if err := s.Sync(); err != nil || queued != 0 || updated != 1 {
+		t.Fatalf("first sync: %v, queued %d, updated %d", err, queued, updated)
+	}
+
+	// A metadata-only update is nothing to program.
+	same := svc.DeepCopy()
+	same.ResourceVersion = "2"
+	tr.OnServiceUpdate(svc, same)
+	if queued != 0 {
+		t.Errorf("a no-op update queued a change")
+	}
+	changed := same.DeepCopy()
+	changed.Spec.Ports[0].NodePort = 30081
+	tr.OnServiceUpdate(same, changed)
+	tr.Poke()
+	if queued != 2 {
+		t.Errorf("queued %d, want 2 (a service change, a device change)", queued)
+	}
+	addrErr = errors.New("netlink: no such device")
+	if err := s.Sync(); err == nil || updated != 1 {
+		t.Errorf("failed sync: %v, updated %d; want an error and no update", err, updated)
+	}
+	addrErr = nil
+	if err := s.Sync(); err != nil || updated != 2 {
+		t.Errorf("sync: %v, updated %d", err, updated)
+	}
+	if n := tr.Node("node1"); n == nil || n.Name != "node1" || tr.Node("node2") != nil {
+		t.Errorf("Node: %v", n)
+	}
+}

@@ -41,6 +41,10 @@ type Syncer struct {
 	// HealthChecks, if set, is given the services with a healthCheckNodePort after each
 	// sync (the agent answers them).
 	HealthChecks func(map[types.NamespacedName]desired.HealthCheck)
+	// Updated, if set, is called after each sync that programmed the objects (the node health
+	// server's Updated): not while the source's first complete set is not in, nor after a
+	// failed sync.
+	Updated func()
 
 	idx      *desired.Index
 	addrs    []netip.Addr
@@ -93,6 +97,9 @@ func (s *Syncer) Sync() error {
 	}
 	if s.Health != nil {
 		s.Health.Synced(end)
+	}
+	if s.Updated != nil {
+		s.Updated()
 	}
 	return nil
 }

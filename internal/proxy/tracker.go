@@ -34,6 +34,11 @@ type Tracker struct {
 	triggers []time.Time
 	now      func() time.Time
 	start    time.Time // when the tracker was made: older trigger times are not ours to measure
+
+	// Queued, if set, is told of each change to program once the first complete set is in
+	// (the node health server's QueuedUpdate: kube-proxy's proxier queues only once
+	// initialized). Set it before the source runs; it is called with the tracker's lock held.
+	Queued func()
 }
 
 // triggerTimeAnnotation is set by the EndpointSlice controller to when the change that caused
@@ -79,7 +84,19 @@ func (t *Tracker) Changed() <-chan struct{} { return t.changed }
 
 // Poke asks for a sync without a change of objects: something else the desired state is built
 // from (the node's devices or addresses) may have changed.
-func (t *Tracker) Poke() { t.notify() }
+func (t *Tracker) Poke() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.queue()
+}
+
+// Node returns the Node named name, nil while the source has not delivered it (or it was
+// deleted). Shared: the caller must not modify it.
+func (t *Tracker) Node(name string) *v1.Node {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.nodes[name]
+}
 
 // NodeAddresses returns the InternalIP and ExternalIP addresses of the Node named name, if the
 // source delivered it.
@@ -113,6 +130,14 @@ func (t *Tracker) NodeZone(name string) string {
 	return ""
 }
 
+// queue signals a change to program: t.mu is held.
+func (t *Tracker) queue() {
+	if t.synced && t.Queued != nil {
+		t.Queued()
+	}
+	t.notify()
+}
+
 func (t *Tracker) notify() {
 	select {
 	case t.changed <- struct{}{}:
@@ -141,7 +166,7 @@ func (t *Tracker) OnServiceUpdate(old, svc *v1.Service) {
 	t.services[k] = svc
 	t.dirty[k] = true
 	t.trigger(svc.Annotations)
-	t.notify()
+	t.queue()
 }
 
 func (t *Tracker) OnServiceDelete(svc *v1.Service) {
@@ -150,7 +175,7 @@ func (t *Tracker) OnServiceDelete(svc *v1.Service) {
 	delete(t.services, key(svc.Namespace, svc.Name))
 	t.dirty[key(svc.Namespace, svc.Name)] = true
 	t.trigger(nil)
-	t.notify()
+	t.queue()
 }
 
 func (t *Tracker) OnEndpointSliceAdd(sl *discoveryv1.EndpointSlice) { t.OnEndpointSliceUpdate(nil, sl) }
@@ -167,7 +192,7 @@ func (t *Tracker) OnEndpointSliceUpdate(old, sl *discoveryv1.EndpointSlice) {
 	}
 	t.index(k, sl)
 	t.trigger(sl.Annotations)
-	t.notify()
+	t.queue()
 }
 
 // index files slice k (nil: deleted) under its service, and marks the services it left and
@@ -201,7 +226,7 @@ func (t *Tracker) OnEndpointSliceDelete(sl *discoveryv1.EndpointSlice) {
 	defer t.mu.Unlock()
 	t.index(key(sl.Namespace, sl.Name), nil)
 	t.trigger(nil)
-	t.notify()
+	t.queue()
 }
 
 func (t *Tracker) OnNodeAdd(n *v1.Node) { t.OnNodeUpdate(nil, n) }
@@ -210,14 +235,14 @@ func (t *Tracker) OnNodeUpdate(old, n *v1.Node) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.nodes[n.Name] = n
-	t.notify()
+	t.queue()
 }
 
 func (t *Tracker) OnNodeDelete(n *v1.Node) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.nodes, n.Name)
-	t.notify()
+	t.queue()
 }
 
 func (t *Tracker) OnSynced() {
