@@ -1,4 +1,4 @@
-# sluice: make deps | generate | build | test | test-kernel | demo | bench
+# sluice: make deps | generate | build | test | test-kernel | demo | bench | cluster-up | e2e-k8s
 GO      ?= go
 ARCH    := $(shell uname -m)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -10,7 +10,8 @@ DEB_DEPS := clang:clang llvm:llvm-strip libbpf-dev:/usr/include/bpf/bpf_helpers.
 	bpftool:bpftool iproute2:ip ethtool:ethtool linux-libc-dev:/usr/include/linux/bpf.h \
 	iptables:iptables-restore nftables:nft wrk:wrk iperf3:iperf3 conntrack:conntrack
 
-.PHONY: deps generate check-generate build test test-kernel demo bench bench-quick controlplane image clean
+.PHONY: deps generate check-generate build test test-kernel demo bench bench-quick controlplane image \
+	cluster-build cluster-up cluster-down e2e-k8s clean
 
 deps:
 	@missing=""; for d in $(DEB_DEPS); do pkg=$${d%%:*}; what=$${d#*:}; \
@@ -43,9 +44,12 @@ build:
 image:
 	$(GO) run ./tools/image/cmd/sluice-image --version $(VERSION) --out bin/sluice-agent-image.tar
 
-# Unit, golden-packet (BPF_PROG_TEST_RUN) and end-to-end (netns) tests. Needs root.
-test: deps check-generate build
-	CI=$${CI:-} $(GO) test -count=1 -timeout 30m ./...
+# Unit, golden-packet (BPF_PROG_TEST_RUN) and end-to-end (netns) tests, then the cluster smoke
+# (a real two-node cluster up, sluice Ready on both nodes, one upstream NodePort test, down) on
+# its own, after the rest. Needs root.
+test: deps check-generate build cluster-build
+	CI=$${CI:-} $(GO) test -count=1 -timeout 30m -skip '^TestClusterSmoke$$' ./...
+	CI=$${CI:-} $(GO) test -count=1 -timeout 20m -run '^TestClusterSmoke$$' ./tools/cluster/
 
 # The datapath tests in qemu guests on Debian's Linux 6.1 and 5.10 (tools/kvm). Needs root.
 test-kernel:
@@ -74,6 +78,32 @@ bench: deps build controlplane
 bench-quick: deps build controlplane
 	$(GO) build -o bin/ ./tools/bench ./tools/scale
 	bin/bench --quick --agent bin/sluice-agent --scale bin/scale --results bench/results/quick
+
+# What the real cluster is made of (tools/cluster/build.sh): Kubernetes v1.37.2's node, control
+# plane and test binaries, containerd, runc, CoreDNS, cached under /var/cache/sluice/cluster
+# (about 30 minutes cold, seconds after).
+cluster-build:
+	bash tools/cluster/build.sh
+
+# A two-node cluster in network namespaces with sluice deployed from manifests/ beside the real
+# kube-proxy (KUBE_PROXY=none: without it). Left running; prints its KUBECONFIG.
+KUBE_PROXY ?= iptables
+cluster-up: deps cluster-build
+	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
+	bin/sluice-cluster up --version $(VERSION) --kube-proxy $(KUBE_PROXY)
+
+# Removes everything cluster-up made, also after a failed or interrupted run.
+cluster-down:
+	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
+	bin/sluice-cluster down
+
+# Up, the upstream e2e tests in tools/cluster/e2e/nodeport.txt, the report in
+# docs/conformance.md, down (also when tests fail). About 15 minutes warm.
+e2e-k8s: deps cluster-build
+	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
+	bin/sluice-cluster up --version $(VERSION) --kube-proxy $(KUBE_PROXY)
+	bin/sluice-cluster e2e --version $(VERSION) --kube-proxy $(KUBE_PROXY) --report docs/conformance.md; \
+		rc=$$?; bin/sluice-cluster down; exit $$rc
 
 clean:
 	rm -rf bin

@@ -20,7 +20,7 @@
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 # The k8s stamp changes with how the part builds, not only with the version: a change rebuilds.
-K8S_BUILD="$K8S_VERSION+ver"
+K8S_BUILD="$K8S_VERSION+ver+static"
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 RUNC_VERSION=${RUNC_VERSION:-v1.5.2}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.14.6}
@@ -62,6 +62,8 @@ part_k8s() {
 	stamp k8s "$K8S_BUILD" && return 0
 	bash "$HERE/../controlplane/build.sh" # prepares $SRC (and builds kube-apiserver, kube-proxy)
 	cd "$SRC"
+	# controlplane/build.sh's cache, with its flags: what kube-apiserver compiled is reused.
+	local -x GOCACHE=$CACHE/k8s/gocache
 	log "building Kubernetes $K8S_VERSION node and test binaries (about 15 minutes cold)"
 	local ldflags ginkgo pause
 	ldflags=$(bash "$HERE/../controlplane/ldflags.sh")

@@ -23,6 +23,7 @@ type E2E struct {
 	Out     string        // folder for the log, the JUnit report and e2e's own output
 	Timeout time.Duration // for the whole suite (default 90m)
 	Log     io.Writer     // the suite's output as it runs (besides Out/e2e.log)
+	Served  *Served       // if set, filled with what sluice translated during the run
 }
 
 // Result is one test's outcome.
@@ -104,6 +105,12 @@ func (c *Config) RunE2E(ctx context.Context, e E2E) ([]Result, error) {
 		w = io.MultiWriter(logf, e.Log)
 	}
 	cmd.Stdout, cmd.Stderr = w, w
+	if e.Served != nil {
+		sctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { e.Served.sample(sctx, 2*time.Second); close(done) }()
+		defer func() { stop(); <-done }()
+	}
 	runErr := cmd.Run() // failed tests make it fail: the report says which
 	res, err := readJUnit(junit, e.Focus)
 	if err != nil {
@@ -141,9 +148,20 @@ func readJUnit(p string, focus []string) ([]Result, error) {
 	got := map[string]Result{}
 	for _, suite := range s.Suites {
 		for _, tc := range suite.Cases {
-			name, ok := strings.CutPrefix(tc.Name, "[It] ")
+			full, ok := strings.CutPrefix(tc.Name, "[It] ")
 			if !ok {
 				continue // suite setup and teardown nodes
+			}
+			// The report appends the labels ("... [Conformance] [sig-network, Conformance]").
+			name := ""
+			for _, n := range focus {
+				if full == n || strings.HasPrefix(full, n+" [") {
+					name = n
+					break
+				}
+			}
+			if name == "" {
+				continue
 			}
 			r := Result{Name: name, State: tc.Status, Duration: time.Duration(tc.Time * float64(time.Second))}
 			switch {

@@ -15,7 +15,7 @@ BIN=$CACHE/k8s/bin
 HERE=$(cd "$(dirname "$0")" && pwd)
 # .version says what was built (tools/bench reports it); .build also changes with how, so that
 # binaries built before the version stamp are built again once.
-BUILD="$K8S_VERSION+ver"
+BUILD="$K8S_VERSION+ver+static"
 
 if ! command -v etcd >/dev/null 2>&1; then
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
@@ -58,7 +58,9 @@ ldflags=$(bash "$HERE/ldflags.sh")
 # written over (which fails with "text file busy", or corrupts it).
 tmp=$(mktemp -d "$BIN/.new.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-go build -ldflags "$ldflags" -o "$tmp/" ./cmd/kube-apiserver ./cmd/kube-proxy
+# Static and -trimpath, as tools/cluster/build.sh builds the other Kubernetes binaries in the
+# same GOCACHE: the packages they share are compiled once.
+CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" ./cmd/kube-apiserver ./cmd/kube-proxy
 mv -f "$tmp"/* "$BIN/"
 echo "$K8S_VERSION" > "$BIN/.version"
 echo "$BUILD" > "$BIN/.build"

@@ -4,6 +4,7 @@
 //	sluice-cluster up [--kube-proxy iptables|none] [--no-sluice]
 //	sluice-cluster down
 //	sluice-cluster e2e [--focus-file F] [--report docs/conformance.md]
+//	sluice-cluster relay [--listen ADDR]   (up starts it: the API server on the host's loopback)
 package main
 
 import (
@@ -43,6 +44,8 @@ func run(cmd string, args []string) error {
 	focus := fs.String("focus-file", "tools/cluster/e2e/nodeport.txt", "e2e: the tests to run, one exact name per line")
 	out := fs.String("out", "bin/e2e", "e2e: where the log, JUnit report and results.json go")
 	procs := fs.Int("procs", 4, "e2e: ginkgo processes")
+	report := fs.String("report", "", "e2e: the document whose section for this configuration gets the results (docs/conformance.md)")
+	known := fs.String("known", "tools/cluster/e2e/known.txt", "e2e: tests known to fail here for reasons outside sluice, name<TAB>reason")
 	listen := fs.String("listen", "127.0.0.1:16443", "relay: where to serve the API server on the host")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -70,9 +73,22 @@ func run(cmd string, args []string) error {
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		defer stop()
-		res, err := c.RunE2E(ctx, cluster.E2E{Focus: names, Procs: *procs, Out: *out, Log: os.Stderr})
+		kn, err := cluster.ReadKnown(*known)
 		if err != nil {
 			return err
+		}
+		start := time.Now()
+		var served cluster.Served
+		res, err := c.RunE2E(ctx, cluster.E2E{Focus: names, Procs: *procs, Out: *out, Log: os.Stderr, Served: &served})
+		if err != nil {
+			return err
+		}
+		if *report != "" {
+			r := cluster.Run{KubeProxy: c.KubeProxy, Version: c.Version, When: start, Took: time.Since(start),
+				Command: "make e2e-k8s KUBE_PROXY=" + c.KubeProxy, Known: kn, Served: served.String()}
+			if err := cluster.WriteReport(*report, r, res); err != nil {
+				return err
+			}
 		}
 		b, _ := json.MarshalIndent(res, "", "  ")
 		if err := os.WriteFile(filepath.Join(*out, "results.json"), b, 0o644); err != nil {
@@ -82,6 +98,12 @@ func run(cmd string, args []string) error {
 			fmt.Printf("%-8s %6s  %s\n", r.State, r.Duration.Round(time.Second), r.Name)
 		}
 		fmt.Println(cluster.Summary(res))
+		fmt.Println("sluice translated:", served.String())
+		for _, r := range res {
+			if _, ok := kn[r.Name]; r.State != "passed" && !ok {
+				return fmt.Errorf("e2e: %s", cluster.Summary(res))
+			}
+		}
 		return nil
 	case "down":
 		return cluster.Down(c)
