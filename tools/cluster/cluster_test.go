@@ -53,6 +53,7 @@ func TestClusterSmoke(t *testing.T) {
 		t.Fatalf("%+v\n%s", res, tail(string(log), 6000))
 	}
 	t.Logf("%s: %s in %s", res[0].Name, res[0].State, res[0].Duration.Round(time.Second))
+	checkCleanupOfEitherSide(t, c)
 }
 
 func tail(s string, n int) string {
