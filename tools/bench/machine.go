@@ -58,8 +58,7 @@ func describeMachine() Machine {
 	if out, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil {
 		m.Dirty = len(strings.TrimSpace(string(out))) > 0
 	}
-	// Built from the module's sources, kube-proxy --version says v0.0.0-master: build.sh
-	// records the version it built.
+	// The version build.sh built (kube-proxy --version says the same since it stamps it).
 	if b, err := os.ReadFile(filepath.Join(controlplane.Bin(), ".version")); err == nil {
 		m.KubeProxy = "kube-proxy " + strings.TrimSpace(string(b)) + " (built from source by tools/controlplane)"
 	}

@@ -83,9 +83,9 @@ func (c *Config) up() error {
 	if err := c.recordSysctls(); err != nil {
 		return fmt.Errorf("record sysctls: %w", err)
 	}
-	// The images are written while nothing else runs: the sluice image's go build is the
-	// slowest step of a warm start.
-	archives, err := WriteImages(c.Bin, filepath.Join(c.Dir, "images"))
+	// The test images are kept beside the binaries (Down removes Dir): unchanged, they are not
+	// written again.
+	archives, err := WriteImages(c.Bin, filepath.Join(filepath.Dir(c.Bin), "images"))
 	if err != nil {
 		return err
 	}
