@@ -15,26 +15,27 @@ import (
 // Options are sluice-agent's flags. Validate checks them and fills in the parsed values
 // (the fields after "Parsed by Validate").
 type Options struct {
-	Manifests     string
-	Kubeconfig    string
-	NodePortAddrs string
-	APIQPS        float64
-	APIBurst      int
-	Devices       string
-	NodeName      string
-	BPFFS         string
-	ProcFS        string
-	XDPMode       string
-	TCAttach      string
-	NodePortRange string
-	SNATPorts     string
-	LogLevel      string
-	MetricsAddr   string
-	Cleanup       bool
-	Version       bool
-	LBAlgorithm   string
-	SyncPeriod    time.Duration
-	MinSync       time.Duration
+	Manifests      string
+	Kubeconfig     string
+	NodePortAddrs  string
+	APIQPS         float64
+	APIBurst       int
+	Devices        string
+	NodeName       string
+	BPFFS          string
+	ProcFS         string
+	SocketLBCgroup string
+	XDPMode        string
+	TCAttach       string
+	NodePortRange  string
+	SNATPorts      string
+	LogLevel       string
+	MetricsAddr    string
+	Cleanup        bool
+	Version        bool
+	LBAlgorithm    string
+	SyncPeriod     time.Duration
+	MinSync        time.Duration
 
 	// HealthzBindAddress is where kube-proxy's node health server is served (its flag).
 	HealthzBindAddress string
@@ -82,6 +83,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Devices, "devices", o.Devices, "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts (default: the devices that carry the Node's InternalIP/ExternalIP, else the default route's; followed as they change)")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name, as EndpointSlices' nodeName (marks local backends; default: the hostname, lowercased)")
 	fs.StringVar(&o.BPFFS, "bpffs", o.BPFFS, "bpffs directory for the pinned maps")
+	fs.StringVar(&o.SocketLBCgroup, "socket-lb-cgroup", o.SocketLBCgroup, "a cgroup v2 directory whose processes' connect() and sendmsg() to frontends are balanced at the socket (clients on the node, whose packets cross no device sluice is attached to); empty: off")
 	fs.StringVar(&o.ProcFS, "procfs", o.ProcFS, "where the node's procfs is mounted: its sys/net is read and written (a container's own /proc/sys is read-only)")
 	fs.StringVar(&o.XDPMode, "xdp-mode", o.XDPMode, "XDP attach mode: auto (per device: native on NIC drivers known to be right with it, tc elsewhere), native, generic, or off (tc ingress only)")
 	fs.StringVar(&o.TCAttach, "tc-attach", o.TCAttach, "tc attach mode: auto (TCX on 6.6+, else clsact), tcx, or clsact")

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -164,6 +165,9 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	}
 	if len(devs.Names()) == 0 {
 		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
+	}
+	if err := setupSocketLB(dp, o.SocketLBCgroup, dlog); err != nil {
+		return err
 	}
 
 	if mig := dp.Migration; mig != nil {
@@ -365,4 +369,30 @@ func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// setupSocketLB attaches the socket programs to the cgroup, or, with none given, takes away
+// what a previous agent attached.
+func setupSocketLB(dp *datapath.Datapath, cgroup string, log *zap.Logger) error {
+	if cgroup == "" {
+		dp.DetachSocketLB()
+		return nil
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(cgroup, &st); err != nil {
+		return fmt.Errorf("find --socket-lb-cgroup: %w", err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return fmt.Errorf("find --socket-lb-cgroup: %s is not in a cgroup v2 hierarchy", cgroup)
+	}
+	s, err := dp.LoadSocketLB()
+	if err != nil {
+		return err
+	}
+	defer s.Close() // the pinned links hold the programs
+	if err := dp.AttachSocketLB(s, cgroup); err != nil {
+		return err
+	}
+	log.Info("Balancing sockets", zap.String("cgroup", cgroup))
+	return nil
 }

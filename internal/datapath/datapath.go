@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
@@ -124,6 +125,8 @@ type Datapath struct {
 	// Migration is set when pinned maps of another layout or size were copied into new ones:
 	// call its Commit once the programs are attached.
 	Migration *Migration
+	// sockLinks hold an unpinned datapath's socket programs attached (tests).
+	sockLinks []link.Link
 }
 
 // Spec returns the collection spec configured by cfg, ready to load.
@@ -136,22 +139,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
-	sizes := map[string]uint32{
-		SluiceMapSluiceFrontends: cfg.MaxFrontends,
-		SluiceMapSluiceSvcStats:  cfg.MaxServices,
-		SluiceMapSluiceSvcInfo:   cfg.MaxServices,
-		SluiceMapSluiceSlots:     cfg.MaxSlots,
-		SluiceMapSluiceBackends:  cfg.MaxBackends,
-		SluiceMapSluiceCt:        cfg.MaxConntrack,
-		SluiceMapSluiceAffinity:  cfg.MaxAffinity,
-		// One entry per backend of each affinity service, like the slots.
-		SluiceMapSluiceAffinityMatch: cfg.MaxSlots,
-		SluiceMapSluiceMaglev:        cfg.MaxServices,
-	}
-	for name, n := range sizes {
-		spec.Maps[name].MaxEntries = n
-	}
-	spec.Maps[SluiceMapSluiceMaglev].InnerMap.MaxEntries = cfg.MaglevSize
+	sizeMaps(spec, cfg)
 	if cfg.PinPath == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -180,6 +168,33 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 		}
 	}
 	return spec, nil
+}
+
+// sizeMaps sets the maps' sizes from cfg, in any of the objects (the socket programs' shares
+// the packet path's maps, which must be declared alike to be reused).
+func sizeMaps(spec *ebpf.CollectionSpec, cfg Config) {
+	sizes := map[string]uint32{
+		SluiceMapSluiceFrontends: cfg.MaxFrontends,
+		SluiceMapSluiceSvcStats:  cfg.MaxServices,
+		SluiceMapSluiceSvcInfo:   cfg.MaxServices,
+		SluiceMapSluiceSlots:     cfg.MaxSlots,
+		SluiceMapSluiceBackends:  cfg.MaxBackends,
+		SluiceMapSluiceCt:        cfg.MaxConntrack,
+		SluiceMapSluiceAffinity:  cfg.MaxAffinity,
+		// One entry per backend of each affinity service, like the slots.
+		SluiceMapSluiceAffinityMatch: cfg.MaxSlots,
+		SluiceMapSluiceMaglev:        cfg.MaxServices,
+		// A socket client is a namespace: no more of them than of packet clients.
+		SluiceSockMapSluiceSockAffinity: cfg.MaxAffinity,
+	}
+	for name, n := range sizes {
+		if m := spec.Maps[name]; m != nil {
+			m.MaxEntries = n
+		}
+	}
+	if m := spec.Maps[SluiceMapSluiceMaglev]; m != nil {
+		m.InnerMap.MaxEntries = cfg.MaglevSize
+	}
 }
 
 // Load loads the object into the kernel, creating or reusing the pinned maps. replacements

@@ -23,7 +23,17 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, p := range spec.Programs {
+	sock, err := datapath.LoadSluiceSock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	progs := map[string]*ebpf.ProgramSpec{}
+	for _, s := range []*ebpf.CollectionSpec{spec, sock} {
+		for name, p := range s.Programs {
+			progs[name] = p
+		}
+	}
+	for name, p := range progs {
 		used := map[asm.BuiltinFunc]bool{}
 		for _, ins := range p.Instructions {
 			switch {

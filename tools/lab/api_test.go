@@ -60,6 +60,7 @@ func sharedControlPlane(t *testing.T) *controlplane.ControlPlane {
 }
 
 func TestMain(m *testing.M) {
+	testutil.SockClientMain()
 	code := m.Run()
 	if cpShared != nil {
 		cpShared.Stop()

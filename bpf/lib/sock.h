@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* sock.h: socket-level load balancing for clients on the node (its processes and its pods):
+ * a connect() or an unconnected sendmsg() to a frontend is pointed at the chosen backend once,
+ * at the socket, so that no packet of the flow needs translating; recvmsg() and getpeername()
+ * show the frontend again. The same frontends, slots and backends as the packet path: the
+ * agent writes once. Kernel 5.10: the cgroup sock_addr hooks, socket and netns cookies. */
+#ifndef SLUICE_SOCK_H
+#define SLUICE_SOCK_H
+
+#include "maps.h"
+#include "lb.h"
+
+/* Which frontend a translated socket talks to, by the backend it was pointed at: recvmsg and
+ * getpeername show it. Go: datapath.SluiceSockRevnatKey */
+struct sock_revnat_key {
+	__u64 cookie; /* bpf_get_socket_cookie: unique for the socket's life */
+	__be32 addr;  /* the backend */
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* Go: datapath.SluiceSockRevnat */
+struct sock_revnat {
+	__be32 addr; /* the frontend the application asked for */
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id; /* the frontend's service when translated: a stale entry is not shown */
+};
+
+/* LRU: a socket's entry goes when the table is full; sockets that talked to many backends
+ * (unconnected UDP) leave entries nothing else removes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct sock_revnat);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_revnat SEC(".maps");
+
+/* Session affinity for socket clients: a client is a network namespace (the node's, a pod's),
+ * as kube-proxy's is a source address, which all of a namespace's sockets share.
+ * Go: datapath.SluiceSockAffinityKey */
+struct sock_affinity_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_affinity_key);
+	__type(value, struct affinity);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_affinity SEC(".maps");
+
+/* The backend for a new socket of namespace netns to fe (0: none usable). sel spreads the
+ * choice: random for TCP, the socket's cookie for UDP so that every datagram an unconnected
+ * socket sends to the service goes to one backend, as a connected one's do. */
+static __always_inline __u32 sock_pick_id(const struct frontend *fe, __u64 netns, __u32 sel)
+{
+	__u32 svc_id = fe->svc_id;
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_affinity_key ak = { .netns_cookie = netns, .svc_id = svc_id };
+	__u32 id = 0;
+
+	if (fe->flags & FE_F_AFFINITY) {
+		/* As lb_pick_id: only a recent choice that is still one of the service's backends
+		 * and still exists. */
+		struct affinity *a = bpf_map_lookup_elem(&sluice_sock_affinity, &ak);
+		if (a && now - a->last_seen <= (__u64)fe->affinity_timeout_s * NSEC_PER_SEC) {
+			struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
+			__u32 remembered = a->backend_id;
+			if (bpf_map_lookup_elem(&sluice_affinity_match, &m) &&
+			    bpf_map_lookup_elem(&sluice_backends, &remembered))
+				id = remembered;
+		}
+	}
+	if (!id) {
+		__u32 *slot = 0;
+		if (fe->flags & FE_F_MAGLEV) {
+			void *table = bpf_map_lookup_elem(&sluice_maglev, &svc_id);
+			if (table && cfg_maglev_size) {
+				__u32 idx = sel % cfg_maglev_size;
+				slot = bpf_map_lookup_elem(table, &idx);
+			}
+		} else if (fe->count) {
+			struct slot_key sk = { .svc_id = svc_id, .slot = sel % fe->count + 1 };
+			slot = bpf_map_lookup_elem(&sluice_slots, &sk);
+		}
+		if (!slot)
+			return 0;
+		id = *slot;
+	}
+	if ((fe->flags & FE_F_AFFINITY) && id && bpf_map_lookup_elem(&sluice_backends, &id)) {
+		struct affinity a = { .backend_id = id, .last_seen = now };
+		bpf_map_update_elem(&sluice_sock_affinity, &ak, &a, BPF_ANY);
+	}
+	return id;
+}
+
+/* connect4, and sendmsg4 (unconnected UDP: the kernel runs it per datagram sent with an
+ * address). Always returns 1: a socket to no frontend, or to one sluice leaves to the kernel,
+ * goes on untouched (0 would fail the call with EPERM). */
+static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
+{
+	__u8 proto;
+	if (ctx->protocol == IPPROTO_TCP)
+		proto = IPPROTO_TCP;
+	else if (ctx->protocol == IPPROTO_UDP)
+		proto = IPPROTO_UDP;
+	else
+		return 1;
+	struct frontend_key fk = {
+		.addr = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+		.proto = proto,
+	};
+	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
+	if (!fe)
+		return 1;
+	/* Left to the kernel for now: externalTrafficPolicy Local with no local endpoint (in-node
+	 * clients should get the Cluster endpoints, which the slots do not hold), and source
+	 * ranges (what a node's own source is depends on the route). With no endpoint at all,
+	 * the kernel refuses it: nothing listens on a frontend. */
+	if (fe->flags & (FE_F_DROP_EMPTY | FE_F_SOURCE_RANGES) || !fe->count)
+		return 1;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 sel = proto == IPPROTO_UDP ? lb_hash((__u32)cookie, (__u32)(cookie >> 32), fe->svc_id)
+					  : bpf_get_prandom_u32();
+	__u32 id = sock_pick_id(fe, bpf_get_netns_cookie(ctx), sel);
+	if (!id)
+		return 1;
+	struct backend *be = bpf_map_lookup_elem(&sluice_backends, &id);
+	if (!be)
+		return 1;
+	struct sock_revnat_key rk = { .cookie = cookie, .addr = be->addr, .port = be->port, .proto = proto };
+	struct sock_revnat rv = { .addr = fk.addr, .port = fk.port, .svc_id = fe->svc_id };
+	/* Without its reverse entry the application would see replies from the backend: then
+	 * leave the socket alone rather than translate it half. */
+	if (bpf_map_update_elem(&sluice_sock_revnat, &rk, &rv, BPF_ANY))
+		return 1;
+	ctx->user_ip4 = be->addr;
+	ctx->user_port = (__u32)be->port;
+	return 1;
+}
+
+/* recvmsg4 and getpeername4: a translated socket's peer is shown as the frontend it asked for,
+ * if that frontend still leads to the same service. Must return 1. */
+static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
+{
+	__u8 proto;
+	if (ctx->protocol == IPPROTO_TCP)
+		proto = IPPROTO_TCP;
+	else if (ctx->protocol == IPPROTO_UDP)
+		proto = IPPROTO_UDP;
+	else
+		return 1;
+	struct sock_revnat_key rk = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+		.proto = proto,
+	};
+	struct sock_revnat *rv = bpf_map_lookup_elem(&sluice_sock_revnat, &rk);
+	if (!rv)
+		return 1;
+	struct frontend_key fk = { .addr = rv->addr, .port = rv->port, .proto = proto };
+	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
+	if (!fe || fe->svc_id != rv->svc_id) {
+		bpf_map_delete_elem(&sluice_sock_revnat, &rk);
+		return 1;
+	}
+	ctx->user_ip4 = rv->addr;
+	ctx->user_port = (__u32)rv->port;
+	return 1;
+}
+
+#endif

@@ -1,0 +1,127 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// SocketLB is the socket-level load balancer (bpf/sock.c): cgroup sock_addr programs that
+// point a connect() or unconnected sendmsg() to a frontend straight at a backend, for the
+// clients whose packets never cross a device sluice is attached to (the node's processes, its
+// pods reaching the node's own addresses). It reads the packet path's frontends, slots and
+// backends: the reconciler writes once for both. Linux 5.8+ (getpeername4); sluice's floor,
+// 5.10, has every hook and helper it uses.
+type SocketLB struct {
+	objs sockObjects
+}
+
+// sockObjects are what LoadAndAssign loads of bpf/sock.c: its programs and the maps they use
+// that are their own; the rest are the packet path's.
+type sockObjects struct {
+	Connect4     *ebpf.Program `ebpf:"sluice_connect4"`
+	Sendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
+	Recvmsg4     *ebpf.Program `ebpf:"sluice_recvmsg4"`
+	Getpeername4 *ebpf.Program `ebpf:"sluice_getpeername4"`
+	Revnat       *ebpf.Map     `ebpf:"sluice_sock_revnat"`
+	Affinity     *ebpf.Map     `ebpf:"sluice_sock_affinity"`
+}
+
+// sockShared are the packet path's maps the socket programs read.
+func (d *Datapath) sockShared() map[string]*ebpf.Map {
+	m := d.Objs.SluiceMaps
+	return map[string]*ebpf.Map{
+		SluiceMapSluiceFrontends:     m.SluiceFrontends,
+		SluiceMapSluiceSlots:         m.SluiceSlots,
+		SluiceMapSluiceBackends:      m.SluiceBackends,
+		SluiceMapSluiceAffinityMatch: m.SluiceAffinityMatch,
+		SluiceMapSluiceMaglev:        m.SluiceMaglev,
+	}
+}
+
+// LoadSocketLB loads the socket programs against d's maps; its own maps are pinned beside d's.
+func (d *Datapath) LoadSocketLB() (*SocketLB, error) {
+	spec, err := LoadSluiceSock()
+	if err != nil {
+		return nil, fmt.Errorf("load socket spec: %w", err)
+	}
+	sizeMaps(spec, d.Config)
+	if d.Config.PinPath == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	if err := spec.Variables[SluiceSockVarCfgMaglevSize].Set(d.Config.MaglevSize); err != nil {
+		return nil, fmt.Errorf("set %s: %w", SluiceSockVarCfgMaglevSize, err)
+	}
+	s := &SocketLB{}
+	opts := &ebpf.CollectionOptions{
+		Maps:            ebpf.MapOptions{PinPath: d.Config.PinPath},
+		MapReplacements: d.sockShared(),
+	}
+	if err := spec.LoadAndAssign(&s.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load socket programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load socket programs: %w", err)
+	}
+	return s, nil
+}
+
+type sockHook struct {
+	name string
+	typ  ebpf.AttachType
+	prog *ebpf.Program
+}
+
+// sockHooks are the attach types, in the order they are attached: the reverse hooks first,
+// so that no socket is pointed at a backend before its replies can be shown as the frontend.
+func (s *SocketLB) sockHooks() []sockHook {
+	return []sockHook{
+		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, s.objs.Recvmsg4},
+		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, s.objs.Getpeername4},
+		{"connect4", ebpf.AttachCGroupInet4Connect, s.objs.Connect4},
+		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, s.objs.Sendmsg4},
+	}
+}
+
+// AttachSocketLB attaches the programs to the cgroup v2 at cgroup: every socket created by a process
+// in it or below is balanced. The links are pinned (links/cgroup_<hook>) and taken over by the
+// next agent, as the devices' are, so sockets are balanced across restarts and upgrades.
+func (d *Datapath) AttachSocketLB(s *SocketLB, cgroup string) error {
+	for _, h := range s.sockHooks() {
+		h := h
+		l, err := attachLink(d.linkPath("cgroup", h.name), h.prog, func() (link.Link, error) {
+			return link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: h.typ, Program: h.prog})
+		})
+		if err != nil {
+			return fmt.Errorf("attach %s to cgroup %s: %w", h.name, cgroup, err)
+		}
+		if d.Config.PinPath != "" {
+			l.Close() // the pin holds it
+		} else {
+			d.sockLinks = append(d.sockLinks, l)
+		}
+	}
+	return nil
+}
+
+// DetachSocketLB removes the socket programs' links (pinned, by a previous agent too, or not).
+func (d *Datapath) DetachSocketLB() {
+	for _, h := range (&SocketLB{}).sockHooks() {
+		unpinLink(d.linkPath("cgroup", h.name))
+	}
+	for _, l := range d.sockLinks {
+		l.Close()
+	}
+	d.sockLinks = nil
+}
+
+// Close releases the programs' and maps' descriptors; attached links and pins stay.
+func (s *SocketLB) Close() error {
+	return errors.Join(s.objs.Connect4.Close(), s.objs.Sendmsg4.Close(), s.objs.Recvmsg4.Close(),
+		s.objs.Getpeername4.Close(), s.objs.Revnat.Close(), s.objs.Affinity.Close())
+}

@@ -1,0 +1,141 @@
+package datapath_test
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
+	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/testutil"
+)
+
+// serve answers on 127.0.0.1 in ns, TCP and UDP, with its name: a backend.
+func serve(t *testing.T, ns *testutil.Netns, name string) (tcp, udp netip.AddrPort) {
+	t.Helper()
+	var l net.Listener
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) {
+		if l, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte(name))
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(name), from)
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).AddrPort(), pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// TestSocketLB: a process in the programs' cgroup that connects, or sends unconnected UDP, to
+// a frontend reaches a backend directly and is shown the frontend as its peer; a frontend with
+// no backend, and an address that is no frontend, are left to the kernel; with session
+// affinity a namespace keeps its backend.
+func TestSocketLB(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	dp, err := datapath.Load(datapath.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	s, err := dp.LoadSocketLB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	cg := testutil.Cgroup2(t)
+	if err := dp.AttachSocketLB(s, cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.DetachSocketLB)
+	k := maps.NewKernel(&dp.Objs.SluiceMaps)
+	ns := testutil.NewTestNetns(t, "sk")
+	aTCP, aUDP := serve(t, ns, "backend-a")
+	bTCP, bUDP := serve(t, ns, "backend-b")
+
+	fe := netip.MustParseAddr("10.0.0.1") // a "node address": the namespace has no route to it
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	backend := func(id uint32, ap netip.AddrPort) {
+		must(k.UpdateBackend(id, lb.Backend{Addr: ap.Addr(), Port: ap.Port(), Local: true}))
+	}
+	service := func(id uint32, key lb.FrontendKey, flags lb.FrontendFlags, backends ...uint32) {
+		for i, b := range backends {
+			must(k.UpdateSlot(maps.SlotKey{ServiceID: id, Slot: uint32(i + 1)}, b))
+			if flags&lb.FrontendAffinity != 0 {
+				must(k.UpdateAffinityMatch(maps.AffinityMatch{ServiceID: id, BackendID: b}))
+			}
+		}
+		must(k.UpdateFrontend(key, lb.Frontend{ServiceID: id, Count: uint16(len(backends)), Flags: flags, AffinityTimeout: 60}))
+	}
+	backend(1, aTCP)
+	backend(2, aUDP)
+	backend(3, bTCP)
+	service(1, lb.FrontendKey{Addr: fe, Port: 30080, Proto: lb.TCP}, 0, 1)
+	service(2, lb.FrontendKey{Addr: fe, Port: 30053, Proto: lb.UDP}, 0, 2)
+	service(3, lb.FrontendKey{Addr: fe, Port: 30081, Proto: lb.TCP}, 0) // no endpoint
+	service(4, lb.FrontendKey{Addr: fe, Port: 30082, Proto: lb.TCP}, lb.FrontendAffinity, 1, 3)
+	_ = bUDP
+
+	client := func(kind, addr string) testutil.SockResult {
+		t.Helper()
+		return testutil.SockRequest(t, cg, ns.Path(), kind, addr)
+	}
+	for _, c := range []struct {
+		kind, addr, reply string
+	}{
+		{"tcp", "10.0.0.1:30080", "backend-a"},
+		{"udp-connected", "10.0.0.1:30053", "backend-a"},
+		{"udp-unconnected", "10.0.0.1:30053", "backend-a"},
+	} {
+		r := client(c.kind, c.addr)
+		if r.Err != "" || r.Reply != c.reply || r.Peer != c.addr {
+			t.Errorf("%s to %s: got reply %q from peer %q (error %q); want %q from %s", c.kind, c.addr, r.Reply, r.Peer, r.Err, c.reply, c.addr)
+		}
+	}
+	// No endpoint: untouched, so the kernel answers (here: no route to the address).
+	if r := client("tcp", "10.0.0.1:30081"); r.Err == "" || !strings.Contains(r.Err, "unreachable") {
+		t.Errorf("to a frontend with no endpoint: %+v; want the kernel's own error (network unreachable)", r)
+	}
+	// Not a frontend: untouched.
+	if r := client("tcp", bTCP.String()); r.Reply != "backend-b" || r.Peer != bTCP.String() {
+		t.Errorf("to a backend directly: %+v", r)
+	}
+	// Affinity: every connection of the namespace goes where its first went.
+	first := client("tcp", "10.0.0.1:30082")
+	if first.Err != "" {
+		t.Fatalf("affinity: %+v", first)
+	}
+	for i := 0; i < 8; i++ {
+		if r := client("tcp", "10.0.0.1:30082"); r.Reply != first.Reply || r.Peer != "10.0.0.1:30082" {
+			t.Fatalf("affinity: connection %d reached %q (peer %q), the first %q", i+2, r.Reply, r.Peer, first.Reply)
+		}
+	}
+}

@@ -1,0 +1,180 @@
+package testutil
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// The socket client runs as a process of its own (the test binary again): cgroup v2 membership
+// is per process, and only sockets created in the socket programs' cgroup are balanced.
+const sockClientEnv = "SLUICE_SOCK_CLIENT"
+
+// SockResult is what the client saw: the reply, and the peer as the application is shown it
+// (getpeername for connected sockets, recvfrom's address for unconnected UDP).
+type SockResult struct {
+	Reply, Peer, Err string
+}
+
+// SockClientMain, called first in a TestMain, turns the test binary into the socket client
+// when SockRequest runs it: it joins the cgroup and namespace it is given, makes one request
+// and exits.
+func SockClientMain() {
+	if os.Getenv(sockClientEnv) != "" {
+		os.Exit(sockClient())
+	}
+}
+
+// sockClient makes n requests, each on a new socket, as
+// SLUICE_SOCK_CLIENT=<cgroup>|<netns path>|<tcp|udp-connected|udp-unconnected>|<addr:port>|<n>,
+// and prints one SockResult per request.
+func sockClient() int {
+	f := strings.Split(os.Getenv(sockClientEnv), "|")
+	n, _ := strconv.Atoi(f[4])
+	enc := json.NewEncoder(os.Stdout)
+	fail := func(err error) int {
+		for i := 0; i < n; i++ {
+			_ = enc.Encode(SockResult{Err: err.Error()})
+		}
+		return 0
+	}
+	if err := os.WriteFile(filepath.Join(f[0], "cgroup.procs"), []byte(fmt.Sprint(os.Getpid())), 0o644); err != nil {
+		return fail(err)
+	}
+	runtime.LockOSThread()
+	h, err := netns.GetFromPath(f[1])
+	if err == nil {
+		err = netns.Set(h)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	for i := 0; i < n; i++ {
+		var r SockResult
+		r.Reply, r.Peer, err = sockRequest(f[2], f[3])
+		if err != nil {
+			r.Err = err.Error()
+		}
+		_ = enc.Encode(r)
+	}
+	return 0
+}
+
+func sockRequest(kind, addr string) (reply, peer string, err error) {
+	buf := make([]byte, 512)
+	if kind == "udp-unconnected" {
+		c, err := net.ListenUDP("udp4", nil)
+		if err != nil {
+			return "", "", err
+		}
+		defer c.Close()
+		dst, _ := net.ResolveUDPAddr("udp4", addr)
+		if _, err := c.WriteTo([]byte("ping"), dst); err != nil {
+			return "", "", err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, from, err := c.ReadFromUDP(buf)
+		if err != nil {
+			return "", "", err
+		}
+		return string(buf[:n]), from.String(), nil
+	}
+	c, err := net.DialTimeout(strings.TrimSuffix(kind, "-connected")+"4", addr, 2*time.Second)
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	// The peer as the kernel reports it now (net.Conn caches the address it dialled).
+	rc, _ := c.(syscall.Conn).SyscallConn()
+	_ = rc.Control(func(fd uintptr) {
+		if sa, e := syscall.Getpeername(int(fd)); e == nil {
+			if in, ok := sa.(*syscall.SockaddrInet4); ok {
+				peer = netip.AddrPortFrom(netip.AddrFrom4(in.Addr), uint16(in.Port)).String()
+			}
+		}
+	})
+	// An HTTP request for the lab's backends; the tests' own answer anything.
+	if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		return "", peer, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if kind == "udp-connected" {
+		n, err := c.Read(buf)
+		return string(buf[:n]), peer, err
+	}
+	b, err := io.ReadAll(io.LimitReader(c, 4096))
+	if len(b) > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil
+	}
+	return string(b), peer, err
+}
+
+// Cgroup2 is a fresh cgroup v2 for the test: under the mounted v2 hierarchy (the unified one of
+// a hybrid setup), or a v2 mount of the test's own.
+func Cgroup2(t testing.TB) string {
+	t.Helper()
+	root := ""
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			pre, post, _ := strings.Cut(l, " - ")
+			if f := strings.Fields(pre); strings.HasPrefix(post, "cgroup2 ") && len(f) > 4 {
+				root = f[4]
+				break
+			}
+		}
+	}
+	if root == "" {
+		root = t.TempDir()
+		if err := syscall.Mount("none", root, "cgroup2", 0, ""); err != nil {
+			t.Fatalf("mount cgroup2: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
+	}
+	cg := filepath.Join(root, UniqueName("sluice-socklb-"))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(cg) })
+	return cg
+}
+
+// SockRequest runs one request from a process of its own in cgroup and the network namespace
+// at nsPath (the test binary again: see SockClientMain) and returns what it saw.
+func SockRequest(t testing.TB, cgroup, nsPath, kind, addr string) SockResult {
+	t.Helper()
+	return SockRequests(t, cgroup, nsPath, kind, addr, 1)[0]
+}
+
+// SockRequests is SockRequest n times, each on a new socket, from one process.
+func SockRequests(t testing.TB, cgroup, nsPath, kind, addr string, n int) []SockResult {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), sockClientEnv+"="+strings.Join([]string{cgroup, nsPath, kind, addr, strconv.Itoa(n)}, "|"))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("socket client: %v\n%s", err, out)
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	rs := make([]SockResult, n)
+	for i := range rs {
+		if err := dec.Decode(&rs[i]); err != nil {
+			t.Fatalf("socket client said %q: %v", out, err)
+		}
+	}
+	return rs
+}
