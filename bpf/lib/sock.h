@@ -100,17 +100,24 @@ static __always_inline __u32 sock_pick_id(const struct frontend *fe, __u64 netns
 	return id;
 }
 
+/* The socket's protocol if sluice balances it (TCP, UDP), else 0. A narrowing through
+ * constants: the verifier then knows the byte the map keys get. */
+static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
+{
+	if (ctx->protocol == IPPROTO_TCP)
+		return IPPROTO_TCP;
+	if (ctx->protocol == IPPROTO_UDP)
+		return IPPROTO_UDP;
+	return 0;
+}
+
 /* connect4, and sendmsg4 (unconnected UDP: the kernel runs it per datagram sent with an
  * address). Always returns 1: a socket to no frontend, or to one sluice leaves to the kernel,
  * goes on untouched (0 would fail the call with EPERM). */
 static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 {
-	__u8 proto;
-	if (ctx->protocol == IPPROTO_TCP)
-		proto = IPPROTO_TCP;
-	else if (ctx->protocol == IPPROTO_UDP)
-		proto = IPPROTO_UDP;
-	else
+	__u8 proto = sock_proto(ctx);
+	if (!proto)
 		return 1;
 	struct frontend_key fk = {
 		.addr = ctx->user_ip4,
@@ -150,12 +157,8 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
  * if that frontend still leads to the same service. Must return 1. */
 static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 {
-	__u8 proto;
-	if (ctx->protocol == IPPROTO_TCP)
-		proto = IPPROTO_TCP;
-	else if (ctx->protocol == IPPROTO_UDP)
-		proto = IPPROTO_UDP;
-	else
+	__u8 proto = sock_proto(ctx);
+	if (!proto)
 		return 1;
 	struct sock_revnat_key rk = {
 		.cookie = bpf_get_socket_cookie(ctx),

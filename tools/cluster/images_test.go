@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/image"
 )
 
@@ -187,9 +188,7 @@ func TestWriteImages(t *testing.T) {
 // a server, the loader finds every library, sh finds nc and wget on PATH (not busybox's
 // applets), nc is OpenBSD's (-W) and ss answers.
 func TestAgnhostToolsRun(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("chroot needs root")
-	}
+	testutil.RequirePrivileges(t) // chroot
 	bin := imagesBin(t)
 	imgs, err := Images(bin)
 	if err != nil {
