@@ -17,20 +17,22 @@ package cluster
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
+
+	"github.com/sluicelb/sluice/tools/controlplane"
 )
 
 // Addresses and names: fixed, since one cluster runs per machine and its namespaces keep it
 // away from the host's network.
 const (
-	gwNS      = "sluice-gw"
-	clientNS  = "sluice-client"
-	apiPort   = 6443
-	podCIDR   = "10.244.0.0/16"
-	svcCIDR   = "10.96.0.0/16"
-	dnsIP     = "10.96.0.10"
-	hostRelay = "127.0.0.1:16443" // the API server from the host's namespace (kubectl, e2e)
+	gwNS     = "sluice-gw"
+	clientNS = "sluice-client"
+	apiPort  = 6443
+	podCIDR  = "10.244.0.0/16"
+	svcCIDR  = "10.96.0.0/16"
+	dnsIP    = "10.96.0.10"
+	// HostRelay is where the API server answers on the host's loopback (kubectl, e2e.test).
+	HostRelay = "127.0.0.1:16443"
 )
 
 var (
@@ -74,16 +76,8 @@ type Config struct {
 // DefaultDir is where a cluster keeps its state.
 const DefaultDir = "/var/lib/sluice-cluster"
 
-// Cache is where build.sh keeps its sources, build caches and binaries.
-func Cache() string {
-	if c := os.Getenv("SLUICE_CACHE"); c != "" {
-		return c
-	}
-	return "/var/cache/sluice"
-}
-
-// BinDir holds what build.sh built.
-func BinDir() string { return filepath.Join(Cache(), "cluster", "bin") }
+// BinDir holds what build.sh built (beside tools/controlplane's, in the same cache).
+func BinDir() string { return filepath.Join(controlplane.Cache(), "cluster", "bin") }
 
 func (c *Config) defaults() error {
 	if c.Dir == "" {

@@ -70,7 +70,7 @@ func (c *Config) writeCredentials() (*pki, error) {
 			return nil, fmt.Errorf("write kubeconfig: %w", err)
 		}
 		if name == "admin" {
-			host, err := p.kubeconfig("https://"+hostRelay, id.token)
+			host, err := p.kubeconfig("https://"+HostRelay, id.token)
 			if err != nil {
 				return nil, err
 			}

@@ -46,7 +46,7 @@ func run(cmd string, args []string) error {
 	procs := fs.Int("procs", 4, "e2e: ginkgo processes")
 	report := fs.String("report", "", "e2e: the document whose section for this configuration gets the results (docs/conformance.md)")
 	known := fs.String("known", "tools/cluster/e2e/known.txt", "e2e: tests known to fail here for reasons outside sluice, name<TAB>reason")
-	listen := fs.String("listen", "127.0.0.1:16443", "relay: where to serve the API server on the host")
+	listen := fs.String("listen", cluster.HostRelay, "relay: where to serve the API server on the host (the kubeconfig up writes says this one)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func run(cmd string, args []string) error {
 		if err != nil {
 			return err
 		}
-		c.RelayCmd = []string{self, "relay", "--listen", *listen}
+		c.RelayCmd = []string{self, "relay", "--listen", cluster.HostRelay}
 		up, err := cluster.Up(c)
 		if err != nil {
 			return err
