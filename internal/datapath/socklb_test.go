@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/lb"
@@ -33,6 +34,10 @@ func serve(t *testing.T, ns *testutil.Netns, name string) (tcp, udp netip.AddrPo
 			if err != nil {
 				return
 			}
+			// Read the request first: closing with it unread would reset the connection,
+			// and the reply with it.
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, _ = c.Read(make([]byte, 512))
 			_, _ = c.Write([]byte(name))
 			c.Close()
 		}
