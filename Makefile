@@ -86,7 +86,9 @@ cluster-build:
 	bash tools/cluster/build.sh
 
 # A two-node cluster in network namespaces with sluice deployed from manifests/ beside the real
-# kube-proxy (KUBE_PROXY=none: without it). Left running; prints its KUBECONFIG.
+# kube-proxy. Left running; prints its KUBECONFIG. KUBE_PROXY=none leaves kube-proxy out: that
+# needs sluice to serve ClusterIPs (the agent and CoreDNS reach the API server through one),
+# which it does not yet.
 KUBE_PROXY ?= iptables
 cluster-up: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
