@@ -361,6 +361,16 @@ func TestL3DeviceGetsTranslatedPackets(t *testing.T) {
 		return dp.MarkL3Devices()
 	}))
 	defer tun.Close()
+	// Attaching the fd turns the carrier on, but linkwatch activates tun0's qdisc later (up
+	// to a second): a datagram routed to it before then is dropped (QDISC_DROP). Operstate
+	// turns UP in the same step.
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(n1.MustExec(t, "ip", "-o", "link", "show", "tun0"), "state UP") {
+		if time.Now().After(deadline) {
+			t.Fatal("tun0 not operationally up 5 s after its fd attached")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if got := deviceFlags(t, dp)[tunIndex]; got != 0x02 {
 		t.Fatalf("tun0 (%d) flags %#x after MarkL3Devices, want L3 (0x02); all: %v", tunIndex, got, deviceFlags(t, dp))
 	}
