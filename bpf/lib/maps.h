@@ -8,13 +8,22 @@
 
 #include "common.h"
 
-/* Frontend: a node address and NodePort. Go: datapath.SluiceFrontendKey */
+/* Frontend: an address (a node's, a ClusterIP, an external or load-balancer IP) and port.
+ * Go: datapath.SluiceFrontendKey */
 struct frontend_key {
 	__be32 addr;
 	__be16 port;
 	__u8 proto;
-	__u8 pad;
+	__u8 scope; /* FE_SCOPE_*: which clients the entry is for */
 };
+
+/* FE_SCOPE_ALL entries serve packets arriving on a device and the socket hooks alike. Where
+ * clients on the node must get other backends than packets from outside (a NodePort with
+ * externalTrafficPolicy Local: kube-proxy gives traffic that starts on the node all of the
+ * service's endpoints), a FE_SCOPE_SOCK entry for the same address says which service they
+ * get; the packet path never looks it up. Agents before this byte had a name left it 0. */
+#define FE_SCOPE_ALL 0
+#define FE_SCOPE_SOCK 1
 
 #define FE_F_AFFINITY 0x01      /* sessionAffinity ClientIP: see sluice_affinity */
 #define FE_F_DROP_EMPTY 0x02    /* count == 0 drops instead of rejecting (externalTrafficPolicy

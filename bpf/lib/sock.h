@@ -24,7 +24,8 @@ struct sock_revnat_key {
 struct sock_revnat {
 	__be32 addr; /* the frontend the application asked for */
 	__be16 port;
-	__u16 pad;
+	__u8 scope; /* the frontend entry's (FE_SCOPE_*) */
+	__u8 pad;
 	__u32 svc_id; /* the frontend's service when translated: a stale entry is not shown */
 };
 
@@ -123,8 +124,14 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 		.addr = ctx->user_ip4,
 		.port = (__be16)ctx->user_port,
 		.proto = proto,
+		.scope = FE_SCOPE_SOCK,
 	};
+	/* The socket scope's entry first: clients on the node may get other backends. */
 	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
+	if (!fe) {
+		fk.scope = FE_SCOPE_ALL;
+		fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
+	}
 	if (!fe)
 		return 1;
 	/* Left to the kernel for now: externalTrafficPolicy Local with no local endpoint (in-node
@@ -143,7 +150,7 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 	if (!be)
 		return 1;
 	struct sock_revnat_key rk = { .cookie = cookie, .addr = be->addr, .port = be->port, .proto = proto };
-	struct sock_revnat rv = { .addr = fk.addr, .port = fk.port, .svc_id = fe->svc_id };
+	struct sock_revnat rv = { .addr = fk.addr, .port = fk.port, .scope = fk.scope, .svc_id = fe->svc_id };
 	/* Without its reverse entry the application would see replies from the backend: then
 	 * leave the socket alone rather than translate it half. */
 	if (bpf_map_update_elem(&sluice_sock_revnat, &rk, &rv, BPF_ANY))
@@ -169,7 +176,7 @@ static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 	struct sock_revnat *rv = bpf_map_lookup_elem(&sluice_sock_revnat, &rk);
 	if (!rv)
 		return 1;
-	struct frontend_key fk = { .addr = rv->addr, .port = rv->port, .proto = proto };
+	struct frontend_key fk = { .addr = rv->addr, .port = rv->port, .proto = proto, .scope = rv->scope };
 	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
 	if (!fe || fe->svc_id != rv->svc_id) {
 		bpf_map_delete_elem(&sluice_sock_revnat, &rk);

@@ -17,6 +17,7 @@ import (
 type Options struct {
 	Manifests      string
 	Kubeconfig     string
+	APIServer      string
 	NodePortAddrs  string
 	APIQPS         float64
 	APIBurst       int
@@ -25,17 +26,19 @@ type Options struct {
 	BPFFS          string
 	ProcFS         string
 	SocketLBCgroup string
-	XDPMode        string
-	TCAttach       string
-	NodePortRange  string
-	SNATPorts      string
-	LogLevel       string
-	MetricsAddr    string
-	Cleanup        bool
-	Version        bool
-	LBAlgorithm    string
-	SyncPeriod     time.Duration
-	MinSync        time.Duration
+	// KubeProxyReplacement: serve ClusterIPs too, as kube-proxy does; it can then go.
+	KubeProxyReplacement bool
+	XDPMode              string
+	TCAttach             string
+	NodePortRange        string
+	SNATPorts            string
+	LogLevel             string
+	MetricsAddr          string
+	Cleanup              bool
+	Version              bool
+	LBAlgorithm          string
+	SyncPeriod           time.Duration
+	MinSync              time.Duration
 
 	// HealthzBindAddress is where kube-proxy's node health server is served (its flag).
 	HealthzBindAddress string
@@ -77,6 +80,7 @@ func NodeNameOf(hostname string) string { return strings.ToLower(strings.TrimSpa
 func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Manifests, "manifests", o.Manifests, "folder of Service/EndpointSlice/Node manifests to serve (watched for edits) instead of the Kubernetes API")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "kubeconfig to reach the API server (default: in-cluster config)")
+	fs.StringVar(&o.APIServer, "k8s-api-server", o.APIServer, "the API server's URL (https://host:port), in place of the in-cluster config's, which is the kubernetes Service's ClusterIP: without kube-proxy, this agent is what serves it (as Cilium's k8s-api-server)")
 	fs.Float64Var(&o.APIQPS, "kube-api-qps", o.APIQPS, "API server queries per second")
 	fs.IntVar(&o.APIBurst, "kube-api-burst", o.APIBurst, "API server query burst")
 	fs.StringVar(&o.NodePortAddrs, "nodeport-addresses", o.NodePortAddrs, "CIDRs (comma-separated) of the device addresses NodePorts are served on, or \"primary\" (the Node's own addresses), as kube-proxy's flag (default: all)")
@@ -84,6 +88,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name, as EndpointSlices' nodeName (marks local backends; default: the hostname, lowercased)")
 	fs.StringVar(&o.BPFFS, "bpffs", o.BPFFS, "bpffs directory for the pinned maps")
 	fs.StringVar(&o.SocketLBCgroup, "socket-lb-cgroup", o.SocketLBCgroup, "a cgroup v2 directory whose processes' connect() and sendmsg() to frontends are balanced at the socket (clients on the node, whose packets cross no device sluice is attached to); empty: off")
+	fs.BoolVar(&o.KubeProxyReplacement, "kube-proxy-replacement", o.KubeProxyReplacement, "serve every Service's ClusterIPs too (with internalTrafficPolicy), as kube-proxy does, so that the cluster needs no kube-proxy: clients on the node (its processes, its pods) through --socket-lb-cgroup, packets that reach a ClusterIP through a device at XDP/tc. Off: sluice serves NodePorts, external and load-balancer IPs beside kube-proxy")
 	fs.StringVar(&o.ProcFS, "procfs", o.ProcFS, "where the node's procfs is mounted: its sys/net is read and written (a container's own /proc/sys is read-only)")
 	fs.StringVar(&o.XDPMode, "xdp-mode", o.XDPMode, "XDP attach mode: auto (per device: native on NIC drivers known to be right with it, tc elsewhere), native, generic, or off (tc ingress only)")
 	fs.StringVar(&o.TCAttach, "tc-attach", o.TCAttach, "tc attach mode: auto (TCX on 6.6+, else clsact), tcx, or clsact")

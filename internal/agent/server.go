@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
@@ -97,9 +98,9 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 		src = source.NewManifests(o.Manifests, log.Named("source"))
 	} else {
 		RouteKlog(log)
-		cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig) // "" and "": in-cluster
+		cfg, err := restConfig(o.Kubeconfig, o.APIServer)
 		if err != nil {
-			return fmt.Errorf("load kubeconfig: %w", err)
+			return err
 		}
 		cfg.QPS, cfg.Burst, cfg.UserAgent = float32(o.APIQPS), o.APIBurst, "sluice-agent/"+version
 		client, err := kubernetes.NewForConfig(cfg)
@@ -213,7 +214,8 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 				debug.FreeOSMemory() // a big rebuild leaves garbage the heap will not need again soon
 			}
 		},
-		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev}, FullEvery: o.SyncPeriod,
+		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev,
+			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != ""}, FullEvery: o.SyncPeriod,
 		NodeZone: func() string { return tracker.NodeZone(o.NodeName) },
 		Addresses: func() ([]netip.Addr, error) {
 			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
@@ -395,4 +397,24 @@ func setupSocketLB(dp *datapath.Datapath, cgroup string, log *zap.Logger) error 
 	}
 	log.Info("Balancing sockets", zap.String("cgroup", cgroup))
 	return nil
+}
+
+// restConfig is the kubeconfig's, else the in-cluster config; apiServer, if set, replaces the
+// server either names (in-cluster: the kubernetes Service's ClusterIP).
+func restConfig(kubeconfig, apiServer string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags(apiServer, kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("load kubeconfig: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("load in-cluster config: %w", err)
+	}
+	if apiServer != "" {
+		cfg.Host = apiServer
+	}
+	return cfg, nil
 }

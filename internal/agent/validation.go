@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"strings"
 
 	"go.uber.org/zap/zapcore"
@@ -21,6 +22,19 @@ func (o *Options) Validate() error {
 	}
 	if o.Manifests != "" && o.Kubeconfig != "" {
 		return errors.New("validate flags: --manifests and --kubeconfig exclude each other")
+	}
+	if o.APIServer != "" {
+		if o.Manifests != "" {
+			return errors.New("validate flags: --manifests and --k8s-api-server exclude each other")
+		}
+		if u, err := url.Parse(o.APIServer); err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return fmt.Errorf("validate flags: --k8s-api-server %q: want a URL such as https://10.0.0.1:6443", o.APIServer)
+		}
+	}
+	if o.KubeProxyReplacement && o.Manifests == "" && o.Kubeconfig == "" && o.APIServer == "" {
+		// The in-cluster config names the kubernetes Service's ClusterIP, which without
+		// kube-proxy nothing serves until this agent has: it would wait for itself.
+		return errors.New("validate flags: --kube-proxy-replacement with the in-cluster config needs --k8s-api-server (the API server's own address)")
 	}
 	if strings.TrimSpace(o.NodeName) == "" {
 		return errors.New("validate flags: --node-name is empty (and so is the hostname)")

@@ -37,6 +37,9 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"--healthz-bind-address", "0.0.0.0:70000"}, "--healthz-bind-address"},
 		{[]string{"--healthz-bind-address", "0.0.0.0:0"}, "--healthz-bind-address"},
 		{[]string{"--healthz-bind-address", "0.0.0.0:9871"}, "--metrics-addr"},
+		{[]string{"--kube-proxy-replacement"}, "needs --k8s-api-server"},
+		{[]string{"--k8s-api-server", "10.0.0.1:6443"}, "--k8s-api-server"},
+		{[]string{"--k8s-api-server", "https://10.0.0.1:6443", "--manifests", "/tmp/m"}, "--manifests and --k8s-api-server"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "unexpected arguments"},
 	} {
@@ -121,5 +124,17 @@ func TestDefaultsStayClearOfKubeProxy(t *testing.T) {
 	// kube-proxy's node health server is sluice's only when asked for.
 	if o.HealthzBindAddress != "" {
 		t.Errorf("--healthz-bind-address defaults to %s, want none", o.HealthzBindAddress)
+	}
+}
+
+func TestParseArgsKubeProxyReplacement(t *testing.T) {
+	for _, args := range [][]string{
+		{"--kube-proxy-replacement", "--k8s-api-server", "https://10.0.0.1:6443"},
+		{"--kube-proxy-replacement", "--kubeconfig", "/etc/k"},
+		{"--kube-proxy-replacement", "--manifests", "/tmp/m"},
+	} {
+		if o, err := ParseArgs(args); err != nil || !o.KubeProxyReplacement {
+			t.Errorf("%q: %v", args, err)
+		}
 	}
 }

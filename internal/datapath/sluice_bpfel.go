@@ -124,7 +124,7 @@ type SluiceFrontendKey struct {
 	Addr  uint32
 	Port  uint16
 	Proto uint8
-	Pad   uint8
+	Scope uint8
 }
 
 type SluiceReason uint32

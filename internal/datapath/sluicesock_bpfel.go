@@ -122,7 +122,7 @@ type SluiceSockFrontendKey struct {
 	Addr  uint32
 	Port  uint16
 	Proto uint8
-	Pad   uint8
+	Scope uint8
 }
 
 type SluiceSockReason uint32
@@ -169,7 +169,8 @@ type SluiceSockSockRevnat struct {
 	_     structs.HostLayout
 	Addr  uint32
 	Port  uint16
-	Pad   uint16
+	Scope uint8
+	Pad   uint8
 	SvcId uint32
 }
 

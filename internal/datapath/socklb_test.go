@@ -58,7 +58,7 @@ func serve(t *testing.T, ns *testutil.Netns, name string) (tcp, udp netip.AddrPo
 // TestSocketLB: a process in the programs' cgroup that connects, or sends unconnected UDP, to
 // a frontend reaches a backend directly and is shown the frontend as its peer; a frontend with
 // no backend, and an address that is no frontend, are left to the kernel; with session
-// affinity a namespace keeps its backend.
+// affinity a namespace keeps its backend; a socket-scope entry is preferred to the packets'.
 func TestSocketLB(t *testing.T) {
 	testutil.RequirePrivileges(t)
 	dp, err := datapath.Load(datapath.Config{}, nil)
@@ -107,6 +107,12 @@ func TestSocketLB(t *testing.T) {
 	service(2, lb.FrontendKey{Addr: fe, Port: 30053, Proto: lb.UDP}, 0, 2)
 	service(3, lb.FrontendKey{Addr: fe, Port: 30081, Proto: lb.TCP}, 0) // no endpoint
 	service(4, lb.FrontendKey{Addr: fe, Port: 30082, Proto: lb.TCP}, lb.FrontendAffinity, 1, 3)
+	// externalTrafficPolicy Local with no endpoint here: packets are dropped, but clients on
+	// the node get the Cluster endpoints through the socket scope's entry.
+	service(5, lb.FrontendKey{Addr: fe, Port: 30083, Proto: lb.TCP}, lb.FrontendDropEmpty)
+	service(6, lb.FrontendKey{Addr: fe, Port: 30083, Proto: lb.TCP, Socket: true}, 0, 3)
+	// A ClusterIP: one entry for every client.
+	service(7, lb.FrontendKey{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53, Proto: lb.UDP}, 0, 2)
 	_ = bUDP
 
 	client := func(kind, addr string) testutil.SockResult {
@@ -119,6 +125,9 @@ func TestSocketLB(t *testing.T) {
 		{"tcp", "10.0.0.1:30080", "backend-a"},
 		{"udp-connected", "10.0.0.1:30053", "backend-a"},
 		{"udp-unconnected", "10.0.0.1:30053", "backend-a"},
+		{"tcp", "10.0.0.1:30083", "backend-b"},
+		{"udp-connected", "10.96.0.10:53", "backend-a"},
+		{"udp-unconnected", "10.96.0.10:53", "backend-a"},
 	} {
 		r := client(c.kind, c.addr)
 		if r.Err != "" || r.Reply != c.reply || r.Peer != c.addr {

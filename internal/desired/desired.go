@@ -36,6 +36,12 @@ type Options struct {
 	NodePortRange PortRange
 	// Maglev makes Maglev the default backend selection (--lb-algorithm maglev).
 	Maglev bool
+	// ClusterIPs: serve every service's ClusterIPs too (the internal scope), as kube-proxy
+	// does; sluice then replaces it.
+	ClusterIPs bool
+	// NodeClients: clients on the node are served (socket-level load balancing): they get
+	// the Cluster endpoints of NodePorts with externalTrafficPolicy Local (the node scope).
+	NodeClients bool
 }
 
 // ServiceKey identifies one service port on the datapath: NodePorts are unique per protocol
@@ -45,16 +51,23 @@ type ServiceKey struct {
 	NodePort uint16
 	Proto    lb.Proto
 	Name     string // "namespace/name:port", only when NodePort is 0
+	// Scope: which of the port's frontends and endpoints. The internal scope (ClusterIPs) is
+	// keyed by name: two services never share one.
+	Scope Scope
 }
 
 func (k ServiceKey) String() string {
+	s := fmt.Sprintf("%d/%s", k.NodePort, k.Proto)
 	if k.NodePort == 0 {
-		return fmt.Sprintf("%s/%s", k.Name, k.Proto)
+		s = fmt.Sprintf("%s/%s", k.Name, k.Proto)
 	}
-	return fmt.Sprintf("%d/%s", k.NodePort, k.Proto)
+	if k.Scope != ScopeExternal {
+		s += "/" + k.Scope.String()
+	}
+	return s
 }
 
-// Less orders keys: by NodePort, protocol, then name.
+// Less orders keys: by NodePort, protocol, name, then scope.
 func (k ServiceKey) Less(o ServiceKey) bool {
 	if k.NodePort != o.NodePort {
 		return k.NodePort < o.NodePort
@@ -62,7 +75,10 @@ func (k ServiceKey) Less(o ServiceKey) bool {
 	if k.Proto != o.Proto {
 		return k.Proto < o.Proto
 	}
-	return k.Name < o.Name
+	if k.Name != o.Name {
+		return k.Name < o.Name
+	}
+	return k.Scope < o.Scope
 }
 
 // Service is one NodePort service port and the backends it balances over.
@@ -95,57 +111,11 @@ type Service struct {
 	DropEmpty bool
 	// Maglev picks backends by consistent hashing instead of at random.
 	Maglev bool
-}
-
-// Frontends are the addresses the service port is served on, given the node's NodePort
-// addresses (sorted), with each one's policy; the reconciler adds the service ID and count.
-func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Frontend {
-	var flags lb.FrontendFlags
-	if s.AffinityTimeout > 0 {
-		flags |= lb.FrontendAffinity
-	}
-	if s.DropEmpty {
-		flags |= lb.FrontendDropEmpty
-	}
-	if s.Maglev {
-		flags |= lb.FrontendMaglev
-	}
-	fe := lb.Frontend{Flags: flags, AffinityTimeout: s.AffinityTimeout}
-	out := make(map[lb.FrontendKey]lb.Frontend, len(nodeAddrs)+len(s.ExternalIPs)+len(s.LoadBalancerIPs))
-	for _, a := range nodeAddrs {
-		if s.Key.NodePort == 0 {
-			break // served on its external and load-balancer IPs only
-		}
-		fe.SNATAddr = a // remote backends answer the address the client used
-		out[lb.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto}] = fe
-	}
-	// Load-balancer and external IPs need not route back to this node: remote backends see
-	// its first NodePort address, as kube-proxy's masquerade shows them the egress address.
-	fe.SNATAddr = netip.Addr{}
-	if len(nodeAddrs) > 0 {
-		fe.SNATAddr = nodeAddrs[0]
-	}
-	for _, a := range s.ExternalIPs {
-		out[lb.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
-	}
-	if len(s.SourceRanges) > 0 {
-		fe.Flags |= lb.FrontendSourceRanges
-	}
-	for _, a := range s.LoadBalancerIPs {
-		out[lb.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto}] = fe
-	}
-	return out
-}
-
-// Serves says whether k is one of the service port's frontends on nodeAddrs.
-func (s *Service) Serves(k lb.FrontendKey, nodeAddrs []netip.Addr) bool {
-	if k.Proto != s.Key.Proto {
-		return false
-	}
-	if s.Key.NodePort != 0 && k.Port == s.Key.NodePort && slices.Contains(nodeAddrs, k.Addr) {
-		return true
-	}
-	return k.Port == s.Port && (slices.Contains(s.ExternalIPs, k.Addr) || slices.Contains(s.LoadBalancerIPs, k.Addr))
+	// ClusterIPs are the addresses the internal scope is served on (spec.clusterIPs, IPv4).
+	ClusterIPs []netip.Addr
+	// InternalLocal is internalTrafficPolicy Local (the internal scope): Backends are this
+	// node's endpoints only.
+	InternalLocal bool
 }
 
 // HealthCheck is a service with externalTrafficPolicy Local and a healthCheckNodePort: the
@@ -159,7 +129,7 @@ type HealthCheck struct {
 
 // HealthCheckOf is svc's health check, if it has one.
 func HealthCheckOf(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, nodeName string) (HealthCheck, bool) {
-	if svc == nil || !wantService(svc) || svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal ||
+	if svc == nil || !wantService(svc, Options{}) || svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal ||
 		svc.Spec.HealthCheckNodePort <= 0 || svc.Spec.HealthCheckNodePort > 65535 {
 		return HealthCheck{}, false
 	}
@@ -258,7 +228,7 @@ func SliceService(sl *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 // ServicePorts computes one service's NodePort service ports from its slices, before any
 // conflict with other services is resolved.
 func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, o Options) ([]*Service, []Problem) {
-	if svc == nil || !wantService(svc) {
+	if svc == nil || !wantService(svc, o) {
 		return nil, nil
 	}
 	var out []*Service
@@ -284,8 +254,10 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 	r := o.NodePortRange
 	for _, sp := range svc.Spec.Ports {
 		// Without a NodePort (a ClusterIP service with externalIPs, a LoadBalancer without
-		// node ports) a port is served only on its external and load-balancer IPs.
-		if sp.NodePort == 0 && len(pol.ExternalIPs)+len(pol.LoadBalancerIPs) == 0 {
+		// node ports) a port is served externally only on its external and load-balancer IPs.
+		external := sp.NodePort != 0 || len(pol.ExternalIPs)+len(pol.LoadBalancerIPs) > 0
+		internal := o.ClusterIPs && len(pol.ClusterIPs) > 0
+		if !external && !internal {
 			continue
 		}
 		proto, err := protoOf(sp.Protocol)
@@ -295,33 +267,59 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 		}
 		if sp.NodePort != 0 && (sp.NodePort < 0 || sp.NodePort > 65535 || !r.Contains(uint16(sp.NodePort))) {
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %d outside the NodePort range %s", sp.Name, sp.NodePort, r)})
-			continue
+			if external = false; !internal {
+				continue
+			}
 		}
-		s := pol
-		s.Name = fmt.Sprintf("%s:%s", n, sp.Name)
-		if len(s.Name) > lb.ServiceNameMax {
+		name := fmt.Sprintf("%s:%s", n, sp.Name)
+		if len(name) > lb.ServiceNameMax {
 			// Only a manifest can say it (the API server keeps names within its limits).
-			problems = append(problems, Problem{obj, fmt.Errorf("port %q: name %s is longer than Kubernetes allows (%d bytes)", sp.Name, s.Name, lb.ServiceNameMax)})
+			problems = append(problems, Problem{obj, fmt.Errorf("port %q: name %s is longer than Kubernetes allows (%d bytes)", sp.Name, name, lb.ServiceNameMax)})
 			continue
 		}
-		s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
-		if sp.NodePort == 0 {
-			s.Key.Name = s.Name
-		}
-		s.Port = uint16(sp.Port)
 		cluster, local, serving := backends(svcSlices, sp, proto, o)
-		s.Backends, s.Serving = cluster, serving
-		if s.ExternalLocal {
-			s.Backends = local
-			s.DropEmpty = len(local) == 0 && len(cluster) > 0
+		pick := func(s *Service, isLocal bool) {
+			s.Backends = cluster
+			if isLocal {
+				// kube-proxy drops (not rejects) when only other nodes have endpoints.
+				s.Backends, s.DropEmpty = local, len(local) == 0 && len(cluster) > 0
+			}
 		}
-		out = append(out, &s)
+		if external {
+			s := pol
+			s.Name, s.Port, s.Serving = name, uint16(sp.Port), serving
+			s.ClusterIPs, s.InternalLocal = nil, false
+			s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
+			if sp.NodePort == 0 {
+				s.Key.Name = s.Name
+			}
+			pick(&s, s.ExternalLocal)
+			out = append(out, &s)
+			if s.ExternalLocal && o.NodeClients {
+				// Traffic that starts on the node (its processes, its pods) gets every
+				// endpoint, as kube-proxy sends it to the Cluster chain.
+				nc := s
+				nc.Key.Scope, nc.ExternalLocal = ScopeNode, false
+				pick(&nc, false)
+				nc.DropEmpty = false
+				out = append(out, &nc)
+			}
+		}
+		if internal {
+			s := pol
+			s.Name, s.Port, s.Serving = name, uint16(sp.Port), serving
+			s.ExternalIPs, s.LoadBalancerIPs, s.SourceRanges, s.ExternalLocal = nil, nil, nil, false
+			s.Key = ServiceKey{Proto: proto, Name: name, Scope: ScopeInternal}
+			pick(&s, s.InternalLocal)
+			out = append(out, &s)
+		}
 	}
 	return out, problems
 }
 
-// wantService reports whether sluice serves svc's NodePorts, as kube-proxy decides.
-func wantService(svc *v1.Service) bool {
+// wantService reports whether sluice serves svc, as kube-proxy decides: its NodePorts and
+// external IPs, and with o.ClusterIPs its ClusterIPs too.
+func wantService(svc *v1.Service, o Options) bool {
 	if svc.Labels[LabelServiceProxyName] != "" {
 		return false
 	}
@@ -329,7 +327,7 @@ func wantService(svc *v1.Service) bool {
 	case v1.ServiceTypeNodePort, v1.ServiceTypeLoadBalancer:
 	case v1.ServiceTypeClusterIP, "":
 		// kube-proxy serves a ClusterIP service's externalIPs on every node.
-		if len(svc.Spec.ExternalIPs) == 0 {
+		if len(svc.Spec.ExternalIPs) == 0 && !o.ClusterIPs {
 			return false
 		}
 	default:
@@ -369,6 +367,16 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 		}
 	}
 	s.ExternalLocal = svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	s.InternalLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP} // a manifest may say only the old field
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip); err == nil && a.Is4() {
+			s.ClusterIPs = append(s.ClusterIPs, a)
+		}
+	}
 	switch alg := svc.Annotations[AnnotationLBAlgorithm]; alg {
 	case "":
 		s.Maglev = o.Maglev
@@ -408,7 +416,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 		slices.SortFunc(a, netip.Addr.Compare)
 		return slices.Compact(a)
 	}
-	s.ExternalIPs, s.LoadBalancerIPs = sortAddrs(s.ExternalIPs), sortAddrs(s.LoadBalancerIPs)
+	s.ExternalIPs, s.LoadBalancerIPs, s.ClusterIPs = sortAddrs(s.ExternalIPs), sortAddrs(s.LoadBalancerIPs), sortAddrs(s.ClusterIPs)
 	slices.SortFunc(s.SourceRanges, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c
@@ -544,7 +552,8 @@ func (s *Service) Equal(o *Service) bool {
 	return s.Key == o.Key && slices.Equal(s.Backends, o.Backends) && slices.Equal(s.Serving, o.Serving) && s.Port == o.Port &&
 		slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) && slices.Equal(s.ExternalIPs, o.ExternalIPs) &&
 		slices.Equal(s.SourceRanges, o.SourceRanges) && s.AffinityTimeout == o.AffinityTimeout &&
-		s.ExternalLocal == o.ExternalLocal && s.DropEmpty == o.DropEmpty && s.Maglev == o.Maglev
+		s.ExternalLocal == o.ExternalLocal && s.DropEmpty == o.DropEmpty && s.Maglev == o.Maglev &&
+		slices.Equal(s.ClusterIPs, o.ClusterIPs) && s.InternalLocal == o.InternalLocal
 }
 
 // Describe is a one-line summary for logs.
@@ -560,13 +569,16 @@ func (s *Service) Describe() string {
 	if len(s.ExternalIPs) > 0 {
 		pol = append(pol, fmt.Sprintf("external=%v", s.ExternalIPs))
 	}
+	if len(s.ClusterIPs) > 0 {
+		pol = append(pol, fmt.Sprintf("cluster=%v", s.ClusterIPs))
+	}
 	if len(s.SourceRanges) > 0 {
 		pol = append(pol, fmt.Sprintf("sourceRanges=%v", s.SourceRanges))
 	}
 	if s.AffinityTimeout > 0 {
 		pol = append(pol, fmt.Sprintf("affinity=%ds", s.AffinityTimeout))
 	}
-	if s.ExternalLocal {
+	if s.ExternalLocal || s.InternalLocal {
 		pol = append(pol, "local")
 	}
 	if s.DropEmpty {

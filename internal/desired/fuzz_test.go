@@ -50,7 +50,7 @@ func FuzzBuild(f *testing.F) {
 				}
 			}
 		}
-		if wantService(&svc) {
+		if wantService(&svc, Options{}) {
 			nodePorts := 0
 			for _, p := range svc.Spec.Ports {
 				if p.NodePort != 0 {

@@ -50,7 +50,11 @@ func (x *Index) Set(n types.NamespacedName, svc *v1.Service, slices []*discovery
 	ports, problems := ServicePorts(n, svc, slices, x.o)
 	// Only for a service with a port sluice programs: a load balancer told "healthy" for a
 	// service whose every port was refused would send traffic nothing serves.
-	if hc, ok := HealthCheckOf(svc, slices, x.o.NodeName); ok && len(ports) > 0 {
+	external := false
+	for _, p := range ports {
+		external = external || p.Key.Scope == ScopeExternal
+	}
+	if hc, ok := HealthCheckOf(svc, slices, x.o.NodeName); ok && external {
 		x.HealthChecks[n] = hc
 	} else {
 		delete(x.HealthChecks, n)
@@ -117,7 +121,8 @@ func (x *Index) ConflictsFor(keys []ServiceKey) []Problem {
 	var out []Problem
 	for _, k := range keys {
 		claimants := x.claims[k]
-		if len(claimants) < 2 {
+		// A node scope loses with its external scope: one problem says so.
+		if len(claimants) < 2 || k.Scope == ScopeNode {
 			continue
 		}
 		winner := x.Services[k]

@@ -36,15 +36,24 @@ func (p Proto) String() string {
 	return fmt.Sprintf("proto-%d", uint8(p))
 }
 
-// FrontendKey is a node address, NodePort and protocol: what a client connects to.
+// FrontendKey is an address (a node's, a ClusterIP, an external or load-balancer IP), port
+// and protocol: what a client connects to.
 type FrontendKey struct {
 	Addr  netip.Addr
 	Port  uint16
 	Proto Proto
+	// Socket marks the entry the socket hooks prefer for this address (FE_SCOPE_SOCK): which
+	// service clients on the node get where it differs from what packets arriving on a
+	// device get (kube-proxy treats traffic that starts on the node as Cluster).
+	Socket bool
 }
 
 func (k FrontendKey) String() string {
-	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
+	s := fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
+	if k.Socket {
+		s += " (socket)"
+	}
+	return s
 }
 
 // Frontend is a frontend's service: its ID, how many backend slots it has, and its policy.

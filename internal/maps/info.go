@@ -21,10 +21,17 @@ type ServiceInfo struct {
 	// ExternalLocal: externalTrafficPolicy Local (the frontends cannot tell it: their backends
 	// are simply the local ones).
 	ExternalLocal bool
+	// Scope is the service port's desired.Scope (0 external, 1 internal, 2 node): which of its
+	// entries the ID is, since several share a name.
+	Scope uint8
 }
 
-// svc_info.flags
-const infoExternalLocal = 0x01
+// svc_info.flags: bit 0 externalTrafficPolicy Local, bits 1-2 the scope.
+const (
+	infoExternalLocal = 0x01
+	infoScopeShift    = 1
+	infoScopeMask     = 0x06
+)
 
 func cString[T ~int8 | ~uint8](b []T) string {
 	out := make([]byte, 0, len(b))
@@ -71,6 +78,10 @@ func (k *Kernel) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 	if info.ExternalLocal {
 		v.Flags |= infoExternalLocal
 	}
+	if info.Scope > infoScopeMask>>infoScopeShift {
+		return fmt.Errorf("update service info %d: scope %d does not fit", id, info.Scope)
+	}
+	v.Flags |= info.Scope << infoScopeShift
 	if b := k.batch; b != nil {
 		b.infoKeys, b.infoVals = append(b.infoKeys, id), append(b.infoVals, v)
 		return nil
@@ -90,7 +101,7 @@ func (k *Kernel) ServiceInfos() (map[uint32]ServiceInfo, error) {
 	it := k.objs.SluiceSvcInfo.Iterate()
 	for it.Next(&id, &v) {
 		out[id] = ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: lb.Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs)),
-			ExternalLocal: v.Flags&infoExternalLocal != 0}
+			ExternalLocal: v.Flags&infoExternalLocal != 0, Scope: (v.Flags & infoScopeMask) >> infoScopeShift}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump service info: %w", err)

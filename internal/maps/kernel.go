@@ -57,8 +57,15 @@ func Port16(p uint16) uint16 {
 func PortFrom16(v uint16) uint16 { return Port16(v) }
 
 func frontendKey(k lb.FrontendKey) datapath.SluiceFrontendKey {
-	return datapath.SluiceFrontendKey{Addr: Addr4(k.Addr), Port: Port16(k.Port), Proto: uint8(k.Proto)}
+	fk := datapath.SluiceFrontendKey{Addr: Addr4(k.Addr), Port: Port16(k.Port), Proto: uint8(k.Proto)}
+	if k.Socket {
+		fk.Scope = scopeSock
+	}
+	return fk
 }
+
+// frontend_key.scope (FE_SCOPE_*)
+const scopeSock = 1
 
 func backendValue(b lb.Backend) datapath.SluiceBackend {
 	v := datapath.SluiceBackend{Addr: Addr4(b.Addr), Port: Port16(b.Port)}
@@ -189,7 +196,7 @@ func (k *Kernel) Frontends() (map[lb.FrontendKey]lb.Frontend, error) {
 	var val datapath.SluiceFrontend
 	it := k.objs.SluiceFrontends.Iterate()
 	for it.Next(&key, &val) {
-		fk := lb.FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: lb.Proto(key.Proto)}
+		fk := lb.FrontendKey{Addr: AddrFrom4(key.Addr), Port: PortFrom16(key.Port), Proto: lb.Proto(key.Proto), Socket: key.Scope == scopeSock}
 		out[fk] = frontendFrom(val)
 	}
 	if err := it.Err(); err != nil {

@@ -94,3 +94,42 @@ func TestKernelKeepsLongServiceNames(t *testing.T) {
 		t.Error("a 144-byte name was accepted")
 	}
 }
+
+// The service info and frontend keys carry what tells one service port's entries apart: the
+// scope in the info's flags, the socket entry in the key's scope byte.
+func TestKernelKeepsScopes(t *testing.T) {
+	k := testutil.KernelMaps(t, datapath.Config{})
+	for scope := uint8(0); scope < 3; scope++ {
+		info := maps.ServiceInfo{Name: "default/web:http", Proto: lb.TCP, Scope: scope, ExternalLocal: scope == 0}
+		if err := k.UpdateServiceInfo(uint32(scope+1), info); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := k.UpdateServiceInfo(9, maps.ServiceInfo{Name: "x", Scope: 4}); err == nil {
+		t.Error("a scope the flags cannot hold was accepted")
+	}
+	infos, err := k.ServiceInfos()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for scope := uint8(0); scope < 3; scope++ {
+		if got := infos[uint32(scope+1)]; got.Scope != scope || got.ExternalLocal != (scope == 0) {
+			t.Errorf("info %d read back as %+v", scope+1, got)
+		}
+	}
+	addr := netip.MustParseAddr("10.89.0.11")
+	pkt, sock := lb.FrontendKey{Addr: addr, Port: 30080, Proto: lb.TCP}, lb.FrontendKey{Addr: addr, Port: 30080, Proto: lb.TCP, Socket: true}
+	if err := k.UpdateFrontend(pkt, lb.Frontend{ServiceID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.UpdateFrontend(sock, lb.Frontend{ServiceID: 2}); err != nil {
+		t.Fatal(err)
+	}
+	fes, err := k.Frontends()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fes) != 2 || fes[pkt].ServiceID != 1 || fes[sock].ServiceID != 2 {
+		t.Errorf("frontends read back as %v", fes)
+	}
+}

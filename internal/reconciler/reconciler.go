@@ -282,7 +282,8 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 		r.svcIDs[id] = true
 	}
 	if a.name != svc.Name || a.local != svc.ExternalLocal {
-		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now(), ExternalLocal: svc.ExternalLocal}
+		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now(),
+			ExternalLocal: svc.ExternalLocal, Scope: uint8(svc.Key.Scope)}
 		if err := r.m.UpdateServiceInfo(a.id, info); err != nil {
 			return nil, nil, err
 		}
@@ -308,8 +309,8 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 			return nil, nil, err
 		}
 	}
-	if len(svc.LoadBalancerIPs)+len(svc.ExternalIPs) > 0 {
-		// Load-balancer and external IPs are served on the service port.
+	if len(svc.LoadBalancerIPs)+len(svc.ExternalIPs)+len(svc.ClusterIPs) > 0 {
+		// Load-balancer, external and cluster IPs are served on the service port.
 		if err := r.m.SetFrontendPort(svc.Port); err != nil {
 			return nil, nil, err
 		}
