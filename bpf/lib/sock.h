@@ -10,6 +10,15 @@
 #include "maps.h"
 #include "lb.h"
 
+/* bpf_set_retval (Linux 5.18): a connect() or sendmsg() to a frontend with no endpoint fails
+ * with ECONNREFUSED, as kube-proxy's REJECT makes it. The agent sets it where the kernel has
+ * the helper; a frozen constant, so older verifiers prune the call unseen. Without it such a
+ * socket is left to the kernel (refused on a node address, where nothing listens; a ClusterIP
+ * routes nowhere and times out). */
+volatile const __u8 cfg_set_retval = 0;
+
+#define SOCK_ECONNREFUSED 111
+
 /* Which frontend a translated socket talks to, by the backend it was pointed at: recvmsg and
  * getpeername show it. Go: datapath.SluiceSockRevnatKey */
 struct sock_revnat_key {
@@ -113,8 +122,9 @@ static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
 }
 
 /* connect4, and sendmsg4 (unconnected UDP: the kernel runs it per datagram sent with an
- * address). Always returns 1: a socket to no frontend, or to one sluice leaves to the kernel,
- * goes on untouched (0 would fail the call with EPERM). */
+ * address). Returns 1, but for a frontend with no endpoint where the kernel lets the call be
+ * refused: a socket to no frontend, or to one sluice leaves to the kernel, goes on untouched
+ * (0 alone would fail the call with EPERM). */
 static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = sock_proto(ctx);
@@ -134,12 +144,18 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 	}
 	if (!fe)
 		return 1;
-	/* Left to the kernel for now: externalTrafficPolicy Local with no local endpoint (in-node
-	 * clients should get the Cluster endpoints, which the slots do not hold), and source
-	 * ranges (what a node's own source is depends on the route). With no endpoint at all,
-	 * the kernel refuses it: nothing listens on a frontend. */
-	if (fe->flags & (FE_F_DROP_EMPTY | FE_F_SOURCE_RANGES) || !fe->count)
+	/* Left to the kernel: a traffic policy with no local endpoint (kube-proxy drops; the
+	 * socket scope's entry gives clients on the node the Cluster endpoints where kube-proxy
+	 * does), and source ranges (what a node's own source is depends on the route). */
+	if (fe->flags & (FE_F_DROP_EMPTY | FE_F_SOURCE_RANGES))
 		return 1;
+	if (!fe->count) {
+		if (cfg_set_retval) {
+			bpf_set_retval(-SOCK_ECONNREFUSED);
+			return 0;
+		}
+		return 1;
+	}
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u32 sel = proto == IPPROTO_UDP ? lb_hash((__u32)cookie, (__u32)(cookie >> 32), fe->svc_id)
 					  : bpf_get_prandom_u32();

@@ -282,6 +282,7 @@ const (
 	SluiceSockVarCfgCtUdpTimeoutS    = "cfg_ct_udp_timeout_s"
 	SluiceSockVarCfgMaglevSize       = "cfg_maglev_size"
 	SluiceSockVarCfgMaxServices      = "cfg_max_services"
+	SluiceSockVarCfgSetRetval        = "cfg_set_retval"
 	SluiceSockVarCfgSnatPortMax      = "cfg_snat_port_max"
 	SluiceSockVarCfgSnatPortMin      = "cfg_snat_port_min"
 	SluiceSockVarCfgSnatReuseS       = "cfg_snat_reuse_s"
@@ -374,6 +375,7 @@ type SluiceSockVariableSpecs struct {
 	CfgCtUdpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_udp_timeout_s"`
 	CfgMaglevSize      *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgMaxServices     *ebpf.VariableSpec `ebpf:"cfg_max_services"`
+	CfgSetRetval       *ebpf.VariableSpec `ebpf:"cfg_set_retval"`
 	CfgSnatPortMax     *ebpf.VariableSpec `ebpf:"cfg_snat_port_max"`
 	CfgSnatPortMin     *ebpf.VariableSpec `ebpf:"cfg_snat_port_min"`
 	CfgSnatReuseS      *ebpf.VariableSpec `ebpf:"cfg_snat_reuse_s"`
@@ -460,6 +462,7 @@ type SluiceSockVariables struct {
 	CfgCtUdpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_udp_timeout_s"`
 	CfgMaglevSize      *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgMaxServices     *ebpf.Variable `ebpf:"cfg_max_services"`
+	CfgSetRetval       *ebpf.Variable `ebpf:"cfg_set_retval"`
 	CfgSnatPortMax     *ebpf.Variable `ebpf:"cfg_snat_port_max"`
 	CfgSnatPortMin     *ebpf.Variable `ebpf:"cfg_snat_port_min"`
 	CfgSnatReuseS      *ebpf.Variable `ebpf:"cfg_snat_reuse_s"`

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -55,6 +57,14 @@ func (d *Datapath) LoadSocketLB() (*SocketLB, error) {
 	}
 	if err := spec.Variables[SluiceSockVarCfgMaglevSize].Set(d.Config.MaglevSize); err != nil {
 		return nil, fmt.Errorf("set %s: %w", SluiceSockVarCfgMaglevSize, err)
+	}
+	// Refusing a connect() to a frontend with no endpoint needs bpf_set_retval (5.18).
+	refuse := uint8(0)
+	if canSetRetval() {
+		refuse = 1
+	}
+	if err := spec.Variables[SluiceSockVarCfgSetRetval].Set(refuse); err != nil {
+		return nil, fmt.Errorf("set %s: %w", SluiceSockVarCfgSetRetval, err)
 	}
 	s := &SocketLB{}
 	opts := &ebpf.CollectionOptions{
@@ -124,4 +134,9 @@ func (d *Datapath) DetachSocketLB() {
 func (s *SocketLB) Close() error {
 	return errors.Join(s.objs.Connect4.Close(), s.objs.Sendmsg4.Close(), s.objs.Recvmsg4.Close(),
 		s.objs.Getpeername4.Close(), s.objs.Revnat.Close(), s.objs.Affinity.Close())
+}
+
+// canSetRetval says whether cgroup sock_addr programs may call bpf_set_retval (Linux 5.18).
+func canSetRetval() bool {
+	return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil
 }

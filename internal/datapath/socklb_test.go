@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
@@ -106,6 +109,7 @@ func TestSocketLB(t *testing.T) {
 	service(1, lb.FrontendKey{Addr: fe, Port: 30080, Proto: lb.TCP}, 0, 1)
 	service(2, lb.FrontendKey{Addr: fe, Port: 30053, Proto: lb.UDP}, 0, 2)
 	service(3, lb.FrontendKey{Addr: fe, Port: 30081, Proto: lb.TCP}, 0) // no endpoint
+	service(8, lb.FrontendKey{Addr: fe, Port: 30081, Proto: lb.UDP}, 0)
 	service(4, lb.FrontendKey{Addr: fe, Port: 30082, Proto: lb.TCP}, lb.FrontendAffinity, 1, 3)
 	// externalTrafficPolicy Local with no endpoint here: packets are dropped, but clients on
 	// the node get the Cluster endpoints through the socket scope's entry.
@@ -134,9 +138,16 @@ func TestSocketLB(t *testing.T) {
 			t.Errorf("%s to %s: got reply %q from peer %q (error %q); want %q from %s", c.kind, c.addr, r.Reply, r.Peer, r.Err, c.reply, c.addr)
 		}
 	}
-	// No endpoint: untouched, so the kernel answers (here: no route to the address).
-	if r := client("tcp", "10.0.0.1:30081"); r.Err == "" || !strings.Contains(r.Err, "unreachable") {
-		t.Errorf("to a frontend with no endpoint: %+v; want the kernel's own error (network unreachable)", r)
+	// No endpoint: refused, as kube-proxy rejects, where the kernel has bpf_set_retval (5.18);
+	// before, untouched, so the kernel answers (here: no route to the address).
+	want := "unreachable"
+	if features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil {
+		want = "refused"
+	}
+	for _, kind := range []string{"tcp", "udp-unconnected"} {
+		if r := client(kind, "10.0.0.1:30081"); r.Err == "" || !strings.Contains(r.Err, want) {
+			t.Errorf("%s to a frontend with no endpoint: %+v; want an error saying %q", kind, r, want)
+		}
 	}
 	// Not a frontend: untouched.
 	if r := client("tcp", bTCP.String()); r.Reply != "backend-b" || r.Peer != bTCP.String() {
