@@ -380,12 +380,9 @@ func setupSocketLB(dp *datapath.Datapath, cgroup string, log *zap.Logger) error 
 		dp.DetachSocketLB()
 		return nil
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(cgroup, &st); err != nil {
-		return fmt.Errorf("find --socket-lb-cgroup: %w", err)
-	}
-	if st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return fmt.Errorf("find --socket-lb-cgroup: %s is not in a cgroup v2 hierarchy", cgroup)
+	cgroup, err := cgroup2Dir(cgroup)
+	if err != nil {
+		return err
 	}
 	s, err := dp.LoadSocketLB()
 	if err != nil {
@@ -417,4 +414,19 @@ func restConfig(kubeconfig, apiServer string) (*rest.Config, error) {
 		cfg.Host = apiServer
 	}
 	return cfg, nil
+}
+
+// cgroup2Dir is dir if it is in a cgroup v2 hierarchy, else its unified/ if that is one: a
+// hybrid host (cgroup v1 controllers, systemd's v2 hierarchy at unified/) mounted whole, as
+// the kube-proxy-free DaemonSet mounts the node's /sys/fs/cgroup.
+func cgroup2Dir(dir string) (string, error) {
+	var st unix.Statfs_t
+	for _, d := range []string{dir, filepath.Join(dir, "unified")} {
+		if err := unix.Statfs(d, &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return d, nil
+		} else if err != nil && d == dir {
+			return "", fmt.Errorf("find --socket-lb-cgroup: %w", err)
+		}
+	}
+	return "", fmt.Errorf("find --socket-lb-cgroup: %s is not in a cgroup v2 hierarchy (nor is its unified/)", dir)
 }

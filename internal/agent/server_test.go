@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -47,5 +48,30 @@ func TestClientGoLogsIntoTheAgentsLog(t *testing.T) {
 	}
 	if strings.Contains(out, "chatter") {
 		t.Errorf("klog's verbose lines reach the info log:\n%s", out)
+	}
+}
+
+// A hybrid host's /sys/fs/cgroup, mounted whole, is found through its unified/; a directory
+// in no cgroup v2 hierarchy is refused with the flag's name.
+func TestCgroup2Dir(t *testing.T) {
+	unified := ""
+	for _, d := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var st unix.Statfs_t
+		if unix.Statfs(d, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC && unified == "" {
+			unified = d
+		}
+	}
+	if unified != "" {
+		if got, err := cgroup2Dir(unified); err != nil || got != unified {
+			t.Errorf("%s: %q %v", unified, got, err)
+		}
+	}
+	if unified == "/sys/fs/cgroup/unified" {
+		if got, err := cgroup2Dir("/sys/fs/cgroup"); err != nil || got != unified {
+			t.Errorf("/sys/fs/cgroup: %q %v, want %s", got, err, unified)
+		}
+	}
+	if _, err := cgroup2Dir(t.TempDir()); err == nil || !strings.Contains(err.Error(), "--socket-lb-cgroup") {
+		t.Errorf("a plain directory: %v", err)
 	}
 }

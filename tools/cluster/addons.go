@@ -3,7 +3,9 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -143,7 +145,11 @@ func (c *Config) SluiceImage() (string, error) {
 	return repo + ":" + c.Version, nil
 }
 
-var imageLine = regexp.MustCompile(`(?m)^(\s*(?:-\s*)?image:\s*)(\S+)\s*$`)
+var (
+	imageLine    = regexp.MustCompile(`(?m)^(\s*(?:-\s*)?image:\s*)(\S+)\s*$`)
+	apiServerArg = regexp.MustCompile(`(--k8s-api-server=https://)\S+`)
+	socketLBArg  = regexp.MustCompile(`(--socket-lb-cgroup=)\S+`)
+)
 
 // manifestImage is the first image of a manifest.
 func manifestImage(p string) (string, error) {
@@ -172,23 +178,36 @@ func (c *Config) buildSluiceImage(name string) (string, error) {
 	return out, image.WriteFile(out, img)
 }
 
-// deploySluice applies manifests/ as they are, with only the image name replaced, and waits
-// for the DaemonSet's pods to be Ready on every node.
+// deploySluice applies manifests/ (beside kube-proxy) or manifests-kube-proxy-free/ as
+// kubectl kustomize renders them, with only what a user edits replaced: the image name, and
+// without kube-proxy the API server's address and the cgroup socket LB attaches to. A real
+// node's is its hierarchy's root; these nodes share one kernel and one hierarchy, so each
+// agent gets its own node's cgroup (kind's nodes each see theirs as the root), or it would
+// balance the other node's sockets with its own maps. Then it waits for the DaemonSet's pods
+// to be Ready on every node.
 func (c *Config) deploySluice(cs kubernetes.Interface, name string) error {
-	ents, err := filepath.Glob(filepath.Join(c.Src, "manifests", "*.yaml"))
-	if err != nil || len(ents) == 0 {
-		return fmt.Errorf("read manifests: none in %s", filepath.Join(c.Src, "manifests"))
+	dir := filepath.Join(c.Src, "manifests")
+	if c.KubeProxy == KubeProxyNone {
+		dir = filepath.Join(c.Src, "manifests-kube-proxy-free")
 	}
-	var all bytes.Buffer
-	for _, p := range ents {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("read manifests: %w", err)
+	cmd := exec.Command(c.bin("kubectl"), "kustomize", dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	all, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("render %s: %w: %s", dir, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	all = imageLine.ReplaceAll(all, []byte("${1}"+name))
+	if c.KubeProxy == KubeProxyNone {
+		v2 := cgroupMounts(true)
+		if len(v2) == 0 {
+			return errors.New("deploy sluice: no cgroup v2 hierarchy for socket LB")
 		}
-		all.Write(imageLine.ReplaceAll(b, []byte("${1}"+name)))
-		all.WriteString("\n---\n")
+		all = apiServerArg.ReplaceAll(all, []byte("${1}"+netip.AddrPortFrom(gwIP, apiPort).String()))
+		// $(NODE_NAME) is the node's cgroupRoot: one DaemonSet for both.
+		all = socketLBArg.ReplaceAll(all, []byte("${1}"+filepath.Join("/host", v2[0])+"/$(NODE_NAME)"))
 	}
-	if _, err := c.kubectl(all.Bytes(), "apply", "-f", "-"); err != nil {
+	if _, err := c.kubectl(all, "apply", "-f", "-"); err != nil {
 		return err
 	}
 	return waitFor("sluice-agent Ready on every node", 3*time.Minute, func() error {

@@ -14,7 +14,10 @@ func cgroupRoot(n Node) string { return "/" + n.Name }
 
 // cgroupHierarchies are the mounted cgroup hierarchies (v1 controllers, the named systemd one
 // and the unified v2 one of a hybrid setup, or just the v2 root).
-func cgroupHierarchies() []string {
+func cgroupHierarchies() []string { return cgroupMounts(false) }
+
+// cgroupMounts are the mount points of the cgroup hierarchies, or of the v2 one only.
+func cgroupMounts(v2Only bool) []string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil
@@ -23,7 +26,7 @@ func cgroupHierarchies() []string {
 	for _, line := range strings.Split(string(b), "\n") {
 		pre, post, ok := strings.Cut(line, " - ")
 		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 1 || (g[0] != "cgroup" && g[0] != "cgroup2") {
+		if !ok || len(f) < 5 || len(g) < 1 || (g[0] != "cgroup" && g[0] != "cgroup2") || (v2Only && g[0] != "cgroup2") {
 			continue
 		}
 		hs = append(hs, f[4])
