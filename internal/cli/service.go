@@ -13,10 +13,13 @@ import (
 
 // ServiceJSON is one service port in `service list -o json`.
 type ServiceJSON struct {
-	ID           uint32        `json:"id"`
-	Name         string        `json:"name"`
-	NodePort     uint16        `json:"nodePort"`
-	Protocol     string        `json:"protocol"`
+	ID       uint32 `json:"id"`
+	Name     string `json:"name"`
+	NodePort uint16 `json:"nodePort"`
+	Protocol string `json:"protocol"`
+	// Scope: external (NodePorts, external and load-balancer IPs), internal (ClusterIPs), or
+	// node (what clients on the node get of a Local NodePort, through the socket hooks).
+	Scope        string        `json:"scope"`
 	Frontends    []string      `json:"frontends"`
 	Backends     []BackendJSON `json:"backends"`
 	Policy       PolicyJSON    `json:"policy"`
@@ -29,6 +32,8 @@ type ServiceJSON struct {
 
 // PolicyJSON is a service's load-balancing policy.
 type PolicyJSON struct {
+	// TrafficPolicy is the scope's: externalTrafficPolicy, or for the internal scope
+	// internalTrafficPolicy (kept under one JSON name: tools read one field).
 	TrafficPolicy          string `json:"externalTrafficPolicy"`
 	Algorithm              string `json:"algorithm"`
 	SessionAffinity        string `json:"sessionAffinity"`
@@ -73,8 +78,17 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 			if fe.Flags&lb.FrontendAffinity != 0 {
 				s.Policy.SessionAffinity, s.Policy.AffinityTimeoutSeconds = "ClientIP", int(fe.AffinityTimeout)
 			}
-			if i, ok := infos[fe.ServiceID]; ok && i.NodePort != 0 {
-				s.NodePort = i.NodePort
+			s.Scope = scopeNames[0]
+			if fk.Socket {
+				s.Scope = scopeNames[2]
+			}
+			if i, ok := infos[fe.ServiceID]; ok {
+				if int(i.Scope) < len(scopeNames) {
+					s.Scope = scopeNames[i.Scope]
+				}
+				if i.NodePort != 0 || i.Scope == 1 {
+					s.NodePort = i.NodePort // the internal scope's port is no NodePort
+				}
 				if i.ExternalLocal {
 					s.Policy.TrafficPolicy = "Local"
 				}
@@ -107,7 +121,13 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 		if out[i].NodePort != out[j].NodePort {
 			return out[i].NodePort < out[j].NodePort
 		}
-		return out[i].Protocol < out[j].Protocol
+		if out[i].Protocol != out[j].Protocol {
+			return out[i].Protocol < out[j].Protocol
+		}
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].Scope < out[j].Scope
 	})
 	return out, nil
 }
@@ -122,7 +142,7 @@ func serviceList(e *Env, args []string) error {
 		return err
 	}
 	return e.emit(svcs, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "ID\tSERVICE\tNODEPORT\tFRONTENDS\tBACKENDS\tPOLICY\tPACKETS\tBYTES\tREJECTED")
+		fmt.Fprintln(w, "ID\tSERVICE\tNODEPORT\tSCOPE\tFRONTENDS\tBACKENDS\tPOLICY\tPACKETS\tBYTES\tREJECTED")
 		for _, s := range svcs {
 			var bs []string
 			for _, b := range s.Backends {
@@ -132,8 +152,8 @@ func serviceList(e *Env, args []string) error {
 			if backends == "" {
 				backends = "none (rejects)"
 			}
-			fmt.Fprintf(w, "%d\t%s\t%d/%s\t%s\t%s\t%s\t%d\t%d\t%d\n", s.ID, s.Name, s.NodePort, s.Protocol,
-				strings.Join(s.Frontends, ","), backends, policyLabel(s.Policy), s.Packets, s.Bytes, s.Rejected)
+			fmt.Fprintf(w, "%d\t%s\t%d/%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", s.ID, s.Name, s.NodePort, s.Protocol, s.Scope,
+				strings.Join(s.Frontends, ","), backends, policyLabel(s.Policy, s.Scope), s.Packets, s.Bytes, s.Rejected)
 		}
 	})
 }
@@ -153,8 +173,15 @@ func backendLabel(b BackendJSON) string {
 	return s
 }
 
-func policyLabel(p PolicyJSON) string {
-	s := "etp=" + p.TrafficPolicy + " lb=" + p.Algorithm
+// scopeNames are desired.Scope's names, by value (maps.ServiceInfo.Scope).
+var scopeNames = []string{"external", "internal", "node"}
+
+func policyLabel(p PolicyJSON, scope string) string {
+	name := "etp="
+	if scope == scopeNames[1] {
+		name = "itp="
+	}
+	s := name + p.TrafficPolicy + " lb=" + p.Algorithm
 	if p.SessionAffinity != "None" {
 		s += fmt.Sprintf(" affinity=%s/%ds", p.SessionAffinity, p.AffinityTimeoutSeconds)
 	}

@@ -35,6 +35,10 @@ func (s Scope) String() string {
 	return "scope-?"
 }
 
+// Local says whether the scope's traffic policy is Local: externalTrafficPolicy for the
+// external scope, internalTrafficPolicy for the internal one.
+func (s *Service) Local() bool { return s.ExternalLocal || s.InternalLocal }
+
 // Frontends are the addresses the service port is served on, given the node's NodePort
 // addresses (sorted), with each one's policy; the reconciler adds the service ID and count.
 func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Frontend {

@@ -18,7 +18,8 @@ type ServiceInfo struct {
 	NodePort uint16
 	Proto    lb.Proto
 	Updated  time.Time
-	// ExternalLocal: externalTrafficPolicy Local (the frontends cannot tell it: their backends
+	// ExternalLocal: the scope's traffic policy is Local, externalTrafficPolicy (or for the
+	// internal scope internalTrafficPolicy; the frontends cannot tell it: their backends
 	// are simply the local ones).
 	ExternalLocal bool
 	// Scope is the service port's desired.Scope (0 external, 1 internal, 2 node): which of its

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -66,7 +67,9 @@ type datapathCollector struct {
 
 // RegisterDatapath adds the datapath's counters and map fill to reg.
 func RegisterDatapath(reg prometheus.Registerer, m *maps.Kernel) {
-	svc := []string{"service"}
+	// One service port has an entry per scope (external, internal: its ClusterIPs, node), each
+	// with its own counters: the name alone would repeat a series, and /metrics would fail.
+	svc := []string{"service", "scope"}
 	reg.MustRegister(&datapathCollector{
 		m:          m,
 		pkts:       prometheus.NewDesc("sluice_service_packets_total", "Packets from clients to the service.", svc, nil),
@@ -112,7 +115,7 @@ func (c *datapathCollector) collect(ch chan<- prometheus.Metric) error {
 			d *prometheus.Desc
 			n uint64
 		}{{c.pkts, st.Packets}, {c.bytes, st.Bytes}, {c.rpkts, st.ReplyPackets}, {c.rbytes, st.ReplyBytes}, {c.rejected, st.Rejected}} {
-			ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), name)
+			ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), name, scopeName(info.Scope))
 		}
 	}
 	reasons, err := c.m.Reasons()
@@ -138,6 +141,19 @@ func (c *datapathCollector) collect(ch chan<- prometheus.Metric) error {
 		ch <- prometheus.MustNewConstMetric(c.maxEntries, prometheus.GaugeValue, float64(f.MaxEntries), f.Name)
 	}
 	return nil
+}
+
+// scopeName is a desired.Scope's name (maps.ServiceInfo.Scope).
+func scopeName(s uint8) string {
+	switch s {
+	case 0:
+		return "external"
+	case 1:
+		return "internal"
+	case 2:
+		return "node"
+	}
+	return strconv.Itoa(int(s))
 }
 
 // Health is what /healthz and /readyz answer from.

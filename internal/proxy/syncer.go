@@ -208,11 +208,11 @@ func (s *Syncer) logChanges(st desired.State, keys []desired.ServiceKey) {
 		}
 		if svc, ok := st.Services[k]; ok {
 			if prev, had := s.Reconciler.Applied(k); !had || prev == nil || !prev.Equal(svc) || prev.Name != svc.Name {
-				s.Log.Info("Service programmed", zap.String("service", svc.Name), zap.Stringer("nodePort", k),
+				s.Log.Info("Service programmed", zap.String("service", svc.Name), zap.Stringer("key", k),
 					zap.Int("backends", len(svc.Backends)), zap.String("detail", svc.Describe()))
 			}
 		} else if _, had := s.Reconciler.Applied(k); had {
-			s.Log.Info("Service removed", zap.Stringer("nodePort", k))
+			s.Log.Info("Service removed", zap.Stringer("key", k))
 		}
 	}
 }

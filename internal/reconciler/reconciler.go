@@ -281,13 +281,13 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 		r.services[svc.Key] = a
 		r.svcIDs[id] = true
 	}
-	if a.name != svc.Name || a.local != svc.ExternalLocal {
+	if a.name != svc.Name || a.local != svc.Local() {
 		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now(),
-			ExternalLocal: svc.ExternalLocal, Scope: uint8(svc.Key.Scope)}
+			ExternalLocal: svc.Local(), Scope: uint8(svc.Key.Scope)}
 		if err := r.m.UpdateServiceInfo(a.id, info); err != nil {
 			return nil, nil, err
 		}
-		a.name, a.local = svc.Name, svc.ExternalLocal
+		a.name, a.local = svc.Name, svc.Local()
 	}
 
 	// 1. Backends, so that every slot written next names an existing backend.

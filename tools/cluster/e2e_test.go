@@ -18,7 +18,19 @@ func TestFocusSelectsExactlyTheList(t *testing.T) {
 	if len(names) < 27 {
 		t.Fatalf("%d tests in the focus list, want the issue's 27 at least", len(names))
 	}
+	cip, err := ReadFocus("e2e/clusterip.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cip) < 12 {
+		t.Fatalf("%d tests in the ClusterIP list, want the 12 the kube-proxy-free issue names at least", len(cip))
+	}
 	re := regexp.MustCompile(focusRegexp(names))
+	for _, n := range cip {
+		if re.MatchString("Kubernetes e2e suite " + n) {
+			t.Errorf("a ClusterIP test selected by the NodePort list: %s", n)
+		}
+	}
 	for _, n := range names {
 		if !re.MatchString("Kubernetes e2e suite " + n) {
 			t.Errorf("not selected: %s", n)

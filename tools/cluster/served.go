@@ -65,13 +65,20 @@ func (s *Served) scrape(node string, c *http.Client) {
 	}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), `sluice_service_packets_total{service="`)
+		// sluice_service_packets_total{scope="external",service="ns/name:port"} N: the packet
+		// path's share (socket LB translates no packet).
+		rest, ok := strings.CutPrefix(sc.Text(), `sluice_service_packets_total{`)
 		if !ok {
 			continue
 		}
-		svc, val, ok := strings.Cut(rest, `"} `)
+		labels, val, ok := strings.Cut(rest, `} `)
 		if !ok {
 			continue
+		}
+		svc := labels // the labels name a series
+		_, name, _ := strings.Cut(labels, `service="`)
+		if name, _, ok = strings.Cut(name, `"`); ok {
+			svc = name + "/" + scopeOf(labels)
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
 		if err == nil && v > s.peak[node][svc] {
@@ -105,4 +112,10 @@ func (s *Served) String() string {
 		parts = append(parts, fmt.Sprintf("%s: %.0f packets for %d service ports", o.Node, o.Packets, o.Services))
 	}
 	return strings.Join(parts, "; ")
+}
+
+func scopeOf(labels string) string {
+	_, v, _ := strings.Cut(labels, `scope="`)
+	v, _, _ = strings.Cut(v, `"`)
+	return v
 }

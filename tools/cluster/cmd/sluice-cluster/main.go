@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,7 +42,7 @@ func run(cmd string, args []string) error {
 	fs.StringVar(&c.Version, "version", "dev", "sluice's version: its image's tag")
 	fs.StringVar(&c.KubeProxy, "kube-proxy", envOr("KUBE_PROXY", cluster.KubeProxyIPTables), "kube-proxy beside sluice: iptables, or none")
 	fs.BoolVar(&c.NoSluice, "no-sluice", false, "do not deploy sluice")
-	focus := fs.String("focus-file", "tools/cluster/e2e/nodeport.txt", "e2e: the tests to run, one exact name per line")
+	focus := fs.String("focus-file", "", "e2e: comma-separated files of the tests to run, one exact name per line (default: tools/cluster/e2e/nodeport.txt, and clusterip.txt with --kube-proxy none)")
 	out := fs.String("out", "bin/e2e", "e2e: where the log, JUnit report and results.json go")
 	procs := fs.Int("procs", 4, "e2e: ginkgo processes")
 	report := fs.String("report", "", "e2e: the document whose section for this configuration gets the results (docs/conformance.md)")
@@ -67,9 +68,21 @@ func run(cmd string, args []string) error {
 		fmt.Printf("KUBECONFIG=%s\nkubectl:  %s\ne2e.test: %s\n", up.Kubeconfig(), up.Bin+"/kubectl", up.Bin+"/e2e.test")
 		return nil
 	case "e2e":
-		names, err := cluster.ReadFocus(*focus)
-		if err != nil {
-			return err
+		files := strings.Split(*focus, ",")
+		if *focus == "" {
+			files = []string{"tools/cluster/e2e/nodeport.txt"}
+			if c.KubeProxy == cluster.KubeProxyNone {
+				// Without kube-proxy, sluice is judged on ClusterIPs too.
+				files = append(files, "tools/cluster/e2e/clusterip.txt")
+			}
+		}
+		var names []string
+		for _, f := range files {
+			n, err := cluster.ReadFocus(f)
+			if err != nil {
+				return err
+			}
+			names = append(names, n...)
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 		defer stop()
