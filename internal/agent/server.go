@@ -12,6 +12,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/go-logr/zapr"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -32,6 +33,7 @@ import (
 	"github.com/sluicelb/sluice/internal/proxy"
 	"github.com/sluicelb/sluice/internal/proxyhealth"
 	"github.com/sluicelb/sluice/internal/reconciler"
+	"github.com/sluicelb/sluice/internal/sockterm"
 	"github.com/sluicelb/sluice/internal/source"
 )
 
@@ -129,7 +131,6 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	km := maps.NewKernel(&dp.Objs.SluiceMaps)
 	km.MaglevSize = dp.Config.MaglevSize
 	rec := reconciler.New(km, o.DP.MaxServices, o.DP.MaxBackends, log.Named("reconciler"))
-	rec.FlushInBackground(ctx) // a flush walks the whole connection table: not on the sync loop
 	n, err := rec.Restore()
 	if err != nil {
 		return err
@@ -167,9 +168,17 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	if len(devs.Names()) == 0 {
 		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
 	}
-	if err := setupSocketLB(dp, o.SocketLBCgroup, dlog); err != nil {
+	revnat, err := setupSocketLB(dp, o.SocketLBCgroup, dlog)
+	if err != nil {
 		return err
 	}
+	if revnat != nil {
+		defer revnat.Close()
+		// UDP sockets pointed at an endpoint that stopped serving end with its flows.
+		t := &sockterm.Terminator{Revnat: revnat, ProcFS: o.ProcFS, Log: log.Named("sockterm")}
+		rec.Terminate = t.Terminate
+	}
+	rec.FlushInBackground(ctx) // a flush walks the whole connection table: not on the sync loop
 
 	if mig := dp.Migration; mig != nil {
 		// The new programs run on the new maps now: carry over what the old ones wrote since
@@ -374,26 +383,31 @@ func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
 }
 
 // setupSocketLB attaches the socket programs to the cgroup, or, with none given, takes away
-// what a previous agent attached.
-func setupSocketLB(dp *datapath.Datapath, cgroup string, log *zap.Logger) error {
+// what a previous agent attached. It returns their reverse map (nil without): what the
+// sockets were pointed at.
+func setupSocketLB(dp *datapath.Datapath, cgroup string, log *zap.Logger) (*ebpf.Map, error) {
 	if cgroup == "" {
 		dp.DetachSocketLB()
-		return nil
+		return nil, nil
 	}
 	cgroup, err := cgroup2Dir(cgroup)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s, err := dp.LoadSocketLB()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer s.Close() // the pinned links hold the programs
 	if err := dp.AttachSocketLB(s, cgroup); err != nil {
-		return err
+		return nil, err
 	}
 	log.Info("Balancing sockets", zap.String("cgroup", cgroup))
-	return nil
+	revnat, err := s.Revnat().Clone()
+	if err != nil {
+		return nil, fmt.Errorf("open socket reverse map: %w", err)
+	}
+	return revnat, nil
 }
 
 // restConfig is the kubeconfig's, else the in-cluster config; apiServer, if set, replaces the

@@ -130,6 +130,10 @@ func (d *Datapath) DetachSocketLB() {
 	d.sockLinks = nil
 }
 
+// Revnat is the reverse map: which frontend each translated socket asked for, by cookie and
+// backend (sockterm finds the sockets to end in it).
+func (s *SocketLB) Revnat() *ebpf.Map { return s.objs.Revnat }
+
 // Close releases the programs' and maps' descriptors; attached links and pins stay.
 func (s *SocketLB) Close() error {
 	return errors.Join(s.objs.Connect4.Close(), s.objs.Sendmsg4.Close(), s.objs.Recvmsg4.Close(),

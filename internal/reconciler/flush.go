@@ -18,18 +18,19 @@ import (
 // the whole connection table (a million entries and more on a busy node), and the sync loop
 // must not wait for it. Requests made while one runs are merged into the next.
 type flusher struct {
-	m    maps.Maps
-	log  *zap.Logger
-	mu   sync.Mutex
-	gone map[maps.FlowTarget]bool
-	wake chan struct{}
+	m         maps.Maps
+	terminate Terminator
+	log       *zap.Logger
+	mu        sync.Mutex
+	gone      map[maps.FlowTarget]bool
+	wake      chan struct{}
 }
 
 // FlushInBackground makes Apply hand its UDP flushes to a goroutine that runs until ctx ends
 // (the agent's way; tests and tools flush inline). A flush is asked for only after the
 // frontends stop picking the endpoint, so running it later is still after that.
 func (r *Reconciler) FlushInBackground(ctx context.Context) {
-	f := &flusher{m: r.m, log: r.log, wake: make(chan struct{}, 1)}
+	f := &flusher{m: r.m, terminate: r.Terminate, log: r.log, wake: make(chan struct{}, 1)}
 	r.flusher = f
 	go f.run(ctx)
 }
@@ -75,6 +76,28 @@ func (f *flusher) run(ctx context.Context) {
 			continue
 		}
 		f.log.Debug("Flushed UDP flows of endpoints that stopped serving", zap.Int("pairs", len(gone)), zap.Int("entries", n))
+		terminate(f.terminate, gone, f.log)
+	}
+}
+
+// Terminator ends the sockets the socket programs pointed at endpoints that stopped serving
+// (sockterm.Terminator's Terminate), the socket path's flush; it returns how many it ended.
+type Terminator func(gone map[maps.FlowTarget]bool) (int, error)
+
+// terminate runs t, if set, and logs what it did: a socket it could not end stays pointed at
+// the old endpoint, as a flow would that could not be flushed, so it is a warning, not a retry
+// (the socket would be found again only by chance).
+func terminate(t Terminator, gone map[maps.FlowTarget]bool, log *zap.Logger) {
+	if t == nil {
+		return
+	}
+	n, err := t(gone)
+	if err != nil {
+		log.Warn("Could not end every UDP socket pointed at endpoints that stopped serving", zap.Int("ended", n), zap.Error(err))
+		return
+	}
+	if n > 0 {
+		log.Info("Ended UDP sockets pointed at endpoints that stopped serving", zap.Int("sockets", n))
 	}
 }
 
@@ -130,6 +153,7 @@ func (r *Reconciler) flushGone() error {
 		return fmt.Errorf("flush UDP flows of removed endpoints: %w", err)
 	}
 	r.log.Debug("Flushed UDP flows of removed endpoints", zap.Int("pairs", len(r.goneUDP)), zap.Int("entries", n))
+	terminate(r.Terminate, r.goneUDP, r.log)
 	r.goneUDP = nil
 	return nil
 }

@@ -75,6 +75,9 @@ type Reconciler struct {
 	// it go, they are published again in the same Apply (else the key would stay unserved
 	// until their next change).
 	waiting map[lb.FrontendKey]map[desired.ServiceKey]bool
+	// Terminate, if set, ends the sockets pointed at endpoints whose UDP flows are flushed
+	// (set before FlushInBackground).
+	Terminate Terminator
 	// MaglevSize is the entries of each Maglev table: what the maps say their tables hold
 	// (maps.MaglevSizer), else maglev.DefaultTableSize.
 	MaglevSize uint32

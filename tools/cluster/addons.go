@@ -186,26 +186,9 @@ func (c *Config) buildSluiceImage(name string) (string, error) {
 // balance the other node's sockets with its own maps. Then it waits for the DaemonSet's pods
 // to be Ready on every node.
 func (c *Config) deploySluice(cs kubernetes.Interface, name string) error {
-	dir := filepath.Join(c.Src, "manifests")
-	if c.KubeProxy == KubeProxyNone {
-		dir = filepath.Join(c.Src, "manifests-kube-proxy-free")
-	}
-	cmd := exec.Command(c.bin("kubectl"), "kustomize", dir)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	all, err := cmd.Output()
+	all, err := c.renderSluice(name)
 	if err != nil {
-		return fmt.Errorf("render %s: %w: %s", dir, err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	all = imageLine.ReplaceAll(all, []byte("${1}"+name))
-	if c.KubeProxy == KubeProxyNone {
-		v2 := cgroupMounts(true)
-		if len(v2) == 0 {
-			return errors.New("deploy sluice: no cgroup v2 hierarchy for socket LB")
-		}
-		all = apiServerArg.ReplaceAll(all, []byte("${1}"+netip.AddrPortFrom(gwIP, apiPort).String()))
-		// $(NODE_NAME) is the node's cgroupRoot: one DaemonSet for both.
-		all = socketLBArg.ReplaceAll(all, []byte("${1}"+filepath.Join("/host", v2[0])+"/$(NODE_NAME)"))
+		return err
 	}
 	if _, err := c.kubectl(all, "apply", "-f", "-"); err != nil {
 		return err
@@ -220,4 +203,30 @@ func (c *Config) deploySluice(cs kubernetes.Interface, name string) error {
 		}
 		return nil
 	})
+}
+
+// renderSluice is what deploySluice applies.
+func (c *Config) renderSluice(name string) ([]byte, error) {
+	dir := filepath.Join(c.Src, "manifests")
+	if c.KubeProxy == KubeProxyNone {
+		dir = filepath.Join(c.Src, "manifests-kube-proxy-free")
+	}
+	cmd := exec.Command(c.bin("kubectl"), "kustomize", dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	all, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("render %s: %w: %s", dir, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	all = imageLine.ReplaceAll(all, []byte("${1}"+name))
+	if c.KubeProxy == KubeProxyNone {
+		v2 := cgroupMounts(true)
+		if len(v2) == 0 {
+			return nil, errors.New("render sluice: no cgroup v2 hierarchy for socket LB")
+		}
+		all = apiServerArg.ReplaceAll(all, []byte("${1}"+netip.AddrPortFrom(gwIP, apiPort).String()))
+		// $(NODE_NAME) is the node's cgroupRoot: one DaemonSet for both.
+		all = socketLBArg.ReplaceAll(all, []byte("${1}"+filepath.Join("/host", v2[0])+"/$(NODE_NAME)"))
+	}
+	return all, nil
 }

@@ -1,6 +1,10 @@
 package lab_test
 
 import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -40,5 +44,97 @@ func TestE2ENodeToItsOwnNodePort(t *testing.T) {
 		if seen["pod1"] == 0 || seen["pod2"] == 0 {
 			t.Errorf("%s from node1 to its own NodePort reached %v; want both the local and the remote pod", k.kind, seen)
 		}
+	}
+}
+
+// stickyYAML is a ClusterIP service with session affinity on the lab's two pods.
+const stickyYAML = `apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: default}
+spec:
+  clusterIP: 10.96.0.81
+  sessionAffinity: ClientIP
+  ports: [{name: http, protocol: TCP, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sticky-1
+  namespace: default
+  labels: {kubernetes.io/service-name: sticky}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 80}]
+endpoints:
+  - {addresses: ["10.244.1.10"], conditions: {ready: true}, nodeName: node1}
+  - {addresses: ["10.244.2.10"], conditions: {ready: true}, nodeName: node2}
+`
+
+// TestE2EEveryClientWithoutKubeProxy: with --kube-proxy-replacement and socket LB on node1's
+// cgroup, and no kube-proxy, node1 itself and its pod reach the ClusterIP (TCP, connected and
+// unconnected UDP) and the pod its own node's NodePort, on both the local and the remote pod
+// (the local one being, for the pod, itself: hairpin), each shown the address it asked for;
+// session affinity keeps a client on one backend.
+func TestE2EEveryClientWithoutKubeProxy(t *testing.T) {
+	cg := testutil.Cgroup2(t)
+	c := startClusterNoWait(t, "", "--socket-lb-cgroup", cg, "--kube-proxy-replacement")
+	if err := os.WriteFile(filepath.Join(c.manifests, "sticky.yaml"), []byte(stickyYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.waitReady(t)
+	// The sticky service is written after the agent started: wait for it too.
+	c.waitFor(t, "the sticky ClusterIP served", func() error {
+		if r := testutil.SockRequests(t, cg, c.Node1.Path(), "tcp", "10.96.0.81:80", 1)[0]; r.Err != "" {
+			return errors.New(r.Err)
+		}
+		return nil
+	})
+	type target struct {
+		kind string
+		to   netip.AddrPort
+	}
+	clusterIP := netip.MustParseAddr("10.96.0.80")
+	toClusterIP := []target{
+		{"tcp", netip.AddrPortFrom(clusterIP, 80)},
+		{"udp-connected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"udp-unconnected", netip.AddrPortFrom(clusterIP, 5353)},
+	}
+	for _, from := range []struct {
+		name    string
+		ns      *testutil.Netns
+		targets []target
+	}{
+		{"node1", c.Node1, toClusterIP},
+		{"pod1", c.Pod1, append(toClusterIP, target{"tcp", c.nodePort(30080)}, target{"udp-unconnected", c.nodePort(30053)})},
+	} {
+		for _, k := range from.targets {
+			seen := map[string]int{}
+			for _, r := range testutil.SockRequests(t, cg, from.ns.Path(), k.kind, k.to.String(), 24) {
+				body := r.Reply
+				if k.kind == "tcp" {
+					_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
+				}
+				who, _, err := lab.ParseReply(body)
+				if r.Err != "" || err != nil || r.Peer != k.to.String() {
+					t.Fatalf("%s from %s to %s: reply %q, peer %q, error %q %v", k.kind, from.name, k.to, r.Reply, r.Peer, r.Err, err)
+				}
+				seen[who]++
+			}
+			if seen["pod1"] == 0 || seen["pod2"] == 0 {
+				t.Errorf("%s from %s to %s reached %v; want both the local and the remote pod", k.kind, from.name, k.to, seen)
+			}
+		}
+	}
+	// Session affinity: every connection of pod1's namespace goes where its first went.
+	seen := map[string]int{}
+	for _, r := range testutil.SockRequests(t, cg, c.Pod1.Path(), "tcp", "10.96.0.81:80", 12) {
+		_, body, _ := strings.Cut(r.Reply, "\r\n\r\n")
+		who, _, err := lab.ParseReply(body)
+		if r.Err != "" || err != nil {
+			t.Fatalf("to the sticky ClusterIP: %+v %v", r, err)
+		}
+		seen[who]++
+	}
+	if len(seen) != 1 {
+		t.Errorf("with session affinity pod1 reached %v; want one backend", seen)
 	}
 }
