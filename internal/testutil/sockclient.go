@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -63,6 +64,9 @@ func sockClient() int {
 	}
 	if err != nil {
 		return fail(err)
+	}
+	if f[2] == "udp-held" {
+		return heldClient(f[3], enc)
 	}
 	for i := 0; i < n; i++ {
 		var r SockResult
@@ -177,4 +181,84 @@ func SockRequests(t testing.TB, cgroup, nsPath, kind, addr string, n int) []Sock
 		}
 	}
 	return rs
+}
+
+// heldClient is the "udp-held" kind: one connected UDP socket that makes a request for every
+// line on stdin (the first at once), until stdin closes. A request's error says what the
+// socket had pending (SO_ERROR) too: an ended socket is disconnected, and sends then fail for
+// want of an address.
+func heldClient(addr string, enc *json.Encoder) int {
+	c, err := net.Dial("udp4", addr)
+	if err != nil {
+		_ = enc.Encode(SockResult{Err: err.Error()})
+		return 0
+	}
+	defer c.Close()
+	rc, _ := c.(syscall.Conn).SyscallConn()
+	in := bufio.NewScanner(os.Stdin)
+	buf := make([]byte, 512)
+	for first := true; first || in.Scan(); first = false {
+		var r SockResult
+		_ = rc.Control(func(fd uintptr) {
+			if e, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR); err == nil && e != 0 {
+				r.Err = "pending: " + syscall.Errno(e).Error() + "; "
+			}
+		})
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			r.Err += err.Error()
+		} else if n, err := c.Read(buf); err != nil {
+			r.Err += err.Error()
+		} else {
+			r.Reply = string(buf[:n])
+		}
+		_ = enc.Encode(r)
+	}
+	return 0
+}
+
+// HeldSock is a connected UDP socket in a process of its own in a cgroup and namespace (see
+// SockHeld), kept across changes: Next makes a request on it.
+type HeldSock struct {
+	stdin io.WriteCloser
+	dec   *json.Decoder
+	First SockResult // the request made at once
+}
+
+// SockHeld connects a UDP socket to addr from a process in cgroup and the namespace at nsPath,
+// makes one request (First), and keeps it open until the test ends.
+func SockHeld(t testing.TB, cgroup, nsPath, addr string) *HeldSock {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), sockClientEnv+"="+strings.Join([]string{cgroup, nsPath, "udp-held", addr, "1"}, "|"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	h := &HeldSock{stdin: stdin, dec: json.NewDecoder(stdout)}
+	if err := h.dec.Decode(&h.First); err != nil {
+		t.Fatalf("held socket client: %v", err)
+	}
+	return h
+}
+
+// Next makes another request on the held socket.
+func (h *HeldSock) Next(t testing.TB) SockResult {
+	t.Helper()
+	var r SockResult
+	if _, err := io.WriteString(h.stdin, "\n"); err != nil {
+		t.Fatalf("held socket client: %v", err)
+	}
+	if err := h.dec.Decode(&r); err != nil {
+		t.Fatalf("held socket client: %v", err)
+	}
+	return r
 }

@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/lab"
+	"golang.org/x/sys/unix"
 )
 
 // TestE2ENodeToItsOwnNodePort: a process on node1 connecting to node1's own NodePort (its
@@ -136,5 +138,47 @@ func TestE2EEveryClientWithoutKubeProxy(t *testing.T) {
 	}
 	if len(seen) != 1 {
 		t.Errorf("with session affinity pod1 reached %v; want one backend", seen)
+	}
+}
+
+// TestE2EConnectedUDPMovesOnWhenItsBackendGoes: a connected UDP socket on node1, pointed at
+// one pod through the ClusterIP, is ended when that pod leaves the service (as kube-proxy
+// flushes the conntrack entries of a UDP endpoint that stops serving): it is disconnected with
+// ECONNABORTED pending, and a socket connected again reaches the pod that serves.
+func TestE2EConnectedUDPMovesOnWhenItsBackendGoes(t *testing.T) {
+	cg := testutil.Cgroup2(t)
+	c := startCluster(t, "", "--socket-lb-cgroup", cg, "--kube-proxy-replacement")
+	const clusterIP = "10.96.0.80:5353"
+	h := testutil.SockHeld(t, cg, c.Node1.Path(), clusterIP)
+	who, _, err := lab.ParseReply(h.First.Reply)
+	if h.First.Err != "" || err != nil {
+		t.Fatalf("first request: %+v %v", h.First, err)
+	}
+	ips := map[string]string{"pod1": "10.244.1.10", "pod2": "10.244.2.10"}
+	other := map[string]string{"pod1": "pod2", "pod2": "pod1"}[who]
+	echo := filepath.Join(c.manifests, "echo.yaml")
+	b, err := os.ReadFile(echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(b), `  - addresses: ["`+ips[who]+`"]
+    conditions: {ready: true}
+    nodeName: node`+who[3:]+`
+`, "", 1)
+	if edited == string(b) {
+		t.Fatal("example manifest changed shape; update this test")
+	}
+	writeAtomic(t, echo, edited)
+	c.waitFor(t, "the held socket to be ended", func() error {
+		r := h.Next(t)
+		if !strings.Contains(r.Err, unix.ECONNABORTED.Error()) {
+			return fmt.Errorf("the held socket, pointed at %s, still answers: %+v", who, r)
+		}
+		return nil
+	})
+	for _, r := range testutil.SockRequests(t, cg, c.Node1.Path(), "udp-connected", clusterIP, 5) {
+		if got, _, err := lab.ParseReply(r.Reply); err != nil || got != other {
+			t.Errorf("a new socket after %s left: %+v (%v), want %s", who, r, err, other)
+		}
 	}
 }
