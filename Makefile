@@ -86,9 +86,8 @@ cluster-build:
 	bash tools/cluster/build.sh
 
 # A two-node cluster in network namespaces with sluice deployed from manifests/ beside the real
-# kube-proxy. Left running; prints its KUBECONFIG. KUBE_PROXY=none leaves kube-proxy out: that
-# needs sluice to serve ClusterIPs (the agent and CoreDNS reach the API server through one),
-# which it does not yet.
+# kube-proxy. Left running; prints its KUBECONFIG. KUBE_PROXY=none leaves kube-proxy out and
+# deploys manifests-kube-proxy-free/: sluice serves every Service alone.
 KUBE_PROXY ?= iptables
 cluster-up: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
@@ -99,8 +98,9 @@ cluster-down:
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
 	bin/sluice-cluster down
 
-# Up, the upstream e2e tests in tools/cluster/e2e/nodeport.txt, the report in
-# docs/conformance.md, down (also when a step fails or is interrupted). About 6 minutes warm.
+# Up, the upstream e2e tests in tools/cluster/e2e/nodeport.txt (and clusterip.txt with
+# KUBE_PROXY=none), the report in docs/conformance.md, down (also when a step fails or is
+# interrupted). About 6 minutes warm, 8 with KUBE_PROXY=none.
 e2e-k8s: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
 	trap 'bin/sluice-cluster down' EXIT INT TERM; \

@@ -61,7 +61,11 @@ func Markdown(r Run, res []Result) string {
 	fmt.Fprintf(&b, "Last run: %s, sluice %s, %s in %s (`%s`).\n\n", r.When.UTC().Format("2006-01-02 15:04 UTC"),
 		r.Version, Summary(res), r.Took.Round(time.Second), r.Command)
 	if r.Served != "" {
-		fmt.Fprintf(&b, "sluice itself translated the NodePort traffic that reached the nodes' NICs (%s; sampled from its metrics); kube-proxy served what started on the node.\n\n", r.Served)
+		rest := "kube-proxy served what started on the node."
+		if r.KubeProxy == KubeProxyNone {
+			rest = "what started on a node or in its pods sluice balanced at the socket, which translates no packet."
+		}
+		fmt.Fprintf(&b, "sluice itself translated the packets that reached the nodes' NICs (%s; sampled from its metrics); %s\n\n", r.Served, rest)
 	}
 	b.WriteString("| Test | Result | Duration |\n|---|---|---|\n")
 	for _, x := range res {
