@@ -19,6 +19,18 @@ volatile const __u8 cfg_set_retval = 0;
 
 #define SOCK_ECONNREFUSED 111
 
+/* The host network namespace's cookie (0: unknown, a kernel before 5.14 cannot tell the agent
+ * its namespace's). cfg_localhost: only the host's processes reach NodePorts on loopback
+ * (127.0.0.0/8), as kube-proxy's iptables mode serves them from the host's OUTPUT chain; a
+ * pod's loopback is its own. cfg_hostns_only: pods' sockets are left alone (some service
+ * meshes want their connects untouched), as Cilium's bpf-lb-sock-hostns-only. */
+volatile const __u64 cfg_host_netns_cookie = 0;
+volatile const __u8 cfg_localhost = 0;
+volatile const __u8 cfg_hostns_only = 0;
+
+#define LOOPBACK_NET 127
+#define LOCALHOST 0x7f000001
+
 /* Which frontend a translated socket talks to, by the backend it was pointed at: recvmsg and
  * getpeername show it. Go: datapath.SluiceSockRevnatKey */
 struct sock_revnat_key {
@@ -136,6 +148,15 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 		.proto = proto,
 		.scope = FE_SCOPE_SOCK,
 	};
+	bool host = cfg_host_netns_cookie && bpf_get_netns_cookie(ctx) == cfg_host_netns_cookie;
+	if (cfg_hostns_only && !host)
+		return 1;
+	if ((bpf_ntohl(fk.addr) >> 24) == LOOPBACK_NET) {
+		/* Every loopback address is localhost's NodePort entry (socket scope only). */
+		if (!cfg_localhost || !host)
+			return 1;
+		fk.addr = bpf_htonl(LOCALHOST);
+	}
 	/* The socket scope's entry first: clients on the node may get other backends. */
 	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
 	if (!fe) {
@@ -166,7 +187,8 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 	if (!be)
 		return 1;
 	struct sock_revnat_key rk = { .cookie = cookie, .addr = be->addr, .port = be->port, .proto = proto };
-	struct sock_revnat rv = { .addr = fk.addr, .port = fk.port, .scope = fk.scope, .svc_id = fe->svc_id };
+	/* The address the application asked for (a loopback one may not be the entry's). */
+	struct sock_revnat rv = { .addr = ctx->user_ip4, .port = fk.port, .scope = fk.scope, .svc_id = fe->svc_id };
 	/* Without its reverse entry the application would see replies from the backend: then
 	 * leave the socket alone rather than translate it half. */
 	if (bpf_map_update_elem(&sluice_sock_revnat, &rk, &rv, BPF_ANY))
@@ -193,6 +215,8 @@ static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 	if (!rv)
 		return 1;
 	struct frontend_key fk = { .addr = rv->addr, .port = rv->port, .proto = proto, .scope = rv->scope };
+	if ((bpf_ntohl(fk.addr) >> 24) == LOOPBACK_NET)
+		fk.addr = bpf_htonl(LOCALHOST);
 	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
 	if (!fe || fe->svc_id != rv->svc_id) {
 		bpf_map_delete_elem(&sluice_sock_revnat, &rk);

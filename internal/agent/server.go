@@ -168,7 +168,8 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	if len(devs.Names()) == 0 {
 		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
 	}
-	revnat, err := setupSocketLB(dp, o.SocketLBCgroup, dlog)
+	revnat, localhost, err := setupSocketLB(dp, o.SocketLBCgroup,
+		datapath.SocketLBConfig{LocalhostNodePorts: o.LocalhostNodePorts, HostNamespaceOnly: o.SocketLBHostOnly}, dlog)
 	if err != nil {
 		return err
 	}
@@ -224,7 +225,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			}
 		},
 		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev,
-			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != ""}, FullEvery: o.SyncPeriod,
+			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "", LocalhostNodePorts: localhost}, FullEvery: o.SyncPeriod,
 		NodeZone: func() string { return tracker.NodeZone(o.NodeName) },
 		Addresses: func() ([]netip.Addr, error) {
 			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
@@ -384,30 +385,33 @@ func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
 
 // setupSocketLB attaches the socket programs to the cgroup, or, with none given, takes away
 // what a previous agent attached. It returns their reverse map (nil without): what the
-// sockets were pointed at.
-func setupSocketLB(dp *datapath.Datapath, cgroup string, log *zap.Logger) (*ebpf.Map, error) {
+// sockets were pointed at; and whether NodePorts are served on loopback.
+func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConfig, log *zap.Logger) (*ebpf.Map, bool, error) {
 	if cgroup == "" {
 		dp.DetachSocketLB()
-		return nil, nil
+		return nil, false, nil
 	}
 	cgroup, err := cgroup2Dir(cgroup)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	s, err := dp.LoadSocketLB()
+	s, err := dp.LoadSocketLB(c)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer s.Close() // the pinned links hold the programs
 	if err := dp.AttachSocketLB(s, cgroup); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	log.Info("Balancing sockets", zap.String("cgroup", cgroup))
+	log.Info("Balancing sockets", zap.String("cgroup", cgroup), zap.Bool("localhostNodePorts", s.Localhost), zap.Bool("hostNamespaceOnly", c.HostNamespaceOnly))
+	if c.LocalhostNodePorts && !s.Localhost {
+		log.Warn("Not serving NodePorts on 127.0.0.1: this kernel cannot tell the node's network namespace from a pod's (SO_NETNS_COOKIE, Linux 5.14)")
+	}
 	revnat, err := s.Revnat().Clone()
 	if err != nil {
-		return nil, fmt.Errorf("open socket reverse map: %w", err)
+		return nil, false, fmt.Errorf("open socket reverse map: %w", err)
 	}
-	return revnat, nil
+	return revnat, s.Localhost, nil
 }
 
 // restConfig is the kubeconfig's, else the in-cluster config; apiServer, if set, replaces the

@@ -36,6 +36,9 @@ func (o *Options) Validate() error {
 		// kube-proxy nothing serves until this agent has: it would wait for itself.
 		return errors.New("validate flags: --kube-proxy-replacement with the in-cluster config needs --k8s-api-server (the API server's own address)")
 	}
+	if o.SocketLBHostOnly && o.SocketLBCgroup == "" {
+		return errors.New("validate flags: --socket-lb-hostns-only needs --socket-lb-cgroup")
+	}
 	if strings.TrimSpace(o.NodeName) == "" {
 		return errors.New("validate flags: --node-name is empty (and so is the hostname)")
 	}

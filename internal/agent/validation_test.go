@@ -40,6 +40,7 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"--kube-proxy-replacement"}, "needs --k8s-api-server"},
 		{[]string{"--k8s-api-server", "10.0.0.1:6443"}, "--k8s-api-server"},
 		{[]string{"--k8s-api-server", "https://10.0.0.1:6443", "--manifests", "/tmp/m"}, "--manifests and --k8s-api-server"},
+		{[]string{"--socket-lb-hostns-only"}, "needs --socket-lb-cgroup"},
 		{[]string{"--no-such-flag"}, "no-such-flag"},
 		{[]string{"stray"}, "unexpected arguments"},
 	} {

@@ -280,6 +280,9 @@ const (
 	SluiceSockVarCfgCtSynTimeoutS    = "cfg_ct_syn_timeout_s"
 	SluiceSockVarCfgCtTcpTimeoutS    = "cfg_ct_tcp_timeout_s"
 	SluiceSockVarCfgCtUdpTimeoutS    = "cfg_ct_udp_timeout_s"
+	SluiceSockVarCfgHostNetnsCookie  = "cfg_host_netns_cookie"
+	SluiceSockVarCfgHostnsOnly       = "cfg_hostns_only"
+	SluiceSockVarCfgLocalhost        = "cfg_localhost"
 	SluiceSockVarCfgMaglevSize       = "cfg_maglev_size"
 	SluiceSockVarCfgMaxServices      = "cfg_max_services"
 	SluiceSockVarCfgSetRetval        = "cfg_set_retval"
@@ -373,6 +376,9 @@ type SluiceSockVariableSpecs struct {
 	CfgCtSynTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_syn_timeout_s"`
 	CfgCtTcpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_tcp_timeout_s"`
 	CfgCtUdpTimeoutS   *ebpf.VariableSpec `ebpf:"cfg_ct_udp_timeout_s"`
+	CfgHostNetnsCookie *ebpf.VariableSpec `ebpf:"cfg_host_netns_cookie"`
+	CfgHostnsOnly      *ebpf.VariableSpec `ebpf:"cfg_hostns_only"`
+	CfgLocalhost       *ebpf.VariableSpec `ebpf:"cfg_localhost"`
 	CfgMaglevSize      *ebpf.VariableSpec `ebpf:"cfg_maglev_size"`
 	CfgMaxServices     *ebpf.VariableSpec `ebpf:"cfg_max_services"`
 	CfgSetRetval       *ebpf.VariableSpec `ebpf:"cfg_set_retval"`
@@ -460,6 +466,9 @@ type SluiceSockVariables struct {
 	CfgCtSynTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_syn_timeout_s"`
 	CfgCtTcpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_tcp_timeout_s"`
 	CfgCtUdpTimeoutS   *ebpf.Variable `ebpf:"cfg_ct_udp_timeout_s"`
+	CfgHostNetnsCookie *ebpf.Variable `ebpf:"cfg_host_netns_cookie"`
+	CfgHostnsOnly      *ebpf.Variable `ebpf:"cfg_hostns_only"`
+	CfgLocalhost       *ebpf.Variable `ebpf:"cfg_localhost"`
 	CfgMaglevSize      *ebpf.Variable `ebpf:"cfg_maglev_size"`
 	CfgMaxServices     *ebpf.Variable `ebpf:"cfg_max_services"`
 	CfgSetRetval       *ebpf.Variable `ebpf:"cfg_set_retval"`

@@ -8,6 +8,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // SocketLB is the socket-level load balancer (bpf/sock.c): cgroup sock_addr programs that
@@ -18,6 +19,19 @@ import (
 // 5.10, has every hook and helper it uses.
 type SocketLB struct {
 	objs sockObjects
+	// Localhost: NodePorts are served on loopback to the host namespace's processes.
+	Localhost bool
+}
+
+// SocketLBConfig are the socket programs' settings.
+type SocketLBConfig struct {
+	// LocalhostNodePorts serves NodePorts on 127.0.0.0/8 to the processes of the loader's
+	// network namespace (the node's), as kube-proxy's iptables mode does (its nftables mode
+	// does not). It needs SO_NETNS_COOKIE (Linux 5.14) to learn the namespace: before, off.
+	LocalhostNodePorts bool
+	// HostNamespaceOnly balances the sockets of the loader's network namespace only, not
+	// pods' (Cilium's bpf-lb-sock-hostns-only). Linux 5.14, as above: before, an error.
+	HostNamespaceOnly bool
 }
 
 // sockObjects are what LoadAndAssign loads of bpf/sock.c: its programs and the maps they use
@@ -44,7 +58,7 @@ func (d *Datapath) sockShared() map[string]*ebpf.Map {
 }
 
 // LoadSocketLB loads the socket programs against d's maps; its own maps are pinned beside d's.
-func (d *Datapath) LoadSocketLB() (*SocketLB, error) {
+func (d *Datapath) LoadSocketLB(c SocketLBConfig) (*SocketLB, error) {
 	spec, err := LoadSluiceSock()
 	if err != nil {
 		return nil, fmt.Errorf("load socket spec: %w", err)
@@ -67,6 +81,22 @@ func (d *Datapath) LoadSocketLB() (*SocketLB, error) {
 		return nil, fmt.Errorf("set %s: %w", SluiceSockVarCfgSetRetval, err)
 	}
 	s := &SocketLB{}
+	if c.LocalhostNodePorts || c.HostNamespaceOnly {
+		cookie, err := netnsCookie()
+		if err != nil {
+			return nil, err
+		}
+		if cookie == 0 && c.HostNamespaceOnly {
+			return nil, errors.New("load socket programs: balancing the host namespace only needs Linux 5.14 (SO_NETNS_COOKIE) to tell it from pods'")
+		}
+		s.Localhost = cookie != 0 && c.LocalhostNodePorts
+		for name, v := range map[string]any{SluiceSockVarCfgHostNetnsCookie: cookie,
+			SluiceSockVarCfgLocalhost: boolU8(s.Localhost), SluiceSockVarCfgHostnsOnly: boolU8(c.HostNamespaceOnly)} {
+			if err := spec.Variables[name].Set(v); err != nil {
+				return nil, fmt.Errorf("set %s: %w", name, err)
+			}
+		}
+	}
 	opts := &ebpf.CollectionOptions{
 		Maps:            ebpf.MapOptions{PinPath: d.Config.PinPath},
 		MapReplacements: d.sockShared(),
@@ -143,4 +173,29 @@ func (s *SocketLB) Close() error {
 // canSetRetval says whether cgroup sock_addr programs may call bpf_set_retval (Linux 5.18).
 func canSetRetval() bool {
 	return features.HaveProgramHelper(ebpf.CGroupSockAddr, asm.FnSetRetval) == nil
+}
+
+// netnsCookie is the calling thread's network namespace's cookie, or 0 where the kernel cannot
+// tell it (SO_NETNS_COOKIE: Linux 5.14).
+func netnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("read network namespace cookie: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if errors.Is(err, unix.ENOPROTOOPT) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read network namespace cookie: %w", err)
+	}
+	return c, nil
+}
+
+func boolU8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // serve answers on 127.0.0.1 in ns, TCP and UDP, with its name: a backend.
@@ -69,7 +70,7 @@ func TestSocketLB(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	s, err := dp.LoadSocketLB()
+	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,5 +163,119 @@ func TestSocketLB(t *testing.T) {
 		if r := client("tcp", "10.0.0.1:30082"); r.Reply != first.Reply || r.Peer != "10.0.0.1:30082" {
 			t.Fatalf("affinity: connection %d reached %q (peer %q), the first %q", i+2, r.Reply, r.Peer, first.Reply)
 		}
+	}
+}
+
+// NodePorts on loopback are served to the loader's network namespace only (the node's), on
+// every 127.0.0.0/8 address, where the kernel can tell namespaces apart (SO_NETNS_COOKIE,
+// 5.14); another namespace's loopback is its own. Before 5.14 nobody gets them.
+func TestSocketLBLocalhostNodePorts(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	dp, err := datapath.Load(datapath.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	node := testutil.NewTestNetns(t, "skl")
+	pod := testutil.NewTestNetns(t, "skp")
+	pod.MustExec(t, "ip", "link", "set", "lo", "up")
+	var s *datapath.SocketLB
+	if err := node.Do(func() (err error) {
+		s, err = dp.LoadSocketLB(datapath.SocketLBConfig{LocalhostNodePorts: true})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	_, cookieErr := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	unix.Close(fd)
+	if want := cookieErr == nil; s.Localhost != want {
+		t.Fatalf("localhost NodePorts %v, want %v (SO_NETNS_COOKIE: %v)", s.Localhost, want, cookieErr)
+	}
+	cg := testutil.Cgroup2(t)
+	if err := dp.AttachSocketLB(s, cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.DetachSocketLB)
+	k := maps.NewKernel(&dp.Objs.SluiceMaps)
+	aTCP, _ := serve(t, node, "backend-a")
+	if err := k.UpdateBackend(1, lb.Backend{Addr: aTCP.Addr(), Port: aTCP.Port(), Local: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.UpdateSlot(maps.SlotKey{ServiceID: 1, Slot: 1}, 1); err != nil {
+		t.Fatal(err)
+	}
+	key := lb.FrontendKey{Addr: netip.MustParseAddr("127.0.0.1"), Port: 30080, Proto: lb.TCP, Socket: true}
+	if err := k.UpdateFrontend(key, lb.Frontend{ServiceID: 1, Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, addr := range []string{"127.0.0.1:30080", "127.0.0.2:30080"} {
+		r := testutil.SockRequest(t, cg, node.Path(), "tcp", addr)
+		if s.Localhost && (r.Err != "" || r.Reply != "backend-a" || r.Peer != addr) {
+			t.Errorf("the node to %s: %+v, want backend-a shown as %s", addr, r, addr)
+		}
+		if !s.Localhost && !strings.Contains(r.Err, "refused") {
+			t.Errorf("the node to %s without localhost NodePorts: %+v, want refused", addr, r)
+		}
+	}
+	if r := testutil.SockRequest(t, cg, pod.Path(), "tcp", "127.0.0.1:30080"); !strings.Contains(r.Err, "refused") {
+		t.Errorf("a pod to its own loopback's 30080: %+v, want it left alone (refused: nothing listens)", r)
+	}
+}
+
+// With HostNamespaceOnly a pod's sockets are left alone and the node's are balanced; a kernel
+// that cannot tell the two apart (before 5.14) refuses the setting rather than balance all.
+func TestSocketLBHostNamespaceOnly(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	dp, err := datapath.Load(datapath.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	node := testutil.NewTestNetns(t, "skh")
+	pod := testutil.NewTestNetns(t, "skq")
+	pod.MustExec(t, "ip", "link", "set", "lo", "up")
+	var s *datapath.SocketLB
+	err = node.Do(func() (err error) {
+		s, err = dp.LoadSocketLB(datapath.SocketLBConfig{HostNamespaceOnly: true})
+		return err
+	})
+	fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	_, cookieErr := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	unix.Close(fd)
+	if cookieErr != nil {
+		if err == nil || !strings.Contains(err.Error(), "5.14") {
+			t.Fatalf("without SO_NETNS_COOKIE: %v, want the setting refused", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	cg := testutil.Cgroup2(t)
+	if err := dp.AttachSocketLB(s, cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.DetachSocketLB)
+	k := maps.NewKernel(&dp.Objs.SluiceMaps)
+	// A backend on each side's loopback, one service: whoever is translated reaches its own.
+	nodeTCP, _ := serve(t, node, "node-backend")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(k.UpdateBackend(1, lb.Backend{Addr: nodeTCP.Addr(), Port: nodeTCP.Port(), Local: true}))
+	must(k.UpdateSlot(maps.SlotKey{ServiceID: 1, Slot: 1}, 1))
+	fe := lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30080, Proto: lb.TCP}
+	must(k.UpdateFrontend(fe, lb.Frontend{ServiceID: 1, Count: 1}))
+	if r := testutil.SockRequest(t, cg, node.Path(), "tcp", "10.0.0.1:30080"); r.Reply != "node-backend" {
+		t.Errorf("the node: %+v, want it balanced", r)
+	}
+	if r := testutil.SockRequest(t, cg, pod.Path(), "tcp", "10.0.0.1:30080"); r.Err == "" || !strings.Contains(r.Err, "unreachable") {
+		t.Errorf("a pod: %+v, want it left alone (no route to the address)", r)
 	}
 }

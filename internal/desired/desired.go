@@ -42,6 +42,10 @@ type Options struct {
 	// NodeClients: clients on the node are served (socket-level load balancing): they get
 	// the Cluster endpoints of NodePorts with externalTrafficPolicy Local (the node scope).
 	NodeClients bool
+	// LocalhostNodePorts: with NodeClients, NodePorts are served on 127.0.0.1 (the socket
+	// programs take all of 127.0.0.0/8 to it) to the node's own processes, as kube-proxy's
+	// iptables mode does.
+	LocalhostNodePorts bool
 }
 
 // ServiceKey identifies one service port on the datapath: NodePorts are unique per protocol
@@ -116,6 +120,9 @@ type Service struct {
 	// InternalLocal is internalTrafficPolicy Local (the internal scope): Backends are this
 	// node's endpoints only.
 	InternalLocal bool
+	// Localhost: the NodePort is served on 127.0.0.1 too, a socket entry (the scope clients
+	// on the node get: external, or node where there is one).
+	Localhost bool
 }
 
 // HealthCheck is a service with externalTrafficPolicy Local and a healthCheckNodePort: the
@@ -294,12 +301,15 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 				s.Key.Name = s.Name
 			}
 			pick(&s, s.ExternalLocal)
+			nodeScope := s.ExternalLocal && o.NodeClients
+			s.Localhost = o.LocalhostNodePorts && o.NodeClients && sp.NodePort != 0 && !nodeScope
 			out = append(out, &s)
-			if s.ExternalLocal && o.NodeClients {
+			if nodeScope {
 				// Traffic that starts on the node (its processes, its pods) gets every
 				// endpoint, as kube-proxy sends it to the Cluster chain.
 				nc := s
 				nc.Key.Scope, nc.ExternalLocal = ScopeNode, false
+				nc.Localhost = o.LocalhostNodePorts && sp.NodePort != 0
 				pick(&nc, false)
 				nc.DropEmpty = false
 				out = append(out, &nc)
@@ -427,133 +437,13 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 	return s, nil
 }
 
-// backends are the endpoints of sp across all slices, as kube-proxy's CategorizeEndpoints
-// picks them: for the cluster, the ready ones, or, when none is ready anywhere, the
-// serving-but-terminating ones (so that a rolling update does not refuse connections while old
-// pods still serve); for externalTrafficPolicy Local, this node's ready ones, or, when none is
-// ready here, this node's serving-but-terminating ones.
-func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto lb.Proto, o Options) (cluster, local []lb.Backend, serving []netip.AddrPort) {
-	var eps []endpoint
-	for _, sl := range svcSlices {
-		port, ok := slicePort(sl, sp.Name, proto)
-		if !ok {
-			continue
-		}
-		for _, ep := range sl.Endpoints {
-			if len(ep.Addresses) == 0 {
-				continue
-			}
-			addr, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil || !addr.Is4() {
-				continue
-			}
-			e := endpoint{b: lb.Backend{Addr: addr, Port: port, Local: o.NodeName != "" && ep.NodeName != nil && *ep.NodeName == o.NodeName}}
-			c := ep.Conditions
-			// As kube-proxy reads them (the API's defaults): ready and serving when missing are
-			// true, terminating false; ready alone makes an endpoint ready (the EndpointSlice
-			// controller sets it for terminating pods only with publishNotReadyAddresses).
-			e.ready = c.Ready == nil || *c.Ready
-			isServing := c.Serving == nil || *c.Serving
-			isTerminating := c.Terminating != nil && *c.Terminating
-			if isServing {
-				serving = append(serving, netip.AddrPortFrom(addr, port))
-			}
-			e.fallback = !e.ready && isServing && isTerminating
-			e.b.Terminating = e.fallback
-			if h := ep.Hints; h != nil {
-				for _, z := range h.ForZones {
-					e.zones = append(e.zones, z.Name)
-				}
-				for _, n := range h.ForNodes {
-					e.nodes = append(e.nodes, n.Name)
-				}
-			}
-			eps = append(eps, e)
-		}
-	}
-	// Cluster traffic: ready endpoints the topology hints allow, else serving terminating
-	// ones; Local traffic: this node's, hints aside (kube-proxy's CategorizeEndpoints).
-	mode := topologyMode(eps, o.NodeName, o.NodeZone)
-	var ready, terminating []lb.Backend
-	for _, e := range eps {
-		switch {
-		case e.ready && e.available(mode, o.NodeName, o.NodeZone):
-			cluster = append(cluster, e.b)
-		case e.fallback && e.available(mode, o.NodeName, o.NodeZone):
-			terminating = append(terminating, e.b)
-		}
-		if e.ready {
-			ready = append(ready, e.b)
-		}
-	}
-	if len(cluster) == 0 {
-		cluster = terminating
-	}
-	local = onlyLocal(ready)
-	if len(local) == 0 {
-		local = nil
-		for _, e := range eps {
-			if e.fallback && e.b.Local {
-				local = append(local, e.b)
-			}
-		}
-	}
-	slices.SortFunc(serving, netip.AddrPort.Compare)
-	return sortBackends(cluster), sortBackends(local), slices.Compact(serving)
-}
-
-func onlyLocal(bs []lb.Backend) []lb.Backend {
-	var out []lb.Backend
-	for _, b := range bs {
-		if b.Local {
-			out = append(out, b)
-		}
-	}
-	return out
-}
-
-func sortBackends(bs []lb.Backend) []lb.Backend {
-	slices.SortFunc(bs, compareBackends)
-	return slices.CompactFunc(bs, func(a, b lb.Backend) bool { return compareBackends(a, b) == 0 })
-}
-
-func compareBackends(a, b lb.Backend) int {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c
-	}
-	return int(a.Port) - int(b.Port)
-}
-
-// slicePort finds the slice's port for the service port named name, as kube-proxy matches
-// them: by name (both empty for a single unnamed port) and protocol.
-func slicePort(sl *discoveryv1.EndpointSlice, name string, proto lb.Proto) (uint16, bool) {
-	for _, p := range sl.Ports {
-		pname := ""
-		if p.Name != nil {
-			pname = *p.Name
-		}
-		pproto := v1.ProtocolTCP
-		if p.Protocol != nil {
-			pproto = *p.Protocol
-		}
-		if pname != name || p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
-			continue
-		}
-		if got, err := protoOf(pproto); err != nil || got != proto {
-			continue
-		}
-		return uint16(*p.Port), true
-	}
-	return 0, false
-}
-
 // Equal reports whether two services program the datapath identically.
 func (s *Service) Equal(o *Service) bool {
 	return s.Key == o.Key && slices.Equal(s.Backends, o.Backends) && slices.Equal(s.Serving, o.Serving) && s.Port == o.Port &&
 		slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) && slices.Equal(s.ExternalIPs, o.ExternalIPs) &&
 		slices.Equal(s.SourceRanges, o.SourceRanges) && s.AffinityTimeout == o.AffinityTimeout &&
 		s.ExternalLocal == o.ExternalLocal && s.DropEmpty == o.DropEmpty && s.Maglev == o.Maglev &&
-		slices.Equal(s.ClusterIPs, o.ClusterIPs) && s.InternalLocal == o.InternalLocal
+		slices.Equal(s.ClusterIPs, o.ClusterIPs) && s.InternalLocal == o.InternalLocal && s.Localhost == o.Localhost
 }
 
 // Describe is a one-line summary for logs.
@@ -586,6 +476,9 @@ func (s *Service) Describe() string {
 	}
 	if s.Maglev {
 		pol = append(pol, "maglev")
+	}
+	if s.Localhost {
+		pol = append(pol, "localhost")
 	}
 	extra := ""
 	if len(pol) > 0 {

@@ -35,6 +35,9 @@ func (s Scope) String() string {
 	return "scope-?"
 }
 
+// localhost is where NodePorts are served on loopback (Service.Localhost).
+var localhost = netip.MustParseAddr("127.0.0.1")
+
 // Local says whether the scope's traffic policy is Local: externalTrafficPolicy for the
 // external scope, internalTrafficPolicy for the internal one.
 func (s *Service) Local() bool { return s.ExternalLocal || s.InternalLocal }
@@ -77,6 +80,11 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Fronte
 		fe.SNATAddr = a // remote backends answer the address the client used
 		out[lb.FrontendKey{Addr: a, Port: s.Key.NodePort, Proto: s.Key.Proto, Socket: socket}] = fe
 	}
+	if s.Localhost {
+		// The node's own processes only: the socket programs check the namespace.
+		fe.SNATAddr = first
+		out[lb.FrontendKey{Addr: localhost, Port: s.Key.NodePort, Proto: s.Key.Proto, Socket: true}] = fe
+	}
 	fe.SNATAddr = first
 	for _, a := range s.ExternalIPs {
 		out[lb.FrontendKey{Addr: a, Port: s.Port, Proto: s.Key.Proto, Socket: socket}] = fe
@@ -92,7 +100,13 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Fronte
 
 // Serves says whether k is one of the service port's frontends on nodeAddrs.
 func (s *Service) Serves(k lb.FrontendKey, nodeAddrs []netip.Addr) bool {
-	if k.Proto != s.Key.Proto || k.Socket != (s.Key.Scope == ScopeNode) {
+	if k.Proto != s.Key.Proto {
+		return false
+	}
+	if s.Localhost && k.Socket && k.Addr == localhost && k.Port == s.Key.NodePort {
+		return true
+	}
+	if k.Socket != (s.Key.Scope == ScopeNode) {
 		return false
 	}
 	if s.Key.Scope == ScopeInternal {

@@ -96,6 +96,11 @@ func TestScopes(t *testing.T) {
 			{key: ServiceKey{NodePort: 30081, Proto: lb.TCP}, fes: []string{"10.89.0.11:30081/TCP"}, drop: true},
 			{key: ServiceKey{NodePort: 30081, Proto: lb.TCP, Scope: ScopeNode}, fes: []string{"10.89.0.11:30081/TCP (socket)"}, backends: []string{"10.244.2.10:8080"}},
 		}},
+		{"NodePorts on localhost for the node's processes, from the scope they get", Options{NodeClients: true, LocalhostNodePorts: true}, []scopeRow{
+			{key: ServiceKey{NodePort: 30080, Proto: lb.TCP}, fes: []string{"10.89.0.11:30080/TCP", "127.0.0.1:30080/TCP (socket)"}, backends: both},
+			{key: ServiceKey{NodePort: 30081, Proto: lb.TCP}, fes: []string{"10.89.0.11:30081/TCP"}, drop: true},
+			{key: ServiceKey{NodePort: 30081, Proto: lb.TCP, Scope: ScopeNode}, fes: []string{"10.89.0.11:30081/TCP (socket)", "127.0.0.1:30081/TCP (socket)"}, backends: []string{"10.244.2.10:8080"}},
+		}},
 		{"ClusterIPs with internalTrafficPolicy; headless and ExternalName ignored", Options{ClusterIPs: true, NodeClients: true}, []scopeRow{
 			{key: ServiceKey{Proto: lb.TCP, Name: "default/cip:http", Scope: ScopeInternal}, fes: []string{"10.96.0.12:80/TCP"}, backends: both},
 			{key: ServiceKey{Proto: lb.TCP, Name: "default/itp:http", Scope: ScopeInternal}, fes: []string{"10.96.0.13:80/TCP"}, backends: []string{"10.244.1.10:8080 (local)"}},

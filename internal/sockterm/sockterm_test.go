@@ -61,7 +61,7 @@ func TestTerminateEndsSocketsOfGoneEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	s, err := dp.LoadSocketLB()
+	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
