@@ -128,20 +128,27 @@ func sockRequest(kind, addr string) (reply, peer string, err error) {
 	return string(b), peer, err
 }
 
+// Cgroup2Root is where the cgroup v2 hierarchy is mounted (the unified one of a hybrid setup),
+// or "" when it is not.
+func Cgroup2Root() string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		pre, post, _ := strings.Cut(l, " - ")
+		if f := strings.Fields(pre); strings.HasPrefix(post, "cgroup2 ") && len(f) > 4 {
+			return f[4]
+		}
+	}
+	return ""
+}
+
 // Cgroup2 is a fresh cgroup v2 for the test: under the mounted v2 hierarchy (the unified one of
 // a hybrid setup), or a v2 mount of the test's own.
 func Cgroup2(t testing.TB) string {
 	t.Helper()
-	root := ""
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			pre, post, _ := strings.Cut(l, " - ")
-			if f := strings.Fields(pre); strings.HasPrefix(post, "cgroup2 ") && len(f) > 4 {
-				root = f[4]
-				break
-			}
-		}
-	}
+	root := Cgroup2Root()
 	if root == "" {
 		root = t.TempDir()
 		if err := syscall.Mount("none", root, "cgroup2", 0, ""); err != nil {

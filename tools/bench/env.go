@@ -77,6 +77,7 @@ type env struct {
 	vpod1Index   int
 	vpod1MAC     net.HardwareAddr
 	fillers      int
+	podCgroup    string // the in-cluster section's cgroup v2 for pod1's clients
 	connSeq      int
 	// pod2Addrs are pod2's addresses, each an endpoint of the new-connection services: a
 	// proxy that SNATs has a port range per endpoint (sluice: 28976 ports, none reused for

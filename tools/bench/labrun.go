@@ -52,6 +52,13 @@ func runLab(ctx context.Context, cfg *config, res *Results) (err error) {
 		}
 		logf("datapaths section took %v", time.Since(t0).Round(time.Second))
 	}
+	if cfg.only["incluster"] {
+		t0 := time.Now()
+		if err := e.runInCluster(ctx, res); err != nil {
+			return fmt.Errorf("in-cluster: %w", err)
+		}
+		logf("in-cluster section took %v", time.Since(t0).Round(time.Second))
+	}
 	if cfg.only["sweep"] {
 		t0 := time.Now()
 		if err := e.runSweep(ctx, res); err != nil {

@@ -118,13 +118,18 @@ func unitMillis(v float64, unit string) float64 {
 // runWrk runs wrk from the client against url: keep-alive connections, or "Connection: close"
 // (a new connection, so a new flow through the datapath, per request).
 func runWrk(ctx context.Context, client *testutil.Netns, url string, secs, conns int, keepAlive bool) (*Wrk, error) {
+	return runWrkCmd(ctx, func(ctx context.Context, args ...string) *exec.Cmd { return command(ctx, client, args...) }, url, secs, conns, keepAlive)
+}
+
+// runWrkCmd is runWrk with the command made by cmd (in a namespace, a cgroup).
+func runWrkCmd(ctx context.Context, cmd func(context.Context, ...string) *exec.Cmd, url string, secs, conns int, keepAlive bool) (*Wrk, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs+20)*time.Second)
 	defer cancel()
 	args := []string{"wrk", "-t1", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(secs) + "s", "--timeout", "2s", "--latency"}
 	if !keepAlive {
 		args = append(args, "-H", "Connection: close")
 	}
-	out, err := runLocked(command(ctx, client, append(args, url)...), true)
+	out, err := runLocked(cmd(ctx, append(args, url)...), true)
 	s := string(out)
 	if err != nil {
 		return nil, fmt.Errorf("wrk %s: %v: %s", url, err, tail(s, 1000))

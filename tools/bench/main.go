@@ -58,7 +58,7 @@ type config struct {
 	scaleUpdates   int
 }
 
-var sections = []string{"perpacket", "datapaths", "sweep", "controlplane"}
+var sections = []string{"perpacket", "datapaths", "incluster", "sweep", "controlplane"}
 
 func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
@@ -207,7 +207,7 @@ func run(ctx context.Context, cfg *config) (res *Results, err error) {
 		}
 		logf("per-packet section took %v", time.Since(t0).Round(time.Second))
 	}
-	if cfg.only["datapaths"] || cfg.only["sweep"] {
+	if cfg.only["datapaths"] || cfg.only["incluster"] || cfg.only["sweep"] {
 		if err := runLab(ctx, cfg, res); err != nil {
 			return res, err
 		}

@@ -80,14 +80,18 @@ func (e *env) startDatapath(k dpKind) (*running, error) {
 			// once (as the lab does on the bridge's ports).
 			err = setXDPPass(l.Pod1, "eth0")
 		}
-	case dpSluXDP, dpSluTC:
+	case dpSluXDP, dpSluTC, dpSluSock:
 		mode := "native"
-		if k == dpSluTC {
+		extra := []string{"--kubeconfig", e.kubeconfig, "--nodeport-range", nodePortRange, "--max-services", "65536", "--log-level", "info"}
+		switch k {
+		case dpSluTC:
 			mode = "off"
+		case dpSluSock:
+			// The agent's default device choice; pod1's connects never reach a device.
+			mode = ""
+			extra = append(extra, "--socket-lb-cgroup", e.podCgroup, "--kube-proxy-replacement")
 		}
-		r.agent, err = l.StartAgent(lab.AgentOptions{Binary: e.cfg.agentBin, XDPMode: mode, Extra: []string{
-			"--kubeconfig", e.kubeconfig, "--nodeport-range", nodePortRange,
-			"--max-services", "65536", "--log-level", "info"}})
+		r.agent, err = l.StartAgent(lab.AgentOptions{Binary: e.cfg.agentBin, XDPMode: mode, Extra: extra})
 	case dpKPIPT, dpKPNFT:
 		mode := strings.TrimPrefix(k.name, "kube-proxy-")
 		r.agent, err = l.StartKubeProxy(lab.KubeProxyOptions{Binary: filepath.Join(controlplane.Bin(), "kube-proxy"),
@@ -254,7 +258,7 @@ func (r *running) stop() error {
 		}
 	}
 	switch r.kind {
-	case dpSluXDP, dpSluTC:
+	case dpSluXDP, dpSluTC, dpSluSock: // the socket programs' links go with the rest
 		if out, err := l.Cleanup(r.e.cfg.agentBin); err != nil {
 			errs = append(errs, fmt.Errorf("sluice-agent --cleanup: %w: %s", err, out))
 		}

@@ -61,6 +61,7 @@ func computeRatios(r *Results) {
 		r.Ratios = append(r.Ratios, Ratio{Name: name, Value: v, Of: of})
 		return v
 	}
+	inClusterRatios(r, add)
 	slu, tc, ipt, nft := r.datapath("sluice-xdp"), r.datapath("sluice-tc"), r.datapath("kube-proxy-iptables"), r.datapath("kube-proxy-nftables")
 	bare, plain := r.datapath("bare-xdp"), r.datapath("plain")
 	type pair struct {

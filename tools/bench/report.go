@@ -197,6 +197,8 @@ func markdown(res *Results, charts map[string]string, jsonRel, jsonPath string) 
 		}
 	}
 
+	w("%s", inClusterTable(res))
+
 	if pp := res.PerPacket; pp != nil {
 		w("## Per-packet cost (BPF_PROG_TEST_RUN)\n\n")
 		w("Kernel-timed runs of sluice's XDP program loaded with N NodePort services of B remote backends each (written by the agent's reconciler), in a namespace standing in for node1. Baselines measured the same way: a trivial XDP program (`return XDP_PASS`) **%s ns**, the bare forwarder (`tools/bench/xdpfwd`) **%s ns**; single-shot, the trivial program takes %s ns (a single run's timer overhead: compare new flows with that).\n\n",

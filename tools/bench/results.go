@@ -19,6 +19,7 @@ type Results struct {
 	Floor        *PPS          `json:"harnessFloor,omitempty"`
 	Datapaths    []*Datapath   `json:"datapaths,omitempty"`
 	Sweep        []*SweepPoint `json:"sweep,omitempty"`
+	InCluster    []*InCluster  `json:"inCluster,omitempty"`
 	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
 	Ratios       []Ratio       `json:"ratios"`
 	Goals        []Goal        `json:"goals"`
