@@ -59,20 +59,37 @@ func serve(t *testing.T, ns *testutil.Netns, name string) (tcp, udp netip.AddrPo
 	return l.Addr().(*net.TCPAddr).AddrPort(), pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
-// TestSocketLB: a process in the programs' cgroup that connects, or sends unconnected UDP, to
-// a frontend reaches a backend directly and is shown the frontend as its peer; a frontend with
-// no backend, and an address that is no frontend, are left to the kernel; with session
-// affinity a namespace keeps its backend; a socket-scope entry is preferred to the packets'.
-func TestSocketLB(t *testing.T) {
+// sockLB is a test's socket LB: a datapath, the socket programs loaded from the network
+// namespace in (nil: the test's own; it is the "host" namespace to them) with c, and attached
+// to a fresh cgroup; everything goes when the test ends. The load's error is returned: some
+// settings are refused on some kernels.
+type sockLB struct {
+	dp *datapath.Datapath
+	s  *datapath.SocketLB
+	k  *maps.Kernel
+	cg string
+}
+
+func newSockLB(t *testing.T, in *testutil.Netns, c datapath.SocketLBConfig) (*sockLB, error) {
+	t.Helper()
 	testutil.RequirePrivileges(t)
 	dp, err := datapath.Load(datapath.Config{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
+	var s *datapath.SocketLB
+	load := func() (err error) {
+		s, err = dp.LoadSocketLB(c)
+		return err
+	}
+	if in != nil {
+		err = in.Do(load)
+	} else {
+		err = load()
+	}
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { s.Close() })
 	cg := testutil.Cgroup2(t)
@@ -80,7 +97,30 @@ func TestSocketLB(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(dp.DetachSocketLB)
-	k := maps.NewKernel(&dp.Objs.SluiceMaps)
+	return &sockLB{dp: dp, s: s, k: maps.NewKernel(&dp.Objs.SluiceMaps), cg: cg}, nil
+}
+
+// soNetnsCookie says whether the kernel tells a socket's namespace cookie (Linux 5.14).
+func soNetnsCookie() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	return err
+}
+
+// TestSocketLB: a process in the programs' cgroup that connects, or sends unconnected UDP, to
+// a frontend reaches a backend directly and is shown the frontend as its peer; a frontend with
+// no backend, and an address that is no frontend, are left to the kernel; with session
+// affinity a namespace keeps its backend; a socket-scope entry is preferred to the packets'.
+func TestSocketLB(t *testing.T) {
+	l, err := newSockLB(t, nil, datapath.SocketLBConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, cg := l.k, l.cg
 	ns := testutil.NewTestNetns(t, "sk")
 	aTCP, aUDP := serve(t, ns, "backend-a")
 	bTCP, bUDP := serve(t, ns, "backend-b")
@@ -171,34 +211,18 @@ func TestSocketLB(t *testing.T) {
 // 5.14); another namespace's loopback is its own. Before 5.14 nobody gets them.
 func TestSocketLBLocalhostNodePorts(t *testing.T) {
 	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(datapath.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
 	node := testutil.NewTestNetns(t, "skl")
 	pod := testutil.NewTestNetns(t, "skp")
 	pod.MustExec(t, "ip", "link", "set", "lo", "up")
-	var s *datapath.SocketLB
-	if err := node.Do(func() (err error) {
-		s, err = dp.LoadSocketLB(datapath.SocketLBConfig{LocalhostNodePorts: true})
-		return err
-	}); err != nil {
+	l, err := newSockLB(t, node, datapath.SocketLBConfig{LocalhostNodePorts: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
-	fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	_, cookieErr := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-	unix.Close(fd)
+	s, k, cg := l.s, l.k, l.cg
+	cookieErr := soNetnsCookie()
 	if want := cookieErr == nil; s.Localhost != want {
 		t.Fatalf("localhost NodePorts %v, want %v (SO_NETNS_COOKIE: %v)", s.Localhost, want, cookieErr)
 	}
-	cg := testutil.Cgroup2(t)
-	if err := dp.AttachSocketLB(s, cg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dp.DetachSocketLB)
-	k := maps.NewKernel(&dp.Objs.SluiceMaps)
 	aTCP, _ := serve(t, node, "backend-a")
 	if err := k.UpdateBackend(1, lb.Backend{Addr: aTCP.Addr(), Port: aTCP.Port(), Local: true}); err != nil {
 		t.Fatal(err)
@@ -228,23 +252,11 @@ func TestSocketLBLocalhostNodePorts(t *testing.T) {
 // that cannot tell the two apart (before 5.14) refuses the setting rather than balance all.
 func TestSocketLBHostNamespaceOnly(t *testing.T) {
 	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(datapath.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
 	node := testutil.NewTestNetns(t, "skh")
 	pod := testutil.NewTestNetns(t, "skq")
 	pod.MustExec(t, "ip", "link", "set", "lo", "up")
-	var s *datapath.SocketLB
-	err = node.Do(func() (err error) {
-		s, err = dp.LoadSocketLB(datapath.SocketLBConfig{HostNamespaceOnly: true})
-		return err
-	})
-	fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	_, cookieErr := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
-	unix.Close(fd)
-	if cookieErr != nil {
+	l, err := newSockLB(t, node, datapath.SocketLBConfig{HostNamespaceOnly: true})
+	if cookieErr := soNetnsCookie(); cookieErr != nil {
 		if err == nil || !strings.Contains(err.Error(), "5.14") {
 			t.Fatalf("without SO_NETNS_COOKIE: %v, want the setting refused", err)
 		}
@@ -253,13 +265,7 @@ func TestSocketLBHostNamespaceOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
-	cg := testutil.Cgroup2(t)
-	if err := dp.AttachSocketLB(s, cg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dp.DetachSocketLB)
-	k := maps.NewKernel(&dp.Objs.SluiceMaps)
+	k, cg := l.k, l.cg
 	// A backend on each side's loopback, one service: whoever is translated reaches its own.
 	nodeTCP, _ := serve(t, node, "node-backend")
 	must := func(err error) {
