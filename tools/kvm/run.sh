@@ -32,7 +32,8 @@ TIMEOUT=${SLUICE_KVM_TIMEOUT:-900}
 # veth for testutil.NewNode; sch_ingress and cls_bpf so that clsact attachment (the tc path
 # on kernels without TCX) works too. Their dependencies are added from each module's modinfo.
 # bridge for the attach tests' software device; ipip, geneve, vxlan and tun for the tunnel tests.
-MODULES=(veth sch_ingress cls_bpf bridge ipip geneve vxlan tun)
+# inet_diag and udp_diag: sockterm's SOCK_DESTROY (its test runs after the datapath's).
+MODULES=(veth sch_ingress cls_bpf bridge ipip geneve vxlan tun inet_diag udp_diag)
 MARKER=SLUICE-KVM-EXIT-STATUS
 # The guest waits until it has been up this long before the tests start (see init).
 MIN_UPTIME=${SLUICE_KVM_MIN_UPTIME:-75}
@@ -121,12 +122,14 @@ log "kernel $pkg ($kver)"
 work=$(mktemp -d -t sluice-kvm.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 root=$work/root
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,root,etc,var,datapath,lib/modules}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,root,etc,var,datapath,sockterm,lib/modules}
 ln -s ../run "$root/var/run"
 
 log "building the datapath test binary"
 # Static (no cgo), so it needs nothing from the guest but the kernel.
 (cd "$repo" && CGO_ENABLED=0 "$GO" test -c -o "$root/datapath/datapath.test" ./internal/datapath/)
+# And the socket terminator's, which needs sock_diag's SOCK_DESTROY of the guest's kernel.
+(cd "$repo" && CGO_ENABLED=0 "$GO" test -c -o "$root/sockterm/sockterm.test" ./internal/sockterm/)
 if [ -d "$repo/internal/datapath/testdata" ]; then
 	cp -r "$repo/internal/datapath/testdata" "$root/datapath/"
 fi
