@@ -10,7 +10,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -63,15 +62,7 @@ func b(addr string, port uint16, local bool) lb.Backend {
 }
 
 func build(svcs []*v1.Service, slices []*discoveryv1.EndpointSlice) (State, []Problem) {
-	in := Input{Options: Options{NodeName: "node1", NodePortRange: PortRange{30000, 32767}}, Addresses: []netip.Addr{nodeAddr},
-		Services: map[types.NamespacedName]*v1.Service{}, Slices: map[types.NamespacedName]*discoveryv1.EndpointSlice{}}
-	for _, s := range svcs {
-		in.Services[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
-	}
-	for _, s := range slices {
-		in.Slices[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
-	}
-	return Build(in)
+	return buildWith(Options{}, svcs, slices)
 }
 
 func TestBuild(t *testing.T) {
