@@ -50,6 +50,39 @@ static __always_inline __u32 lb_hash(__u32 a, __u32 b, __u32 c)
 	return c;
 }
 
+/* A backend remembered for session affinity that may still be used (0: none): recent, still
+ * one of the service's, and still there. A backend deleted while the set still names it (the
+ * agent mid-update, or a failed write) must not keep the client, refreshed after, pinned to
+ * nothing. The packet and socket paths keep their own affinity maps, and share this. */
+static __always_inline __u32 lb_remembered(const struct affinity *a, __u32 svc_id, __u32 timeout_s, __u64 now)
+{
+	if (!a || now - a->last_seen > (__u64)timeout_s * NSEC_PER_SEC)
+		return 0;
+	struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
+	__u32 id = a->backend_id;
+	if (!bpf_map_lookup_elem(&sluice_affinity_match, &m) || !bpf_map_lookup_elem(&sluice_backends, &id))
+		return 0;
+	return id;
+}
+
+/* The backend a new flow gets from the service's Maglev table (by sel) or its slots 1..count
+ * (by sel, or at random), 0 if none (the agent's maps mid-update). */
+static __always_inline __u32 lb_slot_id(__u32 svc_id, __u16 count, __u16 flags, __u32 sel, bool random)
+{
+	__u32 *slot = 0;
+	if (flags & FE_F_MAGLEV) {
+		void *table = bpf_map_lookup_elem(&sluice_maglev, &svc_id);
+		if (table && cfg_maglev_size) {
+			__u32 idx = sel % cfg_maglev_size;
+			slot = bpf_map_lookup_elem(table, &idx);
+		}
+	} else if (count) {
+		struct slot_key sk = { .svc_id = svc_id, .slot = (random ? bpf_get_prandom_u32() : sel) % count + 1 };
+		slot = bpf_map_lookup_elem(&sluice_slots, &sk);
+	}
+	return slot ? *slot : 0;
+}
+
 /* The backend ID for a new flow of service svc_id (0: none, the agent's maps are mid-update).
  * count_flags is the frontend's count | flags << 16; hash is the flow's lb_hash. A global
  * function, with only scalars, so the verifier checks its branches (affinity, Maglev or a slot)
@@ -64,35 +97,10 @@ __noinline __u32 lb_pick_id(__u32 svc_id, __u32 count_flags, __u32 affinity_time
 	struct affinity_key ak = { .svc_id = svc_id, .client = client };
 	__u32 id = 0;
 
-	if (flags & FE_F_AFFINITY) {
-		/* The client's remembered backend, if recent, still one of the service's, and still
-		 * there: a backend deleted while the set still names it (the agent mid-update, or a
-		 * failed write) must not keep the client, refreshed below, pinned to nothing. */
-		struct affinity *a = bpf_map_lookup_elem(&sluice_affinity, &ak);
-		if (a && now - a->last_seen <= (__u64)affinity_timeout_s * NSEC_PER_SEC) {
-			struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
-			__u32 remembered = a->backend_id;
-			if (bpf_map_lookup_elem(&sluice_affinity_match, &m) &&
-			    bpf_map_lookup_elem(&sluice_backends, &remembered))
-				id = remembered;
-		}
-	}
-	if (!id) {
-		__u32 *slot = 0;
-		if (flags & FE_F_MAGLEV) {
-			void *table = bpf_map_lookup_elem(&sluice_maglev, &svc_id);
-			if (table && cfg_maglev_size) {
-				__u32 idx = hash % cfg_maglev_size;
-				slot = bpf_map_lookup_elem(table, &idx);
-			}
-		} else if (count) {
-			struct slot_key sk = { .svc_id = svc_id, .slot = bpf_get_prandom_u32() % count + 1 };
-			slot = bpf_map_lookup_elem(&sluice_slots, &sk);
-		}
-		if (!slot)
-			return 0;
-		id = *slot;
-	}
+	if (flags & FE_F_AFFINITY)
+		id = lb_remembered(bpf_map_lookup_elem(&sluice_affinity, &ak), svc_id, affinity_timeout_s, now);
+	if (!id)
+		id = lb_slot_id(svc_id, count, flags, hash, true);
 	/* Remember only a backend that exists (a slot may name one being replaced). */
 	if ((flags & FE_F_AFFINITY) && !cfg_trace && id && bpf_map_lookup_elem(&sluice_backends, &id)) {
 		struct affinity a = { .backend_id = id, .last_seen = now };

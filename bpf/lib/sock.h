@@ -87,34 +87,10 @@ static __always_inline __u32 sock_pick_id(const struct frontend *fe, __u64 netns
 	struct sock_affinity_key ak = { .netns_cookie = netns, .svc_id = svc_id };
 	__u32 id = 0;
 
-	if (fe->flags & FE_F_AFFINITY) {
-		/* As lb_pick_id: only a recent choice that is still one of the service's backends
-		 * and still exists. */
-		struct affinity *a = bpf_map_lookup_elem(&sluice_sock_affinity, &ak);
-		if (a && now - a->last_seen <= (__u64)fe->affinity_timeout_s * NSEC_PER_SEC) {
-			struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
-			__u32 remembered = a->backend_id;
-			if (bpf_map_lookup_elem(&sluice_affinity_match, &m) &&
-			    bpf_map_lookup_elem(&sluice_backends, &remembered))
-				id = remembered;
-		}
-	}
-	if (!id) {
-		__u32 *slot = 0;
-		if (fe->flags & FE_F_MAGLEV) {
-			void *table = bpf_map_lookup_elem(&sluice_maglev, &svc_id);
-			if (table && cfg_maglev_size) {
-				__u32 idx = sel % cfg_maglev_size;
-				slot = bpf_map_lookup_elem(table, &idx);
-			}
-		} else if (fe->count) {
-			struct slot_key sk = { .svc_id = svc_id, .slot = sel % fe->count + 1 };
-			slot = bpf_map_lookup_elem(&sluice_slots, &sk);
-		}
-		if (!slot)
-			return 0;
-		id = *slot;
-	}
+	if (fe->flags & FE_F_AFFINITY)
+		id = lb_remembered(bpf_map_lookup_elem(&sluice_sock_affinity, &ak), svc_id, fe->affinity_timeout_s, now);
+	if (!id)
+		id = lb_slot_id(svc_id, fe->count, fe->flags, sel, false);
 	if ((fe->flags & FE_F_AFFINITY) && id && bpf_map_lookup_elem(&sluice_backends, &id)) {
 		struct affinity a = { .backend_id = id, .last_seen = now };
 		bpf_map_update_elem(&sluice_sock_affinity, &ak, &a, BPF_ANY);
