@@ -5,19 +5,33 @@
 SEC("xdp")
 int sluice_xdp(struct xdp_md *ctx)
 {
-	return nodeport_ingress(ctx, true);
+	return nodeport_ingress(ctx, true, false);
 }
 
 SEC("tc")
 int sluice_tc_ingress(struct __sk_buff *skb)
 {
-	return nodeport_ingress(skb, false);
+	return nodeport_ingress(skb, false, false);
 }
 
 SEC("tc")
 int sluice_tc_egress(struct __sk_buff *skb)
 {
-	return nodeport_egress(skb);
+	return nodeport_egress(skb, false);
+}
+
+/* A pod's device (the host side of its veth): ingress is what the pod sends, egress what it
+ * receives. */
+SEC("tc")
+int sluice_tc_from_pod(struct __sk_buff *skb)
+{
+	return nodeport_ingress(skb, false, true);
+}
+
+SEC("tc")
+int sluice_tc_to_pod(struct __sk_buff *skb)
+{
+	return nodeport_egress(skb, true);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -18,6 +18,18 @@ static __always_inline struct frontend *lb_frontend(const struct pkt *p)
 	return bpf_map_lookup_elem(&sluice_frontends, &k);
 }
 
+/* The frontend a client on this node reaches at k (k.scope FE_SCOPE_SOCK): the entry for
+ * clients on the node where the service has one, else the one for every client. */
+static __always_inline struct frontend *lb_frontend_node(struct frontend_key *k)
+{
+	k->scope = FE_SCOPE_SOCK;
+	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, k);
+	if (fe)
+		return fe;
+	k->scope = FE_SCOPE_ALL;
+	return bpf_map_lookup_elem(&sluice_frontends, k);
+}
+
 /* Whether p's source may open a flow to fe (loadBalancerSourceRanges). */
 static __always_inline bool lb_source_allowed(const struct frontend *fe, const struct pkt *p)
 {

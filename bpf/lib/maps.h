@@ -17,11 +17,12 @@ struct frontend_key {
 	__u8 scope; /* FE_SCOPE_*: which clients the entry is for */
 };
 
-/* FE_SCOPE_ALL entries serve packets arriving on a device and the socket hooks alike. Where
- * clients on the node must get other backends than packets from outside (a NodePort with
+/* FE_SCOPE_ALL entries serve every client. Where clients on the node (its processes and its
+ * pods) must get other backends than packets from outside (a NodePort with
  * externalTrafficPolicy Local: kube-proxy gives traffic that starts on the node all of the
  * service's endpoints), a FE_SCOPE_SOCK entry for the same address says which service they
- * get; the packet path never looks it up. Agents before this byte had a name left it 0. */
+ * get: the socket hooks and the pod devices' path look it up first (lb_frontend_node), the
+ * NICs' path never. Agents before this byte had a name left it 0. */
 #define FE_SCOPE_ALL 0
 #define FE_SCOPE_SOCK 1
 

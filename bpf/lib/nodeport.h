@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* nodeport.h: the packet path, shared by the XDP and tc programs.
+/* nodeport.h: the packet path, shared by the XDP and tc programs of the node's devices and
+ * the tc programs of its pods' devices.
  *
  * ingress: parse -> port prefilter -> conntrack (established flow, or a remote backend's
  *          reply) -> frontend -> no endpoint: reject | new flow: pick, claim SNAT port, create
@@ -7,7 +8,12 @@
  * egress:  port prefilter -> conntrack: the replies of local backends, restored to the
  *          frontend's tuple.
  * ICMP errors about a flow are translated at tc, on either hook (icmp.h); a datagram's later
- * fragments follow its first (frag.h). */
+ * fragments follow its first (frag.h).
+ *
+ * A pod's device (the host side of its veth) runs the same path with `pod` set, for the pod's
+ * packets no socket hook translated (--socket-lb-hostns-only, or sent before the hooks were
+ * attached): its ingress is the pod's sending side, its egress the pod's receiving side, so
+ * both directions of the pod's flows pass there, wherever the backend is. */
 #ifndef SLUICE_NODEPORT_H
 #define SLUICE_NODEPORT_H
 
@@ -88,8 +94,8 @@ static __always_inline __be32 snat_addr_for(void *ctx, const bool xdp, const str
 }
 
 /* A new flow to fe: choose its backend and translation and record both directions. */
-static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const struct pkt *p,
-					     const struct frontend *fe, __u64 now)
+static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const bool pod,
+					     const struct pkt *p, const struct frontend *fe, __u64 now)
 {
 	__u32 backend_id = 0;
 	struct trace_record *t = trace_rec();
@@ -104,6 +110,12 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	struct ct_key fk, rk;
 	struct ct_entry fwd = {}, rev;
 	bool local = be->flags & BACKEND_F_LOCAL;
+	/* A pod's flow is DNAT only, as kube-proxy leaves it (the backend sees the pod, and
+	 * network policies by source hold); the reply is restored at the pod's device's egress,
+	 * which it passes wherever the backend is. Only a pod that reaches itself (hairpin) gets
+	 * another source: a packet from its own address is a martian to it. */
+	if (pod)
+		local = be->addr != p->saddr;
 	ct_key_of(&fk, p);
 	fwd.svc_id = fe->svc_id;
 	fwd.backend_id = backend_id;
@@ -113,7 +125,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	fwd.flags = CT_F_INGRESS | (p->proto == IPPROTO_TCP ? CT_F_SYN : 0);
 	if (local) {
 		/* DNAT only: the pod sees the client's address, and its reply, routed back out by
-		 * the stack, is restored at tc egress. */
+		 * the stack, is restored at tc egress (a NIC's, or the client pod's device's). */
 		fwd.nat_saddr = p->saddr;
 		fwd.nat_sport = p->sport;
 		fwd.flags |= CT_F_LOCAL;
@@ -123,7 +135,8 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 			return VERDICT_DROP(xdp);
 		}
 	} else {
-		/* DNAT + SNAT to a node address, so the reply comes back through us. */
+		/* DNAT + SNAT to a node address, so the reply comes back through us (for a hairpin,
+		 * to the pod's device, from which the FIB sends both directions back in). */
 		fwd.nat_saddr = snat_addr_for(ctx, xdp, p, fe, be);
 		ct_peer(p, &fwd, &rk, &rev);
 		__u16 port = ct_snat_claim(&rk, &rev, now, 0);
@@ -142,7 +155,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const st
 	return fwd_translated(ctx, xdp, p, &to, local, fe->svc_id, false);
 }
 
-static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
+static __always_inline int nodeport_ingress(void *ctx, const bool xdp, const bool pod)
 {
 	struct pkt p = {};
 	int res = parse_pkt(ctx, xdp, &p);
@@ -191,7 +204,14 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		return VERDICT_PASS(xdp);
 	}
 
-	struct frontend *fe = lb_frontend(&p);
+	struct frontend *fe;
+	if (pod) {
+		/* A pod is a client on the node: it gets what the socket hooks would give it. */
+		struct frontend_key fk = { .addr = p.daddr, .port = p.dport, .proto = p.proto };
+		fe = lb_frontend_node(&fk);
+	} else {
+		fe = lb_frontend(&p);
+	}
 	if (!fe) {
 		trace_stage(TRACE_NO_FRONTEND);
 		return VERDICT_PASS(xdp);
@@ -224,10 +244,10 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp)
 		return VERDICT_PASS(xdp);
 	}
 	frag_remember(&p);
-	return nodeport_new_flow(ctx, xdp, &p, fe, now);
+	return nodeport_new_flow(ctx, xdp, pod, &p, fe, now);
 }
 
-static __always_inline int nodeport_egress(struct __sk_buff *skb)
+static __always_inline int nodeport_egress(struct __sk_buff *skb, const bool pod)
 {
 	struct pkt p = {};
 	int res = parse_pkt(skb, false, &p);
@@ -240,7 +260,8 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb)
 	} else if (res != PARSE_OK) {
 		return TC_ACT_OK;
 	} else {
-		hostnat = hostnat_candidate(&p);
+		/* Kernel NAT flows leave by the NICs; a pod's device has none to keep apart. */
+		hostnat = !pod && hostnat_candidate(&p);
 		if (!hostnat && !port_bit(&sluice_backend_ports, p.sport))
 			return TC_ACT_OK;
 	}

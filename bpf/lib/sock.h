@@ -133,12 +133,7 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 			return 1;
 		fk.addr = bpf_htonl(LOCALHOST);
 	}
-	/* The socket scope's entry first: clients on the node may get other backends. */
-	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
-	if (!fe) {
-		fk.scope = FE_SCOPE_ALL;
-		fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
-	}
+	struct frontend *fe = lb_frontend_node(&fk);
 	if (!fe)
 		return 1;
 	/* Left to the kernel: a traffic policy with no local endpoint (kube-proxy drops; the

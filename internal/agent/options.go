@@ -32,17 +32,19 @@ type Options struct {
 	LocalhostNodePorts bool
 	// SocketLBHostOnly: socket LB for the node's processes only, not its pods'.
 	SocketLBHostOnly bool
-	XDPMode          string
-	TCAttach         string
-	NodePortRange    string
-	SNATPorts        string
-	LogLevel         string
-	MetricsAddr      string
-	Cleanup          bool
-	Version          bool
-	LBAlgorithm      string
-	SyncPeriod       time.Duration
-	MinSync          time.Duration
+	// PodDevices: with KubeProxyReplacement, the pod programs on the pods' devices.
+	PodDevices    bool
+	XDPMode       string
+	TCAttach      string
+	NodePortRange string
+	SNATPorts     string
+	LogLevel      string
+	MetricsAddr   string
+	Cleanup       bool
+	Version       bool
+	LBAlgorithm   string
+	SyncPeriod    time.Duration
+	MinSync       time.Duration
 
 	// HealthzBindAddress is where kube-proxy's node health server is served (its flag).
 	HealthzBindAddress string
@@ -72,7 +74,7 @@ func NewOptions(hostname string) *Options {
 		// Not kube-proxy's 10249 (metrics) or 10256 (healthz): sluice runs beside it while a
 		// cluster migrates.
 		MetricsAddr: "127.0.0.1:9871", LBAlgorithm: "random", SyncPeriod: 30 * time.Second,
-		MinSync: 100 * time.Millisecond, DP: dp, LocalhostNodePorts: true,
+		MinSync: 100 * time.Millisecond, DP: dp, LocalhostNodePorts: true, PodDevices: true,
 	}
 }
 
@@ -93,7 +95,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.BPFFS, "bpffs", o.BPFFS, "bpffs directory for the pinned maps")
 	fs.StringVar(&o.SocketLBCgroup, "socket-lb-cgroup", o.SocketLBCgroup, "a cgroup v2 directory whose processes' connect() and sendmsg() to frontends are balanced at the socket (clients on the node, whose packets cross no device sluice is attached to); empty: off")
 	fs.BoolVar(&o.KubeProxyReplacement, "kube-proxy-replacement", o.KubeProxyReplacement, "serve every Service's ClusterIPs too (with internalTrafficPolicy), as kube-proxy does, so that the cluster needs no kube-proxy: clients on the node (its processes, its pods) through --socket-lb-cgroup, packets that reach a ClusterIP through a device at XDP/tc. Off: sluice serves NodePorts, external and load-balancer IPs beside kube-proxy")
-	fs.BoolVar(&o.SocketLBHostOnly, "socket-lb-hostns-only", o.SocketLBHostOnly, "with --socket-lb-cgroup, balance the sockets of the node's own network namespace only, not its pods' (some service meshes want pods' connects untouched; the pods then need something else to reach ClusterIPs and their own node's NodePorts), as Cilium's bpf-lb-sock-hostns-only. Needs Linux 5.14")
+	fs.BoolVar(&o.SocketLBHostOnly, "socket-lb-hostns-only", o.SocketLBHostOnly, "with --socket-lb-cgroup, balance the sockets of the node's own network namespace only, not its pods' (some service meshes want pods' connects untouched: their packets are then translated at their devices, see --pod-devices), as Cilium's bpf-lb-sock-hostns-only. Needs Linux 5.14")
+	fs.BoolVar(&o.PodDevices, "pod-devices", o.PodDevices, "with --kube-proxy-replacement, attach at tc to the pods' devices (the host side of every veth whose other end is in another network namespace) to translate the service traffic of pods that no socket hook translated: with --socket-lb-hostns-only or no --socket-lb-cgroup, and what pods sent before the hooks were attached. The backend sees the pod's address, as with kube-proxy")
 	fs.BoolVar(&o.LocalhostNodePorts, "localhost-nodeports", o.LocalhostNodePorts, "with --socket-lb-cgroup, serve NodePorts on 127.0.0.0/8 to the node's own processes (not to pods, whose loopback is theirs), as kube-proxy's iptables mode does (--iptables-localhost-nodeports, on by default; its nftables mode does not). Needs Linux 5.14 (SO_NETNS_COOKIE): before, off")
 	fs.StringVar(&o.ProcFS, "procfs", o.ProcFS, "where the node's procfs is mounted: its sys/net is read and written (a container's own /proc/sys is read-only)")
 	fs.StringVar(&o.XDPMode, "xdp-mode", o.XDPMode, "XDP attach mode: auto (per device: native on NIC drivers known to be right with it, tc elsewhere), native, generic, or off (tc ingress only)")

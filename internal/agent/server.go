@@ -150,6 +150,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	// pinned maps when the agent stops: a restart or an upgrade drops no flow, and the next
 	// agent swaps its programs in. `--cleanup` removes them.
 	devs := &devices.Manager{DP: dp, Explicit: o.deviceList, XDP: mode, TC: tcMode, Log: log.Named("devices"),
+		Pods:    o.KubeProxyReplacement && o.PodDevices,
 		NodeIPs: func() []netip.Addr { return tracker.NodeAddresses(o.NodeName) }}
 	defer devs.Release()
 	// Following netlink from before the first look, so no change falls between the two.

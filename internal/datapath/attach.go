@@ -66,6 +66,8 @@ type Attachment struct {
 	Caveat string
 	// TC is "tcx" or "clsact".
 	TC string
+	// Pod: a pod's device (AttachPod), not a NIC.
+	Pod bool
 
 	links   []link.Link
 	filters []*netlink.BpfFilter
@@ -99,7 +101,7 @@ func (d *Datapath) Attach(dev string, mode XDPMode, tc TCMode) (a *Attachment, x
 	mode, reason := ChooseXDP(requested, facts)
 	a = &Attachment{Device: dev, Ifindex: iface.Index, XDP: XDPOff, Reason: reason, Facts: facts,
 		Caveat: ForcedCaveat(requested, facts)}
-	if err := d.attachTC(a, tc); err != nil {
+	if err := d.attachTC(a, tc, d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress); err != nil {
 		a.Detach()
 		return nil, nil, fmt.Errorf("attach tc to %s: %w", dev, err)
 	}
@@ -190,8 +192,7 @@ func unpinLink(path string) {
 	}
 }
 
-func (d *Datapath) attachTC(a *Attachment, mode TCMode) error {
-	ingress, egress := d.Objs.SluiceTcIngress, d.Objs.SluiceTcEgress
+func (d *Datapath) attachTC(a *Attachment, mode TCMode, ingress, egress *ebpf.Program) error {
 	if mode == TCClsact {
 		unpinLink(d.linkPath(a.Device, "tcx-ingress"))
 		unpinLink(d.linkPath(a.Device, "tcx-egress"))

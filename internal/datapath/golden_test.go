@@ -422,15 +422,21 @@ func fixIPChecksum(h []byte) {
 	binary.BigEndian.PutUint16(h[10:], testutil.Checksum(h, 0))
 }
 
-// icmpUnreachable is the expected ICMP port unreachable answering the UDP packet p.
+// icmpUnreachable is the expected ICMP port unreachable answering the client's UDP packet p.
 func icmpUnreachable(nodeMAC net.HardwareAddr, p testutil.Pkt) []byte {
+	return icmpUnreachableFrom(nodeMAC, p)
+}
+
+// icmpUnreachableFrom answers the UDP packet p from the address it was sent to, out of the
+// device whose MAC is devMAC.
+func icmpUnreachableFrom(devMAC net.HardwareAddr, p testutil.Pkt) []byte {
 	orig := p.Bytes()
 	quote := orig[14 : p.L4Offset()+8]
 	buf := gopacket.NewSerializeBuffer()
 	_ = gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		&layers.Ethernet{SrcMAC: nodeMAC, DstMAC: clientMAC, EthernetType: layers.EthernetTypeIPv4},
+		&layers.Ethernet{SrcMAC: devMAC, DstMAC: p.SrcMAC, EthernetType: layers.EthernetTypeIPv4},
 		&layers.IPv4{Version: 4, TTL: 64, Flags: layers.IPv4DontFragment, Protocol: layers.IPProtocolICMPv4,
-			SrcIP: nodeIP.AsSlice(), DstIP: clientIP.AsSlice()},
+			SrcIP: p.Dst.Addr().AsSlice(), DstIP: p.Src.Addr().AsSlice()},
 		&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 3)},
 		gopacket.Payload(quote))
 	return buf.Bytes()

@@ -106,8 +106,8 @@ func TestVerifierHeadroom(t *testing.T) {
 
 // The verifier gives a tc program that writes packet data directly a prologue that makes the
 // head writable before every run, which copies the head of every cloned sk_buff: each TCP
-// segment the node sends passes tc egress as one. The egress program writes only through
-// helpers, so the node's own traffic pays no copy.
+// segment the node sends passes tc egress as one. The egress programs (a NIC's, a pod
+// device's) write only through helpers, so the node's own traffic pays no copy.
 func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 	testutil.RequirePrivileges(t)
 	dp, err := datapath.Load(datapath.Config{}, nil)
@@ -115,7 +115,8 @@ func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dp.Close()
-	for name, p := range map[string]*ebpf.Program{"sluice_tc_egress": dp.Objs.SluiceTcEgress, "sluice_tc_ingress": dp.Objs.SluiceTcIngress} {
+	for name, p := range map[string]*ebpf.Program{"sluice_tc_egress": dp.Objs.SluiceTcEgress, "sluice_tc_to_pod": dp.Objs.SluiceTcToPod,
+		"sluice_tc_ingress": dp.Objs.SluiceTcIngress} {
 		info, err := p.Info()
 		if err != nil {
 			t.Fatal(err)
@@ -128,7 +129,7 @@ func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 		// if r6 == 0 goto start; r6 = r1; r2 ^= r2; call bpf_skb_pull_data; ...
 		prologue := len(insns) > 6 && insns[0].OpCode.Class() == asm.LdXClass && insns[0].Dst == asm.R6 &&
 			insns[0].Src == asm.R1 && insns[0].OpCode.Size() == asm.Byte && insns[5].OpCode.JumpOp() == asm.Call
-		if name == "sluice_tc_egress" && prologue {
+		if name != "sluice_tc_ingress" && prologue {
 			t.Errorf("%s starts with the unclone prologue:\n%v", name, insns[:7])
 		}
 		// Ingress rewrites MACs and builds rejects in place: it has one (a check that the test

@@ -282,7 +282,9 @@ const (
 	SluiceMapSluiceSvcStats      = "sluice_svc_stats"
 	SluiceMapSluiceTrace         = "sluice_trace"
 	SluiceProgSluiceTcEgress     = "sluice_tc_egress"
+	SluiceProgSluiceTcFromPod    = "sluice_tc_from_pod"
 	SluiceProgSluiceTcIngress    = "sluice_tc_ingress"
+	SluiceProgSluiceTcToPod      = "sluice_tc_to_pod"
 	SluiceProgSluiceXdp          = "sluice_xdp"
 	SluiceVarCfgCtCloseTimeoutS  = "cfg_ct_close_timeout_s"
 	SluiceVarCfgCtSynTimeoutS    = "cfg_ct_syn_timeout_s"
@@ -340,7 +342,9 @@ type SluiceSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SluiceProgramSpecs struct {
 	SluiceTcEgress  *ebpf.ProgramSpec `ebpf:"sluice_tc_egress"`
+	SluiceTcFromPod *ebpf.ProgramSpec `ebpf:"sluice_tc_from_pod"`
 	SluiceTcIngress *ebpf.ProgramSpec `ebpf:"sluice_tc_ingress"`
+	SluiceTcToPod   *ebpf.ProgramSpec `ebpf:"sluice_tc_to_pod"`
 	SluiceXdp       *ebpf.ProgramSpec `ebpf:"sluice_xdp"`
 }
 
@@ -476,14 +480,18 @@ type SluiceVariables struct {
 // It can be passed to LoadSluiceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SluicePrograms struct {
 	SluiceTcEgress  *ebpf.Program `ebpf:"sluice_tc_egress"`
+	SluiceTcFromPod *ebpf.Program `ebpf:"sluice_tc_from_pod"`
 	SluiceTcIngress *ebpf.Program `ebpf:"sluice_tc_ingress"`
+	SluiceTcToPod   *ebpf.Program `ebpf:"sluice_tc_to_pod"`
 	SluiceXdp       *ebpf.Program `ebpf:"sluice_xdp"`
 }
 
 func (p *SluicePrograms) Close() error {
 	return _SluiceClose(
 		p.SluiceTcEgress,
+		p.SluiceTcFromPod,
 		p.SluiceTcIngress,
+		p.SluiceTcToPod,
 		p.SluiceXdp,
 	)
 }

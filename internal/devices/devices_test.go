@@ -3,12 +3,16 @@ package devices_test
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/sluicelb/sluice/internal/datapath"
@@ -140,4 +144,101 @@ func TestManagerFollowsHotPlug(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// With Pods, every pod's device gets the pod programs as pods come and go, the NICs keep
+// theirs, and Names (the NodePorts' devices) never lists a pod's. Links of pods that went
+// while no agent ran lose their pins at the next agent's first look.
+func TestManagerFollowsPods(t *testing.T) {
+	ns := node(t)
+	addPod := func(dev string) {
+		pod := testutil.NewTestNetns(t, "pod")
+		ns.MustExec(t, "ip", "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", pod.Name)
+		ns.MustExec(t, "ip", "link", "set", dev, "up")
+	}
+	addPod("vpod1")
+	// A veth with both ends on the node is no pod's.
+	ns.MustExec(t, "ip", "link", "add", "vlocal", "type", "veth", "peer", "name", "vlocal-peer")
+	pins := filepath.Join("/sys/fs/bpf", testutil.UniqueName("sluice-devices-test-"))
+	t.Cleanup(func() { os.RemoveAll(pins) })
+	err := ns.Do(func() error {
+		if got, err := devices.DetectPods([]string{"eth0"}); err != nil || !slices.Equal(got, []string{"vpod1"}) {
+			t.Errorf("DetectPods: %v, %v; want [vpod1]", got, err)
+		}
+		dp, err := datapath.Load(datapath.Config{PinPath: pins}, nil)
+		if err != nil {
+			return err
+		}
+		defer dp.Close()
+		m := &devices.Manager{DP: dp, Explicit: []string{"eth0"}, XDP: datapath.XDPOff, TC: datapath.TCAuto, Pods: true, Log: zaptest.NewLogger(t)}
+		step := func(what string, wantPods []string) {
+			t.Helper()
+			m.Invalidate()
+			if _, err := m.Reconcile(); err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+			if got := m.Names(); !slices.Equal(got, []string{"eth0"}) {
+				t.Errorf("%s: NICs %v, want [eth0]", what, got)
+			}
+			if got := m.PodDevices(); !slices.Equal(got, wantPods) {
+				t.Errorf("%s: pod devices %v, want %v", what, got, wantPods)
+			}
+		}
+		step("one pod", []string{"vpod1"})
+		if id := tcxIngressProgram(t, "vpod1"); id != programID(t, dp.Objs.SluiceTcFromPod) {
+			t.Errorf("vpod1's tcx ingress runs program %d, want sluice_tc_from_pod", id)
+		}
+		if id := tcxIngressProgram(t, "eth0"); id != programID(t, dp.Objs.SluiceTcIngress) {
+			t.Errorf("eth0's tcx ingress runs program %d, want sluice_tc_ingress", id)
+		}
+		addPod("vpod2")
+		step("a second pod", []string{"vpod1", "vpod2"})
+		ns.MustExec(t, "ip", "link", "del", "vpod1")
+		step("the first pod gone", []string{"vpod2"})
+
+		// The agent stops (its links stay pinned), vpod2 goes meanwhile, and the next agent
+		// finds its pins dead.
+		m.Release()
+		ns.MustExec(t, "ip", "link", "del", "vpod2")
+		m2 := &devices.Manager{DP: dp, Explicit: []string{"eth0"}, XDP: datapath.XDPOff, TC: datapath.TCAuto, Pods: true, Log: zaptest.NewLogger(t)}
+		if _, err := m2.Reconcile(); err != nil {
+			t.Error(err)
+		}
+		entries, _ := os.ReadDir(filepath.Join(pins, "links"))
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "vpod") {
+				t.Errorf("pin %s of a gone pod's device left", e.Name())
+			}
+		}
+		for _, a := range m2.Attachments() {
+			_ = a.Detach()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tcxIngressProgram(t *testing.T, dev string) ebpf.ProgramID {
+	t.Helper()
+	l, err := netlink.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+	if err != nil || len(res.Programs) != 1 {
+		t.Fatalf("tcx ingress programs on %s: %+v, %v", dev, res, err)
+	}
+	return res.Programs[0].ID
+}
+
+func programID(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
 }

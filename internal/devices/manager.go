@@ -27,7 +27,9 @@ type Manager struct {
 	TC       datapath.TCMode
 	// NodeIPs returns this node's addresses from its Node object (nil while unknown).
 	NodeIPs func() []netip.Addr
-	Log     *zap.Logger
+	// Pods: also keep the pod programs on the pods' devices (DetectPods).
+	Pods bool
+	Log  *zap.Logger
 
 	mu       sync.Mutex
 	attached map[string]*datapath.Attachment
@@ -66,14 +68,31 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	var pods []string
+	if m.Pods {
+		if pods, err = DetectPods(want); err != nil {
+			return false, err
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var errs []error
 	if m.attached == nil {
 		m.attached = map[string]*datapath.Attachment{}
+		// Pods deleted while no agent ran took their programs with them; not their pins.
+		if n, err := m.DP.PruneDeadLinks(); err != nil {
+			errs = append(errs, err)
+		} else if n > 0 {
+			m.Log.Info("Unpinned the links of devices that are gone", zap.Int("links", n))
+		}
 	}
-	var errs []error
+	podsBefore := m.podCount()
 	for name, a := range m.attached {
-		if idx, ok := ifindex(name); ok && idx == a.Ifindex && slices.Contains(want, name) {
+		role := want
+		if a.Pod {
+			role = pods
+		}
+		if idx, ok := ifindex(name); ok && idx == a.Ifindex && slices.Contains(role, name) {
 			continue
 		}
 		// Gone, re-created, or no longer selected: its programs (if the device still
@@ -81,12 +100,33 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 		if err := a.Detach(); err != nil && exists(name) {
 			errs = append(errs, err)
 		}
+		delete(m.attached, name)
+		if a.Pod {
+			m.Log.Debug("Detached from pod device", zap.String("device", name))
+			continue
+		}
 		if err := m.DP.SetDeviceAddress(a.Ifindex, netip.Addr{}); err != nil {
 			errs = append(errs, err)
 		}
-		delete(m.attached, name)
 		changed = true
 		m.Log.Info("Detached", zap.String("device", name))
+	}
+	for _, name := range pods {
+		if m.attached[name] != nil {
+			continue
+		}
+		a, err := m.DP.AttachPod(name, m.TC)
+		if err != nil {
+			if exists(name) { // (a pod gone meanwhile is no error)
+				errs = append(errs, err)
+			}
+			continue
+		}
+		m.attached[name] = a
+		m.Log.Debug("Attached to pod device", zap.String("device", name), zap.String("tc", a.TC))
+	}
+	if n := m.podCount(); n != podsBefore {
+		m.Log.Info("Pod devices", zap.Int("attached", n))
 	}
 	for _, name := range want {
 		if m.attached[name] != nil {
@@ -116,6 +156,9 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 	}
 	// Addresses change without the device set changing (this look was caused by something).
 	for name, a := range m.attached {
+		if a.Pod {
+			continue
+		}
 		addr, _ := datapath.PrimaryAddress(name)
 		if err := m.DP.SetDeviceAddress(a.Ifindex, addr); err != nil {
 			errs = append(errs, err)
@@ -150,19 +193,46 @@ func (m *Manager) selected(ips []netip.Addr) ([]string, error) {
 	return present, nil
 }
 
-// Attachments returns the current attachments, sorted by device name.
+func (m *Manager) podCount() int {
+	n := 0
+	for _, a := range m.attached {
+		if a.Pod {
+			n++
+		}
+	}
+	return n
+}
+
+// Attachments returns the current attachments to NICs (not to pods' devices), sorted by
+// device name.
 func (m *Manager) Attachments() []*datapath.Attachment {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]*datapath.Attachment, 0, len(m.attached))
 	for _, a := range m.attached {
-		out = append(out, a)
+		if !a.Pod {
+			out = append(out, a)
+		}
 	}
 	slices.SortFunc(out, func(a, b *datapath.Attachment) int { return strings.Compare(a.Device, b.Device) })
 	return out
 }
 
-// Names returns the devices the datapath is attached to.
+// PodDevices returns the pods' devices the pod programs are attached to, sorted.
+func (m *Manager) PodDevices() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for name, a := range m.attached {
+		if a.Pod {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Names returns the NICs the datapath is attached to.
 func (m *Manager) Names() []string {
 	var out []string
 	for _, a := range m.Attachments() {

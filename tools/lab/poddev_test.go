@@ -1,0 +1,58 @@
+package lab_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sluicelb/sluice/internal/testutil"
+	"github.com/sluicelb/sluice/tools/lab"
+)
+
+// TestE2EPodsWithoutSocketHooks: with --kube-proxy-replacement and socket LB for the node's
+// own processes only (--socket-lb-hostns-only, which some service meshes need), no kube-proxy
+// and no socket hook for pods, pod1's packets are translated at its device: it reaches the
+// ClusterIP (TCP, connected and unconnected UDP) and its own node's NodePort on the remote pod
+// and on itself (hairpin), shown the address it asked for. The remote pod sees pod1's own
+// address (DNAT only, as kube-proxy leaves a ClusterIP's traffic); pod1 reaching itself sees
+// its node's address, as kube-proxy's masquerade of a hairpin shows it (a packet from its own
+// address would be a martian to it). Only the pod path does that (a socket hook would connect
+// pod1 to itself directly), so the test knows no socket hook served.
+func TestE2EPodsWithoutSocketHooks(t *testing.T) {
+	cg := testutil.Cgroup2(t)
+	c := startCluster(t, "", "--socket-lb-cgroup", cg, "--socket-lb-hostns-only", "--kube-proxy-replacement")
+	clusterIP := netip.MustParseAddr("10.96.0.80")
+	for _, k := range []struct {
+		kind string
+		to   netip.AddrPort
+	}{
+		{"tcp", netip.AddrPortFrom(clusterIP, 80)},
+		{"udp-connected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"udp-unconnected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"tcp", c.nodePort(30080)},
+		{"udp-unconnected", c.nodePort(30053)},
+	} {
+		seen := map[string]int{}
+		for _, r := range testutil.SockRequests(t, cg, c.Pod1.Path(), k.kind, k.to.String(), 24) {
+			body := r.Reply
+			if k.kind == "tcp" {
+				_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
+			}
+			who, client, err := lab.ParseReply(body)
+			if r.Err != "" || err != nil || r.Peer != k.to.String() {
+				t.Fatalf("%s from pod1 to %s: reply %q, peer %q, error %q %v", k.kind, k.to, r.Reply, r.Peer, r.Err, err)
+			}
+			want := c.Pod1IP
+			if who == "pod1" {
+				want = c.Node1IP // hairpin
+			}
+			if client.Addr() != want {
+				t.Errorf("%s from pod1 to %s: %s saw the client as %v, want %v", k.kind, k.to, who, client, want)
+			}
+			seen[who]++
+		}
+		if seen["pod1"] == 0 || seen["pod2"] == 0 {
+			t.Errorf("%s from pod1 to %s reached %v; want both itself and the remote pod", k.kind, k.to, seen)
+		}
+	}
+}
