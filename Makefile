@@ -87,7 +87,8 @@ cluster-build:
 
 # A two-node cluster in network namespaces with sluice deployed from manifests/ beside the real
 # kube-proxy. Left running; prints its KUBECONFIG. KUBE_PROXY=none leaves kube-proxy out and
-# deploys manifests-kube-proxy-free/: sluice serves every Service alone.
+# deploys manifests-kube-proxy-free/: sluice serves every Service alone. KUBE_PROXY=none-hostns
+# is that with socket LB for the nodes' own processes only: pods' traffic goes by their devices.
 KUBE_PROXY ?= iptables
 cluster-up: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
@@ -99,7 +100,7 @@ cluster-down:
 	bin/sluice-cluster down
 
 # Up, the upstream e2e tests in tools/cluster/e2e/nodeport.txt (and clusterip.txt with
-# KUBE_PROXY=none), the report in docs/conformance.md, down (also when a step fails or is
+# KUBE_PROXY=none or none-hostns), the report in docs/conformance.md, down (also when a step fails or is
 # interrupted). About 6 minutes warm, 8 with KUBE_PROXY=none.
 e2e-k8s: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster

@@ -149,6 +149,7 @@ var (
 	imageLine    = regexp.MustCompile(`(?m)^(\s*(?:-\s*)?image:\s*)(\S+)\s*$`)
 	apiServerArg = regexp.MustCompile(`(--k8s-api-server=https://)\S+`)
 	socketLBArg  = regexp.MustCompile(`(--socket-lb-cgroup=)\S+`)
+	socketLBLine = regexp.MustCompile(`(?m)^(\s*)- --socket-lb-cgroup=\S+$`)
 )
 
 // manifestImage is the first image of a manifest.
@@ -208,7 +209,7 @@ func (c *Config) deploySluice(cs kubernetes.Interface, name string) error {
 // renderSluice is what deploySluice applies.
 func (c *Config) renderSluice(name string) ([]byte, error) {
 	dir := filepath.Join(c.Src, "manifests")
-	if c.KubeProxy == KubeProxyNone {
+	if WithoutKubeProxy(c.KubeProxy) {
 		dir = filepath.Join(c.Src, "manifests-kube-proxy-free")
 	}
 	cmd := exec.Command(c.bin("kubectl"), "kustomize", dir)
@@ -219,7 +220,7 @@ func (c *Config) renderSluice(name string) ([]byte, error) {
 		return nil, fmt.Errorf("render %s: %w: %s", dir, err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	all = imageLine.ReplaceAll(all, []byte("${1}"+name))
-	if c.KubeProxy == KubeProxyNone {
+	if WithoutKubeProxy(c.KubeProxy) {
 		v2 := cgroupMounts(true)
 		if len(v2) == 0 {
 			return nil, errors.New("render sluice: no cgroup v2 hierarchy for socket LB")
@@ -227,6 +228,9 @@ func (c *Config) renderSluice(name string) ([]byte, error) {
 		all = apiServerArg.ReplaceAll(all, []byte("${1}"+netip.AddrPortFrom(gwIP, apiPort).String()))
 		// $(NODE_NAME) is the node's cgroupRoot: one DaemonSet for both.
 		all = socketLBArg.ReplaceAll(all, []byte("${1}"+filepath.Join("/host", v2[0])+"/$(NODE_NAME)"))
+		if c.KubeProxy == KubeProxyNoneHostNS {
+			all = socketLBLine.ReplaceAll(all, []byte("$0\n${1}- --socket-lb-hostns-only"))
+		}
 	}
 	return all, nil
 }

@@ -20,7 +20,8 @@ import (
 // What the cluster applies in each configuration, rendered from manifests/ and
 // manifests-kube-proxy-free/ by kubectl kustomize, is a DaemonSet whose arguments the agent
 // accepts, and, without kube-proxy, one that serves ClusterIPs, reaches the API server by its
-// address and balances the node's own cgroup, which it mounts.
+// address and balances the node's own cgroup, which it mounts (for the node's own processes
+// only in none-hostns, whose pods' traffic the pod devices' programs translate).
 func TestRenderedDaemonSets(t *testing.T) {
 	c := Config{Src: "../..", Bin: BinDir()}
 	if _, err := os.Stat(c.bin("kubectl")); err != nil {
@@ -29,7 +30,7 @@ func TestRenderedDaemonSets(t *testing.T) {
 		}
 		t.Skipf("the cluster is not built (make cluster-build): %v", err)
 	}
-	for _, mode := range []string{KubeProxyIPTables, KubeProxyNone} {
+	for _, mode := range []string{KubeProxyIPTables, KubeProxyNone, KubeProxyNoneHostNS} {
 		c.KubeProxy = mode
 		out, err := c.renderSluice("sluice:test")
 		if err != nil {
@@ -57,6 +58,9 @@ func TestRenderedDaemonSets(t *testing.T) {
 		want := filepath.Join("/host", cgroupMounts(true)[0], cgroupRoot(Nodes[0]))
 		if !o.KubeProxyReplacement || o.APIServer != "https://10.90.0.1:6443" || o.SocketLBCgroup != want || o.HealthzBindAddress == "" {
 			t.Errorf("without kube-proxy: %q; want ClusterIPs served, the API server by address, socket LB at %s, node health", args, want)
+		}
+		if o.SocketLBHostOnly != (mode == KubeProxyNoneHostNS) || !o.PodDevices {
+			t.Errorf("%s: socket LB host only %v, pod devices %v", mode, o.SocketLBHostOnly, o.PodDevices)
 		}
 		if !slices.ContainsFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == "/host/sys/fs/cgroup" }) {
 			t.Errorf("without kube-proxy: the node's cgroups are not mounted: %+v", ctr.VolumeMounts)

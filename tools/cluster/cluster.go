@@ -53,11 +53,17 @@ var Nodes = []Node{
 	{"sluice-node2", netip.MustParseAddr("10.90.0.12")},
 }
 
-// KubeProxy modes: beside sluice, as users migrate, or none (sluice alone).
+// KubeProxy modes: beside sluice, as users migrate, or none (sluice alone); none-hostns is
+// none with socket LB for the nodes' own processes only (--socket-lb-hostns-only, as some
+// service meshes need), so that the pods' service traffic is translated at their devices.
 const (
-	KubeProxyIPTables = "iptables"
-	KubeProxyNone     = "none"
+	KubeProxyIPTables   = "iptables"
+	KubeProxyNone       = "none"
+	KubeProxyNoneHostNS = "none-hostns"
 )
+
+// WithoutKubeProxy reports whether mode runs no kube-proxy (sluice serves ClusterIPs too).
+func WithoutKubeProxy(mode string) bool { return mode == KubeProxyNone || mode == KubeProxyNoneHostNS }
 
 // Config says how to bring the cluster up.
 type Config struct {
@@ -95,8 +101,8 @@ func (c *Config) defaults() error {
 	if c.KubeProxy == "" {
 		c.KubeProxy = KubeProxyIPTables
 	}
-	if c.KubeProxy != KubeProxyIPTables && c.KubeProxy != KubeProxyNone {
-		return fmt.Errorf("check config: kube-proxy mode %q is neither %q nor %q", c.KubeProxy, KubeProxyIPTables, KubeProxyNone)
+	if c.KubeProxy != KubeProxyIPTables && !WithoutKubeProxy(c.KubeProxy) {
+		return fmt.Errorf("check config: kube-proxy mode %q is not %q, %q or %q", c.KubeProxy, KubeProxyIPTables, KubeProxyNone, KubeProxyNoneHostNS)
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}

@@ -54,18 +54,28 @@ func Markdown(r Run, res []Result) string {
 	begin, end := section(r.KubeProxy)
 	b.WriteString(begin + "\n")
 	cfg := "sluice beside kube-proxy (iptables mode): sluice takes NodePort traffic arriving on the nodes' NICs, kube-proxy keeps ClusterIPs and in-cluster paths"
-	if r.KubeProxy == KubeProxyNone {
+	switch r.KubeProxy {
+	case KubeProxyNone:
 		cfg = "sluice alone: no kube-proxy on any node"
+	case KubeProxyNoneHostNS:
+		cfg = "sluice alone, socket LB for the nodes' own processes only (--socket-lb-hostns-only): the pods' service traffic translated at their devices"
 	}
 	fmt.Fprintf(&b, "### %s\n\n", cfg)
 	fmt.Fprintf(&b, "Last run: %s, sluice %s, %s in %s (`%s`).\n\n", r.When.UTC().Format("2006-01-02 15:04 UTC"),
 		r.Version, Summary(res), r.Took.Round(time.Second), r.Command)
 	if r.Served != "" {
 		rest := "kube-proxy served what started on the node."
-		if r.KubeProxy == KubeProxyNone {
+		switch r.KubeProxy {
+		case KubeProxyNone:
 			rest = "what started on a node or in its pods sluice balanced at the socket, which translates no packet."
+		case KubeProxyNoneHostNS:
+			rest = "what started on a node sluice balanced at the socket, which translates no packet."
 		}
-		fmt.Fprintf(&b, "sluice itself translated the packets that reached the nodes' NICs (%s; sampled from its metrics); %s\n\n", r.Served, rest)
+		where := "that reached the nodes' NICs"
+		if r.KubeProxy == KubeProxyNoneHostNS {
+			where = "that reached the nodes' NICs or left their pods"
+		}
+		fmt.Fprintf(&b, "sluice itself translated the packets %s (%s; sampled from its metrics); %s\n\n", where, r.Served, rest)
 	}
 	b.WriteString("| Test | Result | Duration |\n|---|---|---|\n")
 	for _, x := range res {

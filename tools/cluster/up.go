@@ -52,7 +52,7 @@ func (c *Config) restoreSysctls() error {
 }
 
 // Up brings the cluster up from nothing (removing a previous one first) and leaves it running:
-// control plane, nodes Ready, CoreDNS, kube-proxy unless KubeProxyNone, and sluice from
+// control plane, nodes Ready, CoreDNS, kube-proxy unless WithoutKubeProxy, and sluice from
 // manifests/ unless NoSluice. On error, what it made stays for inspection: Down removes it.
 func Up(c Config) (*Config, error) {
 	if err := c.defaults(); err != nil {

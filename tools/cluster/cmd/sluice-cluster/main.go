@@ -40,7 +40,7 @@ func run(cmd string, args []string) error {
 	fs.StringVar(&c.Bin, "bin", cluster.BinDir(), "what tools/cluster/build.sh built")
 	fs.StringVar(&c.Src, "src", ".", "sluice's source tree (manifests/, Dockerfile)")
 	fs.StringVar(&c.Version, "version", "dev", "sluice's version: its image's tag")
-	fs.StringVar(&c.KubeProxy, "kube-proxy", envOr("KUBE_PROXY", cluster.KubeProxyIPTables), "kube-proxy beside sluice: iptables, or none")
+	fs.StringVar(&c.KubeProxy, "kube-proxy", envOr("KUBE_PROXY", cluster.KubeProxyIPTables), "kube-proxy beside sluice: iptables, or none (none-hostns: none, and socket LB for the nodes' own processes only)")
 	fs.BoolVar(&c.NoSluice, "no-sluice", false, "do not deploy sluice")
 	focus := fs.String("focus-file", "", "e2e: comma-separated files of the tests to run, one exact name per line (default: tools/cluster/e2e/nodeport.txt, and clusterip.txt with --kube-proxy none)")
 	out := fs.String("out", "bin/e2e", "e2e: where the log, JUnit report and results.json go")
@@ -71,7 +71,7 @@ func run(cmd string, args []string) error {
 		files := strings.Split(*focus, ",")
 		if *focus == "" {
 			files = []string{"tools/cluster/e2e/nodeport.txt"}
-			if c.KubeProxy == cluster.KubeProxyNone {
+			if cluster.WithoutKubeProxy(c.KubeProxy) {
 				// Without kube-proxy, sluice is judged on ClusterIPs too.
 				files = append(files, "tools/cluster/e2e/clusterip.txt")
 			}
