@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/maps"
@@ -20,7 +22,9 @@ import (
 type ProgShowJSON struct {
 	Agent   AgentJSON    `json:"agent"`
 	Devices []DeviceJSON `json:"devices"`
-	Pins    []string     `json:"pins"`
+	// PodDevices are the pods' veths that run the pod programs (--kube-proxy-replacement).
+	PodDevices []string `json:"podDevices"`
+	Pins       []string `json:"pins"`
 }
 
 // AgentJSON describes the agent that loaded the datapath.
@@ -77,6 +81,45 @@ func progJSON(hook string, id uint32) ProgJSON {
 	return p
 }
 
+// podDevices are the devices of this network namespace whose tc ingress runs the pod program
+// (by TCX or a clsact filter), found from the kernel: the agent records only its NICs, which
+// are few, while pods come and go by the hundred.
+func podDevices() []string {
+	out := []string{}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return out
+	}
+	isPod := func(id uint32) bool {
+		return strings.HasPrefix(progJSON("tc-ingress", id).Name, podProgName)
+	}
+	for _, l := range links {
+		idx := l.Attrs().Index
+		found := false
+		if res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress}); err == nil {
+			for _, p := range res.Programs {
+				found = found || isPod(uint32(p.ID))
+			}
+		}
+		if !found {
+			filters, _ := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+			for _, f := range filters {
+				if bf, ok := f.(*netlink.BpfFilter); ok && bf.Id != 0 {
+					found = found || isPod(uint32(bf.Id))
+				}
+			}
+		}
+		if found {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// podProgName is sluice_tc_from_pod as the kernel keeps it (15 characters).
+const podProgName = "sluice_tc_from_"
+
 func loadProgShow(e *Env, k *maps.Kernel) (ProgShowJSON, error) {
 	info, err := k.AgentInfo()
 	if err != nil {
@@ -86,7 +129,7 @@ func loadProgShow(e *Env, k *maps.Kernel) (ProgShowJSON, error) {
 		Agent: AgentJSON{Version: info.Version, PID: info.PID, Running: running(info.PID), Started: info.Started,
 			Object: info.Object, CLIObject: datapath.ObjectHash(), MaxServices: info.Config.MaxServices,
 			SNATPorts: fmt.Sprintf("%d-%d", info.Config.SNATPortMin, info.Config.SNATPortMax)},
-		Devices: []DeviceJSON{},
+		Devices: []DeviceJSON{}, PodDevices: podDevices(),
 	}
 	if !out.Agent.Running {
 		out.Agent.PID = 0
@@ -146,6 +189,9 @@ func progShow(e *Env, args []string) error {
 		}
 		if len(out.Devices) == 0 {
 			fmt.Fprintln(w, "(none attached)")
+		}
+		if n := len(out.PodDevices); n > 0 {
+			fmt.Fprintf(w, "\npod devices\t%d: %s\n", n, strings.Join(out.PodDevices, " "))
 		}
 	})
 }

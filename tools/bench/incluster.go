@@ -18,15 +18,16 @@ import (
 )
 
 // The in-cluster path: a pod (pod1, on node1) reaching a ClusterIP and its own node's NodePort.
-// Its packets cross no device sluice's packet path is attached to: sluice balances them at the
-// socket (--socket-lb-cgroup on pod1's cgroup, --kube-proxy-replacement), kube-proxy with its
-// rules for traffic from every interface. New connections per second and their latency, each
+// Its packets cross no NIC: sluice balances them at the socket (--socket-lb-cgroup on pod1's
+// cgroup, --kube-proxy-replacement) or, without socket LB for pods, at pod1's veth (the pod
+// device programs), kube-proxy with its rules for traffic from every interface. New connections per second and their latency, each
 // proxy on node1 alone, the same objects, the same backend (pod2, on node2).
 
 var (
 	dpSluSock = dpKind{"sluice-socket", "sluice-agent --socket-lb-cgroup (pod1's) --kube-proxy-replacement: a connect() to the service is pointed at the backend once, at the socket"}
+	dpSluPod  = dpKind{"sluice-pod-device", "sluice-agent --kube-proxy-replacement without socket LB (as pods get it with --socket-lb-hostns-only): pod1's packets translated at its veth, at tc"}
 	// inClusterPaths: plain is pod1 to pod2's address, no proxy (the baseline).
-	inClusterPaths = []dpKind{dpPlain, dpSluSock, dpKPIPT, dpKPNFT}
+	inClusterPaths = []dpKind{dpPlain, dpSluSock, dpSluPod, dpKPIPT, dpKPNFT}
 )
 
 // InCluster is one proxy's in-cluster figures: wrk with a new connection per request.
@@ -176,7 +177,7 @@ func inClusterTable(res *Results) string {
 	}
 	var b strings.Builder
 	b.WriteString("## In-cluster: a pod to a ClusterIP and to its own node's NodePort\n\n")
-	b.WriteString("pod1 (on node1) runs wrk with a new connection per request to the `http` service (its backend pod2, on node2): at its ClusterIP, and at node1's own address and NodePort. No packet crosses a device sluice's packet path is attached to: sluice balances at the socket, kube-proxy with its rules for every interface. One proxy on node1 at a time; the same objects.\n\n")
+	b.WriteString("pod1 (on node1) runs wrk with a new connection per request to the `http` service (its backend pod2, on node2): at its ClusterIP, and at node1's own address and NodePort. No packet crosses a NIC sluice's packet path is attached to: sluice balances at the socket, or (pod device) translates pod1's packets at its veth; kube-proxy with its rules for every interface. One proxy on node1 at a time; the same objects.\n\n")
 	b.WriteString("| Proxy | ClusterIP: new connections/s (p50 / p99 ms) | Own node's NodePort: new connections/s (p50 / p99 ms) | ClusterIP vs kube-proxy iptables |\n|---|---|---|---|\n")
 	ipt := res.inCluster(dpKPIPT.name)
 	for _, c := range res.InCluster {
@@ -198,13 +199,17 @@ func inClusterTable(res *Results) string {
 	return b.String()
 }
 
-// inClusterRatios adds sluice-socket's new connections per second over each kube-proxy's, to
+// inClusterRatios adds sluice's (socket, pod device) new connections per second over each kube-proxy's, to
 // the ClusterIP and to the own node's NodePort, and kube-proxy's p99 latency over sluice's.
 func inClusterRatios(r *Results, add func(name, of string, num, den float64) float64) {
-	slu := r.inCluster(dpSluSock.name)
-	if slu == nil {
-		return
+	for _, s := range []dpKind{dpSluSock, dpSluPod} {
+		if slu := r.inCluster(s.name); slu != nil {
+			inClusterRatiosOf(r, slu, add)
+		}
 	}
+}
+
+func inClusterRatiosOf(r *Results, slu *InCluster, add func(name, of string, num, den float64) float64) {
 	for _, kp := range []string{dpKPIPT.name, dpKPNFT.name} {
 		k := r.inCluster(kp)
 		if k == nil {

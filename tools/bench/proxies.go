@@ -80,7 +80,7 @@ func (e *env) startDatapath(k dpKind) (*running, error) {
 			// once (as the lab does on the bridge's ports).
 			err = setXDPPass(l.Pod1, "eth0")
 		}
-	case dpSluXDP, dpSluTC, dpSluSock:
+	case dpSluXDP, dpSluTC, dpSluSock, dpSluPod:
 		mode := "native"
 		extra := []string{"--kubeconfig", e.kubeconfig, "--nodeport-range", nodePortRange, "--max-services", "65536", "--log-level", "info"}
 		switch k {
@@ -90,6 +90,9 @@ func (e *env) startDatapath(k dpKind) (*running, error) {
 			// The agent's default device choice; pod1's connects never reach a device.
 			mode = ""
 			extra = append(extra, "--socket-lb-cgroup", e.podCgroup, "--kube-proxy-replacement")
+		case dpSluPod:
+			mode = ""
+			extra = append(extra, "--kube-proxy-replacement")
 		}
 		r.agent, err = l.StartAgent(lab.AgentOptions{Binary: e.cfg.agentBin, XDPMode: mode, Extra: extra})
 	case dpKPIPT, dpKPNFT:
@@ -258,7 +261,7 @@ func (r *running) stop() error {
 		}
 	}
 	switch r.kind {
-	case dpSluXDP, dpSluTC, dpSluSock: // the socket programs' links go with the rest
+	case dpSluXDP, dpSluTC, dpSluSock, dpSluPod: // the socket programs' and pods' links go with the rest
 		if out, err := l.Cleanup(r.e.cfg.agentBin); err != nil {
 			errs = append(errs, fmt.Errorf("sluice-agent --cleanup: %w: %s", err, out))
 		}
