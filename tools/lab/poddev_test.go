@@ -56,3 +56,30 @@ func TestE2EPodsWithoutSocketHooks(t *testing.T) {
 		}
 	}
 }
+
+// TestE2EClusterIPFromOutside: a ClusterIP packet that arrives on a NIC (a router sending the
+// service range to a node, as some clusters announce it by BGP) is translated by the packet
+// path as kube-proxy's PREROUTING rules translate it: the client, routing 10.96.0.0/12 through
+// node1, reaches both pods over TCP and UDP, shown the ClusterIP.
+func TestE2EClusterIPFromOutside(t *testing.T) {
+	cg := testutil.Cgroup2(t) // (no hooks there: the client's requests are plain sockets)
+	c := startCluster(t, "", "--kube-proxy-replacement")
+	c.Client.MustExec(t, "ip", "route", "add", "10.96.0.0/12", "via", c.Node1IP.String())
+	for _, k := range []struct{ kind, to string }{{"tcp", "10.96.0.80:80"}, {"udp-connected", "10.96.0.80:5353"}} {
+		seen := map[string]int{}
+		for _, r := range testutil.SockRequests(t, cg, c.Client.Path(), k.kind, k.to, 16) {
+			body := r.Reply
+			if k.kind == "tcp" {
+				_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
+			}
+			who, _, err := lab.ParseReply(body)
+			if r.Err != "" || err != nil || r.Peer != k.to {
+				t.Fatalf("%s from the client to %s: reply %q, peer %q, error %q %v", k.kind, k.to, r.Reply, r.Peer, r.Err, err)
+			}
+			seen[who]++
+		}
+		if seen["pod1"] == 0 || seen["pod2"] == 0 {
+			t.Errorf("%s from the client to %s reached %v; want both pods", k.kind, k.to, seen)
+		}
+	}
+}
