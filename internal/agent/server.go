@@ -226,11 +226,13 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			}
 		},
 		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev,
-			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "", LocalhostNodePorts: localhost}, FullEvery: o.SyncPeriod,
+			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "" || devs.Pods, LocalhostNodePorts: localhost}, FullEvery: o.SyncPeriod,
 		NodeZone: func() string { return tracker.NodeZone(o.NodeName) },
 		Addresses: func() ([]netip.Addr, error) {
 			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
-			// follow them before reading the addresses NodePorts are served on.
+			// follow them before reading the addresses NodePorts are served on. The pods'
+			// devices from the first sync on, when the Node's addresses tell NICs from pods.
+			devs.EnablePods()
 			changed, err := devs.Reconcile()
 			if err != nil {
 				dlog.Warn("Could not attach to every device; retrying with the next sync", zap.Error(err))

@@ -91,7 +91,7 @@ func podDevices() []string {
 		return out
 	}
 	isPod := func(id uint32) bool {
-		return strings.HasPrefix(progJSON("tc-ingress", id).Name, podProgName)
+		return datapath.IsPodProgram(progJSON("tc-ingress", id).Name)
 	}
 	for _, l := range links {
 		idx := l.Attrs().Index
@@ -116,9 +116,6 @@ func podDevices() []string {
 	sort.Strings(out)
 	return out
 }
-
-// podProgName is sluice_tc_from_pod as the kernel keeps it (15 characters).
-const podProgName = "sluice_tc_from_"
 
 func loadProgShow(e *Env, k *maps.Kernel) (ProgShowJSON, error) {
 	info, err := k.AgentInfo()

@@ -327,7 +327,7 @@ func (a *Attachment) Detach() error {
 
 // Cleanup removes sluice from a node, as kube-proxy --cleanup: it detaches every pinned link
 // under pinPath, removes sluice's clsact filters from devices (from every device when none is
-// named), deletes the pinned maps and StackDevice.
+// named; from every veth, pods' devices, always), deletes the pinned maps and StackDevice.
 func Cleanup(pinPath string, devices []string) error {
 	var errs []error
 	links, _ := filepath.Glob(filepath.Join(pinPath, "links", "*"))
@@ -339,12 +339,13 @@ func Cleanup(pinPath string, devices []string) error {
 			removeClsactFilters(iface.Index)
 		}
 	}
-	if len(devices) == 0 {
-		all, err := netlink.LinkList()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list links: %w", err))
-		}
-		for _, l := range all {
+	all, err := netlink.LinkList()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list links: %w", err))
+	}
+	for _, l := range all {
+		// The pods' devices are sluice's wherever --devices points.
+		if len(devices) == 0 || l.Type() == "veth" {
 			removeNamedClsactFilters(l.Attrs().Index)
 		}
 	}

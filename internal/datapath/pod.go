@@ -5,9 +5,65 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 )
+
+// IsPodProgram says whether a program name (as the kernel keeps it: 15 characters) is one of
+// the pod programs (sluice_tc_from_pod, sluice_tc_to_pod).
+func IsPodProgram(name string) bool {
+	return strings.HasPrefix(name, "sluice_tc_from_") || strings.HasPrefix(name, "sluice_tc_to_po")
+}
+
+func isPodProgramID(id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false
+	}
+	defer p.Close()
+	info, err := p.Info()
+	return err == nil && IsPodProgram(info.Name)
+}
+
+// DetachPodPrograms removes the pod programs a previous agent left on pods' devices (pinned
+// TCX links, clsact filters), for an agent that runs without them (--pod-devices=false, or no
+// --kube-proxy-replacement): they would go on translating pods' packets with nobody to follow
+// the pods. Returns how many it removed.
+func (d *Datapath) DetachPodPrograms() (int, error) {
+	n := 0
+	if d.Config.PinPath != "" {
+		paths, _ := filepath.Glob(filepath.Join(d.Config.PinPath, "links", "*"))
+		for _, p := range paths {
+			l, err := link.LoadPinnedLink(p, nil)
+			if err != nil {
+				continue
+			}
+			if info, err := l.Info(); err == nil && isPodProgramID(info.Program) && l.Unpin() == nil {
+				n++ // (and detached with the close below: no pin, no descriptor left)
+			}
+			l.Close()
+		}
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return n, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			filters, _ := netlink.FilterList(l, parent)
+			for _, f := range filters {
+				bf, ok := f.(*netlink.BpfFilter)
+				if ok && strings.HasPrefix(bf.Name, "sluice_") && isPodProgramID(ebpf.ProgramID(bf.Id)) && netlink.FilterDel(bf) == nil {
+					n++
+				}
+			}
+		}
+	}
+	return n, nil
+}
 
 // AttachPod puts the pod programs on dev, the host side of a pod's veth: at tc ingress
 // (what the pod sends) the services it reaches are translated as the socket hooks would have

@@ -39,8 +39,9 @@ type Options struct {
 	// ClusterIPs: serve every service's ClusterIPs too (the internal scope), as kube-proxy
 	// does; sluice then replaces it.
 	ClusterIPs bool
-	// NodeClients: clients on the node are served (socket-level load balancing): they get
-	// the Cluster endpoints of NodePorts with externalTrafficPolicy Local (the node scope).
+	// NodeClients: clients on the node are served (socket-level load balancing, or the pods'
+	// devices): they get the Cluster endpoints of NodePorts with externalTrafficPolicy Local
+	// (the node scope).
 	NodeClients bool
 	// LocalhostNodePorts: with NodeClients, NodePorts are served on 127.0.0.1 (the socket
 	// programs take all of 127.0.0.0/8 to it) to the node's own processes, as kube-proxy's

@@ -157,12 +157,16 @@ func TestManagerFollowsPods(t *testing.T) {
 		ns.MustExec(t, "ip", "link", "set", dev, "up")
 	}
 	addPod("vpod1")
-	// A veth with both ends on the node is no pod's.
+	// A veth with both ends on the node is no pod's; nor is one into another namespace that
+	// holds a node address (a second network of a kind node), default route or not.
 	ns.MustExec(t, "ip", "link", "add", "vlocal", "type", "veth", "peer", "name", "vlocal-peer")
+	addPod("vnet2")
+	ns.MustExec(t, "ip", "addr", "add", "10.3.0.2/24", "dev", "vnet2")
+	nodeIPs := []netip.Addr{netip.MustParseAddr("10.1.0.2"), netip.MustParseAddr("10.3.0.2")}
 	pins := filepath.Join("/sys/fs/bpf", testutil.UniqueName("sluice-devices-test-"))
 	t.Cleanup(func() { os.RemoveAll(pins) })
 	err := ns.Do(func() error {
-		if got, err := devices.DetectPods([]string{"eth0"}); err != nil || !slices.Equal(got, []string{"vpod1"}) {
+		if got, err := devices.DetectPods([]string{"eth0"}, nodeIPs); err != nil || !slices.Equal(got, []string{"vpod1"}) {
 			t.Errorf("DetectPods: %v, %v; want [vpod1]", got, err)
 		}
 		dp, err := datapath.Load(datapath.Config{PinPath: pins}, nil)
@@ -170,7 +174,8 @@ func TestManagerFollowsPods(t *testing.T) {
 			return err
 		}
 		defer dp.Close()
-		m := &devices.Manager{DP: dp, Explicit: []string{"eth0"}, XDP: datapath.XDPOff, TC: datapath.TCAuto, Pods: true, Log: zaptest.NewLogger(t)}
+		m := &devices.Manager{DP: dp, Explicit: []string{"eth0"}, XDP: datapath.XDPOff, TC: datapath.TCAuto, Pods: true, Log: zaptest.NewLogger(t),
+			NodeIPs: func() []netip.Addr { return nodeIPs }}
 		step := func(what string, wantPods []string) {
 			t.Helper()
 			m.Invalidate()
@@ -184,6 +189,8 @@ func TestManagerFollowsPods(t *testing.T) {
 				t.Errorf("%s: pod devices %v, want %v", what, got, wantPods)
 			}
 		}
+		step("before EnablePods (the NICs not known for sure yet)", nil)
+		m.EnablePods()
 		step("one pod", []string{"vpod1"})
 		if id := tcxIngressProgram(t, "vpod1"); id != programID(t, dp.Objs.SluiceTcFromPod) {
 			t.Errorf("vpod1's tcx ingress runs program %d, want sluice_tc_from_pod", id)
@@ -197,19 +204,36 @@ func TestManagerFollowsPods(t *testing.T) {
 		step("the first pod gone", []string{"vpod2"})
 
 		// The agent stops (its links stay pinned), vpod2 goes meanwhile, and the next agent
-		// finds its pins dead.
+		// finds its pins dead; vpod3's stay, serving, until that agent enables pods.
+		addPod("vpod3")
+		step("a third pod", []string{"vpod2", "vpod3"})
 		m.Release()
 		ns.MustExec(t, "ip", "link", "del", "vpod2")
 		m2 := &devices.Manager{DP: dp, Explicit: []string{"eth0"}, XDP: datapath.XDPOff, TC: datapath.TCAuto, Pods: true, Log: zaptest.NewLogger(t)}
 		if _, err := m2.Reconcile(); err != nil {
 			t.Error(err)
 		}
-		entries, _ := os.ReadDir(filepath.Join(pins, "links"))
-		for _, e := range entries {
-			if strings.HasPrefix(e.Name(), "vpod") {
-				t.Errorf("pin %s of a gone pod's device left", e.Name())
+		if pinned := linkPins(pins, "vpod"); !slices.Equal(pinned, []string{"vpod3_tcx-egress", "vpod3_tcx-ingress"}) {
+			t.Errorf("pod pins after a restart: %v; want vpod3's alone", pinned)
+		}
+		if id := tcxIngressProgram(t, "vpod3"); id != programID(t, dp.Objs.SluiceTcFromPod) {
+			t.Errorf("vpod3's tcx ingress runs program %d before pods are enabled, want sluice_tc_from_pod", id)
+		}
+		m2.Release()
+		// An agent without pods takes the previous agent's pod programs off.
+		m3 := &devices.Manager{DP: dp, Explicit: []string{"eth0"}, XDP: datapath.XDPOff, TC: datapath.TCAuto, Log: zaptest.NewLogger(t)}
+		if _, err := m3.Reconcile(); err != nil {
+			t.Error(err)
+		}
+		if pinned := linkPins(pins, "vpod"); len(pinned) != 0 {
+			t.Errorf("pod pins left by an agent without pods: %v", pinned)
+		}
+		if l, _ := netlink.LinkByName("vpod3"); l != nil {
+			if res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress}); err == nil && len(res.Programs) != 0 {
+				t.Errorf("vpod3 still runs %+v", res.Programs)
 			}
 		}
+		m2 = m3
 		for _, a := range m2.Attachments() {
 			_ = a.Detach()
 		}
@@ -218,6 +242,18 @@ func TestManagerFollowsPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// linkPins are the names of the pinned links under pins whose name starts with prefix.
+func linkPins(pins, prefix string) []string {
+	var out []string
+	entries, _ := os.ReadDir(filepath.Join(pins, "links"))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
 
 func tcxIngressProgram(t *testing.T, dev string) ebpf.ProgramID {

@@ -27,7 +27,8 @@ type Manager struct {
 	TC       datapath.TCMode
 	// NodeIPs returns this node's addresses from its Node object (nil while unknown).
 	NodeIPs func() []netip.Addr
-	// Pods: also keep the pod programs on the pods' devices (DetectPods).
+	// Pods: also keep the pod programs on the pods' devices (DetectPods), from EnablePods on.
+	// Off, a previous agent's pod programs are removed at the first Reconcile.
 	Pods bool
 	Log  *zap.Logger
 
@@ -38,11 +39,25 @@ type Manager struct {
 	// same Node addresses), so the next one has nothing to do. Invalidate clears it.
 	clean   atomic.Bool
 	lastIPs []netip.Addr
+	// podsOn: EnablePods was called. podFailed: pods' devices whose attach failed, each
+	// warned of once.
+	podsOn    atomic.Bool
+	podFailed map[string]bool
 }
 
 // Invalidate makes the next Reconcile look at the devices again: call it when netlink reports a
 // change (Watch).
 func (m *Manager) Invalidate() { m.clean.Store(false) }
+
+// EnablePods starts following the pods' devices (with Pods), once the NICs are known for sure:
+// before the Node's addresses are read, a NIC that is a veth into another namespace and holds
+// no default route would look like a pod's. Until then a previous agent's pod programs keep
+// serving, untouched.
+func (m *Manager) EnablePods() {
+	if m.Pods && !m.podsOn.Swap(true) {
+		m.Invalidate()
+	}
+}
 
 // Reconcile attaches to selected devices that lack the programs (new, or re-created under a
 // new ifindex) and detaches from devices no longer selected. It reports whether the set
@@ -69,8 +84,8 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 		return false, err
 	}
 	var pods []string
-	if m.Pods {
-		if pods, err = DetectPods(want); err != nil {
+	if m.Pods && m.podsOn.Load() {
+		if pods, err = DetectPods(want, ips); err != nil {
 			return false, err
 		}
 	}
@@ -84,6 +99,13 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 			errs = append(errs, err)
 		} else if n > 0 {
 			m.Log.Info("Unpinned the links of devices that are gone", zap.Int("links", n))
+		}
+		if !m.Pods {
+			if n, err := m.DP.DetachPodPrograms(); err != nil {
+				errs = append(errs, err)
+			} else if n > 0 {
+				m.Log.Info("Removed the pod programs a previous agent left on pods' devices", zap.Int("programs", n))
+			}
 		}
 	}
 	podsBefore := m.podCount()
@@ -111,20 +133,7 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 		changed = true
 		m.Log.Info("Detached", zap.String("device", name))
 	}
-	for _, name := range pods {
-		if m.attached[name] != nil {
-			continue
-		}
-		a, err := m.DP.AttachPod(name, m.TC)
-		if err != nil {
-			if exists(name) { // (a pod gone meanwhile is no error)
-				errs = append(errs, err)
-			}
-			continue
-		}
-		m.attached[name] = a
-		m.Log.Debug("Attached to pod device", zap.String("device", name), zap.String("tc", a.TC))
-	}
+	m.attachPods(pods)
 	if n := m.podCount(); n != podsBefore {
 		m.Log.Info("Pod devices", zap.Int("attached", n))
 	}
@@ -191,6 +200,38 @@ func (m *Manager) selected(ips []netip.Addr) ([]string, error) {
 		delete(m.missing, n)
 	}
 	return present, nil
+}
+
+// attachPods attaches the pod programs to the pods' devices that lack them. A device that
+// fails is warned of once and retried with the next sync, and fails nothing else: the NICs'
+// service goes on (a CNI's own `ingress` qdisc on a pre-6.6 kernel refuses clsact).
+func (m *Manager) attachPods(pods []string) {
+	if m.podFailed == nil {
+		m.podFailed = map[string]bool{}
+	}
+	for name := range m.podFailed {
+		if !slices.Contains(pods, name) {
+			delete(m.podFailed, name)
+		}
+	}
+	for _, name := range pods {
+		if m.attached[name] != nil {
+			continue
+		}
+		a, err := m.DP.AttachPod(name, m.TC)
+		if err != nil {
+			m.clean.Store(false)
+			if exists(name) && !m.podFailed[name] { // (a pod gone meanwhile is no failure)
+				m.podFailed[name] = true
+				m.Log.Warn("Could not attach to a pod's device: its pod's service traffic is not translated unless a socket hook does; retrying",
+					zap.String("device", name), zap.Error(err))
+			}
+			continue
+		}
+		delete(m.podFailed, name)
+		m.attached[name] = a
+		m.Log.Debug("Attached to pod device", zap.String("device", name), zap.String("tc", a.TC))
+	}
 }
 
 func (m *Manager) podCount() int {

@@ -1,7 +1,9 @@
 package lab_test
 
 import (
+	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -81,5 +83,55 @@ func TestE2EClusterIPFromOutside(t *testing.T) {
 		if seen["pod1"] == 0 || seen["pod2"] == 0 {
 			t.Errorf("%s from the client to %s reached %v; want both pods", k.kind, k.to, seen)
 		}
+	}
+}
+
+// remoteLocalManifest: a NodePort with externalTrafficPolicy Local whose one endpoint is pod2,
+// on node2: node1 drops it from outside (no local endpoint), as kube-proxy does.
+const remoteLocalManifest = `apiVersion: v1
+kind: Service
+metadata: {name: remote-local, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.82
+  externalTrafficPolicy: Local
+  ports:
+    - {name: http, protocol: TCP, port: 80, nodePort: 30111}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: remote-local-1
+  namespace: default
+  labels: {kubernetes.io/service-name: remote-local}
+addressType: IPv4
+ports:
+  - {name: http, protocol: TCP, port: 80}
+endpoints:
+  - addresses: ["10.244.2.10"]
+    conditions: {ready: true}
+    nodeName: node2
+`
+
+// TestE2EPodGetsClusterEndpointsOfALocalNodePort: pod1, whose packets only its device
+// translates (no socket LB), reaching its own node's NodePort of an externalTrafficPolicy
+// Local service with no endpoint on node1, gets the Cluster endpoints, as kube-proxy gives
+// traffic that starts on the node; the client outside gets nothing from node1.
+func TestE2EPodGetsClusterEndpointsOfALocalNodePort(t *testing.T) {
+	c := startCluster(t, "", "--kube-proxy-replacement")
+	writeAtomic(t, filepath.Join(c.manifests, "remote-local.yaml"), remoteLocalManifest)
+	fe := c.nodePort(30111)
+	c.waitFor(t, "pod1 served by pod2 through node1's Local NodePort", func() error {
+		body, err := lab.HTTPGet(c.Pod1, fe)
+		if err != nil {
+			return err
+		}
+		if who, _, err := lab.ParseReply(body); err != nil || who != "pod2" {
+			return fmt.Errorf("reply %q: %v", body, err)
+		}
+		return nil
+	})
+	if body, err := lab.HTTPGet(c.Client, fe); err == nil {
+		t.Errorf("the client outside reached node1's Local NodePort without a local endpoint: %q", body)
 	}
 }
