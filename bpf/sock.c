@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* sock.c: the socket-level programs (cgroup sock_addr hooks), an object of their own: loaded
+/* sock.c: the socket-level programs (cgroup sock_addr hooks, and post_bind4), an object of their own: loaded
  * only with socket load balancing on, sharing the packet path's maps. */
 #include "lib/sock.h"
 
@@ -25,6 +25,12 @@ SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return sock4_reverse(ctx);
+}
+
+SEC("cgroup/post_bind4")
+int sluice_post_bind4(struct bpf_sock *ctx)
+{
+	return sock4_post_bind(ctx);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

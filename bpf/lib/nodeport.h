@@ -58,7 +58,10 @@ static __always_inline bool ingress_candidate(const struct pkt *p)
 }
 
 /* A local backend's reverse entry is keyed by (pod, client) tuples the pod could also use
- * for other traffic; never take one over from a live flow. */
+ * for other traffic; never take one over from a live flow. A closed TCP flow's (FIN both
+ * ways, or RST) is over at both ends: a client reusing its port for a SYN to another frontend
+ * of the same backend gets it, as the backend would see it without NAT (a SYN on a TIME_WAIT
+ * tuple). Found in a pod's connections per second, each to a ClusterIP, then a NodePort. */
 static __always_inline int ct_claim_local(struct ct_key *rk, struct ct_entry *rv, __u64 now)
 {
 	if (cfg_trace)
@@ -66,7 +69,8 @@ static __always_inline int ct_claim_local(struct ct_key *rk, struct ct_entry *rv
 	if (bpf_map_update_elem(&sluice_ct, rk, rv, BPF_NOEXIST) == 0)
 		return 0;
 	struct ct_entry *old = bpf_map_lookup_elem(&sluice_ct, rk);
-	if (old && !ct_same_flow(old, rv) && !ct_expired(old, rk->proto, now))
+	if (old && !ct_same_flow(old, rv) && !ct_expired(old, rk->proto, now) &&
+	    !(rk->proto == IPPROTO_TCP && (old->flags & CT_F_CLOSING) && !(old->flags & CT_F_KERNEL)))
 		return -1;
 	return bpf_map_update_elem(&sluice_ct, rk, rv, BPF_ANY);
 }

@@ -198,4 +198,30 @@ static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* post_bind4: a socket bound to a frontend's address and port (a NodePort on a node address, an
+ * external IP the node holds) would never see a connection, sluice translating every one of
+ * them before it: the bind fails (EPERM) rather than leave a listener that silently gets
+ * nothing, as Cilium refuses it. kube-proxy holds no port since 1.24, and its rules take the
+ * traffic the same way. A wildcard bind is refused to the node's own processes only (a pod's
+ * ports are its own), for the NodePorts served on loopback (their localhost entries say which:
+ * 5.14+, with cfg_localhost). A specific address needs no namespace test: only the node holds
+ * its addresses. Returns 1 to let the bind be. */
+static __always_inline int sock4_post_bind(struct bpf_sock *ctx)
+{
+	__u8 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	struct frontend_key fk = {
+		.addr = ctx->src_ip4,
+		.port = bpf_htons((__u16)ctx->src_port),
+		.proto = proto,
+	};
+	if (!fk.addr || (bpf_ntohl(fk.addr) >> 24) == LOOPBACK_NET) {
+		if (!cfg_localhost || bpf_get_netns_cookie(ctx) != cfg_host_netns_cookie)
+			return 1;
+		fk.addr = bpf_htonl(LOCALHOST);
+	}
+	return lb_frontend_node(&fk) ? 0 : 1;
+}
+
 #endif

@@ -425,3 +425,37 @@ func TestFlushFlowsByEndpoint(t *testing.T) {
 		t.Errorf("a UDP flush took %d TCP entries", n)
 	}
 }
+
+// A local backend's flow is DNAT only, so its reverse entry is keyed by the client's own tuple:
+// a client that reuses its source port for another frontend of the same backend meets it. A
+// closed TCP flow's tuple goes to the new flow (the backend sees a SYN on a TIME_WAIT tuple, as
+// without NAT); a live flow keeps it, and the new one is dropped and counted.
+func TestConntrackClosedLocalFlowYieldsItsTuple(t *testing.T) {
+	e := newEnv(t)
+	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 7, Slot: 1}, 3))
+	must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP, Port: 30083, Proto: lb.TCP}, lb.Frontend{ServiceID: 7, Count: 1}))
+	must(t, e.m.SetFrontendPort(30083))
+	seg := func(sport, dport uint16, syn, rst bool) []byte {
+		p := e.fromClient(layers.IPProtocolTCP, sport, dport)
+		p.SYN, p.RST, p.Payload = syn, rst, nil
+		return p.Bytes()
+	}
+	rk := func(sport uint16) datapath.SluiceCtKey { return ctKey(ap(podIP, 80), ap(clientIP, sport), 6) }
+
+	e.xdp(t, seg(43200, 30082, true, false), xdpPass)
+	e.xdp(t, seg(43200, 30082, false, true), xdpPass) // the client aborts: closed
+	e.xdp(t, seg(43200, 30083, true, false), xdpPass)
+	if rev, _ := e.ct(t, rk(43200)); rev.NatSport != maps.Port16(30083) || rev.Flags&ctClosing != 0 {
+		t.Errorf("the reverse entry after the new SYN: %+v; want the new flow's (restoring 30083)", rev)
+	}
+
+	e.xdp(t, seg(43201, 30082, true, false), xdpPass)
+	before := e.reasons(t)[datapath.SluiceReasonREASON_DROP_CT_COLLISION]
+	e.xdp(t, seg(43201, 30083, true, false), xdpDrop)
+	if after := e.reasons(t)[datapath.SluiceReasonREASON_DROP_CT_COLLISION]; after != before+1 {
+		t.Errorf("drop_ct_collision %d -> %d, want +1", before, after)
+	}
+	if rev, _ := e.ct(t, rk(43201)); rev.NatSport != maps.Port16(30082) {
+		t.Errorf("the live flow's reverse entry: %+v; want it kept (restoring 30082)", rev)
+	}
+}

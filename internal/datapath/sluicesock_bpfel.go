@@ -274,6 +274,7 @@ const (
 	SluiceSockMapSluiceTrace         = "sluice_trace"
 	SluiceSockProgSluiceConnect4     = "sluice_connect4"
 	SluiceSockProgSluiceGetpeername4 = "sluice_getpeername4"
+	SluiceSockProgSluicePostBind4    = "sluice_post_bind4"
 	SluiceSockProgSluiceRecvmsg4     = "sluice_recvmsg4"
 	SluiceSockProgSluiceSendmsg4     = "sluice_sendmsg4"
 	SluiceSockVarCfgCtCloseTimeoutS  = "cfg_ct_close_timeout_s"
@@ -337,6 +338,7 @@ type SluiceSockSpecs struct {
 type SluiceSockProgramSpecs struct {
 	SluiceConnect4     *ebpf.ProgramSpec `ebpf:"sluice_connect4"`
 	SluiceGetpeername4 *ebpf.ProgramSpec `ebpf:"sluice_getpeername4"`
+	SluicePostBind4    *ebpf.ProgramSpec `ebpf:"sluice_post_bind4"`
 	SluiceRecvmsg4     *ebpf.ProgramSpec `ebpf:"sluice_recvmsg4"`
 	SluiceSendmsg4     *ebpf.ProgramSpec `ebpf:"sluice_sendmsg4"`
 }
@@ -485,6 +487,7 @@ type SluiceSockVariables struct {
 type SluiceSockPrograms struct {
 	SluiceConnect4     *ebpf.Program `ebpf:"sluice_connect4"`
 	SluiceGetpeername4 *ebpf.Program `ebpf:"sluice_getpeername4"`
+	SluicePostBind4    *ebpf.Program `ebpf:"sluice_post_bind4"`
 	SluiceRecvmsg4     *ebpf.Program `ebpf:"sluice_recvmsg4"`
 	SluiceSendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
 }
@@ -493,6 +496,7 @@ func (p *SluiceSockPrograms) Close() error {
 	return _SluiceSockClose(
 		p.SluiceConnect4,
 		p.SluiceGetpeername4,
+		p.SluicePostBind4,
 		p.SluiceRecvmsg4,
 		p.SluiceSendmsg4,
 	)

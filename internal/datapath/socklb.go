@@ -41,6 +41,7 @@ type sockObjects struct {
 	Sendmsg4     *ebpf.Program `ebpf:"sluice_sendmsg4"`
 	Recvmsg4     *ebpf.Program `ebpf:"sluice_recvmsg4"`
 	Getpeername4 *ebpf.Program `ebpf:"sluice_getpeername4"`
+	PostBind4    *ebpf.Program `ebpf:"sluice_post_bind4"`
 	Revnat       *ebpf.Map     `ebpf:"sluice_sock_revnat"`
 	Affinity     *ebpf.Map     `ebpf:"sluice_sock_affinity"`
 }
@@ -125,6 +126,7 @@ func (s *SocketLB) sockHooks() []sockHook {
 		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, s.objs.Getpeername4},
 		{"connect4", ebpf.AttachCGroupInet4Connect, s.objs.Connect4},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, s.objs.Sendmsg4},
+		{"post_bind4", ebpf.AttachCGroupInet4PostBind, s.objs.PostBind4},
 	}
 }
 

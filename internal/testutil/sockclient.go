@@ -42,7 +42,7 @@ func SockClientMain() {
 }
 
 // sockClient makes n requests, each on a new socket, as
-// SLUICE_SOCK_CLIENT=<cgroup>|<netns path>|<tcp|udp-connected|udp-unconnected>|<addr:port>|<n>,
+// SLUICE_SOCK_CLIENT=<cgroup>|<netns path>|<tcp|udp-connected|udp-unconnected|bind-tcp|bind-udp>|<addr:port>|<n>,
 // and prints one SockResult per request.
 func sockClient() int {
 	f := strings.Split(os.Getenv(sockClientEnv), "|")
@@ -80,6 +80,20 @@ func sockClient() int {
 }
 
 func sockRequest(kind, addr string) (reply, peer string, err error) {
+	// bind-tcp, bind-udp: only whether the address can be bound ("bound", or the error).
+	if proto, ok := strings.CutPrefix(kind, "bind-"); ok {
+		var c io.Closer
+		if proto == "tcp" {
+			c, err = net.Listen("tcp4", addr)
+		} else {
+			c, err = net.ListenPacket("udp4", addr)
+		}
+		if err != nil {
+			return "", "", err
+		}
+		c.Close()
+		return "bound", "", nil
+	}
 	buf := make([]byte, 512)
 	if kind == "udp-unconnected" {
 		c, err := net.ListenUDP("udp4", nil)

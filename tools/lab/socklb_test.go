@@ -184,3 +184,32 @@ func TestE2EConnectedUDPMovesOnWhenItsBackendGoes(t *testing.T) {
 		}
 	}
 }
+
+// TestE2ENodePortsCannotBeBound: with socket LB, a process on node1 cannot bind a NodePort
+// (on node1's address, on loopback, or on every address), where it would never see a
+// connection: EPERM, as Cilium refuses it. Other ports bind, and so does a pod's own NodePort
+// number in its namespace.
+func TestE2ENodePortsCannotBeBound(t *testing.T) {
+	cg := testutil.Cgroup2(t)
+	c := startCluster(t, "", "--socket-lb-cgroup", cg)
+	for _, k := range []struct {
+		ns      *testutil.Netns
+		kind    string
+		addr    string
+		refused bool
+	}{
+		{c.Node1, "bind-tcp", c.nodePort(30080).String(), true},
+		{c.Node1, "bind-tcp", "0.0.0.0:30080", true},
+		{c.Node1, "bind-tcp", "127.0.0.1:30080", true},
+		{c.Node1, "bind-udp", "0.0.0.0:30053", true},
+		{c.Node1, "bind-udp", "0.0.0.0:30080", false}, // (30080 is a TCP NodePort)
+		{c.Node1, "bind-tcp", "0.0.0.0:30099", false},
+		{c.Pod1, "bind-tcp", "0.0.0.0:30080", false},
+	} {
+		r := testutil.SockRequest(t, cg, k.ns.Path(), k.kind, k.addr)
+		refused := strings.Contains(r.Err, "operation not permitted")
+		if refused != k.refused || (!refused && r.Reply != "bound") {
+			t.Errorf("%s %s in %s: %q %q; want refused %v", k.kind, k.addr, k.ns.Name, r.Reply, r.Err, k.refused)
+		}
+	}
+}
