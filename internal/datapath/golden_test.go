@@ -467,35 +467,43 @@ func runTable(t *testing.T, e *env, prog *ebpf.Program, xdp bool, table []golden
 func runSteps(t *testing.T, e *env, prog *ebpf.Program, xdp bool, steps []golden, f *flow) {
 	t.Helper()
 	for _, g := range steps {
-		if !t.Run(g.desc, func(t *testing.T) {
-			in := g.in(f)
-			before := e.reasons(t)
-			ret, got := e.run(t, prog, xdp, in)
-			if ret != g.verdict {
-				t.Fatalf("verdict %d, want %d; output:\n%s", ret, g.verdict, testutil.Decode(got))
-			}
-			want := in
-			if g.want != nil {
-				want = g.want(f, got)
-				if err := testutil.VerifyChecksums(got); err != nil {
-					t.Errorf("checksums: %v", err)
-				}
-			}
-			if ret == xdpDrop && xdp || ret == tcShot && !xdp {
-				want = got // the frame's content does not matter once dropped
-			}
-			if d := testutil.Diff(trimPadding(want), trimPadding(got)); d != "" {
-				t.Errorf("output differs:\n%s", d)
-			}
-			if g.reason != nil {
-				if after := e.reasons(t); after[*g.reason] != before[*g.reason]+1 {
-					t.Errorf("counter %s went %d -> %d, want +1", maps.ReasonNames[*g.reason], before[*g.reason], after[*g.reason])
-				}
-			}
-		}) {
+		run := func(t *testing.T, in []byte) (uint32, []byte) { return e.run(t, prog, xdp, in) }
+		if !checkGolden(t, e, g, f, xdp, run) {
 			return
 		}
 	}
+}
+
+// checkGolden runs row g as a subtest with run and checks it: verdict, every byte, both
+// checksums, and the reason counter. It reports whether the row passed.
+func checkGolden(t *testing.T, e *env, g golden, f *flow, xdp bool, run func(*testing.T, []byte) (uint32, []byte)) bool {
+	t.Helper()
+	return t.Run(g.desc, func(t *testing.T) {
+		in := g.in(f)
+		before := e.reasons(t)
+		ret, got := run(t, in)
+		if ret != g.verdict {
+			t.Fatalf("verdict %d, want %d; output:\n%s", ret, g.verdict, testutil.Decode(got))
+		}
+		want := in
+		if g.want != nil {
+			want = g.want(f, got)
+			if err := testutil.VerifyChecksums(got); err != nil {
+				t.Errorf("checksums: %v", err)
+			}
+		}
+		if ret == xdpDrop && xdp || ret == tcShot && !xdp {
+			want = got // the frame's content does not matter once dropped
+		}
+		if d := testutil.Diff(trimPadding(want), trimPadding(got)); d != "" {
+			t.Errorf("output differs:\n%s", d)
+		}
+		if g.reason != nil {
+			if after := e.reasons(t); after[*g.reason] != before[*g.reason]+1 {
+				t.Errorf("counter %s went %d -> %d, want +1", maps.ReasonNames[*g.reason], before[*g.reason], after[*g.reason])
+			}
+		}
+	})
 }
 
 func TestGoldenXDP(t *testing.T) {

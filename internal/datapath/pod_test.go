@@ -10,7 +10,6 @@ import (
 
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/lb"
-	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
 
@@ -183,27 +182,5 @@ func TestGoldenPodDevice(t *testing.T) {
 
 // runPodRow is runSteps' check on the pod device.
 func runPodRow(t *testing.T, e *podEnv, prog *ebpf.Program, g golden, f *flow) bool {
-	return t.Run(g.desc, func(t *testing.T) {
-		in := g.in(f)
-		before := e.reasons(t)
-		ret, got := e.runPod(t, prog, in)
-		if ret != g.verdict {
-			t.Fatalf("verdict %d, want %d; output:\n%s", ret, g.verdict, testutil.Decode(got))
-		}
-		want := in
-		if g.want != nil {
-			want = g.want(f, got)
-			if err := testutil.VerifyChecksums(got); err != nil {
-				t.Errorf("checksums: %v", err)
-			}
-		}
-		if d := testutil.Diff(trimPadding(want), trimPadding(got)); d != "" {
-			t.Errorf("output differs:\n%s", d)
-		}
-		if g.reason != nil {
-			if after := e.reasons(t); after[*g.reason] != before[*g.reason]+1 {
-				t.Errorf("counter %s went %d -> %d, want +1", maps.ReasonNames[*g.reason], before[*g.reason], after[*g.reason])
-			}
-		}
-	})
+	return checkGolden(t, e.env, g, f, false, func(t *testing.T, in []byte) (uint32, []byte) { return e.runPod(t, prog, in) })
 }

@@ -512,15 +512,23 @@ func TestE2ERestartKeepsConnections(t *testing.T) {
 			c := startCluster(t, mode)
 			for round, how := range []string{"SIGTERM", "SIGKILL"} {
 				// Open connections (to both backends, by chance over 16) before the restart and
-				// use them after it.
+				// use them after it. Each serves a request first: the backend closes a
+				// connection whose first request takes longer than its ReadHeaderTimeout (2 s,
+				// less than a restart), whatever sluice does; an idle one it keeps for 30 s.
 				var conns []net.Conn
+				var first []string
 				for i := 0; i < 16; i++ {
 					conn, err := lab.OpenTCP(c.Client, c.nodePort(30080))
 					if err != nil {
 						t.Fatal(err)
 					}
 					defer conn.Close()
+					who, err := lab.RequestOn(conn, c.nodePort(30080))
+					if err != nil {
+						t.Fatal(err)
+					}
 					conns = append(conns, conn)
+					first = append(first, who)
 				}
 				before := xdpProgID(t, c)
 				if how == "SIGTERM" {
@@ -551,6 +559,9 @@ func TestE2ERestartKeepsConnections(t *testing.T) {
 					if err != nil {
 						t.Errorf("round %d (%s): connection %d broke across the restart: %v", round, how, i, err)
 						continue
+					}
+					if who != first[i] {
+						t.Errorf("round %d (%s): connection %d answered by %s before the restart, by %s after", round, how, i, first[i], who)
 					}
 					seen[who]++
 				}
