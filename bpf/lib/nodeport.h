@@ -135,8 +135,16 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const bo
 		fwd.flags |= CT_F_LOCAL;
 		ct_peer(p, &fwd, &rk, &rev);
 		if (ct_claim_local(&rk, &rev, now)) {
-			count_reason(REASON_DROP_CT_COLLISION);
-			return VERDICT_DROP(xdp);
+			/* A live flow holds the tuple: the client's port, reused for another frontend
+			 * of this backend (a UDP socket per request). The backend would see one tuple
+			 * for both; the new flow gets another source port, the client's address kept,
+			 * as the kernel's NAT resolves such a clash. */
+			__u16 port = ct_snat_claim(&rk, &rev, now, 0);
+			if (!port) {
+				count_reason(REASON_DROP_CT_COLLISION);
+				return VERDICT_DROP(xdp);
+			}
+			fwd.nat_sport = bpf_htons(port);
 		}
 	} else {
 		/* DNAT + SNAT to a node address, so the reply comes back through us (for a hairpin,

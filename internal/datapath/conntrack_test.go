@@ -429,7 +429,8 @@ func TestFlushFlowsByEndpoint(t *testing.T) {
 // A local backend's flow is DNAT only, so its reverse entry is keyed by the client's own tuple:
 // a client that reuses its source port for another frontend of the same backend meets it. A
 // closed TCP flow's tuple goes to the new flow (the backend sees a SYN on a TIME_WAIT tuple, as
-// without NAT); a live flow keeps it, and the new one is dropped and counted.
+// without NAT); a live flow keeps it, and the new one gets another source port (the client's
+// address kept), as the kernel's NAT resolves the clash.
 func TestConntrackClosedLocalFlowYieldsItsTuple(t *testing.T) {
 	e := newEnv(t)
 	must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: 7, Slot: 1}, 3))
@@ -450,12 +451,17 @@ func TestConntrackClosedLocalFlowYieldsItsTuple(t *testing.T) {
 	}
 
 	e.xdp(t, seg(43201, 30082, true, false), xdpPass)
-	before := e.reasons(t)[datapath.SluiceReasonREASON_DROP_CT_COLLISION]
-	e.xdp(t, seg(43201, 30083, true, false), xdpDrop)
-	if after := e.reasons(t)[datapath.SluiceReasonREASON_DROP_CT_COLLISION]; after != before+1 {
-		t.Errorf("drop_ct_collision %d -> %d, want +1", before, after)
-	}
-	if rev, _ := e.ct(t, rk(43201)); rev.NatSport != maps.Port16(30082) {
+	out := e.xdp(t, seg(43201, 30083, true, false), xdpPass)
+	if rev, _ := e.ct(t, rk(43201)); rev.NatSport != maps.Port16(30083-1) {
 		t.Errorf("the live flow's reverse entry: %+v; want it kept (restoring 30082)", rev)
+	}
+	sport := snatFrom(t, out, 34)
+	want := e.fromClient(layers.IPProtocolTCP, sport, 80)
+	want.SYN, want.Payload, want.Dst = true, nil, ap(podIP, 80)
+	if d := testutil.Diff(trimPadding(want.Bytes()), trimPadding(out)); d != "" {
+		t.Errorf("the second flow: want DNAT and another source port:\n%s", d)
+	}
+	if rev, ok := e.ct(t, rk(sport)); !ok || rev.NatSport != maps.Port16(30083) || rev.NatDport != maps.Port16(43201) {
+		t.Errorf("the second flow's reverse entry: %+v %v; want it to restore 30083 -> 43201", rev, ok)
 	}
 }
