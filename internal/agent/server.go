@@ -123,6 +123,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 		return err
 	}
 	defer release()
+	o.DP.PodPrograms = o.KubeProxyReplacement && o.PodDevices
 	dp, err := datapath.Load(o.DP, nil)
 	if err != nil {
 		return err

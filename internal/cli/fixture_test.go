@@ -43,7 +43,7 @@ func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	node := testutil.NewNode(t, "sl-cli-", nodeIP, map[netip.Addr]net.HardwareAddr{backendIP: backendMAC, clientIP: clientMAC})
 	dir := filepath.Join("/sys/fs/bpf", testutil.UniqueName("sluicectl-test-"))
-	dp, err := datapath.Load(datapath.Config{PinPath: dir, XDPIfindex: uint32(node.Ifindex)}, nil)
+	dp, err := datapath.Load(datapath.Config{PinPath: dir, XDPIfindex: uint32(node.Ifindex), PodPrograms: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

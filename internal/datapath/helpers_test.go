@@ -67,7 +67,7 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 func loadWithStats(t *testing.T) (*ebpf.CollectionSpec, *ebpf.Collection) {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	spec, err := datapath.Spec(datapath.Config{})
+	spec, err := datapath.Spec(datapath.Config{PodPrograms: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestVerifierHeadroom(t *testing.T) {
 // device's) write only through helpers, so the node's own traffic pays no copy.
 func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(datapath.Config{}, nil)
+	dp, err := datapath.Load(datapath.Config{PodPrograms: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,6 +73,9 @@ func (d *Datapath) DetachPodPrograms() (int, error) {
 // XDP is never attached: a veth's XDP would take the pod's packets before the kernel has
 // completed their checksums.
 func (d *Datapath) AttachPod(dev string, tc TCMode) (*Attachment, error) {
+	if !d.Config.PodPrograms {
+		return nil, fmt.Errorf("attach to pod device %s: the pod programs are not loaded (Config.PodPrograms)", dev)
+	}
 	iface, err := net.InterfaceByName(dev)
 	if err != nil {
 		return nil, fmt.Errorf("find device %s: %w", dev, err)

@@ -35,7 +35,7 @@ type podEnv struct {
 
 func newPodEnv(t *testing.T) *podEnv {
 	t.Helper()
-	e := &podEnv{env: newEnv(t)}
+	e := &podEnv{env: newEnvWith(t, datapath.Config{PodPrograms: true})}
 	for _, c := range [][]string{
 		{"ip", "link", "add", podDeviceName, "type", "veth", "peer", "name", "podc"},
 		{"ip", "link", "set", podDeviceName, "up"},

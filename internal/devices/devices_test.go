@@ -169,7 +169,7 @@ func TestManagerFollowsPods(t *testing.T) {
 		if got, err := devices.DetectPods([]string{"eth0"}, nodeIPs); err != nil || !slices.Equal(got, []string{"vpod1"}) {
 			t.Errorf("DetectPods: %v, %v; want [vpod1]", got, err)
 		}
-		dp, err := datapath.Load(datapath.Config{PinPath: pins}, nil)
+		dp, err := datapath.Load(datapath.Config{PinPath: pins, PodPrograms: true}, nil)
 		if err != nil {
 			return err
 		}
