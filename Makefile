@@ -53,8 +53,7 @@ test: deps check-generate build cluster-build
 
 # The datapath tests in qemu guests on Debian's Linux 6.1 and 5.10 (tools/kvm). Needs root.
 test-kernel:
-	GO=$(GO) bash tools/kvm/run.sh 6.1
-	GO=$(GO) bash tools/kvm/run.sh 5.10
+	GO=$(GO) bash tools/kvm/all.sh 6.1 5.10
 
 demo: deps build
 	$(GO) run ./tools/demo --agent bin/sluice-agent --sluicectl bin/sluicectl --manifests examples

@@ -55,11 +55,7 @@ func newEnvWith(t testing.TB, cfg datapath.Config) *env {
 	node := testutil.NewNode(t, "sl-golden-", nodeIP, map[netip.Addr]net.HardwareAddr{backendIP: backendMAC, clientIP: clientMAC})
 	e := &env{ns: node.Netns, ifindex: node.Ifindex, nodeMAC: node.MAC}
 	cfg.XDPIfindex = uint32(node.Ifindex) // for test runs on kernels before 5.14
-	dp, err := datapath.Load(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
+	dp := loadShared(t, cfg)
 	e.dp, e.m = dp, maps.NewKernel(&dp.Objs.SluiceMaps)
 
 	// svc 1: TCP 30080 -> remote 10.0.0.2:8080; svc 2: UDP 30081 -> remote 10.0.0.2:5353;

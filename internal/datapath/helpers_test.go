@@ -3,6 +3,7 @@ package datapath_test
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -62,24 +63,34 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 	}
 }
 
-// loadWithStats loads the object unpinned with the verifier's statistics in each program's log;
-// the collection is closed when the test ends.
+// loadWithStats loads the object unpinned with the verifier's statistics in each program's log,
+// once per test binary (see loadShared for why); the collection is never closed.
 func loadWithStats(t *testing.T) (*ebpf.CollectionSpec, *ebpf.Collection) {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	spec, err := datapath.Spec(datapath.Config{PodPrograms: true})
-	if err != nil {
-		t.Fatal(err)
+	withStats.Do(func() {
+		var spec *ebpf.CollectionSpec
+		if spec, withStats.err = datapath.Spec(datapath.Config{PodPrograms: true}); withStats.err != nil {
+			return
+		}
+		for _, ms := range spec.Maps {
+			ms.Pinning = ebpf.PinNone
+		}
+		withStats.spec = spec
+		withStats.coll, withStats.err = ebpf.NewCollectionWithOptions(spec,
+			ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+	})
+	if withStats.err != nil {
+		t.Fatal(withStats.err)
 	}
-	for _, ms := range spec.Maps {
-		ms.Pinning = ebpf.PinNone
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(coll.Close)
-	return spec, coll
+	return withStats.spec, withStats.coll
+}
+
+var withStats struct {
+	sync.Once
+	spec *ebpf.CollectionSpec
+	coll *ebpf.Collection
+	err  error
 }
 
 // Every program leaves the verifier room: at most 60% of its 1M-instruction budget, so a
@@ -110,11 +121,7 @@ func TestVerifierHeadroom(t *testing.T) {
 // device's) write only through helpers, so the node's own traffic pays no copy.
 func TestTCEgressHasNoWritableHeadPrologue(t *testing.T) {
 	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(datapath.Config{PodPrograms: true}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
+	dp := loadShared(t, datapath.Config{PodPrograms: true})
 	for name, p := range map[string]*ebpf.Program{"sluice_tc_egress": dp.Objs.SluiceTcEgress, "sluice_tc_to_pod": dp.Objs.SluiceTcToPod,
 		"sluice_tc_ingress": dp.Objs.SluiceTcIngress} {
 		info, err := p.Info()

@@ -58,12 +58,8 @@ func TestAttachAutoOnUntouchedDevices(t *testing.T) {
 	for _, d := range []string{"eth0", "peer0", "br0"} {
 		ns.MustExec(t, "ip", "link", "set", d, "up")
 	}
+	dp := loadShared(t, datapath.Config{})
 	err := ns.Do(func() error {
-		dp, err := datapath.Load(datapath.Config{}, nil)
-		if err != nil {
-			return err
-		}
-		defer dp.Close()
 		for _, c := range []struct {
 			dev       string
 			requested datapath.XDPMode

@@ -188,11 +188,7 @@ func TestPacketFlows(t *testing.T) {
 func newBareEnv(t *testing.T) *env {
 	t.Helper()
 	node := testutil.NewNode(t, "sl-flow-", nodeIP, map[netip.Addr]net.HardwareAddr{backendIP: backendMAC, clientIP: clientMAC})
-	dp, err := datapath.Load(datapath.Config{XDPIfindex: uint32(node.Ifindex)}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
+	dp := loadShared(t, datapath.Config{XDPIfindex: uint32(node.Ifindex)})
 	return &env{ns: node.Netns, ifindex: node.Ifindex, nodeMAC: node.MAC, dp: dp, m: maps.NewKernel(&dp.Objs.SluiceMaps)}
 }
 

@@ -304,9 +304,7 @@ func TestPolicySNATAddressOfLoadBalancerIP(t *testing.T) {
 func TestPolicyMaglevRemovalMovesFewFlows(t *testing.T) {
 	const n, flows = 10, 10000
 	node := testutil.NewNode(t, "sl-maglev-", nodeIP, nil)
-	dp, err := datapath.Load(datapath.Config{Trace: true, XDPIfindex: uint32(node.Ifindex)}, nil)
-	must(t, err)
-	t.Cleanup(func() { dp.Close() })
+	dp := loadShared(t, datapath.Config{Trace: true, XDPIfindex: uint32(node.Ifindex)})
 	e := &env{ns: node.Netns, ifindex: node.Ifindex, nodeMAC: node.MAC, dp: dp, m: maps.NewKernel(&dp.Objs.SluiceMaps)}
 
 	var keys []string

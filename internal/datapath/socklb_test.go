@@ -73,12 +73,9 @@ type sockLB struct {
 func newSockLB(t *testing.T, in *testutil.Netns, c datapath.SocketLBConfig) (*sockLB, error) {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(datapath.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
+	dp := loadShared(t, datapath.Config{})
 	var s *datapath.SocketLB
+	var err error
 	load := func() (err error) {
 		s, err = dp.LoadSocketLB(c)
 		return err

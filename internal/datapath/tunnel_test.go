@@ -131,11 +131,8 @@ func tunnelLab(t *testing.T) (client, n1, n2 *testutil.Netns, dp *datapath.Datap
 			c.ns.MustExec(t, cmd...)
 		}
 	}
+	dp = loadShared(t, datapath.Config{})
 	err := n1.Do(func() error {
-		var err error
-		if dp, err = datapath.Load(datapath.Config{}, nil); err != nil {
-			return err
-		}
 		// Where packets too big for the next hop without DF go, to be fragmented by the kernel.
 		idx, mac, err := datapath.EnsureStackDevice()
 		if err != nil {
@@ -162,7 +159,6 @@ func tunnelLab(t *testing.T) (client, n1, n2 *testutil.Netns, dp *datapath.Datap
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { dp.Close() })
 	m := maps.NewKernel(&dp.Objs.SluiceMaps)
 	node1, backend := netip.MustParseAddr(tunNode1), netip.MustParseAddr(tunBackend)
 	must(t, m.UpdateBackend(1, lb.Backend{Addr: backend, Port: 8080}))

@@ -16,7 +16,8 @@
 # Environment:
 #   SLUICE_KVM_KERNEL    Debian kernel package to boot (default: the newest of the series)
 #   SLUICE_KVM_ACCEL     kvm | tcg | auto (default auto: kvm when the host has hardware KVM)
-#   SLUICE_KVM_TIMEOUT   seconds before the guest is killed (default 900)
+#   SLUICE_KVM_TIMEOUT   seconds before the guest is killed (default 1500: make test-kernel runs
+#                        both guests at once, each about 8 min alone under TCG)
 #   SLUICE_KVM_MEM       guest memory (default 3G: with 1G, Linux 5.10, which preallocates the
 #                        LRU maps of every test's datapath, ran short and later test runs failed)
 #   SLUICE_KVM_TESTARGS  extra test flags, e.g. '-test.run TestGolden'
@@ -28,7 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 GO=${GO:-go}
 CACHE=${SLUICE_KVM_CACHE:-/var/cache/sluice/kvm}
-TIMEOUT=${SLUICE_KVM_TIMEOUT:-900}
+TIMEOUT=${SLUICE_KVM_TIMEOUT:-1500}
 # veth for testutil.NewNode; sch_ingress and cls_bpf so that clsact attachment (the tc path
 # on kernels without TCX) works too. Their dependencies are added from each module's modinfo.
 # bridge for the attach tests' software device; ipip, geneve, vxlan and tun for the tunnel tests.
@@ -210,7 +211,7 @@ tcg) accel_args=(-accel "tcg,thread=multi" -cpu max) ;;
 *) die "SLUICE_KVM_ACCEL=$accel: want kvm, tcg or auto" ;;
 esac
 
-runlog=$CACHE/last-run.log
+runlog=$CACHE/last-run-$series.log
 log "booting $kver ($accel, timeout ${TIMEOUT}s); serial log in $runlog"
 set +e
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${accel_args[@]}" \
