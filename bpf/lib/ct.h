@@ -87,7 +87,7 @@ static __always_inline void ct_peer(const struct pkt *p, const struct ct_entry *
  * (and not to another flow that took the tuple after an eviction). */
 static __always_inline bool ct_same_flow(const struct ct_entry *cur, const struct ct_entry *want)
 {
-	return cur->nat_saddr == want->nat_saddr && cur->nat_daddr == want->nat_daddr &&
+	return ADDR_EQ(cur->nat_saddr, want->nat_saddr) && ADDR_EQ(cur->nat_daddr, want->nat_daddr) &&
 	       cur->nat_sport == want->nat_sport && cur->nat_dport == want->nat_dport;
 }
 

@@ -51,7 +51,7 @@ static __always_inline int hostnat_track(struct __sk_buff *skb, const struct pkt
 		return TC_ACT_OK;
 	__u32 oif = skb->ifindex;
 	__be32 *addr = bpf_map_lookup_elem(&sluice_device_addrs, &oif);
-	if (!addr || *addr != p->saddr)
+	if (!addr || !ADDR_EQ(*addr, p->saddr))
 		return TC_ACT_OK;
 
 	__u8 state = (p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_F_SYN | TCP_F_ACK)) == TCP_F_SYN) ? CT_F_SYN : 0;

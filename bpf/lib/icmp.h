@@ -156,7 +156,7 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 	if (icmp_quote_parse(skb, &p, &q))
 		return TC_ACT_OK;
 	/* An error goes to whoever sent the packet it quotes. */
-	if (p.daddr != q.saddr)
+	if (!ADDR_EQ(p.daddr, q.saddr))
 		return TC_ACT_OK;
 
 	struct ct_key k = {
@@ -177,7 +177,7 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 		.dport = e->nat_sport,
 	};
 	struct tuple out = {
-		.saddr = e->nat_saddr != k.saddr ? e->nat_saddr : p.saddr,
+		.saddr = !ADDR_EQ(e->nat_saddr, k.saddr) ? e->nat_saddr : p.saddr,
 		.daddr = e->nat_daddr,
 	};
 

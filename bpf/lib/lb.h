@@ -36,7 +36,7 @@ static __always_inline bool lb_source_allowed(const struct frontend *fe, const s
 	if (!(fe->flags & FE_F_SOURCE_RANGES))
 		return true;
 	struct source_range k = {
-		.prefixlen = 64,
+		.prefixlen = 32 + ADDR_BITS,
 		.svc_id = bpf_htonl(fe->svc_id),
 		.addr = p->saddr,
 	};
@@ -127,7 +127,7 @@ static __always_inline struct backend *lb_pick(const struct frontend *fe, const 
 {
 	__u32 ports = ((__u32)p->sport << 16) | p->dport;
 	__u32 id = lb_pick_id(fe->svc_id, fe->count | (__u32)fe->flags << 16, fe->affinity_timeout_s,
-			      p->saddr, lb_hash(p->saddr, p->daddr, ports ^ p->proto));
+			      p->saddr, lb_hash(ADDR_HASH(p->saddr), ADDR_HASH(p->daddr), ports ^ p->proto));
 	if (!id)
 		return 0;
 	struct backend *be = bpf_map_lookup_elem(&sluice_backends, &id);

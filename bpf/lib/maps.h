@@ -6,12 +6,12 @@
 #ifndef SLUICE_MAPS_H
 #define SLUICE_MAPS_H
 
-#include "common.h"
+#include "addr.h"
 
 /* Frontend: an address (a node's, a ClusterIP, an external or load-balancer IP) and port.
  * Go: datapath.SluiceFrontendKey */
 struct frontend_key {
-	__be32 addr;
+	addr_t addr;
 	__be16 port;
 	__u8 proto;
 	__u8 scope; /* FE_SCOPE_*: which clients the entry is for */
@@ -39,7 +39,7 @@ struct frontend {
 	__u16 count;      /* backends in slots 1..count */
 	__u16 flags;      /* FE_F_* */
 	__u32 affinity_timeout_s; /* FE_F_AFFINITY: sessionAffinityConfig.clientIP.timeoutSeconds */
-	__be32 snat_addr; /* the node address remote backends see (0: the frontend's own). A
+	addr_t snat_addr; /* the node address remote backends see (0: the frontend's own). A
 			   * load-balancer or external IP may not route back to this node. */
 };
 
@@ -54,7 +54,7 @@ struct slot_key {
 
 /* Go: datapath.SluiceBackend */
 struct backend {
-	__be32 addr;
+	addr_t addr;
 	__be16 port;
 	__u8 flags;
 	__u8 pad;
@@ -62,8 +62,8 @@ struct backend {
 
 /* A connection table key: the packet's tuple as it is seen at that hook. Go: datapath.SluiceCtKey */
 struct ct_key {
-	__be32 saddr;
-	__be32 daddr;
+	addr_t saddr;
+	addr_t daddr;
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
@@ -83,8 +83,8 @@ struct ct_key {
 
 /* A connection table entry: the tuple the packet gets. Go: datapath.SluiceCtEntry */
 struct ct_entry {
-	__be32 nat_saddr;
-	__be32 nat_daddr;
+	addr_t nat_saddr;
+	addr_t nat_daddr;
 	__be16 nat_sport;
 	__be16 nat_dport;
 	__u32 svc_id;
@@ -190,11 +190,17 @@ struct {
  * kernel's reassembly (RFC 791): source, destination, protocol, identification.
  * Go: datapath.SluiceFragKey */
 struct frag_key {
-	__be32 saddr;
-	__be32 daddr;
+	addr_t saddr;
+	addr_t daddr;
+#ifdef SLUICE_IPV6
+	__be32 id; /* the fragment header's */
+	__u8 proto;
+	__u8 pad[3];
+#else
 	__be16 id;
 	__u8 proto;
 	__u8 pad;
+#endif
 };
 
 /* Go: datapath.SluiceFragPorts */
@@ -214,7 +220,7 @@ struct {
 /* Session affinity (ClientIP): a client's backend per service. Go: datapath.SluiceAffinityKey */
 struct affinity_key {
 	__u32 svc_id;
-	__be32 client;
+	addr_t client;
 };
 
 /* Go: datapath.SluiceAffinity */
@@ -254,7 +260,7 @@ struct {
 struct source_range {
 	__u32 prefixlen;
 	__u32 svc_id; /* big endian: compared bytewise as the prefix's first 32 bits */
-	__be32 addr;
+	addr_t addr;
 };
 
 struct {
@@ -371,8 +377,8 @@ struct trace_record {
 	__u32 reason;          /* enum reason + 1, 0 if none */
 	__u32 svc_id;
 	__u32 backend_id;
-	__be32 nat_saddr;
-	__be32 nat_daddr;
+	addr_t nat_saddr;
+	addr_t nat_daddr;
 	__be16 nat_sport;
 	__be16 nat_dport;
 	__u32 flags;           /* CT_F_* of the entry or new flow */
@@ -462,7 +468,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);
-	__type(value, __be32);
+	__type(value, addr_t);
 	__uint(max_entries, 256);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_device_addrs SEC(".maps");

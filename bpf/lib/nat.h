@@ -11,8 +11,8 @@
 #include "parse.h"
 
 struct tuple {
-	__be32 saddr;
-	__be32 daddr;
+	addr_t saddr;
+	addr_t daddr;
 	__be16 sport;
 	__be16 dport;
 };
@@ -20,7 +20,8 @@ struct tuple {
 /* Does p already carry t (nothing to rewrite)? */
 static __always_inline bool tuple_is(const struct tuple *t, const struct pkt *p)
 {
-	return t->saddr == p->saddr && t->daddr == p->daddr && t->sport == p->sport && t->dport == p->dport;
+	return ADDR_EQ(t->saddr, p->saddr) && ADDR_EQ(t->daddr, p->daddr) && t->sport == p->sport &&
+	       t->dport == p->dport;
 }
 
 static __always_inline __u16 l4_csum_off(const struct pkt *p)

@@ -79,10 +79,10 @@ static __always_inline int ct_claim_local(struct ct_key *rk, struct ct_entry *rv
  * leaves by when sluice runs there (the backend's replies then come back to a device that
  * translates them, wherever the client came in: a node with a public and a private NIC), else
  * the frontend's SNAT address, else the address the client reached. */
-static __always_inline __be32 snat_addr_for(void *ctx, const bool xdp, const struct pkt *p,
+static __always_inline addr_t snat_addr_for(void *ctx, const bool xdp, const struct pkt *p,
 					    const struct frontend *fe, const struct backend *be)
 {
-	__be32 dflt = fe->snat_addr ? fe->snat_addr : p->daddr;
+	addr_t dflt = ADDR_IS_ZERO(fe->snat_addr) ? p->daddr : fe->snat_addr;
 	struct scratch *s = scratch();
 	if (!s)
 		return dflt;
@@ -93,8 +93,8 @@ static __always_inline __be32 snat_addr_for(void *ctx, const bool xdp, const str
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return dflt;
 	__u32 ifindex = fib->ifindex;
-	__be32 *addr = bpf_map_lookup_elem(&sluice_device_addrs, &ifindex);
-	return addr && *addr ? *addr : dflt;
+	addr_t *addr = bpf_map_lookup_elem(&sluice_device_addrs, &ifindex);
+	return addr && !ADDR_IS_ZERO(*addr) ? *addr : dflt;
 }
 
 /* A new flow to fe: choose its backend and translation and record both directions. */
@@ -119,7 +119,7 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const bo
 	 * which it passes wherever the backend is. Only a pod that reaches itself (hairpin) gets
 	 * another source: a packet from its own address is a martian to it. */
 	if (pod)
-		local = be->addr != p->saddr;
+		local = !ADDR_EQ(be->addr, p->saddr);
 	ct_key_of(&fk, p);
 	fwd.svc_id = fe->svc_id;
 	fwd.backend_id = backend_id;

@@ -5,6 +5,7 @@
 #ifndef SLUICE_PARSE_H
 #define SLUICE_PARSE_H
 
+#include "addr.h"
 #include "ctx.h"
 #include "sctp.h"
 
@@ -19,9 +20,17 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 
+#define L2_MAX 18 /* Ethernet and one VLAN tag */
+#ifdef SLUICE_IPV6
+/* The IPv6 header and its extension headers before L4: at most this much (parse6.h). */
+#define L3_MAX 256
+#define L4_OFF_MASK 0x1ff
+#else
 /* The largest L2 + L3 header we parse: Ethernet, one VLAN tag, IPv4 with 40 bytes of options. */
-#define L2_MAX 18
-#define L4_OFF_MAX (L2_MAX + 60)
+#define L3_MAX 60
+#define L4_OFF_MASK 0x7f
+#endif
+#define L4_OFF_MAX (L2_MAX + L3_MAX)
 
 struct vlan_hdr {
 	__be16 tci;
@@ -41,12 +50,16 @@ struct pkt {
 	__u32 len;        /* whole frame */
 	__u16 l3_off;     /* 14 or 18 */
 	__u16 l4_off;     /* l3_off + IHL*4 */
-	__be32 saddr;
-	__be32 daddr;
+	addr_t saddr;
+	addr_t daddr;
 	__be16 sport;
 	__be16 dport;
 	__u16 ip_len;     /* IPv4 total length */
+#ifdef SLUICE_IPV6
+	__be32 ip_id;     /* the fragment header's identification */
+#else
 	__be16 ip_id;     /* IPv4 identification: which datagram a fragment belongs to */
+#endif
 	__u8 proto;
 	__u8 tcp_flags;   /* TCP_F_* below; for SCTP, TCP_F_SYN marks an INIT chunk */
 	__u8 tos;
@@ -65,6 +78,64 @@ struct pkt {
 #define TCP_F_RST 0x04
 #define TCP_F_ACK 0x10
 
+/* The L4 header at p->l4_off (l3_hlen bytes past the L3 header, p->ip_len the L3 length):
+ * ports, TCP flags, and whether it fits. Both families' parsers end here. */
+static __always_inline int parse_l4(void *ctx, const bool xdp, struct pkt *p, __u16 l3_hlen)
+{
+	void *data = ctx_data(ctx, xdp);
+	void *data_end = ctx_data_end(ctx, xdp);
+	__u16 ip_len = p->ip_len;
+	__u16 hlen = l3_hlen;
+	__u32 l4_need = p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
+			p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) + 4 : sizeof(struct udphdr);
+	if (!xdp && (__u32)(data_end - data) < (__u32)p->l4_off + l4_need) {
+		ctx_pull(ctx, xdp, p->l4_off + l4_need);
+		data = ctx_data(ctx, xdp);
+		data_end = ctx_data_end(ctx, xdp);
+	}
+	/* The verifier needs l4 bounded; the parsers hold l4_off within L4_OFF_MASK. */
+	void *l4 = data + (p->l4_off & L4_OFF_MASK);
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return PARSE_MALFORMED;
+		if (th->doff < 5 || ip_len < hlen + th->doff * 4)
+			return PARSE_MALFORMED;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->l4_hlen = th->doff * 4;
+		p->tcp_flags = (th->fin ? TCP_F_FIN : 0) | (th->syn ? TCP_F_SYN : 0) |
+			       (th->rst ? TCP_F_RST : 0) | (th->ack ? TCP_F_ACK : 0);
+	} else if (p->proto == IPPROTO_SCTP) {
+		/* The common header, and the first chunk's type: only an INIT opens a flow. */
+		struct sctphdr *sh = l4;
+		__u8 *chunk = (void *)(sh + 1);
+		if ((void *)(sh + 1) > data_end || ip_len < hlen + sizeof(*sh) + 4)
+			return PARSE_MALFORMED;
+		if ((void *)(chunk + 1) > data_end)
+			return PARSE_MALFORMED;
+		p->sport = sh->source;
+		p->dport = sh->dest;
+		p->l4_hlen = sizeof(*sh);
+		p->tcp_flags = *chunk == SCTP_CHUNK_INIT ? TCP_F_SYN : 0;
+	} else {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return PARSE_MALFORMED;
+		/* A first fragment's UDP length is the whole datagram's. */
+		if (ip_len < hlen + sizeof(*uh) || bpf_ntohs(uh->len) < sizeof(*uh) ||
+		    (bpf_ntohs(uh->len) > ip_len - hlen && !p->frag))
+			return PARSE_MALFORMED;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->l4_hlen = sizeof(*uh);
+	}
+	return PARSE_OK;
+}
+
+#ifdef SLUICE_IPV6
+#include "parse6.h"
+#else
 static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 {
 	/* Headers may sit in a non-linear tc skb: pull what the L2 and L3 headers need, and the L4
@@ -128,51 +199,7 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	if (p->frag && p->proto == IPPROTO_SCTP)
 		return PARSE_FRAGMENT;
 
-	__u32 l4_need = p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
-			p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) + 4 : sizeof(struct udphdr);
-	if (!xdp && (__u32)(data_end - data) < (__u32)p->l4_off + l4_need) {
-		ctx_pull(ctx, xdp, p->l4_off + l4_need);
-		data = ctx_data(ctx, xdp);
-		data_end = ctx_data_end(ctx, xdp);
-	}
-	/* The verifier needs l4 bounded; hlen <= 60 already holds. */
-	void *l4 = data + (p->l4_off & 0x7f);
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
-			return PARSE_MALFORMED;
-		if (th->doff < 5 || ip_len < hlen + th->doff * 4)
-			return PARSE_MALFORMED;
-		p->sport = th->source;
-		p->dport = th->dest;
-		p->l4_hlen = th->doff * 4;
-		p->tcp_flags = (th->fin ? TCP_F_FIN : 0) | (th->syn ? TCP_F_SYN : 0) |
-			       (th->rst ? TCP_F_RST : 0) | (th->ack ? TCP_F_ACK : 0);
-	} else if (p->proto == IPPROTO_SCTP) {
-		/* The common header, and the first chunk's type: only an INIT opens a flow. */
-		struct sctphdr *sh = l4;
-		__u8 *chunk = (void *)(sh + 1);
-		if ((void *)(sh + 1) > data_end || ip_len < hlen + sizeof(*sh) + 4)
-			return PARSE_MALFORMED;
-		if ((void *)(chunk + 1) > data_end)
-			return PARSE_MALFORMED;
-		p->sport = sh->source;
-		p->dport = sh->dest;
-		p->l4_hlen = sizeof(*sh);
-		p->tcp_flags = *chunk == SCTP_CHUNK_INIT ? TCP_F_SYN : 0;
-	} else {
-		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > data_end)
-			return PARSE_MALFORMED;
-		/* A first fragment's UDP length is the whole datagram's. */
-		if (ip_len < hlen + sizeof(*uh) || bpf_ntohs(uh->len) < sizeof(*uh) ||
-		    (bpf_ntohs(uh->len) > ip_len - hlen && !p->frag))
-			return PARSE_MALFORMED;
-		p->sport = uh->source;
-		p->dport = uh->dest;
-		p->l4_hlen = sizeof(*uh);
-	}
-	return PARSE_OK;
+	return parse_l4(ctx, xdp, p, hlen);
 }
 
 /* Is the IPv4 header checksum right? The kernel drops a packet whose header checksum is wrong;
@@ -199,5 +226,7 @@ static __always_inline bool ipv4_csum_ok(void *ctx, const bool xdp, const struct
 	sum = (sum & 0xffff) + (sum >> 16);
 	return sum == 0xffff;
 }
+
+#endif /* SLUICE_IPV6 */
 
 #endif
