@@ -47,6 +47,9 @@ struct icmphdr {
 #ifndef AF_INET
 #define AF_INET 2
 #endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 
 /* Settings, written from Go (spec.Variables) before the object is loaded. Defaults here are the
  * agent's defaults, so the golden-packet tests run with what users get. */

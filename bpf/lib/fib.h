@@ -14,6 +14,14 @@ struct scratch {
 	__u64 fib[sizeof(struct bpf_fib_lookup) / 8]; /* (bpf2go cannot mirror its unions) */
 	struct tuple to;
 	struct pkt p;
+#ifdef SLUICE_IPV6
+	/* What IPv4 keeps on the stack (nodeport.h PKT_DECL, CT_PAIR_DECL) and what a new flow's
+	 * program gets from the one that found its frontend. */
+	struct pkt in;
+	struct frontend fe;
+	struct ct_key keys[2];
+	struct ct_entry ents[2];
+#endif
 };
 
 struct {
@@ -44,14 +52,21 @@ static __always_inline bool mac_equal(const __u8 *a, const __u8 *b)
 static __always_inline int fwd_lookup(void *ctx, const bool xdp, struct bpf_fib_lookup *fib,
 				      const struct tuple *to, __u8 proto, __u8 tos, __u16 tot_len)
 {
-	fib->family = AF_INET;
-	fib->tos = tos;
 	fib->l4_protocol = proto;
 	fib->sport = to->sport;
 	fib->dport = to->dport;
 	fib->tot_len = tot_len;
+#ifdef SLUICE_IPV6
+	fib->family = AF_INET6;
+	fib->flowinfo = bpf_htonl((__u32)tos << 20);
+	__builtin_memcpy(fib->ipv6_src, &to->saddr, 16);
+	__builtin_memcpy(fib->ipv6_dst, &to->daddr, 16);
+#else
+	fib->family = AF_INET;
+	fib->tos = tos;
 	fib->ipv4_src = to->saddr;
 	fib->ipv4_dst = to->daddr;
+#endif
 	fib->ifindex = ctx_ifindex(ctx, xdp);
 	int rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 	/* 5.10 kernels without the NUD_FAILED fix report success with a zero MAC. A device without
@@ -77,8 +92,13 @@ static __always_inline int fwd_send(void *ctx, const bool xdp, int rc, const str
 			return bpf_redirect_neigh(fib->ifindex, NULL, 0, 0);
 		/* Let the kernel resolve the next hop and fill in the MACs. */
 		struct bpf_redir_neigh nh = {};
+#ifdef SLUICE_IPV6
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib->ipv6_dst, 16);
+#else
 		nh.nh_family = AF_INET;
 		nh.ipv4_nh = fib->ipv4_dst;
+#endif
 		return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
 	}
 	void *data = ctx_data(ctx, xdp);

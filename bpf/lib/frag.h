@@ -19,7 +19,11 @@ static __always_inline void frag_key_of(struct frag_key *k, const struct pkt *p)
 	k->daddr = p->daddr;
 	k->id = p->ip_id;
 	k->proto = p->proto;
+#ifdef SLUICE_IPV6
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+#else
 	k->pad = 0;
+#endif
 }
 
 /* A first fragment about to be translated: remember its ports for the rest. */

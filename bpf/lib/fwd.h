@@ -52,10 +52,9 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 			count_reason(REASON_PASS_TO_TC);
 			return XDP_PASS;
 		}
-		__u32 ports = ((__u32)to->sport << 16) | to->dport;
 		if (p->df)
-			return fwd_too_big((struct __sk_buff *)ctx, to->saddr, to->daddr, ports, mtu_len);
-		return fwd_to_kernel((struct __sk_buff *)ctx, to->saddr, to->daddr, ports, 0);
+			return fwd_too_big_to((struct __sk_buff *)ctx, to, mtu_len);
+		return fwd_to_kernel_to((struct __sk_buff *)ctx, to, 0);
 	}
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		count_reason(REASON_DROP_NO_ROUTE);
@@ -68,21 +67,17 @@ static __always_inline int fwd_translated(void *ctx, const bool xdp, const struc
 		return XDP_PASS;
 	}
 	if (!xdp && p->frag) {
-		int verdict = fwd_to_kernel((struct __sk_buff *)ctx, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, 1);
+		int verdict = fwd_to_kernel_to((struct __sk_buff *)ctx, to, 1);
 		if (verdict != FWD_NO_STACK)
 			return verdict;
 	}
 
-	{
-		void *data = ctx_data(ctx, xdp);
-		void *data_end = ctx_data_end(ctx, xdp);
-		struct iphdr *iph = data + (p->l3_off & 0x1f);
-		if ((void *)(iph + 1) > data_end)
-			return VERDICT_DROP(xdp);
-		if (iph->ttl <= 1) {
-			count_reason(REASON_DROP_TTL_EXCEEDED);
-			return VERDICT_DROP(xdp);
-		}
+	int ttl = pkt_ttl(ctx, xdp, p);
+	if (ttl < 0)
+		return VERDICT_DROP(xdp);
+	if (ttl <= 1) {
+		count_reason(REASON_DROP_TTL_EXCEEDED);
+		return VERDICT_DROP(xdp);
 	}
 	if (nat_rewrite(ctx, xdp, p, to, true))
 		return VERDICT_DROP(xdp);

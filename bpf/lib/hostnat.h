@@ -18,6 +18,9 @@
 /* Could p, leaving, be such a flow? TCP or UDP from a port in the SNAT range to a backend
  * port: the node's own connections (ephemeral ports above the range) and everything else pay
  * two array reads. */
+#ifdef SLUICE_IPV6
+#include "pending6.h"
+#else
 static __always_inline bool hostnat_candidate(const struct pkt *p)
 {
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
@@ -84,5 +87,7 @@ static __always_inline int hostnat_track(struct __sk_buff *skb, const struct pkt
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }
+
+#endif /* SLUICE_IPV6 */
 
 #endif

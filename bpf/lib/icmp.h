@@ -39,6 +39,9 @@ struct icmp_quote {
 };
 
 /* Quote bytes read: the IPv4 header with options, and TCP up to its checksum. */
+#ifdef SLUICE_IPV6
+#include "pending6.h"
+#else
 #define ICMP_QUOTE_READ (sizeof(struct icmphdr) + 60 + 20)
 
 static __always_inline int icmp_quote_parse(struct __sk_buff *skb, const struct pkt *p,
@@ -211,5 +214,7 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 	count_reason(REASON_ICMP_RELATED);
 	return fwd_send(skb, false, rc, fib);
 }
+
+#endif /* SLUICE_IPV6 */
 
 #endif

@@ -100,13 +100,38 @@ static __always_inline __u32 lb_slot_id(__u32 svc_id, __u16 count, __u16 flags, 
  * function, with only scalars, so the verifier checks its branches (affinity, Maglev or a slot)
  * once, not once per path of every caller: inlined, they multiplied tc ingress's verification
  * five-fold. */
-__noinline __u32 lb_pick_id(__u32 svc_id, __u32 count_flags, __u32 affinity_timeout_s,
-			    __be32 client, __u32 hash)
+/* The client address as a global function takes it: scalars only (Linux 5.10 takes no
+ * pointer but the context), an IPv6 one in two halves. */
+#ifdef SLUICE_IPV6
+#define LB_CLIENT_PARAMS __u64 client_hi, __u64 client_lo
+#define LB_CLIENT_ARGS(a) addr6_half(&(a), 0), addr6_half(&(a), 2)
+#define LB_CLIENT_SET(k)                                            \
+	do {                                                        \
+		__builtin_memcpy(&(k).client.w[0], &client_hi, 8);  \
+		__builtin_memcpy(&(k).client.w[2], &client_lo, 8);  \
+	} while (0)
+
+static __always_inline __u64 addr6_half(const union addr6 *a, int word)
 {
-	__u16 count = count_flags & 0xffff;
-	__u16 flags = count_flags >> 16;
+	__u64 v;
+	__builtin_memcpy(&v, &a->w[word], 8);
+	return v;
+}
+#else
+#define LB_CLIENT_PARAMS __be32 client
+#define LB_CLIENT_ARGS(a) (a)
+#define LB_CLIENT_SET(k) ((k).client = client)
+#endif
+
+/* fe_word: the frontend's count, flags << 16 and affinity timeout << 32. */
+__noinline __u32 lb_pick_id(__u32 svc_id, __u64 fe_word, LB_CLIENT_PARAMS, __u32 hash)
+{
+	__u16 count = fe_word & 0xffff;
+	__u16 flags = (fe_word >> 16) & 0xffff;
+	__u32 affinity_timeout_s = fe_word >> 32;
 	__u64 now = bpf_ktime_get_ns();
-	struct affinity_key ak = { .svc_id = svc_id, .client = client };
+	struct affinity_key ak = { .svc_id = svc_id };
+	LB_CLIENT_SET(ak);
 	__u32 id = 0;
 
 	if (flags & FE_F_AFFINITY)
@@ -121,13 +146,13 @@ __noinline __u32 lb_pick_id(__u32 svc_id, __u32 count_flags, __u32 affinity_time
 	return id;
 }
 
-/* The backend for a new flow of p to fe, or NULL if the agent's maps are mid-update. */
 static __always_inline struct backend *lb_pick(const struct frontend *fe, const struct pkt *p,
 					       __u32 *backend_id)
 {
 	__u32 ports = ((__u32)p->sport << 16) | p->dport;
-	__u32 id = lb_pick_id(fe->svc_id, fe->count | (__u32)fe->flags << 16, fe->affinity_timeout_s,
-			      p->saddr, lb_hash(ADDR_HASH(p->saddr), ADDR_HASH(p->daddr), ports ^ p->proto));
+	__u64 fe_word = fe->count | (__u32)fe->flags << 16 | (__u64)fe->affinity_timeout_s << 32;
+	__u32 id = lb_pick_id(fe->svc_id, fe_word, LB_CLIENT_ARGS(p->saddr),
+			      lb_hash(ADDR_HASH(p->saddr), ADDR_HASH(p->daddr), ports ^ p->proto));
 	if (!id)
 		return 0;
 	struct backend *be = bpf_map_lookup_elem(&sluice_backends, &id);

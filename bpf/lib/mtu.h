@@ -16,6 +16,9 @@
 #include "reject.h"
 #include "stats.h"
 
+#ifdef SLUICE_IPV6
+#include "pending6.h"
+#else
 /* The smallest MTU an IPv4 link may have (RFC 791). */
 #define MTU_MIN 68
 #define MTU_SEARCH_STEPS 16
@@ -123,5 +126,18 @@ __noinline int fwd_too_big(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u3
 	count_reason(REASON_ICMP_FRAG_NEEDED_SENT);
 	return ctx_bounce(skb, false);
 }
+
+/* fwd.h's calls, with the tuple as the global functions above take it (scalars). */
+static __always_inline int fwd_too_big_to(struct __sk_buff *skb, const struct tuple *to, __u16 len)
+{
+	return fwd_too_big(skb, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, len);
+}
+
+static __always_inline int fwd_to_kernel_to(struct __sk_buff *skb, const struct tuple *to, __u32 fits)
+{
+	return fwd_to_kernel(skb, to->saddr, to->daddr, ((__u32)to->sport << 16) | to->dport, fits);
+}
+
+#endif /* SLUICE_IPV6 */
 
 #endif

@@ -30,6 +30,9 @@ static __always_inline __u16 l4_csum_off(const struct pkt *p)
 						     : offsetof(struct udphdr, check));
 }
 
+#ifdef SLUICE_IPV6
+#include "nat6.h"
+#else
 /* XDP writes the packet directly and updates the checksums by hand. */
 static __always_inline int nat_write_xdp(struct iphdr *iph, void *l4, const struct pkt *p,
 					 const struct tuple *to, __u16 ttl_new, __u32 ip_diff,
@@ -180,6 +183,8 @@ static __always_inline int nat_rewrite_for(void *ctx, const bool xdp, const stru
 		return nat_write_xdp(iph, l4, p, to, ttl_new, ip_diff, addr_diff, port_diff, crc ^ crc_delta);
 	return nat_write_tc(ctx, p, to, ttl_old, ttl_new, ip_diff, addr_diff, port_diff, crc ^ crc_delta);
 }
+
+#endif /* SLUICE_IPV6 */
 
 static __always_inline int nat_rewrite(void *ctx, const bool xdp, const struct pkt *p,
 				       const struct tuple *to, bool dec_ttl)

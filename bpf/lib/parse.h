@@ -202,11 +202,22 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 	return parse_l4(ctx, xdp, p, hlen);
 }
 
+/* The TTL p arrived with, or -1 if the header is no longer there. */
+static __always_inline int pkt_ttl(void *ctx, const bool xdp, const struct pkt *p)
+{
+	void *data = ctx_data(ctx, xdp);
+	void *data_end = ctx_data_end(ctx, xdp);
+	struct iphdr *iph = data + (p->l3_off & 0x1f);
+	if ((void *)(iph + 1) > data_end)
+		return -1;
+	return iph->ttl;
+}
+
 /* Is the IPv4 header checksum right? The kernel drops a packet whose header checksum is wrong;
  * translating and forwarding it from XDP would launder it, so such packets are left to the
  * kernel. (L4 checksums are updated incrementally: a wrong one stays wrong, and the receiver
  * drops it, as after any router.) */
-static __always_inline bool ipv4_csum_ok(void *ctx, const bool xdp, const struct pkt *p)
+static __always_inline bool l3_csum_ok(void *ctx, const bool xdp, const struct pkt *p)
 {
 	void *data = ctx_data(ctx, xdp);
 	void *data_end = ctx_data_end(ctx, xdp);

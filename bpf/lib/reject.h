@@ -12,6 +12,9 @@
 #include "parse.h"
 #include "stats.h"
 
+#ifdef SLUICE_IPV6
+#include "pending6.h"
+#else
 #define REJECT_TTL 64
 #define ICMP_QUOTE_MAX_WORDS ((sizeof(struct icmphdr) + 60 + 20) / 2)
 
@@ -157,5 +160,7 @@ static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p
 	count_rejected(svc_id);
 	return ctx_bounce(ctx, xdp);
 }
+
+#endif /* SLUICE_IPV6 */
 
 #endif

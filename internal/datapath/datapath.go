@@ -142,7 +142,9 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
-	sizeMaps(spec, cfg)
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
 	if !cfg.PodPrograms {
 		// Not followed: a stub under each name (TC_ACT_OK), so that the verifier, which
 		// takes as long again for the pod path as for a NIC's ingress, is spared it.
@@ -152,6 +154,13 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 			}
 		}
 	}
+	return spec, nil
+}
+
+// configure sets what cfg says in a spec of either family's object: map sizes, pinning and the
+// settings the programs read.
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	sizeMaps(spec, cfg)
 	if cfg.PinPath == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -176,10 +185,10 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
-			return nil, fmt.Errorf("set %s: %w", name, err)
+			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	return spec, nil
+	return nil
 }
 
 // sizeMaps sets the maps' sizes from cfg, in any of the objects (the socket programs' shares
@@ -198,6 +207,11 @@ func sizeMaps(spec *ebpf.CollectionSpec, cfg Config) {
 		SluiceMapSluiceMaglev:        cfg.MaxServices,
 		// A socket client is a namespace: no more of them than of packet clients.
 		SluiceSockMapSluiceSockAffinity: cfg.MaxAffinity,
+		// IPv6's own (ipv6.go).
+		Sluice6MapSluiceFrontends6: cfg.MaxFrontends,
+		Sluice6MapSluiceBackends6:  cfg.MaxBackends,
+		Sluice6MapSluiceCt6:        cfg.MaxConntrack,
+		Sluice6MapSluiceAffinity6:  cfg.MaxAffinity,
 	}
 	for name, n := range sizes {
 		if m := spec.Maps[name]; m != nil {

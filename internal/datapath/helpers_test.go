@@ -35,8 +35,12 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	v6, err := datapath.LoadSluice6()
+	if err != nil {
+		t.Fatal(err)
+	}
 	progs := map[string]*ebpf.ProgramSpec{}
-	for _, s := range []*ebpf.CollectionSpec{spec, sock} {
+	for _, s := range []*ebpf.CollectionSpec{spec, sock, v6} {
 		for name, p := range s.Programs {
 			progs[name] = p
 		}
@@ -63,22 +67,32 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 	}
 }
 
-// loadWithStats loads the object unpinned with the verifier's statistics in each program's log,
-// once per test binary (see loadShared for why); the collection is never closed.
+// loadWithStats loads the objects of both families unpinned with the verifier's statistics in
+// each program's log, once per test binary (see loadShared for why), and returns their
+// programs together; the collections are never closed.
 func loadWithStats(t *testing.T) (*ebpf.CollectionSpec, *ebpf.Collection) {
 	t.Helper()
 	testutil.RequirePrivileges(t)
 	withStats.Do(func() {
-		var spec *ebpf.CollectionSpec
-		if spec, withStats.err = datapath.Spec(datapath.Config{PodPrograms: true}); withStats.err != nil {
-			return
+		withStats.spec = &ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{}}
+		withStats.coll = &ebpf.Collection{Programs: map[string]*ebpf.Program{}}
+		cfg := datapath.Config{PodPrograms: true}
+		for _, load := range []func(datapath.Config) (*ebpf.CollectionSpec, error){datapath.Spec, datapath.SpecIPv6} {
+			spec, err := load(cfg)
+			if err != nil {
+				withStats.err = err
+				return
+			}
+			coll, err := ebpf.NewCollectionWithOptions(spec,
+				ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+			if err != nil {
+				withStats.err = err
+				return
+			}
+			for name, p := range coll.Programs {
+				withStats.spec.Programs[name], withStats.coll.Programs[name] = spec.Programs[name], p
+			}
 		}
-		for _, ms := range spec.Maps {
-			ms.Pinning = ebpf.PinNone
-		}
-		withStats.spec = spec
-		withStats.coll, withStats.err = ebpf.NewCollectionWithOptions(spec,
-			ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
 	})
 	if withStats.err != nil {
 		t.Fatal(withStats.err)

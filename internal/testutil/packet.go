@@ -11,7 +11,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 )
 
-// Pkt describes an Ethernet/IPv4/TCP-or-UDP frame for the golden-packet tests.
+// Pkt describes an Ethernet/IPv4/TCP-or-UDP frame for the golden-packet tests (IPv6 with
+// IPv6 addresses: packet6.go).
 type Pkt struct {
 	SrcMAC, DstMAC net.HardwareAddr
 	VLAN           uint16 // 802.1Q VLAN ID; 0 means untagged
@@ -31,10 +32,14 @@ type Pkt struct {
 	ICMPCode       uint8
 	Payload        []byte
 	NoUDPChecksum  bool // send UDP checksum 0 ("none")
+	HopByHop       bool // IPv6 (packet6.go): a hop-by-hop options header before L4
 }
 
 // Bytes serializes the frame with correct lengths and checksums.
 func (p Pkt) Bytes() []byte {
+	if p.is6() {
+		return p.bytes6()
+	}
 	ttl := p.TTL
 	if ttl == 0 {
 		ttl = 64
@@ -97,6 +102,10 @@ func (p Pkt) L3Offset() int {
 
 // L4Offset is where the TCP/UDP header starts.
 func (p Pkt) L4Offset() int {
+	if p.is6() {
+		ext, _ := p.ext6()
+		return p.L3Offset() + 40 + len(ext)
+	}
 	n := 20
 	for _, o := range p.IPOptions {
 		if o.OptionType <= 1 {
@@ -132,6 +141,9 @@ func VerifyChecksums(frame []byte) error {
 	}
 	if binary.BigEndian.Uint16(frame[12:]) == 0x8100 {
 		l3 = 18
+	}
+	if binary.BigEndian.Uint16(frame[l3-2:]) == 0x86dd {
+		return verify6(frame[l3:])
 	}
 	if len(frame) < l3+20 {
 		return fmt.Errorf("frame too short for IPv4")

@@ -1,0 +1,39 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* sluice6.c: the IPv6 programs, the packet path of lib/ compiled for IPv6 (lib/addr.h). The
+ * IPv4 programs hand them IPv6 packets by tail call (sluice_progs6), so a device carries one
+ * XDP program and one per tc hook, as before. */
+#define SLUICE_IPV6 1
+#include "lib/nodeport.h"
+
+SEC("xdp")
+int sluice_xdp6(struct xdp_md *ctx)
+{
+	return nodeport_ingress(ctx, true, false);
+}
+
+SEC("tc")
+int sluice_tc_ingress6(struct __sk_buff *skb)
+{
+	return nodeport_ingress(skb, false, false);
+}
+
+SEC("tc")
+int sluice_tc_egress6(struct __sk_buff *skb)
+{
+	return nodeport_egress(skb, false);
+}
+
+/* A new flow, by tail call from the programs above (nodeport_call_new_flow). */
+SEC("xdp")
+int sluice_xdp6_new_flow(struct xdp_md *ctx)
+{
+	return nodeport_new_flow_call(ctx, true, false);
+}
+
+SEC("tc")
+int sluice_tc6_new_flow(struct __sk_buff *skb)
+{
+	return nodeport_new_flow_call(skb, false, false);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,102 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+)
+
+// IPv6 is the packet path compiled for IPv6 (bpf/sluice6.c, from the same lib/ as IPv4's):
+// maps of its own for everything that holds an address (their names end in 6) and the IPv4
+// object's for the rest (sharedWithIPv6). Work in progress (issue: IPv6 and dual-stack): the
+// agent does not load it yet, and what it does not do yet is listed in bpf/lib/pending6.h.
+type IPv6 struct {
+	Objs Sluice6Objects
+}
+
+// sharedWithIPv6 are the maps both families use: they hold IDs, counters, names and device
+// facts, no addresses. A dual-stack service port has a service ID per family, so its slots,
+// Maglev table and counters are those of one family.
+var sharedWithIPv6 = []string{
+	SluiceMapSluiceSlots, SluiceMapSluiceSvcStats, SluiceMapSluiceReasons, SluiceMapSluiceSvcInfo,
+	SluiceMapSluiceMaglev, SluiceMapSluiceAffinityMatch, SluiceMapSluiceAgent, SluiceMapSluiceDevices,
+	SluiceMapSluiceStackDev, SluiceMapSluiceFrontendPorts, SluiceMapSluiceBackendPorts,
+}
+
+// The IPv6 programs' call arrays: index of the new-flow program (bpf/lib/nodeport.h).
+const callNewFlow = 0
+
+// SpecIPv6 returns the IPv6 object's spec configured by cfg, as Spec does IPv4's.
+func SpecIPv6(cfg Config) (*ebpf.CollectionSpec, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	spec, err := LoadSluice6()
+	if err != nil {
+		return nil, fmt.Errorf("load IPv6 spec: %w", err)
+	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+	return spec, nil
+}
+
+// LoadIPv6 loads the IPv6 programs beside d, on d's shared maps, and fills their call arrays.
+func (d *Datapath) LoadIPv6() (*IPv6, error) {
+	spec, err := SpecIPv6(d.Config)
+	if err != nil {
+		return nil, err
+	}
+	live := d.Objs.SluiceMaps.all()
+	shared := map[string]*ebpf.Map{}
+	for _, name := range sharedWithIPv6 {
+		if spec.Maps[name] == nil || live[name] == nil {
+			return nil, fmt.Errorf("load IPv6 datapath: shared map %s missing", name)
+		}
+		shared[name] = live[name]
+	}
+	for name := range spec.Maps {
+		if shared[name] == nil && !strings.HasSuffix(name, "6") && !strings.HasPrefix(name, ".") {
+			return nil, fmt.Errorf("load IPv6 datapath: map %s is neither IPv6's own nor shared", name)
+		}
+	}
+	v6 := &IPv6{}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.Config.PinPath}, MapReplacements: shared}
+	if err := spec.LoadAndAssign(&v6.Objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load IPv6 datapath: %+v", ve)
+		}
+		return nil, fmt.Errorf("load IPv6 datapath: %w", err)
+	}
+	calls := []struct {
+		m *ebpf.Map
+		p *ebpf.Program
+	}{
+		{v6.Objs.SluiceCallsXdp6, v6.Objs.SluiceXdp6NewFlow},
+		{v6.Objs.SluiceCallsTc6, v6.Objs.SluiceTc6NewFlow},
+	}
+	for _, c := range calls {
+		if err := c.m.Put(uint32(callNewFlow), c.p); err != nil {
+			v6.Close()
+			return nil, fmt.Errorf("fill IPv6 call array: %w", err)
+		}
+	}
+	return v6, nil
+}
+
+// Close releases the IPv6 object's file descriptors. Pinned maps stay.
+func (v *IPv6) Close() error { return v.Objs.Close() }
+
+// all is every map of the IPv4 object by name.
+func (m *SluiceMaps) all() map[string]*ebpf.Map {
+	out := m.byName()
+	out[SluiceMapSluiceStackDev] = m.SluiceStackDev
+	out[SluiceMapSluiceDeviceAddrs] = m.SluiceDeviceAddrs
+	out[SluiceMapSluiceFrags] = m.SluiceFrags
+	out[SluiceMapSluiceScratch] = m.SluiceScratch
+	return out
+}
