@@ -200,6 +200,43 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const bo
 	return fwd_translated(ctx, xdp, p, &to, rc == OPEN_LOCAL, fe->svc_id, false);
 }
 
+#ifndef SLUICE_IPV6
+/* IPv4's programs are the ones attached; they hand IPv6 packets to the IPv6 programs
+ * (bpf/sluice6.c) by tail call. The agent fills the arrays when it loads IPv6 (datapath
+ * LoadIPv6); empty, IPv6 packets go to the kernel, as before there was an IPv6 path. Pinned:
+ * an unpinned program array is emptied when its last user's file descriptor closes, which
+ * would cut IPv6 off when the agent restarts. */
+#define PROG6_INGRESS 0  /* a NIC's XDP or tc ingress */
+#define PROG6_EGRESS 1   /* a NIC's tc egress */
+#define PROG6_MAX 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, PROG6_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_progs6_xdp SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, PROG6_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_progs6_tc SEC(".maps");
+
+static __always_inline int nodeport_to_ipv6(void *ctx, const bool xdp, __u32 which)
+{
+	if (xdp)
+		bpf_tail_call(ctx, &sluice_progs6_xdp, which);
+	else
+		bpf_tail_call(ctx, &sluice_progs6_tc, which);
+	trace_stage(TRACE_NOT_OURS);
+	return VERDICT_PASS(xdp);
+}
+#endif
+
 #ifdef SLUICE_IPV6
 /* IPv6 opens a flow in a program of its own, reached by tail call with a stack of its own:
  * what the path holds until it finds the frontend and what opening a flow needs would not fit
@@ -268,6 +305,11 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp, const boo
 {
 	PKT_DECL(p, xdp);
 	int res = parse_pkt(ctx, xdp, p);
+#ifndef SLUICE_IPV6
+	/* (The pods' devices have no IPv6 programs yet.) */
+	if (res == PARSE_IPV6 && !pod)
+		return nodeport_to_ipv6(ctx, xdp, PROG6_INGRESS);
+#endif
 	if (!xdp && res == PARSE_OTHER_L4 && p->proto == IPPROTO_ICMP)
 		return icmp_related((struct __sk_buff *)ctx, false);
 	/* A later fragment is ours only if its first fragment was: its ports say. */
@@ -364,6 +406,10 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb, const bool pod
 {
 	PKT_DECL(p, false);
 	int res = parse_pkt(skb, false, p);
+#ifndef SLUICE_IPV6
+	if (res == PARSE_IPV6 && !pod)
+		return nodeport_to_ipv6(skb, false, PROG6_EGRESS);
+#endif
 	if (res == PARSE_OTHER_L4 && p->proto == IPPROTO_ICMP)
 		return icmp_related(skb, true);
 	bool hostnat = false;

@@ -39,7 +39,8 @@ struct vlan_hdr {
 
 enum parse_result {
 	PARSE_OK = 0,
-	PARSE_NOT_IPV4,   /* ARP, IPv6, ...: not ours */
+	PARSE_NOT_IPV4,   /* ARP, ...: not the family this object is for, nor ours */
+	PARSE_IPV6,       /* IPv6 to the IPv4 programs: the IPv6 programs' (nodeport.h) */
 	PARSE_OTHER_L4,   /* ICMP, ...: not ours */
 	PARSE_MALFORMED,  /* truncated or inconsistent headers: passed untouched, counted */
 	PARSE_FRAGMENT,   /* IPv4 fragment after the first (no L4 header): see frag.h */
@@ -159,6 +160,8 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 		h_proto = vh->proto;
 		l3_off += sizeof(*vh);
 	}
+	if (h_proto == bpf_htons(ETH_P_IPV6))
+		return PARSE_IPV6;
 	if (h_proto != bpf_htons(ETH_P_IP))
 		return PARSE_NOT_IPV4;
 	p->vlan = l3_off != sizeof(*eth);

@@ -10,8 +10,9 @@ import (
 
 // IPv6 is the packet path compiled for IPv6 (bpf/sluice6.c, from the same lib/ as IPv4's):
 // maps of its own for everything that holds an address (their names end in 6) and the IPv4
-// object's for the rest (sharedWithIPv6). Work in progress (issue: IPv6 and dual-stack): the
-// agent does not load it yet, and what it does not do yet is listed in bpf/lib/pending6.h.
+// object's for the rest (sharedWithIPv6). The IPv4 programs, the ones attached, hand it IPv6
+// packets once it is loaded. Work in progress (issue: IPv6 and dual-stack): the agent does not
+// load it yet, and what it does not do yet is listed in bpf/lib/pending6.h.
 type IPv6 struct {
 	Objs Sluice6Objects
 }
@@ -25,8 +26,13 @@ var sharedWithIPv6 = []string{
 	SluiceMapSluiceStackDev, SluiceMapSluiceFrontendPorts, SluiceMapSluiceBackendPorts,
 }
 
-// The IPv6 programs' call arrays: index of the new-flow program (bpf/lib/nodeport.h).
-const callNewFlow = 0
+// The IPv6 programs' call arrays: index of the new-flow program; the IPv4 programs' hand-off
+// arrays: which IPv6 program an IPv4 one passes an IPv6 packet to (bpf/lib/nodeport.h).
+const (
+	callNewFlow  = 0
+	prog6Ingress = 0
+	prog6Egress  = 1
+)
 
 // SpecIPv6 returns the IPv6 object's spec configured by cfg, as Spec does IPv4's.
 func SpecIPv6(cfg Config) (*ebpf.CollectionSpec, error) {
@@ -83,6 +89,23 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 		if err := c.m.Put(uint32(callNewFlow), c.p); err != nil {
 			v6.Close()
 			return nil, fmt.Errorf("fill IPv6 call array: %w", err)
+		}
+	}
+	// Last, the IPv4 programs' hand-off (their arrays are pinned with the maps): from here on
+	// the attached programs send IPv6 packets to these.
+	progs := []struct {
+		m   *ebpf.Map
+		key uint32
+		p   *ebpf.Program
+	}{
+		{d.Objs.SluiceProgs6Xdp, prog6Ingress, v6.Objs.SluiceXdp6},
+		{d.Objs.SluiceProgs6Tc, prog6Ingress, v6.Objs.SluiceTcIngress6},
+		{d.Objs.SluiceProgs6Tc, prog6Egress, v6.Objs.SluiceTcEgress6},
+	}
+	for _, p := range progs {
+		if err := p.m.Put(p.key, p.p); err != nil {
+			v6.Close()
+			return nil, fmt.Errorf("hand IPv6 to its programs: %w", err)
 		}
 	}
 	return v6, nil

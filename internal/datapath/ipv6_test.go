@@ -2,6 +2,7 @@ package datapath_test
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -31,7 +32,13 @@ type env6 struct {
 
 func newEnv6(t *testing.T) *env6 {
 	t.Helper()
-	e := &env6{env: newEnv(t)}
+	return newEnv6Of(t, newEnv(t))
+}
+
+// newEnv6Of adds the IPv6 side to e.
+func newEnv6Of(t *testing.T, e4 *env) *env6 {
+	t.Helper()
+	e := &env6{env: e4}
 	for _, c := range [][]string{
 		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
 		{"ip", "-6", "addr", "add", "fd00::1/64", "dev", "eth0", "nodad"},
@@ -219,14 +226,46 @@ func TestGoldenIPv6TCEgressLocalReply(t *testing.T) {
 		Src: ap(podIP6, 80), Dst: ap(clientIP6, 41000), SYN: true, ACK: true, Seq: 9, Ack: 1, Window: 500}
 	want := reply
 	want.Src = ap(nodeIP6, 30082)
-	runTable(t, e.env, e.v6.Objs.SluiceTcEgress6, false, []golden{
-		{desc: "pod's SYN-ACK: source restored to the frontend", verdict: tcOK,
-			in: func(*flow) []byte { return reply.Bytes() }, want: func(*flow, []byte) []byte { return want.Bytes() }},
-		{desc: "node's own traffic leaves untouched", verdict: tcOK,
-			in: func(*flow) []byte {
-				p := reply
-				p.Src = ap(nodeIP6, 22)
-				return p.Bytes()
-			}},
+	// Through the IPv6 program, and through the IPv4 one attached, which hands it over.
+	for _, prog := range []*ebpf.Program{e.v6.Objs.SluiceTcEgress6, e.dp.Objs.SluiceTcEgress} {
+		runTable(t, e.env, prog, false, []golden{
+			{desc: "pod's SYN-ACK: source restored to the frontend", verdict: tcOK,
+				in: func(*flow) []byte { return reply.Bytes() }, want: func(*flow, []byte) []byte { return want.Bytes() }},
+			{desc: "node's own traffic leaves untouched", verdict: tcOK,
+				in: func(*flow) []byte {
+					p := reply
+					p.Src = ap(nodeIP6, 22)
+					return p.Bytes()
+				}},
+		})
+	}
+}
+
+// The programs attached are IPv4's: they hand IPv6 packets to the IPv6 programs once those are
+// loaded, and the table above gives the same results through them. Before, IPv6 is the kernel's.
+func TestIPv6ThroughTheIPv4Programs(t *testing.T) {
+	e := newEnv(t)
+	syn := testutil.Pkt{SrcMAC: clientMAC, DstMAC: e.nodeMAC, Proto: layers.IPProtocolTCP,
+		Src: ap(clientIP6, 40000), Dst: ap(nodeIP6, 30080), SYN: true}
+	runTable(t, e, e.dp.Objs.SluiceXdp, true, []golden{
+		{desc: "no IPv6 programs loaded: an IPv6 SYN to a NodePort passes untouched", verdict: xdpPass,
+			in: func(*flow) []byte { return syn.Bytes() }},
 	})
+
+	e6 := newEnv6Of(t, e)
+	for _, c := range []struct {
+		name string
+		prog *ebpf.Program
+		xdp  bool
+	}{{"xdp", e.dp.Objs.SluiceXdp, true}, {"tc", e.dp.Objs.SluiceTcIngress, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			var table []golden
+			for _, g := range ingressTable6(t, e6, c.xdp) {
+				if !strings.Contains(g.desc, "IPv4 packet") { // IPv4's own, through these
+					table = append(table, g)
+				}
+			}
+			runTable(t, e, c.prog, c.xdp, table)
+		})
+	}
 }

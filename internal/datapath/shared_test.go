@@ -55,7 +55,8 @@ func loadShared(t testing.TB, cfg datapath.Config) *datapath.Datapath {
 }
 
 // emptyMaps brings every map back to its state after Load: hashes and tries lose their
-// entries, arrays are zeroed (no map of the object has initial values).
+// entries, arrays are zeroed (no map of the object has initial values), program arrays are
+// emptied (the IPv6 hand-off: LoadIPv6 fills it).
 func emptyMaps(objs *datapath.SluiceMaps) error {
 	v := reflect.ValueOf(objs).Elem()
 	for i := 0; i < v.NumField(); i++ {
@@ -75,6 +76,12 @@ func emptyMap(m *ebpf.Map) error {
 	switch m.Type() {
 	case ebpf.Array, ebpf.PerCPUArray:
 		return zeroArray(m)
+	case ebpf.ProgramArray:
+		for i := uint32(0); i < m.MaxEntries(); i++ {
+			if err := m.Delete(i); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+		}
 	default:
 		// Keys first, then deletes: deleting while iterating a hash can restart the walk.
 		var keys [][]byte

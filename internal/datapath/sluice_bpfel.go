@@ -273,6 +273,8 @@ const (
 	SluiceMapSluiceFrontendPorts = "sluice_frontend_ports"
 	SluiceMapSluiceFrontends     = "sluice_frontends"
 	SluiceMapSluiceMaglev        = "sluice_maglev"
+	SluiceMapSluiceProgs6Tc      = "sluice_progs6_tc"
+	SluiceMapSluiceProgs6Xdp     = "sluice_progs6_xdp"
 	SluiceMapSluiceReasons       = "sluice_reasons"
 	SluiceMapSluiceScratch       = "sluice_scratch"
 	SluiceMapSluiceSlots         = "sluice_slots"
@@ -364,6 +366,8 @@ type SluiceMapSpecs struct {
 	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.MapSpec `ebpf:"sluice_frontends"`
 	SluiceMaglev        *ebpf.MapSpec `ebpf:"sluice_maglev"`
+	SluiceProgs6Tc      *ebpf.MapSpec `ebpf:"sluice_progs6_tc"`
+	SluiceProgs6Xdp     *ebpf.MapSpec `ebpf:"sluice_progs6_xdp"`
 	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
 	SluiceScratch       *ebpf.MapSpec `ebpf:"sluice_scratch"`
 	SluiceSlots         *ebpf.MapSpec `ebpf:"sluice_slots"`
@@ -423,6 +427,8 @@ type SluiceMaps struct {
 	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
 	SluiceFrontends     *ebpf.Map `ebpf:"sluice_frontends"`
 	SluiceMaglev        *ebpf.Map `ebpf:"sluice_maglev"`
+	SluiceProgs6Tc      *ebpf.Map `ebpf:"sluice_progs6_tc"`
+	SluiceProgs6Xdp     *ebpf.Map `ebpf:"sluice_progs6_xdp"`
 	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
 	SluiceScratch       *ebpf.Map `ebpf:"sluice_scratch"`
 	SluiceSlots         *ebpf.Map `ebpf:"sluice_slots"`
@@ -447,6 +453,8 @@ func (m *SluiceMaps) Close() error {
 		m.SluiceFrontendPorts,
 		m.SluiceFrontends,
 		m.SluiceMaglev,
+		m.SluiceProgs6Tc,
+		m.SluiceProgs6Xdp,
 		m.SluiceReasons,
 		m.SluiceScratch,
 		m.SluiceSlots,
