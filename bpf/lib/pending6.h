@@ -1,9 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* pending6.h: what the IPv6 path does not do yet, in one place, each with the verdict it gives
- * meanwhile (included by reject.h, icmp.h, mtu.h and hostnat.h under SLUICE_IPV6, in place of
- * their IPv4 bodies). Each goes when its IPv6 version lands:
- *   - reject: TCP RST and ICMPv6 port unreachable; until then dropped, counted as
- *     REASON_DROP_REJECT_FAILED;
+ * meanwhile (included by icmp.h, mtu.h and hostnat.h under SLUICE_IPV6, in place of their
+ * IPv4 bodies). Each goes when its IPv6 version lands:
  *   - ICMPv6 errors about translated flows: left to the kernel untranslated;
  *   - packet too big for the next hop: dropped, counted as REASON_DROP_FRAG_NEEDED (no ICMPv6
  *     packet too big yet); fragments are forwarded by sluice itself;
@@ -17,13 +15,6 @@
 #ifndef FWD_NO_STACK
 #define FWD_NO_STACK -1
 #endif
-
-static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p, __u32 svc_id)
-{
-	count_reason(REASON_DROP_REJECT_FAILED);
-	trace_stage(TRACE_DROP);
-	return VERDICT_DROP(xdp);
-}
 
 static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 {

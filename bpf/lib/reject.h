@@ -12,11 +12,7 @@
 #include "parse.h"
 #include "stats.h"
 
-#ifdef SLUICE_IPV6
-#include "pending6.h"
-#else
 #define REJECT_TTL 64
-#define ICMP_QUOTE_MAX_WORDS ((sizeof(struct icmphdr) + 60 + 20) / 2)
 
 static __always_inline void swap_macs(struct ethhdr *eth)
 {
@@ -25,6 +21,22 @@ static __always_inline void swap_macs(struct ethhdr *eth)
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
 }
+
+/* How much of p's L4 header an ICMP error about it quotes: at least 8 bytes (RFC 792), and up
+ * to the L4 checksum, since the kernel will not cut a packet whose checksum it is still to fill
+ * in (CHECKSUM_PARTIAL, from a sender on a veth) before that field: TCP 20, SCTP 12, UDP 8. */
+static __always_inline __u32 icmp_quote_l4(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
+	       p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) : sizeof(struct udphdr);
+}
+
+#ifdef SLUICE_IPV6
+#include "reject6.h"
+#else
+#define ICMP_QUOTE_MAX_WORDS ((sizeof(struct icmphdr) + 60 + 20) / 2)
+#define REJECT_ICMP_TYPE ICMP_DEST_UNREACH
+#define REJECT_ICMP_CODE ICMP_PORT_UNREACH
 
 static __always_inline void put_ipv4(struct iphdr *iph, __be32 saddr, __be32 daddr, __u8 proto,
 				     __u16 tot_len)
@@ -86,15 +98,6 @@ static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pk
 	return ctx_trim(ctx, xdp, l2 + sizeof(struct iphdr) + sizeof(struct tcphdr));
 }
 
-/* How much of p's L4 header an ICMP error about it quotes: at least 8 bytes (RFC 792), and up
- * to the L4 checksum, since the kernel will not cut a packet whose checksum it is still to fill
- * in (CHECKSUM_PARTIAL, from a sender on a veth) before that field: TCP 20, SCTP 12, UDP 8. */
-static __always_inline __u32 icmp_quote_l4(const struct pkt *p)
-{
-	return p->proto == IPPROTO_TCP ? sizeof(struct tcphdr) :
-	       p->proto == IPPROTO_SCTP ? sizeof(struct sctphdr) : sizeof(struct udphdr);
-}
-
 /* Wrap p's IPv4 header and the start of its L4 header into an ICMP error of type/code from p's
  * destination to its source; `rest` is the header's second word (the next-hop MTU of
  * "fragmentation needed"). The tail is cut first: that also drops a GSO sk_buff's offload
@@ -143,6 +146,8 @@ static __always_inline int icmp_error_reply(void *ctx, const bool xdp, const str
 	return 0;
 }
 
+#endif /* SLUICE_IPV6 */
+
 /* Refuse p; returns the verdict. */
 static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p, __u32 svc_id)
 {
@@ -151,7 +156,7 @@ static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p
 	if (!xdp && ((struct __sk_buff *)ctx)->gso_segs > 1)
 		return TC_ACT_OK;
 	int err = p->proto == IPPROTO_TCP ? reject_tcp(ctx, xdp, p) :
-		  icmp_error_reply(ctx, xdp, p, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0);
+		  icmp_error_reply(ctx, xdp, p, REJECT_ICMP_TYPE, REJECT_ICMP_CODE, 0);
 	if (err) {
 		count_reason(REASON_DROP_REJECT_FAILED);
 		return VERDICT_DROP(xdp);
@@ -160,7 +165,5 @@ static __always_inline int reject(void *ctx, const bool xdp, const struct pkt *p
 	count_rejected(svc_id);
 	return ctx_bounce(ctx, xdp);
 }
-
-#endif /* SLUICE_IPV6 */
 
 #endif

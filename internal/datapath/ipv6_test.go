@@ -1,9 +1,12 @@
 package datapath_test
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/gopacket/gopacket"
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
@@ -55,7 +58,7 @@ func newEnv6Of(t *testing.T, e4 *env) *env6 {
 	e.v6 = v6
 
 	// svc 11: TCP 30080 -> remote [fd00::2]:8080; 12: UDP 30081 -> remote [fd00::2]:5353;
-	// 13: TCP 30082 -> local pod [fd00:244::10]:80; 14: TCP 30090, no endpoints. Service and
+	// 13: TCP 30082 -> local pod [fd00:244::10]:80; 14/15: TCP/UDP 30090, no endpoints. Service and
 	// backend IDs are shared with IPv4's (one allocator), so these start past newEnv's.
 	o := &e.v6.Objs
 	for id, be := range map[uint32]datapath.Sluice6Backend{
@@ -75,11 +78,35 @@ func newEnv6Of(t *testing.T, e4 *env) *env6 {
 		{30081, layers.IPProtocolUDP, datapath.Sluice6Frontend{SvcId: 12, Count: 1}},
 		{30082, layers.IPProtocolTCP, datapath.Sluice6Frontend{SvcId: 13, Count: 1}},
 		{30090, layers.IPProtocolTCP, datapath.Sluice6Frontend{SvcId: 14}},
+		{30090, layers.IPProtocolUDP, datapath.Sluice6Frontend{SvcId: 15}},
 	} {
 		k := datapath.Sluice6FrontendKey{Addr: a6(nodeIP6), Port: maps.Port16(f.port), Proto: uint8(f.proto)}
 		must(t, o.SluiceFrontends6.Update(k, f.fe, ebpf.UpdateAny))
 	}
 	return e
+}
+
+// icmp6Unreachable is the ICMPv6 port unreachable answering in: from its destination, quoting
+// its IPv6 header, extension headers and L4 header (UDP's 8 bytes, TCP's 20).
+func icmp6Unreachable(nodeMAC net.HardwareAddr, in testutil.Pkt) []byte {
+	orig := in.Bytes()
+	l4 := 8
+	if in.Proto == layers.IPProtocolTCP {
+		l4 = 20
+	}
+	quote := orig[in.L3Offset() : in.L4Offset()+l4]
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6,
+		SrcIP: in.Dst.Addr().AsSlice(), DstIP: in.Src.Addr().AsSlice()}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable)}
+	_ = icmp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		&layers.Ethernet{SrcMAC: nodeMAC, DstMAC: in.SrcMAC, EthernetType: layers.EthernetTypeIPv6},
+		ip, icmp, gopacket.Payload(append(make([]byte, 4), quote...)))
+	if err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
 }
 
 func a6(a netip.Addr) datapath.Sluice6AddrT { return datapath.Sluice6AddrT{B: a.As16()} }
@@ -190,9 +217,46 @@ func ingressTable6(t *testing.T, e *env6, xdp bool) []golden {
 				p.Dst = ap(podIP6, 80)
 				return p.Bytes()
 			}},
-		{desc: "TCP SYN, no endpoints: dropped and counted until IPv6 rejects (pending6.h)", verdict: drop,
-			reason: reasonPtr(datapath.SluiceReasonREASON_DROP_REJECT_FAILED),
-			in:     func(*flow) []byte { return tcpSYN(40006, 30090).Bytes() }},
+		{desc: "TCP SYN, no endpoints: RST+ACK, seq 0, ack = seq+1", verdict: fwd,
+			reason: reasonPtr(datapath.SluiceReasonREASON_REJECT_TCP_RST),
+			in:     func(*flow) []byte { return tcpSYN(40006, 30090).Bytes() },
+			want: func(*flow, []byte) []byte {
+				return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolTCP,
+					Src: ap(nodeIP6, 30090), Dst: ap(clientIP6, 40006), RST: true, ACK: true, Seq: 0, Ack: 1001}.Bytes()
+			}},
+		{desc: "TCP ACK with data behind a hop-by-hop header, no endpoints: RST with seq = their ack, no extension header", verdict: fwd,
+			in: func(*flow) []byte {
+				p := e.fromClient6(layers.IPProtocolTCP, 40008, 30090)
+				p.ACK, p.Seq, p.Ack, p.HopByHop = true, 77, 99, true
+				return p.Bytes()
+			},
+			want: func(*flow, []byte) []byte {
+				return testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: clientMAC, Proto: layers.IPProtocolTCP,
+					Src: ap(nodeIP6, 30090), Dst: ap(clientIP6, 40008), RST: true, Seq: 99}.Bytes()
+			}},
+		{desc: "TCP RST, no endpoints: dropped, never answered", verdict: drop,
+			in: func(*flow) []byte {
+				p := tcpSYN(40009, 30090)
+				p.SYN, p.RST = false, true
+				return p.Bytes()
+			}},
+		{desc: "UDP, no endpoints: ICMPv6 port unreachable quoting the datagram's headers", verdict: fwd,
+			reason: reasonPtr(datapath.SluiceReasonREASON_REJECT_ICMP_UNREACHABLE),
+			in:     func(*flow) []byte { return e.fromClient6(layers.IPProtocolUDP, 40010, 30090).Bytes() },
+			want: func(*flow, []byte) []byte {
+				return icmp6Unreachable(e.nodeMAC, e.fromClient6(layers.IPProtocolUDP, 40010, 30090))
+			}},
+		{desc: "UDP behind a hop-by-hop header, no endpoints: the quote has the extension header too", verdict: fwd,
+			in: func(*flow) []byte {
+				p := e.fromClient6(layers.IPProtocolUDP, 40011, 30090)
+				p.HopByHop = true
+				return p.Bytes()
+			},
+			want: func(*flow, []byte) []byte {
+				p := e.fromClient6(layers.IPProtocolUDP, 40011, 30090)
+				p.HopByHop = true
+				return icmp6Unreachable(e.nodeMAC, p)
+			}},
 		{desc: "hop limit 1 to a remote backend: dropped, counted", verdict: drop,
 			reason: reasonPtr(datapath.SluiceReasonREASON_DROP_TTL_EXCEEDED),
 			in: func(*flow) []byte {
