@@ -36,4 +36,11 @@ int sluice_tc6_new_flow(struct __sk_buff *skb)
 	return nodeport_new_flow_call(skb, false, false);
 }
 
+/* A translated packet too big for its next hop, by tail call (fwd_too_big_to). */
+SEC("tc")
+int sluice_tc6_too_big(struct __sk_buff *skb)
+{
+	return fwd_too_big6(skb);
+}
+
 char __license[] SEC("license") = "Dual BSD/GPL";

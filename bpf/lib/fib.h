@@ -21,6 +21,7 @@ struct scratch {
 	struct frontend fe;
 	struct ct_key keys[2];
 	struct ct_entry ents[2];
+	__u16 len; /* what the FIB refused (mtu6.h) */
 #endif
 };
 

@@ -16,11 +16,12 @@
 #include "reject.h"
 #include "stats.h"
 
+/* The smallest MTU a link may have: IPv4's (RFC 791), IPv6's (RFC 8200). */
 #ifdef SLUICE_IPV6
-#include "pending6.h"
+#define MTU_MIN 1280
 #else
-/* The smallest MTU an IPv4 link may have (RFC 791). */
 #define MTU_MIN 68
+#endif
 #define MTU_SEARCH_STEPS 16
 
 /* The MTU of the next hop that refused `len` bytes. Linux 5.12+ writes it to the lookup's
@@ -47,6 +48,10 @@ static __always_inline __u16 mtu_of_next_hop(struct __sk_buff *skb, struct bpf_f
 /* What fwd_to_kernel returns for a fragment that fits when there is no sluice0: send it
  * yourself. */
 #define FWD_NO_STACK -1
+
+#ifdef SLUICE_IPV6
+#include "mtu6.h"
+#else
 
 /* Parse skb again into the scratch area, with `to` the translated tuple (ports: source << 16
  * | destination, network order): the global functions below take scalars only (5.10 takes no

@@ -24,6 +24,9 @@
 #include "icmp.h"
 #include "lb.h"
 #include "reject.h"
+#ifdef SLUICE_IPV6
+#include "calls6.h"
+#endif
 
 static __always_inline int pass_parse_result(const bool xdp, int res)
 {
@@ -238,26 +241,9 @@ static __always_inline int nodeport_to_ipv6(void *ctx, const bool xdp, __u32 whi
 #endif
 
 #ifdef SLUICE_IPV6
-/* IPv6 opens a flow in a program of its own, reached by tail call with a stack of its own:
- * what the path holds until it finds the frontend and what opening a flow needs would not fit
- * one program's 512 bytes together. The agent fills the arrays with sluice6.c's *_new_flow
- * programs (one array per program type: a tail call stays within its type). */
-#define CALL_NEW_FLOW 0
-#define CALL_MAX 4
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, CALL_MAX);
-	__type(key, __u32);
-	__type(value, __u32);
-} sluice_calls_xdp6 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, CALL_MAX);
-	__type(key, __u32);
-	__type(value, __u32);
-} sluice_calls_tc6 SEC(".maps");
+/* IPv6 opens a flow in a program of its own, reached by tail call with a stack of its own
+ * (calls6.h): what the path holds until it finds the frontend and what opening a flow needs
+ * would not fit one program's 512 bytes together. */
 
 /* Hand the new flow to fe (p is in the scratch already) to its program. */
 static __always_inline int nodeport_call_new_flow(void *ctx, const bool xdp, const bool pod,

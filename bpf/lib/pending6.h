@@ -1,10 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* pending6.h: what the IPv6 path does not do yet, in one place, each with the verdict it gives
- * meanwhile (included by icmp.h, mtu.h and hostnat.h under SLUICE_IPV6, in place of their
- * IPv4 bodies). Each goes when its IPv6 version lands:
- *   - ICMPv6 errors about translated flows: left to the kernel untranslated;
- *   - packet too big for the next hop: dropped, counted as REASON_DROP_FRAG_NEEDED (no ICMPv6
- *     packet too big yet); fragments are forwarded by sluice itself;
+ * meanwhile (included by icmp.h and hostnat.h under SLUICE_IPV6, in place of their IPv4
+ * bodies). Each goes when its IPv6 version lands:
+ *   - ICMPv6 errors about translated flows (a backend's packet too big, unreachable): left to
+ *     the kernel untranslated, so the client does not learn them;
  *   - kernel NAT flows beside sluice's (hostnat.h): not tracked. */
 #ifndef SLUICE_PENDING6_H
 #define SLUICE_PENDING6_H
@@ -12,29 +11,9 @@
 #include "parse.h"
 #include "stats.h"
 
-#ifndef FWD_NO_STACK
-#define FWD_NO_STACK -1
-#endif
-
 static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 {
 	return TC_ACT_OK;
-}
-
-struct tuple;
-
-static __always_inline int fwd_too_big_to(struct __sk_buff *skb, const struct tuple *to, __u16 len)
-{
-	count_reason(REASON_DROP_FRAG_NEEDED);
-	return TC_ACT_SHOT;
-}
-
-static __always_inline int fwd_to_kernel_to(struct __sk_buff *skb, const struct tuple *to, __u32 fits)
-{
-	if (fits)
-		return FWD_NO_STACK;
-	count_reason(REASON_DROP_FRAG_NEEDED);
-	return TC_ACT_SHOT;
 }
 
 static __always_inline bool hostnat_candidate(const struct pkt *p)

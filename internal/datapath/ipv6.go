@@ -26,10 +26,11 @@ var sharedWithIPv6 = []string{
 	SluiceMapSluiceStackDev, SluiceMapSluiceFrontendPorts, SluiceMapSluiceBackendPorts,
 }
 
-// The IPv6 programs' call arrays: index of the new-flow program; the IPv4 programs' hand-off
-// arrays: which IPv6 program an IPv4 one passes an IPv6 packet to (bpf/lib/nodeport.h).
+// The IPv6 programs' call arrays (bpf/lib/calls6.h); the IPv4 programs' hand-off arrays:
+// which IPv6 program an IPv4 one passes an IPv6 packet to (bpf/lib/nodeport.h).
 const (
 	callNewFlow  = 0
+	callTooBig   = 1
 	prog6Ingress = 0
 	prog6Egress  = 1
 )
@@ -79,14 +80,16 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 		return nil, fmt.Errorf("load IPv6 datapath: %w", err)
 	}
 	calls := []struct {
-		m *ebpf.Map
-		p *ebpf.Program
+		m   *ebpf.Map
+		key uint32
+		p   *ebpf.Program
 	}{
-		{v6.Objs.SluiceCallsXdp6, v6.Objs.SluiceXdp6NewFlow},
-		{v6.Objs.SluiceCallsTc6, v6.Objs.SluiceTc6NewFlow},
+		{v6.Objs.SluiceCallsXdp6, callNewFlow, v6.Objs.SluiceXdp6NewFlow},
+		{v6.Objs.SluiceCallsTc6, callNewFlow, v6.Objs.SluiceTc6NewFlow},
+		{v6.Objs.SluiceCallsTc6, callTooBig, v6.Objs.SluiceTc6TooBig},
 	}
 	for _, c := range calls {
-		if err := c.m.Put(uint32(callNewFlow), c.p); err != nil {
+		if err := c.m.Put(c.key, c.p); err != nil {
 			v6.Close()
 			return nil, fmt.Errorf("fill IPv6 call array: %w", err)
 		}

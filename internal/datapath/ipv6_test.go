@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"strings"
@@ -86,9 +87,15 @@ func newEnv6Of(t *testing.T, e4 *env) *env6 {
 	return e
 }
 
-// icmp6Unreachable is the ICMPv6 port unreachable answering in: from its destination, quoting
-// its IPv6 header, extension headers and L4 header (UDP's 8 bytes, TCP's 20).
+// icmp6Unreachable is the ICMPv6 port unreachable answering in.
 func icmp6Unreachable(nodeMAC net.HardwareAddr, in testutil.Pkt) []byte {
+	return icmp6Error(nodeMAC, in, layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable, 0)
+}
+
+// icmp6Error is the ICMPv6 error answering in from its destination: the header's second word
+// rest, then in's IPv6 header, extension headers and L4 header up to its checksum (UDP's 8
+// bytes, TCP's 20), as in was sent.
+func icmp6Error(nodeMAC net.HardwareAddr, in testutil.Pkt, typ, code uint8, rest uint32) []byte {
 	orig := in.Bytes()
 	l4 := 8
 	if in.Proto == layers.IPProtocolTCP {
@@ -97,12 +104,13 @@ func icmp6Unreachable(nodeMAC net.HardwareAddr, in testutil.Pkt) []byte {
 	quote := orig[in.L3Offset() : in.L4Offset()+l4]
 	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6,
 		SrcIP: in.Dst.Addr().AsSlice(), DstIP: in.Src.Addr().AsSlice()}
-	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeDestinationUnreachable, layers.ICMPv6CodePortUnreachable)}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, code)}
 	_ = icmp.SetNetworkLayerForChecksum(ip)
+	second := binary.BigEndian.AppendUint32(nil, rest)
 	buf := gopacket.NewSerializeBuffer()
 	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
 		&layers.Ethernet{SrcMAC: nodeMAC, DstMAC: in.SrcMAC, EthernetType: layers.EthernetTypeIPv6},
-		ip, icmp, gopacket.Payload(append(make([]byte, 4), quote...)))
+		ip, icmp, gopacket.Payload(append(second, quote...)))
 	if err != nil {
 		panic(err)
 	}
@@ -330,6 +338,41 @@ func TestIPv6ThroughTheIPv4Programs(t *testing.T) {
 				}
 			}
 			runTable(t, e, c.prog, c.xdp, table)
+		})
+	}
+}
+
+// A translated packet over the next hop's MTU gets ICMPv6 packet too big with that MTU, quoting
+// the packet as the client sent it (IPv6 routers never fragment: there is no DF to read). The
+// quote's checksum loop runs in a program of its own (calls6.h).
+func TestIPv6TooBigForTheNextHop(t *testing.T) {
+	e := newEnv6(t)
+	// As IPv4's test: bpf_fib_lookup reads a route's MTU only when it is locked.
+	e.ns.MustExec(t, "ip", "-6", "route", "add", backendIP6.String()+"/128", "dev", "eth0", "mtu", "lock", "1280")
+	big := func(sport uint16) testutil.Pkt {
+		p := e.fromClient6(layers.IPProtocolUDP, sport, 30081)
+		p.Payload = make([]byte, 1300)
+		return p
+	}
+	for _, prog := range []*ebpf.Program{e.v6.Objs.SluiceTcIngress6, e.dp.Objs.SluiceTcIngress} {
+		runTable(t, e.env, prog, false, []golden{
+			{desc: "UDP over the MTU: packet too big, MTU 1280, quoting the datagram's headers", verdict: tcRedirect,
+				reason: reasonPtr(datapath.SluiceReasonREASON_ICMP_FRAG_NEEDED_SENT),
+				in:     func(*flow) []byte { return big(40130).Bytes() },
+				want:   func(*flow, []byte) []byte { return icmp6Error(e.nodeMAC, big(40130), 2, 0, 1280) }},
+			{desc: "UDP within the MTU: translated", verdict: tcRedirect,
+				in: func(*flow) []byte {
+					p := e.fromClient6(layers.IPProtocolUDP, 40132, 30081)
+					p.Payload = make([]byte, 1232)
+					return p.Bytes()
+				},
+				want: func(_ *flow, got []byte) []byte {
+					p := e.fromClient6(layers.IPProtocolUDP, 40132, 30081)
+					p.Payload = make([]byte, 1232)
+					p.SrcMAC, p.DstMAC, p.TTL = e.nodeMAC, backendMAC, 63
+					p.Src, p.Dst = ap(nodeIP6, snatFrom(t, got, 14+40)), ap(backendIP6, 5353)
+					return p.Bytes()
+				}},
 		})
 	}
 }

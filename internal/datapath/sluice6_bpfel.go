@@ -212,6 +212,8 @@ type Sluice6Scratch struct {
 	Fe   Sluice6Frontend
 	Keys [2]Sluice6CtKey
 	Ents [2]Sluice6CtEntry
+	Len  uint16
+	_    [6]byte
 }
 
 type Sluice6SlotKey struct {
@@ -311,6 +313,7 @@ const (
 	Sluice6MapSluiceSvcStats      = "sluice_svc_stats"
 	Sluice6MapSluiceTrace6        = "sluice_trace6"
 	Sluice6ProgSluiceTc6NewFlow   = "sluice_tc6_new_flow"
+	Sluice6ProgSluiceTc6TooBig    = "sluice_tc6_too_big"
 	Sluice6ProgSluiceTcEgress6    = "sluice_tc_egress6"
 	Sluice6ProgSluiceTcIngress6   = "sluice_tc_ingress6"
 	Sluice6ProgSluiceXdp6         = "sluice_xdp6"
@@ -371,6 +374,7 @@ type Sluice6Specs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type Sluice6ProgramSpecs struct {
 	SluiceTc6NewFlow  *ebpf.ProgramSpec `ebpf:"sluice_tc6_new_flow"`
+	SluiceTc6TooBig   *ebpf.ProgramSpec `ebpf:"sluice_tc6_too_big"`
 	SluiceTcEgress6   *ebpf.ProgramSpec `ebpf:"sluice_tc_egress6"`
 	SluiceTcIngress6  *ebpf.ProgramSpec `ebpf:"sluice_tc_ingress6"`
 	SluiceXdp6        *ebpf.ProgramSpec `ebpf:"sluice_xdp6"`
@@ -515,6 +519,7 @@ type Sluice6Variables struct {
 // It can be passed to LoadSluice6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type Sluice6Programs struct {
 	SluiceTc6NewFlow  *ebpf.Program `ebpf:"sluice_tc6_new_flow"`
+	SluiceTc6TooBig   *ebpf.Program `ebpf:"sluice_tc6_too_big"`
 	SluiceTcEgress6   *ebpf.Program `ebpf:"sluice_tc_egress6"`
 	SluiceTcIngress6  *ebpf.Program `ebpf:"sluice_tc_ingress6"`
 	SluiceXdp6        *ebpf.Program `ebpf:"sluice_xdp6"`
@@ -524,6 +529,7 @@ type Sluice6Programs struct {
 func (p *Sluice6Programs) Close() error {
 	return _Sluice6Close(
 		p.SluiceTc6NewFlow,
+		p.SluiceTc6TooBig,
 		p.SluiceTcEgress6,
 		p.SluiceTcIngress6,
 		p.SluiceXdp6,
