@@ -43,4 +43,11 @@ int sluice_tc6_too_big(struct __sk_buff *skb)
 	return fwd_too_big6(skb);
 }
 
+/* An ICMPv6 error about a translated flow, by tail call (icmp_related). */
+SEC("tc")
+int sluice_tc6_icmp(struct __sk_buff *skb)
+{
+	return icmp_related6(skb);
+}
+
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -28,6 +28,7 @@ static __always_inline bool addr6_eq(const union addr6 *a, const union addr6 *b)
 /* A 32-bit summary of an address, for hashing. */
 #define ADDR_HASH(a) ((a).w[0] ^ (a).w[1] ^ (a).w[2] ^ (a).w[3])
 #define ADDR_BITS 128
+#define L4_ICMP 58 /* ICMPv6 */
 
 /* The maps that hold addresses, IPv6's own (each declared once, in maps.h, under its IPv4 name). */
 #define sluice_frontends sluice_frontends6
@@ -47,6 +48,7 @@ typedef __be32 addr_t;
 #define ADDR_ZERO(a) ((a) = 0)
 #define ADDR_HASH(a) (a)
 #define ADDR_BITS 32
+#define L4_ICMP 1 /* IPPROTO_ICMP */
 #endif
 
 #endif

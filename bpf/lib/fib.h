@@ -22,6 +22,7 @@ struct scratch {
 	struct ct_key keys[2];
 	struct ct_entry ents[2];
 	__u16 len; /* what the FIB refused (mtu6.h) */
+	__u8 egress; /* which hook the ICMPv6 program runs for (icmp6.h) */
 #endif
 };
 

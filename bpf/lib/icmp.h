@@ -28,20 +28,20 @@ struct icmp_quote {
 	__u16 in_l3;       /* its IPv4 header */
 	__u16 in_l4;       /* its L4 header */
 	__u16 in_l4_len;   /* how many L4 bytes are quoted (8 at least) */
-	__u16 ip_check;    /* its IPv4 header checksum */
+	__u16 ip_check;    /* its IPv4 header checksum (IPv6 has none) */
 	__u16 l4_check;    /* its TCP or UDP checksum, if quoted (l4_check_off != 0) */
 	__u8 l4_check_off; /* where in the L4 header, 0: not quoted, UDP's 0 ("none"), or SCTP */
 	__u8 proto;
-	__be32 saddr;
-	__be32 daddr;
+	addr_t saddr;
+	addr_t daddr;
 	__be16 sport;
 	__be16 dport;
 };
 
-/* Quote bytes read: the IPv4 header with options, and TCP up to its checksum. */
 #ifdef SLUICE_IPV6
-#include "pending6.h"
+#include "icmp6.h"
 #else
+/* Quote bytes read: the IPv4 header with options, and TCP up to its checksum. */
 #define ICMP_QUOTE_READ (sizeof(struct icmphdr) + 60 + 20)
 
 static __always_inline int icmp_quote_parse(struct __sk_buff *skb, const struct pkt *p,

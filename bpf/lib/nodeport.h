@@ -296,7 +296,7 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp, const boo
 	if (res == PARSE_IPV6 && !pod)
 		return nodeport_to_ipv6(ctx, xdp, PROG6_INGRESS);
 #endif
-	if (!xdp && res == PARSE_OTHER_L4 && p->proto == IPPROTO_ICMP)
+	if (!xdp && res == PARSE_OTHER_L4 && p->proto == L4_ICMP)
 		return icmp_related((struct __sk_buff *)ctx, false);
 	/* A later fragment is ours only if its first fragment was: its ports say. */
 	bool later = res == PARSE_FRAGMENT && frag_resolve(p);
@@ -396,7 +396,7 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb, const bool pod
 	if (res == PARSE_IPV6 && !pod)
 		return nodeport_to_ipv6(skb, false, PROG6_EGRESS);
 #endif
-	if (res == PARSE_OTHER_L4 && p->proto == IPPROTO_ICMP)
+	if (res == PARSE_OTHER_L4 && p->proto == L4_ICMP)
 		return icmp_related(skb, true);
 	bool hostnat = false;
 	if (res == PARSE_FRAGMENT) {

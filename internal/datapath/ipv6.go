@@ -31,6 +31,7 @@ var sharedWithIPv6 = []string{
 const (
 	callNewFlow  = 0
 	callTooBig   = 1
+	callICMP     = 2
 	prog6Ingress = 0
 	prog6Egress  = 1
 )
@@ -87,6 +88,7 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 		{v6.Objs.SluiceCallsXdp6, callNewFlow, v6.Objs.SluiceXdp6NewFlow},
 		{v6.Objs.SluiceCallsTc6, callNewFlow, v6.Objs.SluiceTc6NewFlow},
 		{v6.Objs.SluiceCallsTc6, callTooBig, v6.Objs.SluiceTc6TooBig},
+		{v6.Objs.SluiceCallsTc6, callICMP, v6.Objs.SluiceTc6Icmp},
 	}
 	for _, c := range calls {
 		if err := c.m.Put(c.key, c.p); err != nil {

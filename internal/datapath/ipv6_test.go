@@ -96,21 +96,31 @@ func icmp6Unreachable(nodeMAC net.HardwareAddr, in testutil.Pkt) []byte {
 // rest, then in's IPv6 header, extension headers and L4 header up to its checksum (UDP's 8
 // bytes, TCP's 20), as in was sent.
 func icmp6Error(nodeMAC net.HardwareAddr, in testutil.Pkt, typ, code uint8, rest uint32) []byte {
-	orig := in.Bytes()
-	l4 := 8
-	if in.Proto == layers.IPProtocolTCP {
-		l4 = 20
+	return icmp6Packet(nodeMAC, in.SrcMAC, in.Dst.Addr(), in.Src.Addr(), 64, typ, code, rest, quote6(in, 0))
+}
+
+// quote6 is what an ICMPv6 error quotes of p: its headers and its L4 header up to the checksum,
+// or n bytes of L4 when n > 0.
+func quote6(p testutil.Pkt, n int) []byte {
+	if n == 0 {
+		n = 8
+		if p.Proto == layers.IPProtocolTCP {
+			n = 20
+		}
 	}
-	quote := orig[in.L3Offset() : in.L4Offset()+l4]
-	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolICMPv6,
-		SrcIP: in.Dst.Addr().AsSlice(), DstIP: in.Src.Addr().AsSlice()}
+	p.SrcMAC, p.DstMAC = clientMAC, backendMAC // not quoted
+	return p.Bytes()[p.L3Offset() : p.L4Offset()+n]
+}
+
+// icmp6Packet is an ICMPv6 error frame with the given header fields and quote.
+func icmp6Packet(srcMAC, dstMAC net.HardwareAddr, src, dst netip.Addr, hop, typ, code uint8, rest uint32, quote []byte) []byte {
+	ip := &layers.IPv6{Version: 6, HopLimit: hop, NextHeader: layers.IPProtocolICMPv6, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
 	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, code)}
 	_ = icmp.SetNetworkLayerForChecksum(ip)
-	second := binary.BigEndian.AppendUint32(nil, rest)
 	buf := gopacket.NewSerializeBuffer()
 	err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		&layers.Ethernet{SrcMAC: nodeMAC, DstMAC: in.SrcMAC, EthernetType: layers.EthernetTypeIPv6},
-		ip, icmp, gopacket.Payload(append(second, quote...)))
+		&layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv6},
+		ip, icmp, gopacket.Payload(append(binary.BigEndian.AppendUint32(nil, rest), quote...)))
 	if err != nil {
 		panic(err)
 	}
@@ -372,6 +382,74 @@ func TestIPv6TooBigForTheNextHop(t *testing.T) {
 					p.SrcMAC, p.DstMAC, p.TTL = e.nodeMAC, backendMAC, 63
 					p.Src, p.Dst = ap(nodeIP6, snatFrom(t, got, 14+40)), ap(backendIP6, 5353)
 					return p.Bytes()
+				}},
+		})
+	}
+}
+
+// ICMPv6 errors about translated flows are translated for the flow's other end, as IPv4's
+// (TestICMPErrorsAboutRemoteBackendsFlows): the quote gets the tuple that end knows, the error
+// its addresses, and the ICMPv6 checksum both, over the pseudo-header.
+func TestIPv6ICMPErrorsAboutRemoteBackendsFlows(t *testing.T) {
+	e := newEnv6(t)
+	routerIP6 := netip.MustParseAddr("fd00::fe")
+	reason := reasonPtr(datapath.SluiceReasonREASON_ICMP_RELATED)
+	for i, prog := range []*ebpf.Program{e.v6.Objs.SluiceTcIngress6, e.dp.Objs.SluiceTcIngress} {
+		datagram := e.fromClient6(layers.IPProtocolUDP, 40100+uint16(i), 30081)
+		syn := e.fromClient6(layers.IPProtocolTCP, 40110+uint16(i), 30080)
+		syn.SYN, syn.Seq, syn.Payload = true, 1000, nil
+		sent := func(p testutil.Pkt, snat, bport uint16) testutil.Pkt {
+			p.Src, p.Dst, p.TTL = ap(nodeIP6, snat), ap(backendIP6, bport), 63
+			return p
+		}
+		asClientSent := func(p testutil.Pkt) testutil.Pkt { p.TTL = 63; return p }
+		var udpSNAT, tcpSNAT uint16
+		runTable(t, e.env, prog, false, []golden{
+			{desc: "client's datagram opens a flow to the remote backend", verdict: tcRedirect,
+				in: func(*flow) []byte { return datagram.Bytes() },
+				want: func(_ *flow, got []byte) []byte {
+					udpSNAT = snatFrom(t, got, 14+40)
+					p := sent(datagram, udpSNAT, 5353)
+					p.SrcMAC, p.DstMAC = e.nodeMAC, backendMAC
+					return p.Bytes()
+				}},
+			{desc: "client's SYN opens a flow to the remote backend", verdict: tcRedirect,
+				in: func(*flow) []byte { return syn.Bytes() },
+				want: func(_ *flow, got []byte) []byte {
+					tcpSNAT = snatFrom(t, got, 14+40)
+					p := sent(syn, tcpSNAT, 8080)
+					p.SrcMAC, p.DstMAC = e.nodeMAC, backendMAC
+					return p.Bytes()
+				}},
+			{desc: "backend's port unreachable: to the client, from the frontend, quoting the client's datagram", verdict: tcRedirect, reason: reason,
+				in: func(*flow) []byte {
+					return icmp6Packet(backendMAC, e.nodeMAC, backendIP6, nodeIP6, 64, 1, 4, 0, quote6(sent(datagram, udpSNAT, 5353), 0))
+				},
+				want: func(*flow, []byte) []byte {
+					return icmp6Packet(e.nodeMAC, clientMAC, nodeIP6, clientIP6, 63, 1, 4, 0, quote6(asClientSent(datagram), 0))
+				}},
+			{desc: "router's packet too big about a TCP segment: to the client from the frontend, MTU kept", verdict: tcRedirect, reason: reason,
+				in: func(*flow) []byte {
+					return icmp6Packet(backendMAC, e.nodeMAC, routerIP6, nodeIP6, 64, 2, 0, 1280, quote6(sent(syn, tcpSNAT, 8080), 0))
+				},
+				want: func(*flow, []byte) []byte {
+					return icmp6Packet(e.nodeMAC, clientMAC, nodeIP6, clientIP6, 63, 2, 0, 1280, quote6(asClientSent(syn), 0))
+				}},
+			{desc: "time exceeded with a long quote: translated, the rest of the quote kept", verdict: tcRedirect, reason: reason,
+				in: func(*flow) []byte {
+					p := sent(datagram, udpSNAT, 5353)
+					return icmp6Packet(backendMAC, e.nodeMAC, routerIP6, nodeIP6, 64, 3, 0, 0, quote6(p, 8+len(p.Payload)))
+				},
+				want: func(*flow, []byte) []byte {
+					return icmp6Packet(e.nodeMAC, clientMAC, nodeIP6, clientIP6, 63, 3, 0, 0, quote6(asClientSent(datagram), 8+len(datagram.Payload)))
+				}},
+			{desc: "about a flow sluice does not know: untouched", verdict: tcOK,
+				in: func(*flow) []byte {
+					return icmp6Packet(backendMAC, e.nodeMAC, backendIP6, nodeIP6, 64, 1, 4, 0, quote6(sent(datagram, 9999, 5353), 0))
+				}},
+			{desc: "echo request to the node: untouched", verdict: tcOK,
+				in: func(*flow) []byte {
+					return icmp6Packet(clientMAC, e.nodeMAC, clientIP6, nodeIP6, 64, 128, 0, 0, nil)
 				}},
 		})
 	}

@@ -209,11 +209,12 @@ type Sluice6Scratch struct {
 		Frag     uint8
 		L4Hlen   uint8
 	}
-	Fe   Sluice6Frontend
-	Keys [2]Sluice6CtKey
-	Ents [2]Sluice6CtEntry
-	Len  uint16
-	_    [6]byte
+	Fe     Sluice6Frontend
+	Keys   [2]Sluice6CtKey
+	Ents   [2]Sluice6CtEntry
+	Len    uint16
+	Egress uint8
+	_      [5]byte
 }
 
 type Sluice6SlotKey struct {
@@ -312,6 +313,7 @@ const (
 	Sluice6MapSluiceSvcInfo       = "sluice_svc_info"
 	Sluice6MapSluiceSvcStats      = "sluice_svc_stats"
 	Sluice6MapSluiceTrace6        = "sluice_trace6"
+	Sluice6ProgSluiceTc6Icmp      = "sluice_tc6_icmp"
 	Sluice6ProgSluiceTc6NewFlow   = "sluice_tc6_new_flow"
 	Sluice6ProgSluiceTc6TooBig    = "sluice_tc6_too_big"
 	Sluice6ProgSluiceTcEgress6    = "sluice_tc_egress6"
@@ -373,6 +375,7 @@ type Sluice6Specs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type Sluice6ProgramSpecs struct {
+	SluiceTc6Icmp     *ebpf.ProgramSpec `ebpf:"sluice_tc6_icmp"`
 	SluiceTc6NewFlow  *ebpf.ProgramSpec `ebpf:"sluice_tc6_new_flow"`
 	SluiceTc6TooBig   *ebpf.ProgramSpec `ebpf:"sluice_tc6_too_big"`
 	SluiceTcEgress6   *ebpf.ProgramSpec `ebpf:"sluice_tc_egress6"`
@@ -518,6 +521,7 @@ type Sluice6Variables struct {
 //
 // It can be passed to LoadSluice6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type Sluice6Programs struct {
+	SluiceTc6Icmp     *ebpf.Program `ebpf:"sluice_tc6_icmp"`
 	SluiceTc6NewFlow  *ebpf.Program `ebpf:"sluice_tc6_new_flow"`
 	SluiceTc6TooBig   *ebpf.Program `ebpf:"sluice_tc6_too_big"`
 	SluiceTcEgress6   *ebpf.Program `ebpf:"sluice_tc_egress6"`
@@ -528,6 +532,7 @@ type Sluice6Programs struct {
 
 func (p *Sluice6Programs) Close() error {
 	return _Sluice6Close(
+		p.SluiceTc6Icmp,
 		p.SluiceTc6NewFlow,
 		p.SluiceTc6TooBig,
 		p.SluiceTcEgress6,
