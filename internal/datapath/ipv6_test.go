@@ -34,13 +34,13 @@ type env6 struct {
 	v6 *datapath.IPv6
 }
 
-func newEnv6(t *testing.T) *env6 {
+func newEnv6(t testing.TB) *env6 {
 	t.Helper()
 	return newEnv6Of(t, newEnv(t))
 }
 
 // newEnv6Of adds the IPv6 side to e.
-func newEnv6Of(t *testing.T, e4 *env) *env6 {
+func newEnv6Of(t testing.TB, e4 *env) *env6 {
 	t.Helper()
 	e := &env6{env: e4}
 	for _, c := range [][]string{
