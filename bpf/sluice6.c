@@ -50,4 +50,11 @@ int sluice_tc6_icmp(struct __sk_buff *skb)
 	return icmp_related6(skb);
 }
 
+/* A kernel NAT flow leaving with no entry, by tail call (hostnat_track_call). */
+SEC("tc")
+int sluice_tc6_hostnat(struct __sk_buff *skb)
+{
+	return hostnat_track6(skb);
+}
+
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -12,6 +12,7 @@
 #define CALL_NEW_FLOW 0 /* a new flow (nodeport.h), XDP and tc */
 #define CALL_TOO_BIG 1  /* packet too big for the next hop (mtu6.h), tc only */
 #define CALL_ICMP 2     /* an ICMPv6 error about a flow (icmp6.h), tc only */
+#define CALL_HOSTNAT 3  /* a kernel NAT flow to track (hostnat.h), tc egress only */
 #define CALL_MAX 4
 
 struct {

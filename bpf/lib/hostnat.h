@@ -14,13 +14,13 @@
 #include "ct.h"
 #include "nat.h"
 #include "stats.h"
+#ifdef SLUICE_IPV6
+#include "calls6.h"
+#endif
 
 /* Could p, leaving, be such a flow? TCP or UDP from a port in the SNAT range to a backend
  * port: the node's own connections (ephemeral ports above the range) and everything else pay
  * two array reads. */
-#ifdef SLUICE_IPV6
-#include "pending6.h"
-#else
 static __always_inline bool hostnat_candidate(const struct pkt *p)
 {
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
@@ -53,7 +53,7 @@ static __always_inline int hostnat_track(struct __sk_buff *skb, const struct pkt
 	if (hostnat_from_sluice(skb))
 		return TC_ACT_OK;
 	__u32 oif = skb->ifindex;
-	__be32 *addr = bpf_map_lookup_elem(&sluice_device_addrs, &oif);
+	addr_t *addr = bpf_map_lookup_elem(&sluice_device_addrs, &oif);
 	if (!addr || !ADDR_EQ(*addr, p->saddr))
 		return TC_ACT_OK;
 
@@ -88,6 +88,26 @@ static __always_inline int hostnat_track(struct __sk_buff *skb, const struct pkt
 	return TC_ACT_OK;
 }
 
-#endif /* SLUICE_IPV6 */
+#ifdef SLUICE_IPV6
+/* IPv6's in a program of its own (calls6.h): its entries and keys do not fit tc egress's stack
+ * with the rest. p is the scratch's. */
+static __always_inline int hostnat_track_call(struct __sk_buff *skb, const struct pkt *p, __u64 now)
+{
+	bpf_tail_call(skb, &sluice_calls_tc6, CALL_HOSTNAT);
+	count_reason(REASON_KERNEL_FLOW_UNTRACKED);
+	return TC_ACT_OK;
+}
+
+/* The program's body (sluice6.c). */
+static __always_inline int hostnat_track6(struct __sk_buff *skb)
+{
+	struct scratch *s = scratch();
+	if (!s)
+		return TC_ACT_OK;
+	return hostnat_track(skb, &s->in, bpf_ktime_get_ns());
+}
+#else
+#define hostnat_track_call hostnat_track
+#endif
 
 #endif

@@ -417,7 +417,7 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb, const bool pod
 	struct ct_entry *e = ct_lookup(&k, CT_F_EGRESS, now);
 	if (!e) {
 		if (hostnat)
-			return hostnat_track(skb, p, now);
+			return hostnat_track_call(skb, p, now);
 		return TC_ACT_OK;
 	}
 	/* The tuple of a kernel flow that was moved is the sluice flow's it was moved off. */

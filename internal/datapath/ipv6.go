@@ -12,7 +12,7 @@ import (
 // maps of its own for everything that holds an address (their names end in 6) and the IPv4
 // object's for the rest (sharedWithIPv6). The IPv4 programs, the ones attached, hand it IPv6
 // packets once it is loaded. Work in progress (issue: IPv6 and dual-stack): the agent does not
-// load it yet, and what it does not do yet is listed in bpf/lib/pending6.h.
+// load it yet.
 type IPv6 struct {
 	Objs Sluice6Objects
 }
@@ -32,6 +32,7 @@ const (
 	callNewFlow  = 0
 	callTooBig   = 1
 	callICMP     = 2
+	callHostNAT  = 3
 	prog6Ingress = 0
 	prog6Egress  = 1
 )
@@ -89,6 +90,7 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 		{v6.Objs.SluiceCallsTc6, callNewFlow, v6.Objs.SluiceTc6NewFlow},
 		{v6.Objs.SluiceCallsTc6, callTooBig, v6.Objs.SluiceTc6TooBig},
 		{v6.Objs.SluiceCallsTc6, callICMP, v6.Objs.SluiceTc6Icmp},
+		{v6.Objs.SluiceCallsTc6, callHostNAT, v6.Objs.SluiceTc6Hostnat},
 	}
 	for _, c := range calls {
 		if err := c.m.Put(c.key, c.p); err != nil {

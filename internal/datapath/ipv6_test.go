@@ -16,9 +16,9 @@ import (
 	"github.com/sluicelb/sluice/internal/testutil"
 )
 
-// The IPv6 programs (bpf/sluice6.c) on golden packets: the IPv4 table's rows that the IPv6
-// path serves so far (bpf/lib/pending6.h lists the rest), each checked as IPv4's are: verdict,
-// every byte, the checksums recomputed independently, the reason counter.
+// The IPv6 programs (bpf/sluice6.c) on golden packets, the IPv4 table's rows and more, each
+// checked as IPv4's are: verdict, every byte, the checksums recomputed independently, the
+// reason counter.
 
 var (
 	nodeIP6    = netip.MustParseAddr("fd00::1")
@@ -452,5 +452,51 @@ func TestIPv6ICMPErrorsAboutRemoteBackendsFlows(t *testing.T) {
 					return icmp6Packet(clientMAC, e.nodeMAC, clientIP6, nodeIP6, 64, 128, 0, 0, nil)
 				}},
 		})
+	}
+}
+
+// IPv6's kernel NAT flows beside sluice's, as IPv4's (TestKernelFlowMovedOffASluicePort): with
+// two SNAT ports, sluice's flow first, the kernel's flow that leaves with the same port is
+// moved to the free one and its replies moved back, through the programs attached.
+func TestIPv6KernelFlowMovedOffASluicePort(t *testing.T) {
+	e := newEnv6Of(t, newEnvWith(t, datapath.Config{SNATPortMin: 61000, SNATPortMax: 61001}))
+	must(t, e.v6.Objs.SluiceDeviceAddrs6.Update(uint32(e.ifindex), a6(nodeIP6), ebpf.UpdateAny))
+	const l4 = 14 + 40
+	syn := e.fromClient6(layers.IPProtocolTCP, 43000, 30080)
+	syn.SYN, syn.Payload = true, nil
+	ret, out := e.run(t, e.dp.Objs.SluiceXdp, true, syn.Bytes())
+	if ret != xdpTX {
+		t.Fatalf("sluice's SYN: verdict %d", ret)
+	}
+	taken := binary.BigEndian.Uint16(out[l4:])
+	free := uint16(61000 + 61001 - int(taken))
+
+	kernel := testutil.Pkt{SrcMAC: e.nodeMAC, DstMAC: backendMAC, Proto: layers.IPProtocolTCP,
+		Src: ap(nodeIP6, taken), Dst: ap(backendIP6, 8080), SYN: true}
+	before := e.reasons(t)
+	ret, out = e.run(t, e.dp.Objs.SluiceTcEgress, false, kernel.Bytes())
+	if ret != tcOK || binary.BigEndian.Uint16(out[l4:]) != free {
+		t.Fatalf("kernel SYN on sluice's port %d: verdict %d, left with port %d, want %d", taken, ret, binary.BigEndian.Uint16(out[l4:]), free)
+	}
+	if err := testutil.VerifyChecksums(out); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.reasons(t)[datapath.SluiceReasonREASON_KERNEL_FLOW_MOVED] - before[datapath.SluiceReasonREASON_KERNEL_FLOW_MOVED]; got != 1 {
+		t.Errorf("kernel_flow_moved +%d, want +1", got)
+	}
+	reply := testutil.Pkt{SrcMAC: backendMAC, DstMAC: e.nodeMAC, Proto: layers.IPProtocolTCP,
+		Src: ap(backendIP6, 8080), Dst: ap(nodeIP6, free), SYN: true, ACK: true}
+	for _, c := range []struct {
+		prog *ebpf.Program
+		xdp  bool
+		want uint32
+	}{{e.dp.Objs.SluiceXdp, true, xdpPass}, {e.dp.Objs.SluiceTcIngress, false, tcOK}} {
+		ret, got := e.run(t, c.prog, c.xdp, reply.Bytes())
+		if ret != c.want || binary.BigEndian.Uint16(got[l4+2:]) != taken {
+			t.Fatalf("xdp=%v: reply to the moved flow: verdict %d, to port %d; want %d, port %d", c.xdp, ret, binary.BigEndian.Uint16(got[l4+2:]), c.want, taken)
+		}
+		if err := testutil.VerifyChecksums(got); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -313,6 +313,7 @@ const (
 	Sluice6MapSluiceSvcInfo       = "sluice_svc_info"
 	Sluice6MapSluiceSvcStats      = "sluice_svc_stats"
 	Sluice6MapSluiceTrace6        = "sluice_trace6"
+	Sluice6ProgSluiceTc6Hostnat   = "sluice_tc6_hostnat"
 	Sluice6ProgSluiceTc6Icmp      = "sluice_tc6_icmp"
 	Sluice6ProgSluiceTc6NewFlow   = "sluice_tc6_new_flow"
 	Sluice6ProgSluiceTc6TooBig    = "sluice_tc6_too_big"
@@ -375,6 +376,7 @@ type Sluice6Specs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type Sluice6ProgramSpecs struct {
+	SluiceTc6Hostnat  *ebpf.ProgramSpec `ebpf:"sluice_tc6_hostnat"`
 	SluiceTc6Icmp     *ebpf.ProgramSpec `ebpf:"sluice_tc6_icmp"`
 	SluiceTc6NewFlow  *ebpf.ProgramSpec `ebpf:"sluice_tc6_new_flow"`
 	SluiceTc6TooBig   *ebpf.ProgramSpec `ebpf:"sluice_tc6_too_big"`
@@ -521,6 +523,7 @@ type Sluice6Variables struct {
 //
 // It can be passed to LoadSluice6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type Sluice6Programs struct {
+	SluiceTc6Hostnat  *ebpf.Program `ebpf:"sluice_tc6_hostnat"`
 	SluiceTc6Icmp     *ebpf.Program `ebpf:"sluice_tc6_icmp"`
 	SluiceTc6NewFlow  *ebpf.Program `ebpf:"sluice_tc6_new_flow"`
 	SluiceTc6TooBig   *ebpf.Program `ebpf:"sluice_tc6_too_big"`
@@ -532,6 +535,7 @@ type Sluice6Programs struct {
 
 func (p *Sluice6Programs) Close() error {
 	return _Sluice6Close(
+		p.SluiceTc6Hostnat,
 		p.SluiceTc6Icmp,
 		p.SluiceTc6NewFlow,
 		p.SluiceTc6TooBig,
