@@ -1,6 +1,7 @@
 package datapath_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -499,4 +500,53 @@ func TestIPv6KernelFlowMovedOffASluicePort(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// An IPv6 datagram in fragments (the sender's: IPv6 routers never fragment): the first, with
+// the UDP header, opens the flow and leaves its ports for the rest, which get the same
+// addresses and nothing else (their bytes are payload). XDP hands fragments to tc.
+func TestIPv6FragmentsFollowTheirFirst(t *testing.T) {
+	e := newEnv6(t)
+	first := e.fromClient6(layers.IPProtocolUDP, 40200, 30081)
+	first.MoreFragments, first.IPID, first.Payload = true, 77, make([]byte, 96)
+	later := first
+	later.MoreFragments, later.FragOffset, later.Payload = false, 13, make([]byte, 40)
+	// What the datapath does to a later fragment, done by hand: MACs, addresses, hop limit.
+	translated := func(in []byte) []byte {
+		out := bytes.Clone(in)
+		copy(out[0:6], backendMAC)
+		copy(out[6:12], e.nodeMAC)
+		out[14+7]--
+		n, b := nodeIP6.As16(), backendIP6.As16()
+		copy(out[14+8:], n[:])
+		copy(out[14+24:], b[:])
+		return out
+	}
+	var snat uint16
+	runTable(t, e.env, e.dp.Objs.SluiceXdp, true, []golden{
+		{desc: "XDP leaves a first fragment to tc, counted", verdict: xdpPass,
+			reason: reasonPtr(datapath.SluiceReasonREASON_PASS_TO_TC),
+			in:     func(*flow) []byte { return first.Bytes() }},
+	})
+	runTable(t, e.env, e.dp.Objs.SluiceTcIngress, false, []golden{
+		{desc: "first fragment: translated, fragment header kept", verdict: tcRedirect,
+			in: func(*flow) []byte { return first.Bytes() },
+			want: func(_ *flow, got []byte) []byte {
+				p := first
+				snat = snatFrom(t, got, 14+40+8)
+				p.SrcMAC, p.DstMAC, p.TTL = e.nodeMAC, backendMAC, 63
+				p.Src, p.Dst = ap(nodeIP6, snat), ap(backendIP6, 5353)
+				return p.Bytes()
+			}},
+		{desc: "later fragment: the first's flow, addresses only", verdict: tcRedirect,
+			in:   func(*flow) []byte { return later.Bytes() },
+			want: func(_ *flow, got []byte) []byte { return translated(later.Bytes()) }},
+		{desc: "later fragment of no datagram sluice knows: passed untouched, counted", verdict: tcOK,
+			reason: reasonPtr(datapath.SluiceReasonREASON_PASS_FRAGMENT),
+			in: func(*flow) []byte {
+				p := later
+				p.IPID = 78
+				return p.Bytes()
+			}},
+	})
 }
