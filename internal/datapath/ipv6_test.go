@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -62,28 +63,28 @@ func newEnv6Of(t testing.TB, e4 *env) *env6 {
 	// svc 11: TCP 30080 -> remote [fd00::2]:8080; 12: UDP 30081 -> remote [fd00::2]:5353;
 	// 13: TCP 30082 -> local pod [fd00:244::10]:80; 14/15: TCP/UDP 30090, no endpoints. Service and
 	// backend IDs are shared with IPv4's (one allocator), so these start past newEnv's.
-	o := &e.v6.Objs
-	for id, be := range map[uint32]datapath.Sluice6Backend{
-		11: {Addr: a6(backendIP6), Port: maps.Port16(8080)},
-		12: {Addr: a6(backendIP6), Port: maps.Port16(5353)},
-		13: {Addr: a6(podIP6), Port: maps.Port16(80), Flags: 1},
+	// Through maps.Kernel, as the reconciler writes: IPv6 entries go to IPv6's maps.
+	e.m.WithIPv6(&e.v6.Objs.Sluice6Maps)
+	for id, be := range map[uint32]lb.Backend{
+		11: {Addr: backendIP6, Port: 8080},
+		12: {Addr: backendIP6, Port: 5353},
+		13: {Addr: podIP6, Port: 80, Local: true},
 	} {
-		must(t, o.SluiceBackends6.Update(id, be, ebpf.UpdateAny))
+		must(t, e.m.UpdateBackend(id, be))
 		must(t, e.m.UpdateSlot(maps.SlotKey{ServiceID: id, Slot: 1}, id))
 	}
 	for _, f := range []struct {
 		port  uint16
-		proto layers.IPProtocol
-		fe    datapath.Sluice6Frontend
+		proto lb.Proto
+		fe    lb.Frontend
 	}{
-		{30080, layers.IPProtocolTCP, datapath.Sluice6Frontend{SvcId: 11, Count: 1}},
-		{30081, layers.IPProtocolUDP, datapath.Sluice6Frontend{SvcId: 12, Count: 1}},
-		{30082, layers.IPProtocolTCP, datapath.Sluice6Frontend{SvcId: 13, Count: 1}},
-		{30090, layers.IPProtocolTCP, datapath.Sluice6Frontend{SvcId: 14}},
-		{30090, layers.IPProtocolUDP, datapath.Sluice6Frontend{SvcId: 15}},
+		{30080, lb.TCP, lb.Frontend{ServiceID: 11, Count: 1}},
+		{30081, lb.UDP, lb.Frontend{ServiceID: 12, Count: 1}},
+		{30082, lb.TCP, lb.Frontend{ServiceID: 13, Count: 1}},
+		{30090, lb.TCP, lb.Frontend{ServiceID: 14}},
+		{30090, lb.UDP, lb.Frontend{ServiceID: 15}},
 	} {
-		k := datapath.Sluice6FrontendKey{Addr: a6(nodeIP6), Port: maps.Port16(f.port), Proto: uint8(f.proto)}
-		must(t, o.SluiceFrontends6.Update(k, f.fe, ebpf.UpdateAny))
+		must(t, e.m.UpdateFrontend(lb.FrontendKey{Addr: nodeIP6, Port: f.port, Proto: f.proto}, f.fe))
 	}
 	return e
 }

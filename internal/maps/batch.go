@@ -27,9 +27,14 @@ type batch struct {
 	slotVals  []uint32
 	beKeys    []uint32
 	beVals    []datapath.SluiceBackend
-	infoKeys  []uint32
-	infoVals  []datapath.SluiceSvcInfo
-	portWords map[*ebpf.Map]map[uint32]uint32
+	// IPv6's own (kernel6.go), written in the same stages.
+	front6Keys []datapath.Sluice6FrontendKey
+	front6Vals []datapath.Sluice6Frontend
+	be6Keys    []uint32
+	be6Vals    []datapath.Sluice6Backend
+	infoKeys   []uint32
+	infoVals   []datapath.SluiceSvcInfo
+	portWords  map[*ebpf.Map]map[uint32]uint32
 }
 
 // Begin starts buffering updates.
@@ -54,9 +59,21 @@ func (k *Kernel) Flush() error {
 	// not write.
 	for _, stage := range []func() error{
 		func() error { return batchUpdate("backends", k.objs.SluiceBackends, b.beKeys, b.beVals) },
+		func() error {
+			if len(b.be6Keys) == 0 { // (buffered only with the IPv6 maps)
+				return nil
+			}
+			return batchUpdate("IPv6 backends", k.v6.SluiceBackends6, b.be6Keys, b.be6Vals)
+		},
 		func() error { return batchUpdate("slots", k.objs.SluiceSlots, b.slotKeys, b.slotVals) },
 		func() error { return batchUpdate("service info", k.objs.SluiceSvcInfo, b.infoKeys, b.infoVals) },
 		func() error { return batchUpdate("frontends", k.objs.SluiceFrontends, b.frontKeys, b.frontVals) },
+		func() error {
+			if len(b.front6Keys) == 0 {
+				return nil
+			}
+			return batchUpdate("IPv6 frontends", k.v6.SluiceFrontends6, b.front6Keys, b.front6Vals)
+		},
 	} {
 		if err := stage(); err != nil {
 			return errors.Join(append(errs, err)...)

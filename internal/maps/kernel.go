@@ -24,7 +24,8 @@ var ErrFull = errors.New("map is full")
 // Kernel implements Maps on the loaded datapath's maps.
 type Kernel struct {
 	objs  *datapath.SluiceMaps
-	batch *batch // buffered updates between Begin and Flush
+	v6    *datapath.Sluice6Maps // nil: IPv4 only (kernel6.go)
+	batch *batch                // buffered updates between Begin and Flush
 	// MaglevSize is the entries of each Maglev table, as the datapath was loaded with
 	// (0: DefaultMaglevSize).
 	MaglevSize uint32
@@ -97,6 +98,9 @@ func ignoreMissing(what string, err error) error {
 }
 
 func (k *Kernel) UpdateFrontend(key lb.FrontendKey, v lb.Frontend) error {
+	if is6(key.Addr) {
+		return k.updateFrontend6(key, v)
+	}
 	val := datapath.SluiceFrontend{SvcId: v.ServiceID, Count: v.Count, Flags: uint16(v.Flags), AffinityTimeoutS: v.AffinityTimeout}
 	if v.SNATAddr.Is4() {
 		val.SnatAddr = Addr4(v.SNATAddr)
@@ -110,6 +114,9 @@ func (k *Kernel) UpdateFrontend(key lb.FrontendKey, v lb.Frontend) error {
 }
 
 func (k *Kernel) DeleteFrontend(key lb.FrontendKey) error {
+	if is6(key.Addr) {
+		return k.deleteFrontend6(key)
+	}
 	fk := frontendKey(key)
 	return ignoreMissing("frontend "+key.String(), k.objs.SluiceFrontends.Delete(&fk))
 }
@@ -129,6 +136,9 @@ func (k *Kernel) DeleteSlot(key SlotKey) error {
 }
 
 func (k *Kernel) UpdateBackend(id uint32, b lb.Backend) error {
+	if is6(b.Addr) {
+		return k.updateBackend6(id, b)
+	}
 	v := backendValue(b)
 	if bt := k.batch; bt != nil {
 		bt.beKeys, bt.beVals = append(bt.beKeys, id), append(bt.beVals, v)
@@ -138,7 +148,7 @@ func (k *Kernel) UpdateBackend(id uint32, b lb.Backend) error {
 }
 
 func (k *Kernel) DeleteBackend(id uint32) error {
-	return ignoreMissing(fmt.Sprintf("backend %d", id), k.objs.SluiceBackends.Delete(&id))
+	return errors.Join(ignoreMissing(fmt.Sprintf("backend %d", id), k.objs.SluiceBackends.Delete(&id)), k.deleteBackend6(id))
 }
 
 func (k *Kernel) SetFrontendPort(port uint16) error {
@@ -202,6 +212,9 @@ func (k *Kernel) Frontends() (map[lb.FrontendKey]lb.Frontend, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump frontends: %w", err)
 	}
+	if err := k.frontends6(out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -230,6 +243,9 @@ func (k *Kernel) Backends() (map[uint32]lb.Backend, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump backends: %w", err)
+	}
+	if err := k.backends6(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -268,6 +284,9 @@ func (k *Kernel) Reasons() (map[Reason]uint64, error) {
 
 // LookupFrontend reads one frontend.
 func (k *Kernel) LookupFrontend(key lb.FrontendKey) (lb.Frontend, bool) {
+	if is6(key.Addr) {
+		return k.lookupFrontend6(key)
+	}
 	fk := frontendKey(key)
 	var v datapath.SluiceFrontend
 	if err := k.objs.SluiceFrontends.Lookup(&fk, &v); err != nil {
@@ -285,7 +304,7 @@ func (k *Kernel) LookupSlotBackend(key SlotKey) (lb.Backend, bool) {
 	}
 	var v datapath.SluiceBackend
 	if err := k.objs.SluiceBackends.Lookup(&id, &v); err != nil {
-		return lb.Backend{}, false
+		return k.lookupBackend6(id)
 	}
 	return lb.Backend{Addr: AddrFrom4(v.Addr), Port: PortFrom16(v.Port), Local: v.Flags&backendLocal != 0, Terminating: v.Flags&backendTerminating != 0}, true
 }

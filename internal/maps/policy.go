@@ -30,6 +30,14 @@ func (r SourceRange) key() datapath.SluiceSourceRange {
 	return datapath.SluiceSourceRange{Prefixlen: 32 + uint32(p.Bits()), SvcId: binary.NativeEndian.Uint32(svc[:]), Addr: Addr4(p.Addr())}
 }
 
+// key6 is IPv6's: the service ID, then the 128-bit address.
+func (r SourceRange) key6() datapath.Sluice6SourceRange {
+	var svc [4]byte
+	binary.BigEndian.PutUint32(svc[:], r.ServiceID)
+	p := r.Prefix.Masked()
+	return datapath.Sluice6SourceRange{Prefixlen: 32 + uint32(p.Bits()), SvcId: binary.NativeEndian.Uint32(svc[:]), Addr: Addr6(p.Addr())}
+}
+
 func (r SourceRange) String() string { return fmt.Sprintf("%d %s", r.ServiceID, r.Prefix) }
 
 func (k *Kernel) UpdateAffinityMatch(m AffinityMatch) error {
@@ -43,14 +51,28 @@ func (k *Kernel) DeleteAffinityMatch(m AffinityMatch) error {
 }
 
 func (k *Kernel) UpdateSourceRange(r SourceRange) error {
+	if is6(r.Prefix.Addr()) {
+		if k.v6 == nil {
+			return fmt.Errorf("update source range %s: %w", r, ErrNoIPv6)
+		}
+		key, one := r.key6(), uint8(1)
+		return wrapUpdate("source range "+r.String(), k.v6.SluiceSourceRanges6.Update(&key, &one, ebpf.UpdateAny))
+	}
 	if !r.Prefix.Addr().Is4() {
-		return fmt.Errorf("update source range %s: not IPv4", r)
+		return fmt.Errorf("update source range %s: not an IP prefix", r)
 	}
 	key, one := r.key(), uint8(1)
 	return wrapUpdate("source range "+r.String(), k.objs.SluiceSourceRanges.Update(&key, &one, ebpf.UpdateAny))
 }
 
 func (k *Kernel) DeleteSourceRange(r SourceRange) error {
+	if is6(r.Prefix.Addr()) {
+		if k.v6 == nil {
+			return nil
+		}
+		key := r.key6()
+		return ignoreMissing("source range "+r.String(), k.v6.SluiceSourceRanges6.Delete(&key))
+	}
 	key := r.key()
 	return ignoreMissing("source range "+r.String(), k.objs.SluiceSourceRanges.Delete(&key))
 }
@@ -124,6 +146,19 @@ func (k *Kernel) SourceRanges() (map[SourceRange]bool, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump source ranges: %w", err)
+	}
+	if k.v6 != nil {
+		var key datapath.Sluice6SourceRange
+		it := k.v6.SluiceSourceRanges6.Iterate()
+		for it.Next(&key, &one) {
+			var svc [4]byte
+			binary.NativeEndian.PutUint32(svc[:], key.SvcId)
+			p := netip.PrefixFrom(netip.AddrFrom16(key.Addr.B), int(key.Prefixlen)-32)
+			out[SourceRange{ServiceID: binary.BigEndian.Uint32(svc[:]), Prefix: p}] = true
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("dump IPv6 source ranges: %w", err)
+		}
 	}
 	return out, nil
 }
