@@ -38,6 +38,37 @@ struct icmp_quote {
 	__be16 dport;
 };
 
+/* The flow an error's quote q is about, at the hook egress says, or NULL; and what the error
+ * becomes: the quote's tuple as the flow's other end knows it (in), and the error's addresses
+ * (out): to that end, from the address it talks to when the flow rewrites sources (the
+ * frontend, a SNAT address), else from the reporting router still. */
+static __always_inline struct ct_entry *icmp_flow(const struct pkt *p, const struct icmp_quote *q, bool egress,
+						  struct tuple *in, struct tuple *out)
+{
+	/* An error goes to whoever sent the packet it quotes. */
+	if (!ADDR_EQ(p->daddr, q->saddr))
+		return 0;
+	struct ct_key k = {
+		.saddr = q->daddr,
+		.daddr = q->saddr,
+		.sport = q->dport,
+		.dport = q->sport,
+		.proto = q->proto,
+	};
+	struct ct_entry *e = ct_lookup(&k, egress ? CT_F_EGRESS : CT_F_INGRESS, bpf_ktime_get_ns());
+	if (!e)
+		return 0;
+	trace_flow(TRACE_RELATED, e);
+	in->saddr = e->nat_daddr;
+	in->daddr = e->nat_saddr;
+	in->sport = e->nat_dport;
+	in->dport = e->nat_sport;
+	out->saddr = !ADDR_EQ(e->nat_saddr, k.saddr) ? e->nat_saddr : p->saddr;
+	out->daddr = e->nat_daddr;
+	out->sport = out->dport = 0;
+	return e;
+}
+
 #ifdef SLUICE_IPV6
 #include "icmp6.h"
 #else
@@ -158,31 +189,10 @@ static __always_inline int icmp_related(struct __sk_buff *skb, bool egress)
 	struct icmp_quote q = {};
 	if (icmp_quote_parse(skb, &p, &q))
 		return TC_ACT_OK;
-	/* An error goes to whoever sent the packet it quotes. */
-	if (!ADDR_EQ(p.daddr, q.saddr))
-		return TC_ACT_OK;
-
-	struct ct_key k = {
-		.saddr = q.daddr,
-		.daddr = q.saddr,
-		.sport = q.dport,
-		.dport = q.sport,
-		.proto = q.proto,
-	};
-	struct ct_entry *e = ct_lookup(&k, egress ? CT_F_EGRESS : CT_F_INGRESS, bpf_ktime_get_ns());
+	struct tuple in, out;
+	struct ct_entry *e = icmp_flow(&p, &q, egress, &in, &out);
 	if (!e)
 		return TC_ACT_OK;
-	trace_flow(TRACE_RELATED, e);
-	struct tuple in = {
-		.saddr = e->nat_daddr,
-		.daddr = e->nat_saddr,
-		.sport = e->nat_dport,
-		.dport = e->nat_sport,
-	};
-	struct tuple out = {
-		.saddr = !ADDR_EQ(e->nat_saddr, k.saddr) ? e->nat_saddr : p.saddr,
-		.daddr = e->nat_daddr,
-	};
 
 	/* At egress the error is on its way already; about a local backend's flow, the stack
 	 * routes it into the pod (its source is not ours). */

@@ -122,31 +122,10 @@ static __always_inline int icmp_related6(struct __sk_buff *skb)
 	struct icmp_quote q = {};
 	if (icmp_quote_parse(skb, p, &q))
 		return TC_ACT_OK;
-	/* An error goes to whoever sent the packet it quotes. */
-	if (!ADDR_EQ(p->daddr, q.saddr))
-		return TC_ACT_OK;
-
-	struct ct_key k = {
-		.saddr = q.daddr,
-		.daddr = q.saddr,
-		.sport = q.dport,
-		.dport = q.sport,
-		.proto = q.proto,
-	};
-	struct ct_entry *e = ct_lookup(&k, egress ? CT_F_EGRESS : CT_F_INGRESS, bpf_ktime_get_ns());
+	struct tuple in, out;
+	struct ct_entry *e = icmp_flow(p, &q, egress, &in, &out);
 	if (!e)
 		return TC_ACT_OK;
-	trace_flow(TRACE_RELATED, e);
-	struct tuple in = {
-		.saddr = e->nat_daddr,
-		.daddr = e->nat_saddr,
-		.sport = e->nat_dport,
-		.dport = e->nat_sport,
-	};
-	struct tuple out = {
-		.saddr = !ADDR_EQ(e->nat_saddr, k.saddr) ? e->nat_saddr : p->saddr,
-		.daddr = e->nat_daddr,
-	};
 	if (egress || (e->flags & CT_F_LOCAL)) {
 		if (icmp_rewrite(skb, p, &q, &in, &out, false))
 			return TC_ACT_SHOT;

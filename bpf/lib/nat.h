@@ -30,6 +30,25 @@ static __always_inline __u16 l4_csum_off(const struct pkt *p)
 						     : offsetof(struct udphdr, check));
 }
 
+/* The SCTP CRC32c p gets with its ports rewritten to to's: over the SCTP packet only (no
+ * pseudo-header), so the ports' change alone, at XDP and tc alike, in either family. A sender
+ * that offloads the CRC (a pod behind a veth: CHECKSUM_PARTIAL) leaves the field 0 until the
+ * packet leaves, when the kernel computes it over what the packet holds then, rewritten ports
+ * included: such a field stays 0. (A computed CRC that happens to be 0, one in 2^32, is left
+ * too; the peer drops that one packet and SCTP sends it again.) -1 if the header is gone. */
+static __always_inline int nat_sctp_crc(void *l4, void *data_end, const struct pkt *p,
+					const struct tuple *to, __u32 *crc)
+{
+	struct sctphdr *sh = l4;
+	if ((void *)(sh + 1) > data_end) /* checked by the caller, but not where the verifier sees it */
+		return -1;
+	__u32 delta = (*(__u32 *)l4) ^ (((__u32)to->dport << 16) | to->sport);
+	*crc = sh->checksum;
+	if (delta && *crc)
+		*crc ^= crc32c_port_delta(delta, p->ip_len - (p->l4_off - p->l3_off));
+	return 0;
+}
+
 #ifdef SLUICE_IPV6
 #include "nat6.h"
 #else
@@ -163,25 +182,12 @@ static __always_inline int nat_rewrite_for(void *ctx, const bool xdp, const stru
 		ip_diff = csum_diff2(ip_diff, ttl_old, ttl_new);
 	}
 	ip_diff = csum_fold((__u64)ip_diff + addr_diff);
-	__u32 crc = 0, crc_delta = 0;
-	if (sctp && proto == IPPROTO_SCTP) {
-		/* CRC32c over the SCTP packet only (no pseudo-header): the ports' change, at XDP and
-		 * tc alike. A sender that offloads the CRC (a pod behind a veth: CHECKSUM_PARTIAL)
-		 * leaves the field 0 until the packet leaves, when the kernel computes it over what
-		 * the packet holds then, rewritten ports included: such a field stays 0. (A computed
-		 * CRC that happens to be 0, one in 2^32, is left too; the peer drops that one packet
-		 * and SCTP sends it again.) */
-		struct sctphdr *sh = l4;
-		if ((void *)(sh + 1) > data_end) /* checked above, but not where the verifier sees it */
-			return -1;
-		__u32 delta = (*(__u32 *)l4) ^ (((__u32)to->dport << 16) | to->sport);
-		crc = sh->checksum;
-		if (delta && crc)
-			crc_delta = crc32c_port_delta(delta, p->ip_len - p->ihl * 4);
-	}
+	__u32 crc = 0;
+	if (sctp && proto == IPPROTO_SCTP && nat_sctp_crc(l4, data_end, p, to, &crc))
+		return -1;
 	if (xdp)
-		return nat_write_xdp(iph, l4, p, to, ttl_new, ip_diff, addr_diff, port_diff, crc ^ crc_delta);
-	return nat_write_tc(ctx, p, to, ttl_old, ttl_new, ip_diff, addr_diff, port_diff, crc ^ crc_delta);
+		return nat_write_xdp(iph, l4, p, to, ttl_new, ip_diff, addr_diff, port_diff, crc);
+	return nat_write_tc(ctx, p, to, ttl_old, ttl_new, ip_diff, addr_diff, port_diff, crc);
 }
 
 #endif /* SLUICE_IPV6 */

@@ -115,20 +115,12 @@ static __always_inline int nat_rewrite_for(void *ctx, const bool xdp, const stru
 	__be16 *ports = l4;
 	__u32 port_diff = csum_diff2(0, ports[0], to->sport);
 	port_diff = csum_diff2(port_diff, ports[1], to->dport);
-	__u32 crc = 0, crc_delta = 0;
-	if (sctp && proto == IPPROTO_SCTP) {
-		/* As IPv4's: the CRC32c changes with the ports only; an offloaded one stays 0. */
-		struct sctphdr *sh = l4;
-		if ((void *)(sh + 1) > data_end)
-			return -1;
-		__u32 delta = (*(__u32 *)l4) ^ (((__u32)to->dport << 16) | to->sport);
-		crc = sh->checksum;
-		if (delta && crc)
-			crc_delta = crc32c_port_delta(delta, p->ip_len - (p->l4_off - p->l3_off));
-	}
+	__u32 crc = 0;
+	if (sctp && proto == IPPROTO_SCTP && nat_sctp_crc(l4, data_end, p, to, &crc))
+		return -1;
 	if (xdp)
-		return nat_write_xdp(ip6, l4, data_end, p, to, dec_ttl, addr_diff, port_diff, crc ^ crc_delta);
-	return nat_write_tc(ctx, p, to, dec_ttl, hop_limit, addr_diff, port_diff, crc ^ crc_delta);
+		return nat_write_xdp(ip6, l4, data_end, p, to, dec_ttl, addr_diff, port_diff, crc);
+	return nat_write_tc(ctx, p, to, dec_ttl, hop_limit, addr_diff, port_diff, crc);
 }
 
 #endif

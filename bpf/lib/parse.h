@@ -79,6 +79,24 @@ struct pkt {
 #define TCP_F_RST 0x04
 #define TCP_F_ACK 0x10
 
+/* Ethernet and at most one VLAN tag: where L3 starts and its ethertype. -1 if truncated. */
+static __always_inline int parse_l2(void *data, void *data_end, __u16 *l3_off, __be16 *h_proto)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	*l3_off = sizeof(*eth);
+	*h_proto = eth->h_proto;
+	if (*h_proto == bpf_htons(ETH_P_8021Q) || *h_proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = (void *)(eth + 1);
+		if ((void *)(vh + 1) > data_end)
+			return -1;
+		*h_proto = vh->proto;
+		*l3_off += sizeof(*vh);
+	}
+	return 0;
+}
+
 /* The L4 header at p->l4_off (l3_hlen bytes past the L3 header, p->ip_len the L3 length):
  * ports, TCP flags, and whether it fits. Both families' parsers end here. */
 static __always_inline int parse_l4(void *ctx, const bool xdp, struct pkt *p, __u16 l3_hlen)
@@ -147,24 +165,15 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 
 	void *data = ctx_data(ctx, xdp);
 	void *data_end = ctx_data_end(ctx, xdp);
-	struct ethhdr *eth = data;
-	__u16 l3_off = sizeof(*eth);
-
-	if ((void *)(eth + 1) > data_end)
+	__u16 l3_off;
+	__be16 h_proto;
+	if (parse_l2(data, data_end, &l3_off, &h_proto))
 		return PARSE_MALFORMED;
-	__be16 h_proto = eth->h_proto;
-	if (h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_hdr *vh = (void *)(eth + 1);
-		if ((void *)(vh + 1) > data_end)
-			return PARSE_MALFORMED;
-		h_proto = vh->proto;
-		l3_off += sizeof(*vh);
-	}
 	if (h_proto == bpf_htons(ETH_P_IPV6))
 		return PARSE_IPV6;
 	if (h_proto != bpf_htons(ETH_P_IP))
 		return PARSE_NOT_IPV4;
-	p->vlan = l3_off != sizeof(*eth);
+	p->vlan = l3_off != sizeof(struct ethhdr);
 
 	struct iphdr *iph = data + l3_off;
 	if ((void *)(iph + 1) > data_end)

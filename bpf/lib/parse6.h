@@ -35,22 +35,13 @@ static __always_inline int parse_pkt(void *ctx, const bool xdp, struct pkt *p)
 
 	void *data = ctx_data(ctx, xdp);
 	void *data_end = ctx_data_end(ctx, xdp);
-	struct ethhdr *eth = data;
-	__u16 l3_off = sizeof(*eth);
-
-	if ((void *)(eth + 1) > data_end)
+	__u16 l3_off;
+	__be16 h_proto;
+	if (parse_l2(data, data_end, &l3_off, &h_proto))
 		return PARSE_MALFORMED;
-	__be16 h_proto = eth->h_proto;
-	if (h_proto == bpf_htons(ETH_P_8021Q) || h_proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_hdr *vh = (void *)(eth + 1);
-		if ((void *)(vh + 1) > data_end)
-			return PARSE_MALFORMED;
-		h_proto = vh->proto;
-		l3_off += sizeof(*vh);
-	}
 	if (h_proto != bpf_htons(ETH_P_IPV6))
 		return PARSE_NOT_IPV4;
-	p->vlan = l3_off != sizeof(*eth);
+	p->vlan = l3_off != sizeof(struct ethhdr);
 
 	struct ipv6hdr *ip6 = data + l3_off;
 	if ((void *)(ip6 + 1) > data_end)

@@ -22,6 +22,43 @@ static __always_inline void swap_macs(struct ethhdr *eth)
 	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
 }
 
+/* The RST that answers a TCP segment (RFC 9293 3.10.7.1, as Linux's tcp_v4_send_reset): with
+ * ACK set, <SEQ=SEG.ACK><RST>; otherwise <SEQ=0><ACK=SEG.SEQ+SEG.LEN><RST,ACK>, where SYN and
+ * FIN count in SEG.LEN (seg_len: the payload's length). */
+struct rst {
+	__be32 seq;
+	__be32 ack;
+	__be16 sport;
+	__be16 dport;
+	bool had_ack;
+};
+
+static __always_inline void rst_answering(const struct tcphdr *th, __u32 seg_len, struct rst *r)
+{
+	if (th->syn)
+		seg_len++;
+	if (th->fin)
+		seg_len++;
+	r->had_ack = th->ack;
+	r->seq = r->had_ack ? th->ack_seq : 0;
+	r->ack = r->had_ack ? 0 : bpf_htonl(bpf_ntohl(th->seq) + seg_len);
+	r->sport = th->dest;
+	r->dport = th->source;
+}
+
+/* Write r as a TCP header without options at th (the checksum is the family's to fill in). */
+static __always_inline void put_rst(struct tcphdr *th, const struct rst *r)
+{
+	__builtin_memset(th, 0, sizeof(*th));
+	th->source = r->sport;
+	th->dest = r->dport;
+	th->seq = r->seq;
+	th->ack_seq = r->ack;
+	th->doff = 5;
+	th->rst = 1;
+	th->ack = !r->had_ack;
+}
+
 /* How much of p's L4 header an ICMP error about it quotes: at least 8 bytes (RFC 792), and up
  * to the L4 checksum, since the kernel will not cut a packet whose checksum it is still to fill
  * in (CHECKSUM_PARTIAL, from a sender on a veth) before that field: TCP 20, SCTP 12, UDP 8. */
@@ -53,9 +90,7 @@ static __always_inline void put_ipv4(struct iphdr *iph, __be32 saddr, __be32 dad
 	iph->check = csum_ipv4_hdr20(iph);
 }
 
-/* Turn a TCP segment into the RST that answers it (RFC 9293 3.10.7.1, as Linux's
- * tcp_v4_send_reset): with ACK set, <SEQ=SEG.ACK><RST>; otherwise
- * <SEQ=0><ACK=SEG.SEQ+SEG.LEN><RST,ACK>, where SYN and FIN count in SEG.LEN. */
+/* Turn a TCP segment into the RST that answers it (rst_answering). */
 static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pkt *p)
 {
 	void *data = ctx_data(ctx, xdp);
@@ -65,15 +100,8 @@ static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pk
 	if ((void *)(th + 1) > data_end)
 		return -1;
 
-	__u32 seg_len = p->ip_len - p->ihl * 4 - th->doff * 4;
-	if (th->syn)
-		seg_len++;
-	if (th->fin)
-		seg_len++;
-	bool had_ack = th->ack;
-	__be32 seq = had_ack ? th->ack_seq : 0;
-	__be32 ack = had_ack ? 0 : bpf_htonl(bpf_ntohl(th->seq) + seg_len);
-	__be16 sport = th->dest, dport = th->source;
+	struct rst r;
+	rst_answering(th, p->ip_len - p->ihl * 4 - th->doff * 4, &r);
 
 	struct ethhdr *eth = data;
 	struct iphdr *iph = data + l2;
@@ -83,14 +111,7 @@ static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pk
 	swap_macs(eth);
 	put_ipv4(iph, p->daddr, p->saddr, IPPROTO_TCP, sizeof(struct iphdr) + sizeof(struct tcphdr));
 
-	__builtin_memset(th, 0, sizeof(*th));
-	th->source = sport;
-	th->dest = dport;
-	th->seq = seq;
-	th->ack_seq = ack;
-	th->doff = 5;
-	th->rst = 1;
-	th->ack = !had_ack;
+	put_rst(th, &r);
 	__u32 sum = csum_pseudo(p->daddr, p->saddr, IPPROTO_TCP, sizeof(struct tcphdr));
 	sum += csum_words((__u16 *)th, sizeof(*th) / 2);
 	th->check = (__u16)~csum_fold(sum);

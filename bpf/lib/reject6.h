@@ -48,9 +48,8 @@ static __always_inline void put_ipv6(struct ipv6hdr *ip6, const union addr6 *sad
 	__builtin_memcpy(&ip6->daddr, daddr, sizeof(*daddr));
 }
 
-/* As IPv4's reject_tcp: with ACK set, <SEQ=SEG.ACK><RST>; otherwise
- * <SEQ=0><ACK=SEG.SEQ+SEG.LEN><RST,ACK>. p is the scratch's copy: the addresses it holds stay
- * as they arrived while the packet is rewritten. */
+/* As IPv4's reject_tcp (rst_answering). p is the scratch's copy: the addresses it holds stay as
+ * they arrived while the packet is rewritten. */
 static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pkt *p)
 {
 	void *data = ctx_data(ctx, xdp);
@@ -60,15 +59,8 @@ static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pk
 	if ((void *)(th + 1) > data_end)
 		return -1;
 
-	__u32 seg_len = p->ip_len - (p->l4_off - p->l3_off) - th->doff * 4;
-	if (th->syn)
-		seg_len++;
-	if (th->fin)
-		seg_len++;
-	bool had_ack = th->ack;
-	__be32 seq = had_ack ? th->ack_seq : 0;
-	__be32 ack = had_ack ? 0 : bpf_htonl(bpf_ntohl(th->seq) + seg_len);
-	__be16 sport = th->dest, dport = th->source;
+	struct rst r;
+	rst_answering(th, p->ip_len - (p->l4_off - p->l3_off) - th->doff * 4, &r);
 
 	struct ethhdr *eth = data;
 	struct ipv6hdr *ip6 = data + l2;
@@ -78,14 +70,7 @@ static __always_inline int reject_tcp(void *ctx, const bool xdp, const struct pk
 	swap_macs(eth);
 	put_ipv6(ip6, &p->daddr, &p->saddr, IPPROTO_TCP, sizeof(struct tcphdr));
 
-	__builtin_memset(th, 0, sizeof(*th));
-	th->source = sport;
-	th->dest = dport;
-	th->seq = seq;
-	th->ack_seq = ack;
-	th->doff = 5;
-	th->rst = 1;
-	th->ack = !had_ack;
+	put_rst(th, &r);
 	__u32 sum = csum_pseudo6(&p->daddr, &p->saddr, IPPROTO_TCP, sizeof(struct tcphdr));
 	sum += csum_words((__u16 *)th, sizeof(*th) / 2);
 	th->check = (__u16)~csum_fold(sum);

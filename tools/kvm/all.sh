@@ -12,6 +12,12 @@ CACHE=${SLUICE_KVM_CACHE:-/var/cache/sluice/kvm}
 mkdir -p "$CACHE"
 [ $# -gt 0 ] || set -- 6.1 5.10
 
+# What each needs from apt first, one series after the other: on a fresh machine two apt-get
+# runs at once would fight over dpkg's lock (and a shared download directory lost a kernel).
+for s in "$@"; do
+	SLUICE_KVM_PREPARE_ONLY=1 bash "$here/run.sh" "$s" || { echo "test-kernel: prepare Linux $s" >&2; exit 1; }
+done
+
 # Both guests boot the same test binaries: build them once, before the guests compete for CPU.
 (cd "$here/../.." && for p in ./internal/datapath/ ./internal/sockterm/; do
 	CGO_ENABLED=0 "${GO:-go}" test -c -o /dev/null "$p" || exit 1

@@ -23,6 +23,7 @@
 #   SLUICE_KVM_TESTARGS  extra test flags, e.g. '-test.run TestGolden'
 #   SLUICE_KVM_MIN_UPTIME  seconds the guest must have been up before the tests (default 75)
 #   SLUICE_KVM_CACHE     cache directory (default /var/cache/sluice/kvm)
+#   SLUICE_KVM_PREPARE_ONLY=1  install what the host needs and fetch the kernel, then exit
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -103,15 +104,22 @@ fi
 kdir=$CACHE/kernels/$pkg
 if [ ! -e "$kdir/.complete" ]; then
 	log "downloading $pkg"
-	rm -rf "$kdir" "$CACHE/debs"
-	mkdir -p "$CACHE/debs"
+	debs=$CACHE/debs-$series # one per series: all.sh prepares them one after the other, but a
+	rm -rf "$kdir" "$debs"   # run of one series must never remove another's download
+	mkdir -p "$debs"
 	# Sandbox user root: the _apt user cannot write into root's cache directory.
-	dl() { (cd "$CACHE/debs" && apt-get "${apt_opts[@]}" download -qq -o APT::Sandbox::User=root "$pkg"); }
+	dl() { (cd "$debs" && apt-get "${apt_opts[@]}" download -qq -o APT::Sandbox::User=root "$pkg"); }
 	dl || { apt_update; dl; }
 	mkdir -p "$kdir"
-	dpkg-deb -x "$CACHE"/debs/"$pkg"_*.deb "$kdir"
-	rm -rf "$CACHE/debs" # the unpacked tree is what later runs use
+	dpkg-deb -x "$debs"/"$pkg"_*.deb "$kdir"
+	rm -rf "$debs" # the unpacked tree is what later runs use
 	touch "$kdir/.complete"
+fi
+# all.sh prepares each series (host packages, the kernel) alone, then boots them together:
+# two apt-get runs at once would fight over dpkg's lock on a fresh machine.
+if [ "${SLUICE_KVM_PREPARE_ONLY:-}" = 1 ]; then
+	log "prepared $pkg"
+	exit 0
 fi
 vmlinuz=$(find "$kdir/boot" -maxdepth 1 -name 'vmlinuz-*' -print -quit)
 [ -n "$vmlinuz" ] || die "$pkg has no /boot/vmlinuz-*"
