@@ -53,9 +53,9 @@ static __always_inline int nat_sctp_crc(void *l4, void *data_end, const struct p
 #include "nat6.h"
 #else
 /* XDP writes the packet directly and updates the checksums by hand. */
-static __always_inline int nat_write_xdp(struct iphdr *iph, void *l4, const struct pkt *p,
-					 const struct tuple *to, __u16 ttl_new, __u32 ip_diff,
-					 __u32 addr_diff, __u32 port_diff, __u32 crc)
+static __always_inline int nat_write_xdp(struct iphdr *iph, void *l4, void *data_end,
+					 const struct pkt *p, const struct tuple *to, __u16 ttl_new,
+					 __u32 ip_diff, __u32 addr_diff, __u32 port_diff, __u32 crc)
 {
 	__be16 *ports = l4;
 	*(__u16 *)&iph->ttl = ttl_new;
@@ -64,15 +64,27 @@ static __always_inline int nat_write_xdp(struct iphdr *iph, void *l4, const stru
 	iph->check = csum_apply(iph->check, ip_diff);
 	ports[0] = to->sport;
 	ports[1] = to->dport;
+	/* Each header checked again where the verifier sees which it is: the caller's checks
+	 * reach it only as the compiler lays them out, which Linux 5.10 and 6.1 did not follow. */
 	if (p->proto == IPPROTO_SCTP) {
-		((struct sctphdr *)l4)->checksum = crc;
+		struct sctphdr *sh = l4;
+		if ((void *)(sh + 1) > data_end)
+			return -1;
+		sh->checksum = crc;
 		return 0;
 	}
 	__u16 *check;
-	if (p->proto == IPPROTO_TCP)
-		check = &((struct tcphdr *)l4)->check;
-	else
-		check = &((struct udphdr *)l4)->check;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		check = &th->check;
+	} else {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return -1;
+		check = &uh->check;
+	}
 	if (p->proto == IPPROTO_UDP && *check == 0)
 		return 0;
 	__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
@@ -186,7 +198,7 @@ static __always_inline int nat_rewrite_for(void *ctx, const bool xdp, const stru
 	if (sctp && proto == IPPROTO_SCTP && nat_sctp_crc(l4, data_end, p, to, &crc))
 		return -1;
 	if (xdp)
-		return nat_write_xdp(iph, l4, p, to, ttl_new, ip_diff, addr_diff, port_diff, crc);
+		return nat_write_xdp(iph, l4, data_end, p, to, ttl_new, ip_diff, addr_diff, port_diff, crc);
 	return nat_write_tc(ctx, p, to, ttl_old, ttl_new, ip_diff, addr_diff, port_diff, crc);
 }
 

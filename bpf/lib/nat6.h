@@ -33,7 +33,7 @@ static __always_inline int nat_write_xdp(struct ipv6hdr *ip6, void *l4, void *da
 		sh->checksum = crc;
 		return 0;
 	}
-	/* Checked again where the verifier sees which header it is. */
+	/* Checked again where the verifier sees which header it is (as IPv4's). */
 	__u16 *check;
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
