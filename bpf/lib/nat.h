@@ -30,6 +30,48 @@ static __always_inline __u16 l4_csum_off(const struct pkt *p)
 						     : offsetof(struct udphdr, check));
 }
 
+/* XDP's L4 part of a rewrite, in either family: the ports, then the SCTP CRC or the TCP/UDP
+ * checksum by hand (RFC 1624). Each header is checked again where the verifier sees which it
+ * is: the caller's checks reach here only as the compiler lays them out, which Linux 5.10 and
+ * 6.1 did not follow. A UDP checksum of 0 ("none", IPv4 only: parse6.h passes such IPv6
+ * packets to the kernel) stays 0; a result of 0 is written 0xffff. */
+static __always_inline int nat_write_l4_xdp(void *l4, void *data_end, const struct pkt *p,
+					    const struct tuple *to, __u32 addr_diff, __u32 port_diff,
+					    __u32 crc)
+{
+	__be16 *ports = l4;
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	ports[0] = to->sport;
+	ports[1] = to->dport;
+	if (p->proto == IPPROTO_SCTP) {
+		struct sctphdr *sh = l4;
+		if ((void *)(sh + 1) > data_end)
+			return -1;
+		sh->checksum = crc;
+		return 0;
+	}
+	__u16 *check;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		check = &th->check;
+	} else {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return -1;
+		check = &uh->check;
+	}
+	if (p->proto == IPPROTO_UDP && *check == 0)
+		return 0;
+	__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
+	if (p->proto == IPPROTO_UDP && c == 0)
+		c = 0xffff;
+	*check = c;
+	return 0;
+}
+
 /* The SCTP CRC32c p gets with its ports rewritten to to's: over the SCTP packet only (no
  * pseudo-header), so the ports' change alone, at XDP and tc alike, in either family. A sender
  * that offloads the CRC (a pod behind a veth: CHECKSUM_PARTIAL) leaves the field 0 until the
@@ -57,41 +99,11 @@ static __always_inline int nat_write_xdp(struct iphdr *iph, void *l4, void *data
 					 const struct pkt *p, const struct tuple *to, __u16 ttl_new,
 					 __u32 ip_diff, __u32 addr_diff, __u32 port_diff, __u32 crc)
 {
-	__be16 *ports = l4;
 	*(__u16 *)&iph->ttl = ttl_new;
 	iph->saddr = to->saddr;
 	iph->daddr = to->daddr;
 	iph->check = csum_apply(iph->check, ip_diff);
-	ports[0] = to->sport;
-	ports[1] = to->dport;
-	/* Each header checked again where the verifier sees which it is: the caller's checks
-	 * reach it only as the compiler lays them out, which Linux 5.10 and 6.1 did not follow. */
-	if (p->proto == IPPROTO_SCTP) {
-		struct sctphdr *sh = l4;
-		if ((void *)(sh + 1) > data_end)
-			return -1;
-		sh->checksum = crc;
-		return 0;
-	}
-	__u16 *check;
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
-			return -1;
-		check = &th->check;
-	} else {
-		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > data_end)
-			return -1;
-		check = &uh->check;
-	}
-	if (p->proto == IPPROTO_UDP && *check == 0)
-		return 0;
-	__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
-	if (p->proto == IPPROTO_UDP && c == 0)
-		c = 0xffff;
-	*check = c;
-	return 0;
+	return nat_write_l4_xdp(l4, data_end, p, to, addr_diff, port_diff, crc);
 }
 
 /* tc writes only through helpers. A program that writes the packet directly gets a prologue

@@ -19,38 +19,11 @@ static __always_inline int nat_write_xdp(struct ipv6hdr *ip6, void *l4, void *da
 					 const struct pkt *p, const struct tuple *to, bool dec_ttl,
 					 __u32 addr_diff, __u32 port_diff, __u32 crc)
 {
-	__be16 *ports = l4;
 	if (dec_ttl)
 		ip6->hop_limit--;
 	__builtin_memcpy(&ip6->saddr, &to->saddr, sizeof(to->saddr));
 	__builtin_memcpy(&ip6->daddr, &to->daddr, sizeof(to->daddr));
-	ports[0] = to->sport;
-	ports[1] = to->dport;
-	if (p->proto == IPPROTO_SCTP) {
-		struct sctphdr *sh = l4;
-		if ((void *)(sh + 1) > data_end)
-			return -1;
-		sh->checksum = crc;
-		return 0;
-	}
-	/* Checked again where the verifier sees which header it is (as IPv4's). */
-	__u16 *check;
-	if (p->proto == IPPROTO_TCP) {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
-			return -1;
-		check = &th->check;
-	} else {
-		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > data_end)
-			return -1;
-		check = &uh->check;
-	}
-	__u16 c = csum_apply(*check, csum_fold((__u64)addr_diff + port_diff));
-	if (p->proto == IPPROTO_UDP && c == 0)
-		c = 0xffff;
-	*check = c;
-	return 0;
+	return nat_write_l4_xdp(l4, data_end, p, to, addr_diff, port_diff, crc);
 }
 
 /* As IPv4's nat_write_tc: only helpers write, so tc egress gets no unclone prologue. */
