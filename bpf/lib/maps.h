@@ -296,7 +296,7 @@ struct svc_info {
 			       * 63 + 1 + 15) fit whole (112 bytes until v0.3 cut long names into one) */
 	__u16 node_port;
 	__u8 proto;
-	__u8 flags;           /* reserved for policy flags */
+	__u8 flags;           /* bit 0 policy Local, bits 1-2 scope, bit 3 IPv6 (Go: maps.ServiceInfo) */
 	__u32 pad;
 	__u64 updated_ns;     /* unix time of the last change */
 };

@@ -47,6 +47,9 @@ type Options struct {
 	// programs take all of 127.0.0.0/8 to it) to the node's own processes, as kube-proxy's
 	// iptables mode does.
 	LocalhostNodePorts bool
+	// IPv6: the IPv6 side of services is served too (the node has IPv6 and the IPv6 datapath is
+	// loaded). Without it, as kube-proxy's IPv4-only proxier, IPv6 is another proxy's to serve.
+	IPv6 bool
 }
 
 // ServiceKey identifies one service port on the datapath: NodePorts are unique per protocol
@@ -59,6 +62,9 @@ type ServiceKey struct {
 	// Scope: which of the port's frontends and endpoints. The internal scope (ClusterIPs) is
 	// keyed by name: two services never share one.
 	Scope Scope
+	// Family: a dual-stack service port is one key per family (IPv4 is the zero value, so
+	// keys from before IPv6 are unchanged).
+	Family lb.Family
 }
 
 func (k ServiceKey) String() string {
@@ -69,10 +75,13 @@ func (k ServiceKey) String() string {
 	if k.Scope != ScopeExternal {
 		s += "/" + k.Scope.String()
 	}
+	if k.Family != lb.IPv4 {
+		s += "/" + k.Family.String()
+	}
 	return s
 }
 
-// Less orders keys: by NodePort, protocol, name, then scope.
+// Less orders keys: by NodePort, protocol, name, scope, then family.
 func (k ServiceKey) Less(o ServiceKey) bool {
 	if k.NodePort != o.NodePort {
 		return k.NodePort < o.NodePort
@@ -83,7 +92,10 @@ func (k ServiceKey) Less(o ServiceKey) bool {
 	if k.Name != o.Name {
 		return k.Name < o.Name
 	}
-	return k.Scope < o.Scope
+	if k.Scope != o.Scope {
+		return k.Scope < o.Scope
+	}
+	return k.Family < o.Family
 }
 
 // Service is one NodePort service port and the backends it balances over.
@@ -116,7 +128,8 @@ type Service struct {
 	DropEmpty bool
 	// Maglev picks backends by consistent hashing instead of at random.
 	Maglev bool
-	// ClusterIPs are the addresses the internal scope is served on (spec.clusterIPs, IPv4).
+	// ClusterIPs are the addresses the internal scope is served on (spec.clusterIPs of the
+	// key's family).
 	ClusterIPs []netip.Addr
 	// InternalLocal is internalTrafficPolicy Local (the internal scope): Backends are this
 	// node's endpoints only.
@@ -130,9 +143,24 @@ type Service struct {
 // load balancer asks that port whether this node has endpoints for it.
 type HealthCheck struct {
 	Port uint16
-	// LocalEndpoints counts this node's ready endpoints (a terminating pod is not ready, so the
-	// load balancer drains a node whose last pod is going away).
+	// LocalEndpoints counts this node's ready endpoints of the service's first family (a
+	// terminating pod is not ready, so the load balancer drains a node whose last pod is going
+	// away).
 	LocalEndpoints int
+	// DualStack: the service has a second family, Second, whose endpoints SecondEndpoints
+	// counts. kube-proxy answers a probe from the proxier of the family it arrives over, which
+	// counts that family's EndpointSlices only.
+	DualStack       bool
+	Second          lb.Family
+	SecondEndpoints int
+}
+
+// For is the count a probe arriving over family f is answered with.
+func (hc HealthCheck) For(f lb.Family) int {
+	if hc.DualStack && f == hc.Second {
+		return hc.SecondEndpoints
+	}
+	return hc.LocalEndpoints
 }
 
 // HealthCheckOf is svc's health check, if it has one.
@@ -141,19 +169,33 @@ func HealthCheckOf(svc *v1.Service, svcSlices []*discoveryv1.EndpointSlice, node
 		svc.Spec.HealthCheckNodePort <= 0 || svc.Spec.HealthCheckNodePort > 65535 {
 		return HealthCheck{}, false
 	}
-	local := map[string]bool{}
-	for _, sl := range svcSlices {
-		for _, ep := range sl.Endpoints {
-			c := ep.Conditions
-			// Ready alone, as kube-proxy counts: terminating pods are not ready, except those of a
-			// publishNotReadyAddresses service, which its owner wants counted.
-			ready := c.Ready == nil || *c.Ready
-			if ready && len(ep.Addresses) > 0 && nodeName != "" && ep.NodeName != nil && *ep.NodeName == nodeName {
-				local[ep.Addresses[0]] = true
+	fams := familiesOf(svc, Options{IPv6: true})
+	if len(fams) == 0 {
+		return HealthCheck{}, false
+	}
+	count := func(f lb.Family) int {
+		local := map[string]bool{}
+		for _, sl := range svcSlices {
+			if sliceFamily(sl) != f {
+				continue
+			}
+			for _, ep := range sl.Endpoints {
+				c := ep.Conditions
+				// Ready alone, as kube-proxy counts: terminating pods are not ready, except those of
+				// a publishNotReadyAddresses service, which its owner wants counted.
+				ready := c.Ready == nil || *c.Ready
+				if ready && len(ep.Addresses) > 0 && nodeName != "" && ep.NodeName != nil && *ep.NodeName == nodeName {
+					local[ep.Addresses[0]] = true
+				}
 			}
 		}
+		return len(local)
 	}
-	return HealthCheck{Port: uint16(svc.Spec.HealthCheckNodePort), LocalEndpoints: len(local)}, true
+	hc := HealthCheck{Port: uint16(svc.Spec.HealthCheckNodePort), LocalEndpoints: count(fams[0])}
+	if len(fams) > 1 {
+		hc.DualStack, hc.Second, hc.SecondEndpoints = true, fams[1], count(fams[1])
+	}
+	return hc, true
 }
 
 // State is everything the datapath should hold.
@@ -224,13 +266,66 @@ func Build(in Input) (State, []Problem) {
 }
 
 // SliceService names the service a slice belongs to, or false for a slice sluice does not use
-// (no service label, a headless service's, not IPv4).
+// (no service label, a headless service's, FQDN addresses).
 func SliceService(sl *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
 	name := sl.Labels[discoveryv1.LabelServiceName]
-	if name == "" || sl.Labels[LabelHeadless] != "" || sl.AddressType != discoveryv1.AddressTypeIPv4 {
+	if name == "" || sl.Labels[LabelHeadless] != "" || sliceFamily(sl) > lb.IPv6 {
 		return types.NamespacedName{}, false
 	}
 	return types.NamespacedName{Namespace: sl.Namespace, Name: name}, true
+}
+
+// noFamily is the family of a slice that has none (addressType FQDN).
+const noFamily lb.Family = 0xff
+
+// sliceFamily is the family of a slice's addresses (the EndpointSlice controller writes one
+// slice per family).
+func sliceFamily(sl *discoveryv1.EndpointSlice) lb.Family {
+	switch sl.AddressType {
+	case discoveryv1.AddressTypeIPv4:
+		return lb.IPv4
+	case discoveryv1.AddressTypeIPv6:
+		return lb.IPv6
+	}
+	return noFamily
+}
+
+// familiesOf are the families of svc sluice serves, its primary first: those it has a
+// ClusterIP of, as kube-proxy's proxier of each family decides (GetClusterIPByFamily). A
+// manifest may say neither ipFamilies nor clusterIPs: that service is IPv4. IPv6 only with
+// o.IPv6.
+func familiesOf(svc *v1.Service, o Options) []lb.Family {
+	var out []lb.Family
+	add := func(f lb.Family) {
+		if (f == lb.IPv4 || o.IPv6) && !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	if len(svc.Spec.IPFamilies) == 0 {
+		ip := svc.Spec.ClusterIP
+		if len(svc.Spec.ClusterIPs) > 0 {
+			ip = svc.Spec.ClusterIPs[0]
+		}
+		if a, err := netip.ParseAddr(ip); err == nil {
+			add(lb.FamilyOf(a))
+		} else {
+			add(lb.IPv4)
+		}
+		return out
+	}
+	for i, f := range svc.Spec.IPFamilies {
+		// The API server gives a ClusterIP per family; a manifest may leave them out.
+		if i >= len(svc.Spec.ClusterIPs) && len(svc.Spec.ClusterIPs) > 0 {
+			continue
+		}
+		switch f {
+		case v1.IPv4Protocol:
+			add(lb.IPv4)
+		case v1.IPv6Protocol:
+			add(lb.IPv6)
+		}
+	}
+	return out
 }
 
 // ServicePorts computes one service's NodePort service ports from its slices, before any
@@ -242,10 +337,14 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 	var out []*Service
 	var problems []Problem
 	obj := "Service " + n.String()
-	pol, err := policyOf(svc, o)
-	if err != nil {
-		// A policy we cannot honour is not silently replaced by another.
-		return nil, []Problem{{obj, err}}
+	fams := familiesOf(svc, o)
+	pols := make([]Service, len(fams))
+	for i, f := range fams {
+		var err error
+		if pols[i], err = policyOf(svc, o, f); err != nil {
+			// A policy we cannot honour is not silently replaced by another.
+			return nil, []Problem{{obj, err}}
+		}
 	}
 	// An address that is no IP (only a manifest can say one: the API server validates them)
 	// is skipped; say which.
@@ -261,23 +360,14 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 	}
 	r := o.NodePortRange
 	for _, sp := range svc.Spec.Ports {
-		// Without a NodePort (a ClusterIP service with externalIPs, a LoadBalancer without
-		// node ports) a port is served externally only on its external and load-balancer IPs.
-		external := sp.NodePort != 0 || len(pol.ExternalIPs)+len(pol.LoadBalancerIPs) > 0
-		internal := o.ClusterIPs && len(pol.ClusterIPs) > 0
-		if !external && !internal {
-			continue
-		}
 		proto, err := protoOf(sp.Protocol)
 		if err != nil {
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: %w", sp.Name, err)})
 			continue
 		}
-		if sp.NodePort != 0 && (sp.NodePort < 0 || sp.NodePort > 65535 || !r.Contains(uint16(sp.NodePort))) {
+		badNodePort := sp.NodePort != 0 && (sp.NodePort < 0 || sp.NodePort > 65535 || !r.Contains(uint16(sp.NodePort)))
+		if badNodePort {
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: nodePort %d outside the NodePort range %s", sp.Name, sp.NodePort, r)})
-			if external = false; !internal {
-				continue
-			}
 		}
 		name := fmt.Sprintf("%s:%s", n, sp.Name)
 		if len(name) > lb.ServiceNameMax {
@@ -285,7 +375,27 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			problems = append(problems, Problem{obj, fmt.Errorf("port %q: name %s is longer than Kubernetes allows (%d bytes)", sp.Name, name, lb.ServiceNameMax)})
 			continue
 		}
-		cluster, local, serving := backends(svcSlices, sp, proto, o)
+		for i, f := range fams {
+			out = append(out, familyPorts(sp, proto, name, badNodePort, pols[i], f, svcSlices, o)...)
+		}
+	}
+	return out, problems
+}
+
+// familyPorts are one service port's entries in family f: the external scope (and the node
+// scope beside it), and the internal one.
+func familyPorts(sp v1.ServicePort, proto lb.Proto, name string, badNodePort bool, pol Service, f lb.Family,
+	svcSlices []*discoveryv1.EndpointSlice, o Options) []*Service {
+	// Without a NodePort (a ClusterIP service with externalIPs, a LoadBalancer without node
+	// ports) a port is served externally only on its external and load-balancer IPs.
+	external := (sp.NodePort != 0 || len(pol.ExternalIPs)+len(pol.LoadBalancerIPs) > 0) && !badNodePort
+	internal := o.ClusterIPs && len(pol.ClusterIPs) > 0
+	if !external && !internal {
+		return nil
+	}
+	var out []*Service
+	{
+		cluster, local, serving := backends(svcSlices, sp, proto, f, o)
 		pick := func(s *Service, isLocal bool) {
 			s.Backends = cluster
 			if isLocal {
@@ -297,20 +407,22 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			s := pol
 			s.Name, s.Port, s.Serving = name, uint16(sp.Port), serving
 			s.ClusterIPs, s.InternalLocal = nil, false
-			s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto}
+			s.Key = ServiceKey{NodePort: uint16(sp.NodePort), Proto: proto, Family: f}
 			if sp.NodePort == 0 {
 				s.Key.Name = s.Name
 			}
 			pick(&s, s.ExternalLocal)
 			nodeScope := s.ExternalLocal && o.NodeClients
-			s.Localhost = o.LocalhostNodePorts && o.NodeClients && sp.NodePort != 0 && !nodeScope
+			// 127.0.0.1 only: kube-proxy serves no NodePort on ::1 (route_localnet is IPv4's).
+			localhost := o.LocalhostNodePorts && sp.NodePort != 0 && f == lb.IPv4
+			s.Localhost = localhost && o.NodeClients && !nodeScope
 			out = append(out, &s)
 			if nodeScope {
 				// Traffic that starts on the node (its processes, its pods) gets every
 				// endpoint, as kube-proxy sends it to the Cluster chain.
 				nc := s
 				nc.Key.Scope, nc.ExternalLocal = ScopeNode, false
-				nc.Localhost = o.LocalhostNodePorts && sp.NodePort != 0
+				nc.Localhost = localhost
 				pick(&nc, false)
 				nc.DropEmpty = false
 				out = append(out, &nc)
@@ -320,12 +432,12 @@ func ServicePorts(n types.NamespacedName, svc *v1.Service, svcSlices []*discover
 			s := pol
 			s.Name, s.Port, s.Serving = name, uint16(sp.Port), serving
 			s.ExternalIPs, s.LoadBalancerIPs, s.SourceRanges, s.ExternalLocal = nil, nil, nil, false
-			s.Key = ServiceKey{Proto: proto, Name: name, Scope: ScopeInternal}
+			s.Key = ServiceKey{Proto: proto, Name: name, Scope: ScopeInternal, Family: f}
 			pick(&s, s.InternalLocal)
 			out = append(out, &s)
 		}
 	}
-	return out, problems
+	return out
 }
 
 // wantService reports whether sluice serves svc, as kube-proxy decides: its NodePorts and
@@ -344,11 +456,6 @@ func wantService(svc *v1.Service, o Options) bool {
 	default:
 		return false
 	}
-	// sluice serves IPv4, as kube-proxy's IPv4 proxier: a single-stack IPv6 service is another
-	// family's to serve (no ipFamilies: set by the API server; a manifest without it is IPv4).
-	if len(svc.Spec.IPFamilies) > 0 && !slices.Contains(svc.Spec.IPFamilies, v1.IPv4Protocol) {
-		return false
-	}
 	return svc.Spec.ClusterIP != v1.ClusterIPNone
 }
 
@@ -364,8 +471,10 @@ func protoOf(p v1.Protocol) (lb.Proto, error) {
 	return 0, fmt.Errorf("protocol %q is not supported (TCP, UDP and SCTP are)", p)
 }
 
-// policyOf reads a service's policy fields, shared by all its ports.
-func policyOf(svc *v1.Service, o Options) (Service, error) {
+// policyOf reads a service's policy fields in family f, shared by all its ports: addresses and
+// source ranges of the other family are the other family's entries' (kube-proxy's proxier of
+// each family filters them alike, so IPv4-only loadBalancerSourceRanges leave IPv6 open).
+func policyOf(svc *v1.Service, o Options, f lb.Family) (Service, error) {
 	var s Service
 	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
 		s.AffinityTimeout = DefaultAffinityTimeout
@@ -384,7 +493,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 		ips = []string{svc.Spec.ClusterIP} // a manifest may say only the old field
 	}
 	for _, ip := range ips {
-		if a, err := netip.ParseAddr(ip); err == nil && a.Is4() {
+		if a, err := netip.ParseAddr(ip); err == nil && lb.FamilyOf(a) == f {
 			s.ClusterIPs = append(s.ClusterIPs, a)
 		}
 	}
@@ -398,7 +507,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 		return s, fmt.Errorf("annotation %s: %q is not an algorithm (random, maglev)", AnnotationLBAlgorithm, alg)
 	}
 	for _, ip := range svc.Spec.ExternalIPs {
-		if a, err := netip.ParseAddr(ip); err == nil && a.Is4() {
+		if a, err := netip.ParseAddr(ip); err == nil && lb.FamilyOf(a) == f {
 			s.ExternalIPs = append(s.ExternalIPs, a)
 		}
 	}
@@ -407,7 +516,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 			if in.IPMode != nil && *in.IPMode == v1.LoadBalancerIPModeProxy {
 				continue
 			}
-			if a, err := netip.ParseAddr(in.IP); err == nil && a.Is4() {
+			if a, err := netip.ParseAddr(in.IP); err == nil && lb.FamilyOf(a) == f {
 				s.LoadBalancerIPs = append(s.LoadBalancerIPs, a)
 			}
 		}
@@ -418,7 +527,7 @@ func policyOf(svc *v1.Service, o Options) (Service, error) {
 				// service to everyone, so say so.
 				return s, fmt.Errorf("loadBalancerSourceRanges %q: %w", r, err)
 			}
-			if p.Addr().Is4() {
+			if lb.FamilyOf(p.Addr()) == f {
 				s.SourceRanges = append(s.SourceRanges, p.Masked())
 			}
 		}

@@ -12,14 +12,17 @@ import (
 
 // Endpoints: which of a service port's endpoints each traffic policy gets.
 
-// backends are the endpoints of sp across all slices, as kube-proxy's CategorizeEndpoints
+// backends are the endpoints of sp in family f across all slices, as kube-proxy's CategorizeEndpoints
 // picks them: for the cluster, the ready ones, or, when none is ready anywhere, the
 // serving-but-terminating ones (so that a rolling update does not refuse connections while old
 // pods still serve); for externalTrafficPolicy Local, this node's ready ones, or, when none is
 // ready here, this node's serving-but-terminating ones.
-func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto lb.Proto, o Options) (cluster, local []lb.Backend, serving []netip.AddrPort) {
+func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto lb.Proto, f lb.Family, o Options) (cluster, local []lb.Backend, serving []netip.AddrPort) {
 	var eps []endpoint
 	for _, sl := range svcSlices {
+		if sliceFamily(sl) != f {
+			continue // the other family's entries' endpoints
+		}
 		port, ok := slicePort(sl, sp.Name, proto)
 		if !ok {
 			continue
@@ -29,7 +32,7 @@ func backends(svcSlices []*discoveryv1.EndpointSlice, sp v1.ServicePort, proto l
 				continue
 			}
 			addr, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil || !addr.Is4() {
+			if err != nil || lb.FamilyOf(addr) != f {
 				continue
 			}
 			e := endpoint{b: lb.Backend{Addr: addr, Port: port, Local: o.NodeName != "" && ep.NodeName != nil && *ep.NodeName == o.NodeName}}

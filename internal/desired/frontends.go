@@ -45,6 +45,7 @@ func (s *Service) Local() bool { return s.ExternalLocal || s.InternalLocal }
 // Frontends are the addresses the service port is served on, given the node's NodePort
 // addresses (sorted), with each one's policy; the reconciler adds the service ID and count.
 func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Frontend {
+	nodeAddrs = s.family(nodeAddrs)
 	var flags lb.FrontendFlags
 	if s.AffinityTimeout > 0 {
 		flags |= lb.FrontendAffinity
@@ -100,7 +101,7 @@ func (s *Service) Frontends(nodeAddrs []netip.Addr) map[lb.FrontendKey]lb.Fronte
 
 // Serves says whether k is one of the service port's frontends on nodeAddrs.
 func (s *Service) Serves(k lb.FrontendKey, nodeAddrs []netip.Addr) bool {
-	if k.Proto != s.Key.Proto {
+	if k.Proto != s.Key.Proto || lb.FamilyOf(k.Addr) != s.Key.Family {
 		return false
 	}
 	if s.Localhost && k.Socket && k.Addr == localhost && k.Port == s.Key.NodePort {
@@ -116,4 +117,21 @@ func (s *Service) Serves(k lb.FrontendKey, nodeAddrs []netip.Addr) bool {
 		return true
 	}
 	return k.Port == s.Port && (slices.Contains(s.ExternalIPs, k.Addr) || slices.Contains(s.LoadBalancerIPs, k.Addr))
+}
+
+// family are the addresses of addrs in the service's family (in order): an entry of one family
+// is served on the node's addresses of that family.
+func (s *Service) family(addrs []netip.Addr) []netip.Addr {
+	for _, a := range addrs {
+		if lb.FamilyOf(a) != s.Key.Family {
+			out := make([]netip.Addr, 0, len(addrs))
+			for _, a := range addrs {
+				if lb.FamilyOf(a) == s.Key.Family {
+					out = append(out, a)
+				}
+			}
+			return out
+		}
+	}
+	return addrs
 }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Server runs one HTTP listener per health check port.
@@ -142,7 +143,7 @@ func (s *Server) listen(port uint16, n types.NamespacedName) (*listener, error) 
 		}
 	}
 	l := &listener{name: n}
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serve(w, n) })
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serve(w, n, familyOf(r)) })
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", net.JoinHostPort(a, strconv.Itoa(int(port))))
 		if err != nil {
@@ -179,10 +180,11 @@ func (l *listener) close() {
 }
 
 // serve answers as kube-proxy's service health server: the same status, headers and body.
-func (s *Server) serve(w http.ResponseWriter, n types.NamespacedName) {
+func (s *Server) serve(w http.ResponseWriter, n types.NamespacedName, f lb.Family) {
 	s.mu.Lock()
 	hc, ok := s.services[n]
 	s.mu.Unlock()
+	local := hc.For(f)
 	if !ok {
 		// Gone while the probe was in progress (its port is closing): not a 200 by default.
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -191,12 +193,23 @@ func (s *Server) serve(w http.ResponseWriter, n types.NamespacedName) {
 	healthy := s.Healthy == nil || s.Healthy()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(hc.LocalEndpoints))
-	if hc.LocalEndpoints != 0 && healthy {
+	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(local))
+	if local != 0 && healthy {
 		w.WriteHeader(http.StatusOK)
 	} else {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
-		n.Namespace, n.Name, hc.LocalEndpoints, healthy)
+		n.Namespace, n.Name, local, healthy)
+}
+
+// familyOf is the family a probe came over (its connection's local address): kube-proxy
+// answers it from that family's proxier, with that family's endpoints.
+func familyOf(r *http.Request) lb.Family {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			return lb.FamilyOf(ap.Addr())
+		}
+	}
+	return lb.IPv4
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluicelb/sluice/internal/desired"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 func freePort(t *testing.T) uint16 {
@@ -166,5 +167,26 @@ func TestSyncDoesNotWaitForProbes(t *testing.T) {
 	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1}})
 	if resp, _ := get(t, port); resp.StatusCode != 200 {
 		t.Errorf("reopened port answers %d", resp.StatusCode)
+	}
+}
+
+// A dual-stack service's probe over IPv6 gets IPv6's count, over IPv4 IPv4's: kube-proxy
+// answers each family from its own proxier.
+func TestServeEachFamilyItsCount(t *testing.T) {
+	s := &Server{Log: zap.NewNop()}
+	defer s.Close()
+	web := types.NamespacedName{Namespace: "default", Name: "web"}
+	port := freePort(t)
+	s.Sync(map[types.NamespacedName]desired.HealthCheck{web: {Port: port, LocalEndpoints: 1, DualStack: true, Second: lb.IPv6, SecondEndpoints: 0}})
+	if resp, _ := get(t, port); resp.StatusCode != 200 {
+		t.Errorf("over IPv4: %d, want 200 (one IPv4 endpoint)", resp.StatusCode)
+	}
+	resp, err := http.Get("http://[::1]:" + strconv.Itoa(int(port)) + "/healthz")
+	if err != nil {
+		t.Fatalf("over IPv6: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("X-Load-Balancing-Endpoint-Weight") != "0" {
+		t.Errorf("over IPv6: %d, want 503 (no IPv6 endpoint)", resp.StatusCode)
 	}
 }

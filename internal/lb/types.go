@@ -114,3 +114,28 @@ func (b Backend) String() string {
 	}
 	return s
 }
+
+// Family is an IP family. A dual-stack service port is two service ports on the datapath, one
+// per family, each with its own service ID (the maps of the two families are apart).
+type Family uint8
+
+const (
+	// IPv4 is the zero Family: keys and records from before IPv6 are IPv4's.
+	IPv4 Family = iota
+	IPv6
+)
+
+// FamilyOf is a's family (an IPv4-mapped IPv6 address is IPv4).
+func FamilyOf(a netip.Addr) Family {
+	if a.Is6() && !a.Is4In6() {
+		return IPv6
+	}
+	return IPv4
+}
+
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}

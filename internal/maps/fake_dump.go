@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Dump is the Fake's content with every ID resolved: entries are grouped under their
@@ -48,6 +50,9 @@ func (f *Fake) Dump() string {
 			}
 			if info.ExternalLocal {
 				b.WriteString(" local")
+			}
+			if info.Family != lb.IPv4 {
+				b.WriteString(" " + info.Family.String())
 			}
 		} else {
 			b.WriteString("service <no info>")

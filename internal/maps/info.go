@@ -25,13 +25,17 @@ type ServiceInfo struct {
 	// Scope is the service port's desired.Scope (0 external, 1 internal, 2 node): which of its
 	// entries the ID is, since several share a name.
 	Scope uint8
+	// Family is the service port's family: a dual-stack one has an ID per family.
+	Family lb.Family
 }
 
-// svc_info.flags: bit 0 externalTrafficPolicy Local, bits 1-2 the scope.
+// svc_info.flags: bit 0 externalTrafficPolicy Local, bits 1-2 the scope, bit 3 IPv6 (clear in
+// what agents before IPv6 wrote: their services are IPv4).
 const (
 	infoExternalLocal = 0x01
 	infoScopeShift    = 1
 	infoScopeMask     = 0x06
+	infoIPv6          = 0x08
 )
 
 func cString[T ~int8 | ~uint8](b []T) string {
@@ -79,6 +83,9 @@ func (k *Kernel) UpdateServiceInfo(id uint32, info ServiceInfo) error {
 	if info.ExternalLocal {
 		v.Flags |= infoExternalLocal
 	}
+	if info.Family == lb.IPv6 {
+		v.Flags |= infoIPv6
+	}
 	if info.Scope > infoScopeMask>>infoScopeShift {
 		return fmt.Errorf("update service info %d: scope %d does not fit", id, info.Scope)
 	}
@@ -101,8 +108,12 @@ func (k *Kernel) ServiceInfos() (map[uint32]ServiceInfo, error) {
 	var v datapath.SluiceSvcInfo
 	it := k.objs.SluiceSvcInfo.Iterate()
 	for it.Next(&id, &v) {
-		out[id] = ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: lb.Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs)),
+		info := ServiceInfo{Name: cString(v.Name[:]), NodePort: v.NodePort, Proto: lb.Proto(v.Proto), Updated: time.Unix(0, int64(v.UpdatedNs)),
 			ExternalLocal: v.Flags&infoExternalLocal != 0, Scope: (v.Flags & infoScopeMask) >> infoScopeShift}
+		if v.Flags&infoIPv6 != 0 {
+			info.Family = lb.IPv6
+		}
+		out[id] = info
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump service info: %w", err)

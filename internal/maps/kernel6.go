@@ -166,3 +166,38 @@ func (k *Kernel) backends6(out map[uint32]lb.Backend) error {
 	}
 	return nil
 }
+
+// flushFlows6 is FlushFlows on the IPv6 connection table.
+func (k *Kernel) flushFlows6(proto lb.Proto, gone map[FlowTarget]bool) (int, error) {
+	if k.v6 == nil {
+		return 0, nil
+	}
+	var keys []datapath.Sluice6CtKey
+	var key datapath.Sluice6CtKey
+	var v datapath.Sluice6CtEntry
+	it := k.v6.SluiceCt6.Iterate()
+	for it.Next(&key, &v) {
+		if lb.Proto(key.Proto) != proto || v.SvcId == 0 {
+			continue
+		}
+		be := netip.AddrPortFrom(netip.AddrFrom16(v.NatDaddr.B), PortFrom16(v.NatDport))
+		if v.Flags&CTReply != 0 {
+			be = netip.AddrPortFrom(netip.AddrFrom16(key.Saddr.B), PortFrom16(key.Sport))
+		}
+		if gone[FlowTarget{ServiceID: v.SvcId, Backend: be}] {
+			keys = append(keys, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("dump IPv6 conntrack: %w", err)
+	}
+	n := 0
+	for i := range keys {
+		if err := k.v6.SluiceCt6.Delete(&keys[i]); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("delete IPv6 flow: %w", err)
+		}
+	}
+	return n, nil
+}

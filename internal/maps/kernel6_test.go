@@ -110,3 +110,55 @@ func TestKernelIPv6SourceRanges(t *testing.T) {
 		t.Fatalf("left: %v", got)
 	}
 }
+
+// A service ID's family is in its info, so a restarted agent keys each side of a dual-stack
+// port apart; an endpoint's IPv6 UDP flows are flushed from the IPv6 connection table.
+func TestKernelIPv6InfoAndFlush(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	dp, err := datapath.Load(datapath.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	v6, err := dp.LoadIPv6()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v6.Close() })
+	k := maps.NewKernel(&dp.Objs.SluiceMaps).WithIPv6(&v6.Objs.Sluice6Maps)
+	i4 := maps.ServiceInfo{Name: "default/web:dns", NodePort: 30053, Proto: lb.UDP, Scope: 1}
+	i6 := i4
+	i6.Family = lb.IPv6
+	if err := errors.Join(k.UpdateServiceInfo(1, i4), k.UpdateServiceInfo(2, i6)); err != nil {
+		t.Fatal(err)
+	}
+	infos, err := k.ServiceInfos()
+	if err != nil || infos[1].Family != lb.IPv4 || infos[2].Family != lb.IPv6 || infos[2].Scope != 1 {
+		t.Fatalf("infos %+v %v", infos, err)
+	}
+
+	a := func(s string) datapath.Sluice6AddrT { return maps.Addr6(netip.MustParseAddr(s)) }
+	gone := netip.MustParseAddrPort("[fd00:244::10]:5353")
+	fwd := datapath.Sluice6CtKey{Saddr: a("2001:db8::5"), Daddr: a("fd00::1"), Sport: maps.Port16(40000), Dport: maps.Port16(30053), Proto: uint8(lb.UDP)}
+	fwdV := datapath.Sluice6CtEntry{NatSaddr: a("2001:db8::5"), NatDaddr: a("fd00:244::10"), NatDport: maps.Port16(5353), SvcId: 2}
+	rev := datapath.Sluice6CtKey{Saddr: a("fd00:244::10"), Daddr: a("2001:db8::5"), Sport: maps.Port16(5353), Dport: maps.Port16(40000), Proto: uint8(lb.UDP)}
+	revV := datapath.Sluice6CtEntry{SvcId: 2, Flags: maps.CTReply}
+	other := datapath.Sluice6CtKey{Saddr: a("2001:db8::6"), Daddr: a("fd00::1"), Sport: maps.Port16(40001), Dport: maps.Port16(30053), Proto: uint8(lb.UDP)}
+	otherV := datapath.Sluice6CtEntry{NatDaddr: a("fd00:244::11"), NatDport: maps.Port16(5353), SvcId: 2}
+	for _, e := range []struct {
+		k datapath.Sluice6CtKey
+		v datapath.Sluice6CtEntry
+	}{{fwd, fwdV}, {rev, revV}, {other, otherV}} {
+		if err := v6.Objs.SluiceCt6.Put(&e.k, &e.v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := k.FlushFlows(lb.UDP, map[maps.FlowTarget]bool{{ServiceID: 2, Backend: gone}: true})
+	if err != nil || n != 2 {
+		t.Fatalf("flushed %d %v, want both entries of the flow", n, err)
+	}
+	var v datapath.Sluice6CtEntry
+	if err := v6.Objs.SluiceCt6.Lookup(&other, &v); err != nil {
+		t.Errorf("another endpoint's flow went: %v", err)
+	}
+}

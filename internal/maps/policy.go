@@ -261,7 +261,8 @@ func (k *Kernel) FlushFlows(proto lb.Proto, gone map[FlowTarget]bool) (int, erro
 			return n, fmt.Errorf("delete flow: %w", err)
 		}
 	}
-	return n, nil
+	n6, err := k.flushFlows6(proto, gone)
+	return n + n6, err
 }
 
 func (f *Fake) FlushFlows(proto lb.Proto, gone map[FlowTarget]bool) (int, error) {

@@ -32,7 +32,7 @@ var update = flag.Bool("update", false, "rewrite the expected dumps and writes o
 // run through the Tracker, Syncer and Reconciler over maps.Fake, the whole path from objects
 // to map entries. Steps are the archive's files, in order:
 //
-//	config      node: NAME / zone: ZONE / addresses: A B ... / algorithm: maglev
+//	config      node: NAME / zone: ZONE / addresses: A B ... / algorithm: maglev / ipv6: true
 //	apply       Services, EndpointSlices and Nodes (YAML, "---" between): added or updated
 //	delete      lines "Kind namespace/name" (Node: "Node name")
 //	fail        lines of write operations ("update slot", "delete backend", ...) that fail
@@ -214,6 +214,8 @@ func (sc *scenario) config(body string) {
 			sc.zone = v == "from-node"
 		case "algorithm":
 			sc.opts.Maglev = v == "maglev"
+		case "ipv6":
+			sc.opts.IPv6 = v == "true"
 		case "addresses":
 			sc.addrs = nil
 			for _, a := range strings.Fields(v) {

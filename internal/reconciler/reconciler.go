@@ -286,7 +286,7 @@ func (r *Reconciler) prepare(svc *desired.Service) (*applied, []uint32, error) {
 	}
 	if a.name != svc.Name || a.local != svc.Local() {
 		info := maps.ServiceInfo{Name: svc.Name, NodePort: svc.Key.NodePort, Proto: svc.Key.Proto, Updated: time.Now(),
-			ExternalLocal: svc.Local(), Scope: uint8(svc.Key.Scope)}
+			ExternalLocal: svc.Local(), Scope: uint8(svc.Key.Scope), Family: svc.Key.Family}
 		if err := r.m.UpdateServiceInfo(a.id, info); err != nil {
 			return nil, nil, err
 		}

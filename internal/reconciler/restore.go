@@ -68,15 +68,15 @@ func (r *Reconciler) Restore() (int, error) {
 		fe := fes[k]
 		// The service port a frontend belongs to is in its ID's info (load-balancer and
 		// external IPs carry the service port, not the NodePort); without one, its own port.
-		sk := desired.ServiceKey{NodePort: k.Port, Proto: k.Proto}
+		sk := desired.ServiceKey{NodePort: k.Port, Proto: k.Proto, Family: lb.FamilyOf(k.Addr)}
 		if k.Socket {
 			sk.Scope = desired.ScopeNode
 		}
 		if info, ok := infos[fe.ServiceID]; ok && info.NodePort != 0 {
-			sk = desired.ServiceKey{NodePort: info.NodePort, Proto: info.Proto, Scope: desired.Scope(info.Scope)}
+			sk = desired.ServiceKey{NodePort: info.NodePort, Proto: info.Proto, Scope: desired.Scope(info.Scope), Family: info.Family}
 		} else if ok && info.Name != "" {
 			// Served on external IPs only, or the ClusterIPs (keyed by name too).
-			sk = desired.ServiceKey{Proto: info.Proto, Name: info.Name, Scope: desired.Scope(info.Scope)}
+			sk = desired.ServiceKey{Proto: info.Proto, Name: info.Name, Scope: desired.Scope(info.Scope), Family: info.Family}
 		}
 		a := r.services[sk]
 		if a == nil {
