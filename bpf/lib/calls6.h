@@ -3,7 +3,9 @@
  * some of the path does not fit one program's 512 bytes of stack with the rest: it runs in a
  * program of its own, reached by tail call, which starts with an empty stack (what it needs
  * waits in the per-CPU scratch). The agent fills the arrays with sluice6.c's programs (one
- * array per program type: a tail call stays within its type). */
+ * array per program type: a tail call stays within its type). Pinned: the kernel empties a
+ * program array when no file descriptor or pin holds it, and the programs must keep running
+ * when the agent stops. */
 #ifndef SLUICE_CALLS6_H
 #define SLUICE_CALLS6_H
 
@@ -20,6 +22,7 @@ struct {
 	__uint(max_entries, CALL_MAX);
 	__type(key, __u32);
 	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_calls_xdp6 SEC(".maps");
 
 struct {
@@ -27,6 +30,7 @@ struct {
 	__uint(max_entries, CALL_MAX);
 	__type(key, __u32);
 	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_calls_tc6 SEC(".maps");
 
 #endif

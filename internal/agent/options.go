@@ -33,7 +33,9 @@ type Options struct {
 	// SocketLBHostOnly: socket LB for the node's processes only, not its pods'.
 	SocketLBHostOnly bool
 	// PodDevices: with KubeProxyReplacement, the pod programs on the pods' devices.
-	PodDevices    bool
+	PodDevices bool
+	// IPv6: auto, true or false: whether the IPv6 side of services is served.
+	IPv6          string
 	XDPMode       string
 	TCAttach      string
 	NodePortRange string
@@ -62,6 +64,8 @@ type Options struct {
 	deviceList      []string
 	// healthzAddr: --healthz-bind-address with its port (kube-proxy's 10256 if it had none).
 	healthzAddr string
+	// ipv6: --ipv6 parsed.
+	ipv6 ipv6Mode
 }
 
 // NewOptions returns the defaults; hostname is the node's (os.Hostname), the default node name.
@@ -74,7 +78,7 @@ func NewOptions(hostname string) *Options {
 		// Not kube-proxy's 10249 (metrics) or 10256 (healthz): sluice runs beside it while a
 		// cluster migrates.
 		MetricsAddr: "127.0.0.1:9871", LBAlgorithm: "random", SyncPeriod: 30 * time.Second,
-		MinSync: 100 * time.Millisecond, DP: dp, LocalhostNodePorts: true, PodDevices: true,
+		MinSync: 100 * time.Millisecond, DP: dp, LocalhostNodePorts: true, PodDevices: true, IPv6: "auto",
 	}
 }
 
@@ -90,7 +94,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&o.APIQPS, "kube-api-qps", o.APIQPS, "API server queries per second")
 	fs.IntVar(&o.APIBurst, "kube-api-burst", o.APIBurst, "API server query burst")
 	fs.StringVar(&o.NodePortAddrs, "nodeport-addresses", o.NodePortAddrs, "CIDRs (comma-separated) of the device addresses NodePorts are served on, or \"primary\" (the Node's own addresses), as kube-proxy's flag (default: all)")
-	fs.StringVar(&o.Devices, "devices", o.Devices, "comma-separated devices to attach to; their IPv4 addresses serve the NodePorts (default: the devices that carry the Node's InternalIP/ExternalIP, else the default route's; followed as they change)")
+	fs.StringVar(&o.IPv6, "ipv6", o.IPv6, "serve the IPv6 side of services (single-stack IPv6 and dual-stack ones), as kube-proxy's IPv6 proxier: true, false, or auto (when a device of the node has a global IPv6 address as the agent starts)")
+	fs.StringVar(&o.Devices, "devices", o.Devices, "comma-separated devices to attach to; their IPv4 and global IPv6 addresses serve the NodePorts (default: the devices that carry the Node's InternalIP/ExternalIP, else the default route's; followed as they change)")
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "this node's name, as EndpointSlices' nodeName (marks local backends; default: the hostname, lowercased)")
 	fs.StringVar(&o.BPFFS, "bpffs", o.BPFFS, "bpffs directory for the pinned maps")
 	fs.StringVar(&o.SocketLBCgroup, "socket-lb-cgroup", o.SocketLBCgroup, "a cgroup v2 directory whose processes' connect() and sendmsg() to frontends are balanced at the socket (clients on the node, whose packets cross no device sluice is attached to); empty: off")

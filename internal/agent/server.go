@@ -28,6 +28,7 @@ import (
 	"github.com/sluicelb/sluice/internal/desired"
 	"github.com/sluicelb/sluice/internal/devices"
 	"github.com/sluicelb/sluice/internal/healthcheck"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/metrics"
 	"github.com/sluicelb/sluice/internal/proxy"
@@ -131,6 +132,14 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	defer dp.Close()
 	km := maps.NewKernel(&dp.Objs.SluiceMaps)
 	km.MaglevSize = dp.Config.MaglevSize
+	// Before Restore: a previous agent's IPv6 entries are restored with IPv4's.
+	v6, err := loadIPv6(dp, km, o.ipv6, alog)
+	if err != nil {
+		return err
+	}
+	if v6 != nil {
+		defer v6.Close()
+	}
 	rec := reconciler.New(km, o.DP.MaxServices, o.DP.MaxBackends, log.Named("reconciler"))
 	n, err := rec.Restore()
 	if err != nil {
@@ -227,7 +236,8 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			}
 		},
 		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev,
-			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "" || devs.Pods, LocalhostNodePorts: localhost}, FullEvery: o.SyncPeriod,
+			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "" || devs.Pods, LocalhostNodePorts: localhost,
+			IPv6: v6 != nil}, FullEvery: o.SyncPeriod,
 		NodeZone: func() string { return tracker.NodeZone(o.NodeName) },
 		Addresses: func() ([]netip.Addr, error) {
 			// Devices come and go (hot-plug, a bond rebuilt) and the Node's addresses change:
@@ -248,8 +258,10 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			if o.nodePortPrimary {
 				var devPrimaries []netip.Addr
 				for _, d := range devs.Names() {
-					if a, ok := datapath.PrimaryAddress(d); ok {
-						devPrimaries = append(devPrimaries, a)
+					for _, f := range []lb.Family{lb.IPv4, lb.IPv6} {
+						if a, ok := datapath.PrimaryAddress(d, f); ok {
+							devPrimaries = append(devPrimaries, a)
+						}
 					}
 				}
 				addrs = primaryAddresses(addrs, tracker.NodeAddresses(o.NodeName), devPrimaries)
@@ -348,40 +360,73 @@ func deviceInfos(dp *datapath.Datapath, as []*datapath.Attachment) []maps.Device
 	return out
 }
 
+// loadIPv6 loads the IPv6 datapath beside dp and has km write to it when --ipv6 says so (auto:
+// when the node has a global IPv6 address), or stops what a previous agent served of IPv6.
+// Its programs live on in pinned arrays when the agent stops.
+func loadIPv6(dp *datapath.Datapath, km *maps.Kernel, mode ipv6Mode, log *zap.Logger) (*datapath.IPv6, error) {
+	serve, why := mode == ipv6On, "--ipv6"
+	if mode == ipv6Auto {
+		has, err := datapath.HasGlobalIPv6()
+		if err != nil {
+			return nil, err
+		}
+		serve, why = has, "--ipv6 auto: a global IPv6 address on the node"
+		if !has {
+			why = "--ipv6 auto: no global IPv6 address on the node as the agent starts"
+		}
+	}
+	if !serve {
+		log.Info("IPv6 not served", zap.String("why", why))
+		return nil, dp.StopIPv6()
+	}
+	v6, err := dp.LoadIPv6()
+	if err != nil {
+		return nil, err
+	}
+	km.WithIPv6(&v6.Objs.Sluice6Maps)
+	log.Info("IPv6 served", zap.String("why", why))
+	return v6, nil
+}
+
 // primaryAddresses is `--nodeport-addresses primary` (kube-proxy's nftables default): of the
-// device addresses, the Node's own (InternalIP, ExternalIP), or while the Node is not known,
-// each device's primary address (not a secondary one, such as a floating VIP).
+// device addresses of each family, the Node's own (InternalIP, ExternalIP), or while the Node
+// has none of that family, each device's primary address (not a secondary one, such as a
+// floating VIP).
 func primaryAddresses(addrs, nodeIPs, devPrimaries []netip.Addr) []netip.Addr {
 	var out []netip.Addr
-	for _, a := range addrs {
-		if slices.Contains(nodeIPs, a) {
-			out = append(out, a)
+	for _, f := range []lb.Family{lb.IPv4, lb.IPv6} {
+		var fam []netip.Addr
+		for _, a := range addrs {
+			if lb.FamilyOf(a) == f && slices.Contains(nodeIPs, a) {
+				fam = append(fam, a)
+			}
 		}
-	}
-	if len(out) > 0 {
-		return out
-	}
-	for _, a := range addrs {
-		if slices.Contains(devPrimaries, a) {
-			out = append(out, a)
+		if len(fam) == 0 {
+			for _, a := range addrs {
+				if lb.FamilyOf(a) == f && slices.Contains(devPrimaries, a) {
+					fam = append(fam, a)
+				}
+			}
 		}
+		out = append(out, fam...)
 	}
 	return out
 }
 
-// filterAddresses keeps the addresses inside one of cidrs (all when there are none), as
-// kube-proxy's --nodeport-addresses.
+// filterAddresses keeps the addresses inside one of cidrs, as kube-proxy's --nodeport-addresses:
+// each family by its own CIDRs, all of a family no CIDR of which is given.
 func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
-	if len(cidrs) == 0 {
-		return addrs
-	}
 	var out []netip.Addr
 	for _, a := range addrs {
+		f, named, in := lb.FamilyOf(a), false, false
 		for _, c := range cidrs {
-			if c.Contains(a) {
-				out = append(out, a)
-				break
+			if lb.FamilyOf(c.Addr()) == f {
+				named = true
+				in = in || c.Contains(a)
 			}
+		}
+		if in || !named {
+			out = append(out, a)
 		}
 	}
 	return out

@@ -76,6 +76,9 @@ func (o *Options) Validate() error {
 	} else if o.nodePortCIDRs, err = parseCIDRs(o.NodePortAddrs); err != nil {
 		return err
 	}
+	if o.ipv6, err = parseIPv6Mode(o.IPv6); err != nil {
+		return err
+	}
 	if o.healthzAddr, err = parseHealthzAddr(o.HealthzBindAddress, o.MetricsAddr); err != nil {
 		return err
 	}
@@ -87,23 +90,39 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// parseCIDRs parses --nodeport-addresses. sluice serves IPv4: a list with CIDRs but no IPv4
-// one would select no address, and then every address would be served.
+// parseCIDRs parses --nodeport-addresses: CIDRs of either family (a family none names is served
+// on all its addresses, as kube-proxy's proxier of that family does).
 func parseCIDRs(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	v4 := false
 	for _, f := range splitList(s) {
 		p, err := netip.ParsePrefix(f)
-		if err != nil {
-			return nil, fmt.Errorf("validate flags: --nodeport-addresses: %w", err)
+		if err != nil || p.Addr().Zone() != "" {
+			return nil, fmt.Errorf("validate flags: --nodeport-addresses: %q is not a CIDR", f)
 		}
-		v4 = v4 || p.Addr().Is4()
 		out = append(out, p.Masked())
 	}
-	if len(out) > 0 && !v4 {
-		return nil, fmt.Errorf("validate flags: --nodeport-addresses %s has no IPv4 CIDR, and sluice serves IPv4 NodePorts only", s)
-	}
 	return out, nil
+}
+
+// ipv6Mode is --ipv6.
+type ipv6Mode uint8
+
+const (
+	ipv6Auto ipv6Mode = iota
+	ipv6On
+	ipv6Off
+)
+
+func parseIPv6Mode(s string) (ipv6Mode, error) {
+	switch strings.TrimSpace(s) {
+	case "auto", "":
+		return ipv6Auto, nil
+	case "true":
+		return ipv6On, nil
+	case "false":
+		return ipv6Off, nil
+	}
+	return 0, fmt.Errorf("validate flags: --ipv6 %q: want auto, true or false", s)
 }
 
 // kubeProxyHealthzPort is kube-proxy's node health port (pkg/cluster/ports ProxyHealthzPort).

@@ -29,7 +29,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{[]string{"--nodeport-range", "32000-31000"}, "--nodeport-range"},
 		{[]string{"--snat-port-range", "70000-80000"}, "--snat-port-range"},
 		{[]string{"--nodeport-addresses", "10.0.0.0/33"}, "--nodeport-addresses"},
-		{[]string{"--nodeport-addresses", "fd00::/64"}, "has no IPv4 CIDR"},
+		{[]string{"--nodeport-addresses", "fe80::/64%eth0"}, "--nodeport-addresses"},
+		{[]string{"--ipv6", "yes"}, "--ipv6"},
 		{[]string{"--ct-udp-timeout", "500ms"}, "UDP timeout"},
 		{[]string{"--max-services", "-1"}, "max-services"},
 		{[]string{"--healthz-bind-address", "10256"}, "--healthz-bind-address"},
@@ -105,6 +106,35 @@ func TestNodePortAddressesPrimary(t *testing.T) {
 	}
 	if got := primaryAddresses(devAddrs, nil, []netip.Addr{a("10.89.0.11"), a("192.168.1.5")}); !slices.Equal(got, []netip.Addr{a("10.89.0.11"), a("192.168.1.5")}) {
 		t.Errorf("before the Node is known: %v", got)
+	}
+	// Each family apart: a Node with an IPv4 address only still has its devices' primary IPv6.
+	dual := append(slices.Clone(devAddrs), a("fd00::11"), a("fd00::100"))
+	if got := primaryAddresses(dual, []netip.Addr{a("10.89.0.11")}, []netip.Addr{a("fd00::11")}); !slices.Equal(got, []netip.Addr{a("10.89.0.11"), a("fd00::11")}) {
+		t.Errorf("dual-stack, the Node's IPv4 only: %v", got)
+	}
+}
+
+// --nodeport-addresses filters each family by its own CIDRs; a family it names no CIDR of is
+// served on all its addresses (kube-proxy's NewNodePortAddresses adds 0.0.0.0/0 or ::/0).
+func TestNodePortAddressesByFamily(t *testing.T) {
+	a := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	addrs := []netip.Addr{a("10.89.0.11"), a("192.168.1.5"), a("fd00::11"), a("2001:db8::11")}
+	for _, c := range []struct {
+		flag string
+		want []netip.Addr
+	}{
+		{"", addrs},
+		{"10.89.0.0/16", []netip.Addr{a("10.89.0.11"), a("fd00::11"), a("2001:db8::11")}},
+		{"fd00::/64", []netip.Addr{a("10.89.0.11"), a("192.168.1.5"), a("fd00::11")}},
+		{"10.89.0.0/16,2001:db8::/32", []netip.Addr{a("10.89.0.11"), a("2001:db8::11")}},
+	} {
+		o, err := ParseArgs([]string{"--nodeport-addresses", c.flag})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := filterAddresses(addrs, o.nodePortCIDRs); !slices.Equal(got, c.want) {
+			t.Errorf("--nodeport-addresses %q: %v, want %v", c.flag, got, c.want)
+		}
 	}
 }
 

@@ -130,6 +130,8 @@ type Datapath struct {
 	Migration *Migration
 	// sockLinks hold an unpinned datapath's socket programs attached (tests).
 	sockLinks []link.Link
+	// v6 is the IPv6 datapath once loaded (LoadIPv6).
+	v6 *IPv6
 }
 
 // Spec returns the collection spec configured by cfg, ready to load.

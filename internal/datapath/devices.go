@@ -10,33 +10,57 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
-// DeviceAddresses returns the IPv4 addresses of the devices: the node addresses NodePorts are
-// served on.
+// DeviceAddresses returns the addresses of the devices that NodePorts are served on: every
+// IPv4 one, and the IPv6 ones of global scope. A link-local address is the link's, not the
+// node's: only neighbours could use it, and each link has the same fe80::/64.
 func DeviceAddresses(devices []string) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, dev := range devices {
-		l, err := netlink.LinkByName(dev)
+		addrs, err := deviceAddrs(dev)
 		if err != nil {
-			return nil, fmt.Errorf("find device %s: %w", dev, err)
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		// Links and addresses changing elsewhere on the node (pods coming and going) interrupt
-		// the dump and the answer may be partial: ask again.
-		for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
-			addrs, err = netlink.AddrList(l, netlink.FAMILY_V4)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("list addresses of %s: %w", dev, err)
+			return nil, err
 		}
 		for _, a := range addrs {
-			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			if ip, ok := usable(a); ok {
 				out = append(out, ip)
 			}
 		}
 	}
 	return out, nil
+}
+
+func deviceAddrs(dev string) ([]netlink.Addr, error) {
+	l, err := netlink.LinkByName(dev)
+	if err != nil {
+		return nil, fmt.Errorf("find device %s: %w", dev, err)
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	// Links and addresses changing elsewhere on the node (pods coming and going) interrupt
+	// the dump and the answer may be partial: ask again.
+	for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
+		addrs, err = netlink.AddrList(l, netlink.FAMILY_ALL)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", dev, err)
+	}
+	return addrs, nil
+}
+
+// usable is a's address if NodePorts are served on it: IPv4, or global IPv6 that duplicate
+// address detection has passed (a tentative one cannot be used yet).
+func usable(a netlink.Addr) (netip.Addr, bool) {
+	if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+		return ip, true
+	}
+	ip, ok := netip.AddrFromSlice(a.IP)
+	if !ok || !ip.Is6() || a.Scope != unix.RT_SCOPE_UNIVERSE || a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+		return netip.Addr{}, false
+	}
+	return ip, true
 }
 
 // ForwardingEnabled reports net.ipv4.ip_forward: without it the kernel refuses to forward and
@@ -62,41 +86,54 @@ func LocalPortRange() (lo, hi uint16, err error) {
 	return lo, hi, nil
 }
 
-// PrimaryAddress is the first IPv4 address of dev that is not secondary: the one the kernel
-// picks as its source, and the SNAT address of flows that leave by it.
-func PrimaryAddress(dev string) (netip.Addr, bool) {
-	l, err := netlink.LinkByName(dev)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+// PrimaryAddress is dev's first address of family f that is neither secondary nor (IPv6)
+// temporary or deprecated: the one the kernel picks as its source, and the SNAT address of
+// flows that leave by it.
+func PrimaryAddress(dev string, f lb.Family) (netip.Addr, bool) {
+	addrs, err := deviceAddrs(dev)
 	if err != nil {
 		return netip.Addr{}, false
 	}
 	for _, a := range addrs {
-		if a.Flags&unix.IFA_F_SECONDARY != 0 || a.Scope != unix.RT_SCOPE_UNIVERSE {
+		ip, ok := usable(a)
+		if !ok || lb.FamilyOf(ip) != f || a.Flags&(unix.IFA_F_SECONDARY|unix.IFA_F_TEMPORARY|unix.IFA_F_DEPRECATED) != 0 ||
+			a.Scope != unix.RT_SCOPE_UNIVERSE {
 			continue
 		}
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			return ip, true
-		}
+		return ip, true
 	}
 	return netip.Addr{}, false
 }
 
-// SetDeviceAddress tells the datapath the SNAT address for flows leaving by ifindex (an invalid
-// addr removes it: they keep the frontend's).
-func (d *Datapath) SetDeviceAddress(ifindex int, addr netip.Addr) error {
+// SetDeviceAddress tells the datapath family f's SNAT address for flows leaving by ifindex (an
+// invalid addr removes it: they keep the frontend's). IPv6's is written only once the IPv6
+// datapath is loaded (LoadIPv6); before, there is nothing to tell.
+func (d *Datapath) SetDeviceAddress(ifindex int, f lb.Family, addr netip.Addr) error {
+	if addr.IsValid() && lb.FamilyOf(addr) != f {
+		return fmt.Errorf("write the %s address of device %d: %s is not %s", f, ifindex, addr, f)
+	}
 	idx := uint32(ifindex)
+	m := d.Objs.SluiceDeviceAddrs
+	var v []byte
+	if f == lb.IPv6 {
+		if d.v6 == nil {
+			return nil
+		}
+		m = d.v6.Objs.SluiceDeviceAddrs6
+		b := addr.As16()
+		v = b[:]
+	} else if addr.IsValid() {
+		b := addr.As4()
+		v = b[:]
+	}
 	if !addr.IsValid() {
-		if err := d.Objs.SluiceDeviceAddrs.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete the address of device %d: %w", ifindex, err)
+		if err := m.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete the %s address of device %d: %w", f, ifindex, err)
 		}
 		return nil
 	}
-	v := addr.As4()
-	if err := d.Objs.SluiceDeviceAddrs.Update(&idx, v[:], ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("write the address of device %d: %w", ifindex, err)
+	if err := m.Update(&idx, v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write the %s address of device %d: %w", f, ifindex, err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
 	"github.com/sluicelb/sluice/internal/testutil"
 )
@@ -42,7 +43,7 @@ func (e *env) egress(t *testing.T, in []byte) []byte {
 func newHostNATEnv(t *testing.T) *env {
 	e := newEnvWith(t, datapath.Config{SNATPortMin: 61000, SNATPortMax: 61001})
 	// As the agent does for each device it attaches to: the SNAT address of flows leaving it.
-	must(t, e.dp.SetDeviceAddress(e.ifindex, nodeIP))
+	must(t, e.dp.SetDeviceAddress(e.ifindex, lb.IPv4, nodeIP))
 	return e
 }
 

@@ -3,16 +3,18 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 )
 
 // IPv6 is the packet path compiled for IPv6 (bpf/sluice6.c, from the same lib/ as IPv4's):
 // maps of its own for everything that holds an address (their names end in 6) and the IPv4
 // object's for the rest (sharedWithIPv6). The IPv4 programs, the ones attached, hand it IPv6
-// packets once it is loaded. Work in progress (issue: IPv6 and dual-stack): the agent does not
-// load it yet.
+// packets once it is loaded; the agent loads it when it serves IPv6 (--ipv6).
 type IPv6 struct {
 	Objs Sluice6Objects
 }
@@ -115,6 +117,7 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 			return nil, fmt.Errorf("hand IPv6 to its programs: %w", err)
 		}
 	}
+	d.v6 = v6
 	return v6, nil
 }
 
@@ -129,4 +132,50 @@ func (m *SluiceMaps) all() map[string]*ebpf.Map {
 	out[SluiceMapSluiceFrags] = m.SluiceFrags
 	out[SluiceMapSluiceScratch] = m.SluiceScratch
 	return out
+}
+
+// StopIPv6 has the attached programs pass IPv6 packets to the kernel again, and removes the
+// IPv6 object's pins a previous agent left: with IPv6 off nothing of it is served, and none of
+// its entries outlives it to name a backend ID the IPv4 side hands out meanwhile.
+func (d *Datapath) StopIPv6() error {
+	for _, m := range []*ebpf.Map{d.Objs.SluiceProgs6Xdp, d.Objs.SluiceProgs6Tc} {
+		for _, k := range []uint32{prog6Ingress, prog6Egress} {
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("stop handing IPv6 to its programs: %w", err)
+			}
+		}
+	}
+	if d.Config.PinPath == "" {
+		return nil
+	}
+	spec, err := LoadSluice6()
+	if err != nil {
+		return fmt.Errorf("load IPv6 spec: %w", err)
+	}
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName && strings.HasSuffix(name, "6") {
+			if err := os.Remove(filepath.Join(d.Config.PinPath, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove IPv6 pin: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// HasGlobalIPv6 reports whether a device of this network namespace has a global IPv6 address
+// that duplicate address detection has passed: --ipv6 auto serves IPv6 then.
+func HasGlobalIPv6() (bool, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+	for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
+		addrs, err = netlink.AddrList(nil, netlink.FAMILY_V6)
+	}
+	if err != nil {
+		return false, fmt.Errorf("list IPv6 addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if _, ok := usable(a); ok {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -150,7 +150,7 @@ func tunnelLab(t *testing.T) (client, n1, n2 *testutil.Netns, dp *datapath.Datap
 				return xdpErr
 			}
 			t.Cleanup(func() { n1.Do(a.Detach) })
-			if err := dp.SetDeviceAddress(a.Ifindex, netip.MustParseAddr(addr)); err != nil {
+			if err := dp.SetDeviceAddress(a.Ifindex, lb.IPv4, netip.MustParseAddr(addr)); err != nil {
 				return err
 			}
 		}

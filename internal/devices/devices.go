@@ -1,7 +1,7 @@
 // Package devices decides which network devices the datapath runs on and keeps it attached to
 // them as they come and go: the devices named with --devices, or by default the ones that carry
 // the node's addresses (the Node's InternalIP and ExternalIP) and those that lead off the node
-// (an IPv4 default route through them, in any routing table), as Cilium's device detection and
+// (a default route of either family through them, in any routing table), as Cilium's device detection and
 // kube-proxy's --nodeport-addresses primary find them. Everything here works on the calling
 // thread's network namespace.
 package devices
@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Detect returns the devices that carry nodeIPs and the Ethernet devices of the IPv4 default
-// routes of every routing table. Both: NodePorts arrive on the first, and a local backend's
+// Detect returns the devices that carry nodeIPs and the Ethernet devices of the default routes
+// (IPv4 and IPv6) of every routing table. Both: NodePorts arrive on the first, and a local backend's
 // replies (which the egress program must restore) leave by whichever the kernel routes them to,
 // a default route of the main table, or of a table a policy rule picks (as AWS's VPC CNI
 // routes the pods of a secondary ENI out through it). Loopback never counts.
@@ -46,7 +46,7 @@ func Detect(nodeIPs []netip.Addr) ([]string, error) {
 		}
 	}
 	routes, err := retry(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)

@@ -71,6 +71,22 @@ func TestDetect(t *testing.T) {
 	}
 	ns.MustExec(t, "ip", "route", "del", "default", "table", "100")
 	ns.MustExec(t, "ip", "route", "del", "default")
+	// An IPv6-only way off the node: eth1's IPv6 default route, and the Node's IPv6 address.
+	ns.MustExec(t, "ip", "-6", "addr", "add", "fd00:2::2/64", "dev", "eth1", "nodad")
+	ns.MustExec(t, "ip", "-6", "route", "add", "default", "via", "fd00:2::1", "dev", "eth1")
+	if err := ns.Do(func() (err error) { got, err = devices.Detect(nil); return err }); err != nil || !slices.Equal(got, []string{"eth1"}) {
+		t.Errorf("with an IPv6 default route through eth1: %v, %v; want [eth1]", got, err)
+	}
+	ns.MustExec(t, "ip", "-6", "route", "del", "default")
+	if err := ns.Do(func() (err error) { got, err = devices.Detect([]netip.Addr{netip.MustParseAddr("fd00:2::2")}); return err }); err != nil || !slices.Equal(got, []string{"eth1"}) {
+		t.Errorf("the Node's IPv6 address on eth1: %v, %v; want [eth1]", got, err)
+	}
+	var addrs []netip.Addr
+	if err := ns.Do(func() (err error) { addrs, err = datapath.DeviceAddresses([]string{"eth1"}); return err }); err != nil ||
+		!slices.Equal(addrs, []netip.Addr{netip.MustParseAddr("10.2.0.2"), netip.MustParseAddr("fd00:2::2")}) {
+		t.Errorf("eth1's NodePort addresses: %v, %v; want its IPv4 and global IPv6, not its link-local one", addrs, err)
+	}
+	ns.MustExec(t, "ip", "-6", "addr", "del", "fd00:2::2/64", "dev", "eth1")
 	if err := ns.Do(func() (err error) { got, err = devices.Detect(nil); return err }); err != nil || len(got) != 0 {
 		t.Errorf("without a default route or Node addresses: %v, %v; want none", got, err)
 	}

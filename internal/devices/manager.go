@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicelb/sluice/internal/datapath"
+	"github.com/sluicelb/sluice/internal/lb"
 )
 
 // Manager keeps the datapath attached to the selected devices. Reconcile is called from one
@@ -127,8 +128,10 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 			m.Log.Debug("Detached from pod device", zap.String("device", name))
 			continue
 		}
-		if err := m.DP.SetDeviceAddress(a.Ifindex, netip.Addr{}); err != nil {
-			errs = append(errs, err)
+		for _, f := range []lb.Family{lb.IPv4, lb.IPv6} {
+			if err := m.DP.SetDeviceAddress(a.Ifindex, f, netip.Addr{}); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		changed = true
 		m.Log.Info("Detached", zap.String("device", name))
@@ -168,9 +171,11 @@ func (m *Manager) Reconcile() (changed bool, err error) {
 		if a.Pod {
 			continue
 		}
-		addr, _ := datapath.PrimaryAddress(name)
-		if err := m.DP.SetDeviceAddress(a.Ifindex, addr); err != nil {
-			errs = append(errs, err)
+		for _, f := range []lb.Family{lb.IPv4, lb.IPv6} {
+			addr, _ := datapath.PrimaryAddress(name, f)
+			if err := m.DP.SetDeviceAddress(a.Ifindex, f, addr); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

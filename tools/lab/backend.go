@@ -33,25 +33,31 @@ func reply(backend, client string) string {
 	return fmt.Sprintf("backend=%s client=%s\n", backend, client)
 }
 
-// StartBackend listens on the ports on all IPv4 addresses inside ns. The sockets belong to ns;
-// serving continues in the background until Close.
+// StartBackend listens on the ports on all IPv4 and IPv6 addresses inside ns (a socket per
+// family). The sockets belong to ns; serving continues in the background until Close.
 func StartBackend(ns *testutil.Netns, name string, tcpPorts, udpPorts []uint16) (*Backend, error) {
 	b := &Backend{Name: name}
 	var lns []net.Listener
 	err := ns.Do(func() error {
 		for _, p := range tcpPorts {
-			ln, err := net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", p))
-			if err != nil {
-				return err
+			for _, a := range []string{"tcp4 0.0.0.0", "tcp6 [::]"} {
+				network, host, _ := strings.Cut(a, " ")
+				ln, err := net.Listen(network, fmt.Sprintf("%s:%d", host, p))
+				if err != nil {
+					return err
+				}
+				lns = append(lns, ln)
 			}
-			lns = append(lns, ln)
 		}
 		for _, p := range udpPorts {
-			pc, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", p))
-			if err != nil {
-				return err
+			for _, a := range []string{"udp4 0.0.0.0", "udp6 [::]"} {
+				network, host, _ := strings.Cut(a, " ")
+				pc, err := net.ListenPacket(network, fmt.Sprintf("%s:%d", host, p))
+				if err != nil {
+					return err
+				}
+				b.udp = append(b.udp, pc)
 			}
-			b.udp = append(b.udp, pc)
 		}
 		return nil
 	})
@@ -110,8 +116,13 @@ func (b *Backend) Close() {
 	b.wg.Wait()
 }
 
-// dial opens a new connection from inside ns.
+// dial opens a new connection from inside ns ("tcp" or "udp": of addr's family).
 func dial(ns *testutil.Netns, network string, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	if addr.Addr().Is4() {
+		network += "4"
+	} else {
+		network += "6"
+	}
 	var c net.Conn
 	err := ns.Do(func() error {
 		var err error
@@ -141,7 +152,7 @@ func httpGet(ns *testutil.Netns, addr netip.AddrPort) (string, error) {
 
 // HTTPGetPath GETs path from inside ns on a new connection and returns status and body.
 func HTTPGetPath(ns *testutil.Netns, addr netip.AddrPort, path string) (int, string, error) {
-	c, err := dial(ns, "tcp4", addr, Timeout)
+	c, err := dial(ns, "tcp", addr, Timeout)
 	if err != nil {
 		return 0, "", err
 	}
@@ -167,7 +178,7 @@ func HTTPGetPath(ns *testutil.Netns, addr netip.AddrPort, path string) (int, str
 // UDPRequest sends payload from a new connected UDP socket inside ns and returns the first
 // datagram that comes back.
 func UDPRequest(ns *testutil.Netns, addr netip.AddrPort, payload string) (string, error) {
-	c, err := dial(ns, "udp4", addr, Timeout)
+	c, err := dial(ns, "udp", addr, Timeout)
 	if err != nil {
 		return "", fmt.Errorf("send udp to %s from %s: %w", addr, ns.Name, err)
 	}
@@ -187,7 +198,7 @@ func UDPRequest(ns *testutil.Netns, addr netip.AddrPort, payload string) (string
 // TCPConnect opens and closes a TCP connection from inside ns. The dial error is returned
 // unwrapped, so callers can test it for syscall.ECONNREFUSED and the like.
 func TCPConnect(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) error {
-	c, err := dial(ns, "tcp4", addr, timeout)
+	c, err := dial(ns, "tcp", addr, timeout)
 	if err != nil {
 		return err
 	}
@@ -196,7 +207,7 @@ func TCPConnect(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) 
 
 // DialTCP opens a TCP connection from inside ns, giving up after timeout.
 func DialTCP(ns *testutil.Netns, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	return dial(ns, "tcp4", addr, timeout)
+	return dial(ns, "tcp", addr, timeout)
 }
 
 // RequestOn sends one HTTP request on an open connection and returns who answered.
@@ -230,7 +241,7 @@ func RequestBody(c net.Conn, addr netip.AddrPort) (string, error) {
 
 // OpenTCP connects from inside ns and leaves the connection open, for a flow that lasts.
 func OpenTCP(ns *testutil.Netns, addr netip.AddrPort) (net.Conn, error) {
-	return dial(ns, "tcp4", addr, Timeout)
+	return dial(ns, "tcp", addr, Timeout)
 }
 
 // ParseReply splits a backend's reply line.

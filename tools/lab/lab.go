@@ -63,6 +63,8 @@ type Lab struct {
 	Bridge, Client, Node1, Node2, Pod1, Pod2 *testutil.Netns
 
 	ClientIP, Node1IP, Node2IP, Pod1IP, Pod2IP netip.Addr
+	// The IPv6 addresses of a dual-stack lab (UpDualStack); invalid in an IPv4-only one.
+	ClientIP6, Node1IP6, Node2IP6, Pod1IP6, Pod2IP6 netip.Addr
 	// MACs of the eth0 of client, node1 and node2, for datapaths that rewrite Ethernet headers.
 	ClientMAC, Node1MAC, Node2MAC net.HardwareAddr
 }
@@ -84,9 +86,12 @@ func tmpPrefix(id string) string { return "sl" + id }
 func Up() (*Lab, error) { return UpVariant(Plain) }
 
 // UpVariant builds a new lab of the given variant.
-func UpVariant(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v) }
+func UpVariant(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v, false) }
 
-func up(id string, v Variant) (*Lab, error) {
+// UpDualStack builds a new lab of the given variant with IPv6 beside IPv4 (ipv6.go).
+func UpDualStack(v Variant) (*Lab, error) { return up(testutil.UniqueName(""), v, true) }
+
+func up(id string, v Variant, dual bool) (*Lab, error) {
 	if v != Plain && v != NICLike && v != VXLAN && v != Routed && v != TwoNICs {
 		return nil, fmt.Errorf("create lab: unknown variant %q", v)
 	}
@@ -99,6 +104,9 @@ func up(id string, v Variant) (*Lab, error) {
 		Pod1IP:   netip.MustParseAddr("10.244.1.10"),
 		Pod2IP:   netip.MustParseAddr("10.244.2.10"),
 	}
+	if dual {
+		l.setIPv6()
+	}
 	if err := l.build(); err != nil {
 		return nil, fmt.Errorf("create lab: %w", errors.Join(err, l.Down()))
 	}
@@ -110,10 +118,15 @@ func up(id string, v Variant) (*Lab, error) {
 func UpForTest(t testing.TB) *Lab { return UpVariantForTest(t, Plain) }
 
 // UpVariantForTest is UpForTest for a variant.
-func UpVariantForTest(t testing.TB, v Variant) *Lab {
+func UpVariantForTest(t testing.TB, v Variant) *Lab { return upForTest(t, v, false) }
+
+// UpDualStackForTest is UpForTest for a dual-stack lab of variant v.
+func UpDualStackForTest(t testing.TB, v Variant) *Lab { return upForTest(t, v, true) }
+
+func upForTest(t testing.TB, v Variant, dual bool) *Lab {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	l, err := UpVariant(v)
+	l, err := up(testutil.UniqueName(""), v, dual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,6 +256,11 @@ func (l *Lab) build() error {
 			}
 			return nil
 		}); err != nil {
+			return err
+		}
+	}
+	if l.Node1IP6.IsValid() {
+		if err := l.addIPv6(); err != nil {
 			return err
 		}
 	}

@@ -222,7 +222,7 @@ func TestUpFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = Remove(id) })
-	l, err := up(id, NICLike)
+	l, err := up(id, NICLike, false)
 	if err == nil || !strings.HasPrefix(err.Error(), "create lab: ") {
 		t.Errorf("up with a squatted link name = %v, %v; want a create lab error", l, err)
 	}

@@ -70,7 +70,7 @@ type Stream struct {
 
 // OpenStream connects from inside ns and asks who is at the other end.
 func OpenStream(ns *testutil.Netns, addr netip.AddrPort) (*Stream, error) {
-	c, err := dial(ns, "tcp4", addr, Timeout)
+	c, err := dial(ns, "tcp", addr, Timeout)
 	if err != nil {
 		return nil, err
 	}
