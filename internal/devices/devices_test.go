@@ -78,7 +78,10 @@ func TestDetect(t *testing.T) {
 		t.Errorf("with an IPv6 default route through eth1: %v, %v; want [eth1]", got, err)
 	}
 	ns.MustExec(t, "ip", "-6", "route", "del", "default")
-	if err := ns.Do(func() (err error) { got, err = devices.Detect([]netip.Addr{netip.MustParseAddr("fd00:2::2")}); return err }); err != nil || !slices.Equal(got, []string{"eth1"}) {
+	if err := ns.Do(func() (err error) {
+		got, err = devices.Detect([]netip.Addr{netip.MustParseAddr("fd00:2::2")})
+		return err
+	}); err != nil || !slices.Equal(got, []string{"eth1"}) {
 		t.Errorf("the Node's IPv6 address on eth1: %v, %v; want [eth1]", got, err)
 	}
 	var addrs []netip.Addr
