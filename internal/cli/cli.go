@@ -24,6 +24,7 @@ type Env struct {
 	JSON   bool
 	Out    io.Writer
 	objs   *datapath.SluiceMaps
+	objs6  *datapath.Sluice6Maps // nil: the agent serves no IPv6
 	kernel *maps.Kernel
 }
 
@@ -43,6 +44,15 @@ func (e *Env) Maps() (*maps.Kernel, error) {
 		return nil, err
 	}
 	e.objs, e.kernel = objs, maps.NewKernel(objs)
+	// Both families in every command: IPv6's maps when the agent serves IPv6.
+	objs6, err := datapath.OpenPinned6(e.BPFFS, true)
+	switch {
+	case err == nil:
+		e.objs6 = objs6
+		e.kernel.WithIPv6(objs6)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
 	return e.kernel, nil
 }
 
@@ -50,6 +60,9 @@ func (e *Env) Maps() (*maps.Kernel, error) {
 func (e *Env) Close() {
 	if e.objs != nil {
 		e.objs.Close()
+	}
+	if e.objs6 != nil {
+		e.objs6.Close()
 	}
 }
 

@@ -19,7 +19,9 @@ type ServiceJSON struct {
 	Protocol string `json:"protocol"`
 	// Scope: external (NodePorts, external and load-balancer IPs), internal (ClusterIPs), or
 	// node (what clients on the node get of a Local NodePort, through the socket hooks).
-	Scope        string        `json:"scope"`
+	Scope string `json:"scope"`
+	// Family: IPv4 or IPv6 (a dual-stack service port is one entry per family, each its own ID).
+	Family       string        `json:"family"`
 	Frontends    []string      `json:"frontends"`
 	Backends     []BackendJSON `json:"backends"`
 	Policy       PolicyJSON    `json:"policy"`
@@ -71,7 +73,7 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 		s := byID[fe.ServiceID]
 		if s == nil {
 			s = &ServiceJSON{ID: fe.ServiceID, Name: name(fe.ServiceID), NodePort: fk.Port, Protocol: fk.Proto.String(),
-				Policy: PolicyJSON{TrafficPolicy: "Cluster", Algorithm: "random", SessionAffinity: "None"}}
+				Family: lb.FamilyOf(fk.Addr).String(), Policy: PolicyJSON{TrafficPolicy: "Cluster", Algorithm: "random", SessionAffinity: "None"}}
 			if fe.Flags&lb.FrontendMaglev != 0 {
 				s.Policy.Algorithm = "maglev"
 			}
@@ -127,7 +129,10 @@ func loadServices(k *maps.Kernel) ([]ServiceJSON, error) {
 		if out[i].Name != out[j].Name {
 			return out[i].Name < out[j].Name
 		}
-		return out[i].Scope < out[j].Scope
+		if out[i].Scope != out[j].Scope {
+			return out[i].Scope < out[j].Scope
+		}
+		return out[i].Family < out[j].Family
 	})
 	return out, nil
 }
@@ -142,7 +147,7 @@ func serviceList(e *Env, args []string) error {
 		return err
 	}
 	return e.emit(svcs, func(w *tabwriter.Writer) {
-		fmt.Fprintln(w, "ID\tSERVICE\tNODEPORT\tSCOPE\tFRONTENDS\tBACKENDS\tPOLICY\tPACKETS\tBYTES\tREJECTED")
+		fmt.Fprintln(w, "ID\tSERVICE\tNODEPORT\tSCOPE\tFAMILY\tFRONTENDS\tBACKENDS\tPOLICY\tPACKETS\tBYTES\tREJECTED")
 		for _, s := range svcs {
 			var bs []string
 			for _, b := range s.Backends {
@@ -152,7 +157,7 @@ func serviceList(e *Env, args []string) error {
 			if backends == "" {
 				backends = "none (rejects)"
 			}
-			fmt.Fprintf(w, "%d\t%s\t%d/%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", s.ID, s.Name, s.NodePort, s.Protocol, s.Scope,
+			fmt.Fprintf(w, "%d\t%s\t%d/%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", s.ID, s.Name, s.NodePort, s.Protocol, s.Scope, s.Family,
 				strings.Join(s.Frontends, ","), backends, policyLabel(s.Policy, s.Scope), s.Packets, s.Bytes, s.Rejected)
 		}
 	})

@@ -62,12 +62,24 @@ func verdictName(xdp bool, v uint32) string {
 
 // tracePacket builds the frame to trace.
 func tracePacket(dstMAC net.HardwareAddr, proto string, src, dst netip.AddrPort, flags string) ([]byte, error) {
+	if src.Addr().Is4() != dst.Addr().Is4() {
+		return nil, fmt.Errorf("trace %s -> %s: the addresses are of two families", src, dst)
+	}
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x01}, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	ip4 := &layers.IPv4{Version: 4, TTL: 64, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	ip6 := &layers.IPv6{Version: 6, HopLimit: 64, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+	var ip interface {
+		gopacket.NetworkLayer
+		gopacket.SerializableLayer
+	} = ip4
+	setProto := func(p layers.IPProtocol) { ip4.Protocol, ip6.NextHeader = p, p }
+	if src.Addr().Is6() {
+		eth.EthernetType, ip = layers.EthernetTypeIPv6, ip6
+	}
 	var l4 gopacket.SerializableLayer
 	switch proto {
 	case "tcp":
-		ip.Protocol = layers.IPProtocolTCP
+		setProto(layers.IPProtocolTCP)
 		tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: 1, Window: 64240}
 		for _, f := range strings.ToUpper(flags) {
 			switch f {
@@ -88,7 +100,7 @@ func tracePacket(dstMAC net.HardwareAddr, proto string, src, dst netip.AddrPort,
 		_ = tcp.SetNetworkLayerForChecksum(ip)
 		l4 = tcp
 	case "udp":
-		ip.Protocol = layers.IPProtocolUDP
+		setProto(layers.IPProtocolUDP)
 		udp := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
 		_ = udp.SetNetworkLayerForChecksum(ip)
 		l4 = udp
@@ -103,9 +115,12 @@ func tracePacket(dstMAC net.HardwareAddr, proto string, src, dst netip.AddrPort,
 // tupleOf describes a frame's IPv4 tuple, or an ICMP error.
 func tupleOf(frame []byte) string {
 	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if ip6, _ := p.Layer(layers.LayerTypeIPv6).(*layers.IPv6); ip6 != nil {
+		return tupleOf6(p, ip6)
+	}
 	ip, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
 	if ip == nil {
-		return "(not IPv4)"
+		return "(not IP)"
 	}
 	switch l := p.TransportLayer().(type) {
 	case *layers.TCP:
@@ -142,7 +157,7 @@ func loadTraceProgram(e *Env, k *maps.Kernel, info maps.AgentInfo, ifindex int) 
 	for name, m := range live {
 		spec.Maps[name].MaxEntries = m.MaxEntries()
 	}
-	var dp datapath.Datapath
+	dp := datapath.Datapath{Config: cfg} // an IPv6 copy loaded beside it traces too
 	if err := spec.LoadAndAssign(&dp.Objs, &ebpf.CollectionOptions{MapReplacements: live}); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -216,6 +231,18 @@ func trace(e *Env, args []string) error {
 		return err
 	}
 	defer dp.Close()
+	// An IPv6 packet goes through the same entry program, which hands it to a copy of the
+	// IPv6 programs; the record is theirs.
+	var dp6 *datapath.IPv6
+	if dstAP.Addr().Is6() {
+		if e.objs6 == nil {
+			return fmt.Errorf("trace %s: the agent serves no IPv6 (no IPv6 maps pinned in %s)", dstAP, e.BPFFS)
+		}
+		if dp6, err = dp.LoadIPv6Copy(e.objs6); err != nil {
+			return fmt.Errorf("load IPv6 trace program: %w", err)
+		}
+		defer dp6.Close()
+	}
 	prog := dp.Objs.SluiceXdp
 	if hook == "tc" {
 		prog = dp.Objs.SluiceTcIngress
@@ -224,9 +251,21 @@ func trace(e *Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	var rec datapath.SluiceTraceRecord
-	if err := dp.Objs.SluiceTrace.Lookup(datapath.SluiceTraceStage(0), &rec); err != nil {
-		return fmt.Errorf("read trace record: %w", err)
+	var rec traceRec
+	if dp6 != nil {
+		var r datapath.Sluice6TraceRecord
+		if err := dp6.Objs.SluiceTrace6.Lookup(uint32(0), &r); err != nil {
+			return fmt.Errorf("read trace record: %w", err)
+		}
+		rec = traceRec{r.Stage, r.Reason, r.SvcId, r.BackendId, netip.AddrPortFrom(netip.AddrFrom16(r.NatDaddr.B), maps.PortFrom16(r.NatDport)), r.Flags}
+	} else {
+		var r datapath.SluiceTraceRecord
+		if err := dp.Objs.SluiceTrace.Lookup(datapath.SluiceTraceStage(0), &r); err != nil {
+			return fmt.Errorf("read trace record: %w", err)
+		}
+		var nat [4]byte
+		binary.NativeEndian.PutUint32(nat[:], r.NatDaddr)
+		rec = traceRec{r.Stage, r.Reason, r.SvcId, r.BackendId, netip.AddrPortFrom(netip.AddrFrom4(nat), maps.PortFrom16(r.NatDport)), r.Flags}
 	}
 	res := describeTrace(k, rec)
 	res.Hook, res.Device, res.Verdict = hook, dev.Name, verdictName(hook == "xdp", ret)
@@ -256,7 +295,14 @@ func trace(e *Env, args []string) error {
 	})
 }
 
-func describeTrace(k *maps.Kernel, rec datapath.SluiceTraceRecord) TraceJSON {
+// traceRec is what a trace record of either family says.
+type traceRec struct {
+	Stage, Reason, SvcId, BackendId uint32
+	NatDst                          netip.AddrPort
+	Flags                           uint32
+}
+
+func describeTrace(k *maps.Kernel, rec traceRec) TraceJSON {
 	st := traceStages[datapath.SluiceTraceStage(rec.Stage)]
 	res := TraceJSON{Stage: st[0], Explanation: st[1]}
 	if rec.Reason != 0 {
@@ -271,10 +317,30 @@ func describeTrace(k *maps.Kernel, rec datapath.SluiceTraceRecord) TraceJSON {
 		}
 	}
 	if rec.BackendId != 0 && rec.Stage != uint32(datapath.SluiceTraceStageTRACE_REPLY) {
-		var nat [4]byte
-		binary.NativeEndian.PutUint32(nat[:], rec.NatDaddr)
-		res.Backend = netip.AddrPortFrom(netip.AddrFrom4(nat), maps.PortFrom16(rec.NatDport)).String()
+		res.Backend = rec.NatDst.String()
 		res.Local = rec.Flags&maps.CTLocal != 0
 	}
 	return res
+}
+
+func tupleOf6(p gopacket.Packet, ip *layers.IPv6) string {
+	switch l := p.TransportLayer().(type) {
+	case *layers.TCP:
+		flags := ""
+		for _, f := range []struct {
+			on bool
+			c  string
+		}{{l.SYN, "S"}, {l.ACK, "A"}, {l.FIN, "F"}, {l.RST, "R"}} {
+			if f.on {
+				flags += f.c
+			}
+		}
+		return fmt.Sprintf("tcp [%s]:%d -> [%s]:%d [%s] hop limit %d", ip.SrcIP, l.SrcPort, ip.DstIP, l.DstPort, flags, ip.HopLimit)
+	case *layers.UDP:
+		return fmt.Sprintf("udp [%s]:%d -> [%s]:%d hop limit %d", ip.SrcIP, l.SrcPort, ip.DstIP, l.DstPort, ip.HopLimit)
+	}
+	if icmp, ok := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6); ok {
+		return fmt.Sprintf("icmpv6 %s -> %s %s", ip.SrcIP, ip.DstIP, icmp.TypeCode)
+	}
+	return fmt.Sprintf("%s %s -> %s", ip.NextHeader, ip.SrcIP, ip.DstIP)
 }

@@ -57,6 +57,27 @@ func SpecIPv6(cfg Config) (*ebpf.CollectionSpec, error) {
 
 // LoadIPv6 loads the IPv6 programs beside d, on d's shared maps, and fills their call arrays.
 func (d *Datapath) LoadIPv6() (*IPv6, error) {
+	v6, err := d.loadIPv6(d.Config.PinPath, nil)
+	if err == nil {
+		d.v6 = v6
+	}
+	return v6, err
+}
+
+// LoadIPv6Copy loads a copy of the IPv6 programs beside d (itself a copy of the IPv4 ones on
+// the live maps, as sluicectl trace loads one) on the live IPv6 maps in own (OpenPinned6's),
+// with call arrays of its own: the live ones keep the agent's programs.
+func (d *Datapath) LoadIPv6Copy(own *Sluice6Maps) (*IPv6, error) {
+	return d.loadIPv6("", map[string]*ebpf.Map{
+		Sluice6MapSluiceFrontends6: own.SluiceFrontends6, Sluice6MapSluiceBackends6: own.SluiceBackends6,
+		Sluice6MapSluiceCt6: own.SluiceCt6, Sluice6MapSluiceAffinity6: own.SluiceAffinity6,
+		Sluice6MapSluiceSourceRanges6: own.SluiceSourceRanges6,
+	})
+}
+
+// loadIPv6 loads the IPv6 object with its pinned maps in pinPath (none: maps of its own but
+// for those in own) and points d's hand-off arrays at its programs.
+func (d *Datapath) loadIPv6(pinPath string, own map[string]*ebpf.Map) (*IPv6, error) {
 	spec, err := SpecIPv6(d.Config)
 	if err != nil {
 		return nil, err
@@ -74,8 +95,21 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 			return nil, fmt.Errorf("load IPv6 datapath: map %s is neither IPv6's own nor shared", name)
 		}
 	}
+	for name, m := range own {
+		if spec.Maps[name] == nil || m == nil {
+			return nil, fmt.Errorf("load IPv6 datapath: map %s missing", name)
+		}
+		shared[name] = m
+	}
+	for name, ms := range spec.Maps {
+		if m := shared[name]; m != nil {
+			ms.MaxEntries = m.MaxEntries() // as the live map was made
+		} else if pinPath == "" {
+			ms.Pinning = ebpf.PinNone
+		}
+	}
 	v6 := &IPv6{}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.Config.PinPath}, MapReplacements: shared}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinPath}, MapReplacements: shared}
 	if err := spec.LoadAndAssign(&v6.Objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -117,7 +151,6 @@ func (d *Datapath) LoadIPv6() (*IPv6, error) {
 			return nil, fmt.Errorf("hand IPv6 to its programs: %w", err)
 		}
 	}
-	d.v6 = v6
 	return v6, nil
 }
 
@@ -178,4 +211,42 @@ func HasGlobalIPv6() (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// OpenPinned6 opens the IPv6 object's own pinned maps in dir (the agent's --bpffs), for tools:
+// the returned Sluice6Maps has those (names ending in 6) and not the ones shared with IPv4,
+// which OpenPinned gives. fs.ErrNotExist: the agent does not serve IPv6.
+func OpenPinned6(dir string, readOnly bool) (*Sluice6Maps, error) {
+	spec, err := LoadSluice6()
+	if err != nil {
+		return nil, fmt.Errorf("load IPv6 spec: %w", err)
+	}
+	opened := map[string]*ebpf.Map{}
+	closeAll := func() {
+		for _, o := range opened {
+			o.Close()
+		}
+	}
+	for name, ms := range spec.Maps {
+		if ms.Pinning != ebpf.PinByName || !strings.HasSuffix(name, "6") || ms.Type == ebpf.ProgramArray {
+			continue
+		}
+		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: readOnly})
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("open pinned map %s: %w", filepath.Join(dir, name), err)
+		}
+		opened[name] = mp
+	}
+	m := &Sluice6Maps{
+		SluiceFrontends6: opened[Sluice6MapSluiceFrontends6], SluiceBackends6: opened[Sluice6MapSluiceBackends6],
+		SluiceCt6: opened[Sluice6MapSluiceCt6], SluiceAffinity6: opened[Sluice6MapSluiceAffinity6],
+		SluiceSourceRanges6: opened[Sluice6MapSluiceSourceRanges6], SluiceFrags6: opened[Sluice6MapSluiceFrags6],
+		SluiceDeviceAddrs6: opened[Sluice6MapSluiceDeviceAddrs6],
+	}
+	if m.SluiceFrontends6 == nil || m.SluiceBackends6 == nil || m.SluiceCt6 == nil || m.SluiceAffinity6 == nil || m.SluiceSourceRanges6 == nil {
+		closeAll()
+		return nil, fmt.Errorf("open pinned IPv6 maps in %s: the IPv6 spec does not pin them all", dir)
+	}
+	return m, nil
 }

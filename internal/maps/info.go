@@ -264,7 +264,7 @@ func (k *Kernel) Conntrack(fn func(CTEntry) bool) error {
 	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
 		return fmt.Errorf("dump conntrack: %w", err)
 	}
-	return nil
+	return k.conntrack6(fn)
 }
 
 // MapFill is a map's use.
@@ -298,7 +298,7 @@ func (k *Kernel) Fill() ([]MapFill, error) {
 		}
 		out = append(out, MapFill{Name: m.name, Entries: n, MaxEntries: m.m.MaxEntries()})
 	}
-	return out, nil
+	return k.fill6(out)
 }
 
 func count(m *ebpf.Map) (int, error) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -200,4 +201,73 @@ func (k *Kernel) flushFlows6(proto lb.Proto, gone map[FlowTarget]bool) (int, err
 		}
 	}
 	return n, nil
+}
+
+// conntrack6 is Conntrack on the IPv6 connection table.
+func (k *Kernel) conntrack6(fn func(CTEntry) bool) error {
+	if k.v6 == nil {
+		return nil
+	}
+	var key datapath.Sluice6CtKey
+	var v datapath.Sluice6CtEntry
+	it := k.v6.SluiceCt6.Iterate()
+	for it.Next(&key, &v) {
+		e := CTEntry{
+			Src:       netip.AddrPortFrom(netip.AddrFrom16(key.Saddr.B), PortFrom16(key.Sport)),
+			Dst:       netip.AddrPortFrom(netip.AddrFrom16(key.Daddr.B), PortFrom16(key.Dport)),
+			Proto:     lb.Proto(key.Proto),
+			NatSrc:    netip.AddrPortFrom(netip.AddrFrom16(v.NatSaddr.B), PortFrom16(v.NatSport)),
+			NatDst:    netip.AddrPortFrom(netip.AddrFrom16(v.NatDaddr.B), PortFrom16(v.NatDport)),
+			ServiceID: v.SvcId, BackendID: v.BackendId, Flags: v.Flags,
+			LastSeen: time.Duration(v.LastSeen),
+		}
+		if !fn(e) {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
+		return fmt.Errorf("dump IPv6 conntrack: %w", err)
+	}
+	return nil
+}
+
+// fill6 adds the IPv6 maps' use to Fill's.
+func (k *Kernel) fill6(out []MapFill) ([]MapFill, error) {
+	if k.v6 == nil {
+		return out, nil
+	}
+	for _, m := range []struct {
+		name string
+		m    *ebpf.Map
+	}{
+		{datapath.Sluice6MapSluiceFrontends6, k.v6.SluiceFrontends6},
+		{datapath.Sluice6MapSluiceBackends6, k.v6.SluiceBackends6},
+		{datapath.Sluice6MapSluiceCt6, k.v6.SluiceCt6},
+		{datapath.Sluice6MapSluiceAffinity6, k.v6.SluiceAffinity6},
+		{datapath.Sluice6MapSluiceSourceRanges6, k.v6.SluiceSourceRanges6},
+	} {
+		n, err := count(m.m)
+		if err != nil {
+			return nil, fmt.Errorf("count %s: %w", m.name, err)
+		}
+		out = append(out, MapFill{Name: m.name, Entries: n, MaxEntries: m.m.MaxEntries()})
+	}
+	return out, nil
+}
+
+// affinities6 adds the IPv6 session-affinity entries to Affinities'.
+func (k *Kernel) affinities6(out []Affinity) ([]Affinity, error) {
+	if k.v6 == nil {
+		return out, nil
+	}
+	var key datapath.Sluice6AffinityKey
+	var val datapath.Sluice6Affinity
+	it := k.v6.SluiceAffinity6.Iterate()
+	for it.Next(&key, &val) {
+		out = append(out, Affinity{ServiceID: key.SvcId, BackendID: val.BackendId, Client: netip.AddrFrom16(key.Client.B), LastSeen: time.Duration(val.LastSeen)})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dump IPv6 session affinity: %w", err)
+	}
+	return out, nil
 }

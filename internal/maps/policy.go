@@ -212,7 +212,7 @@ func (k *Kernel) Affinities() ([]Affinity, error) {
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("dump session affinity: %w", err)
 	}
-	return out, nil
+	return k.affinities6(out)
 }
 
 // FlowTarget names the flows of a service to one endpoint, by address: the endpoint's backend
