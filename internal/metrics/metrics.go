@@ -67,9 +67,10 @@ type datapathCollector struct {
 
 // RegisterDatapath adds the datapath's counters and map fill to reg.
 func RegisterDatapath(reg prometheus.Registerer, m *maps.Kernel) {
-	// One service port has an entry per scope (external, internal: its ClusterIPs, node), each
-	// with its own counters: the name alone would repeat a series, and /metrics would fail.
-	svc := []string{"service", "scope"}
+	// One service port has an entry per scope (external, internal: its ClusterIPs, node) and
+	// per family (IPv4, IPv6), each with its own counters: the name alone would repeat a
+	// series, and /metrics would fail. (The reason counters are one set for both families.)
+	svc := []string{"service", "scope", "family"}
 	reg.MustRegister(&datapathCollector{
 		m:          m,
 		pkts:       prometheus.NewDesc("sluice_service_packets_total", "Packets from clients to the service.", svc, nil),
@@ -115,7 +116,7 @@ func (c *datapathCollector) collect(ch chan<- prometheus.Metric) error {
 			d *prometheus.Desc
 			n uint64
 		}{{c.pkts, st.Packets}, {c.bytes, st.Bytes}, {c.rpkts, st.ReplyPackets}, {c.rbytes, st.ReplyBytes}, {c.rejected, st.Rejected}} {
-			ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), name, scopeName(info.Scope))
+			ch <- prometheus.MustNewConstMetric(v.d, prometheus.CounterValue, float64(v.n), name, scopeName(info.Scope), info.Family.String())
 		}
 	}
 	reasons, err := c.m.Reasons()

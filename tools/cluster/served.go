@@ -65,8 +65,8 @@ func (s *Served) scrape(node string, c *http.Client) {
 	}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		// sluice_service_packets_total{scope="external",service="ns/name:port"} N: the packet
-		// path's share (socket LB translates no packet).
+		// sluice_service_packets_total{family="IPv4",scope="external",service="ns/name:port"} N:
+		// the packet path's share (socket LB translates no packet). The labels name a series.
 		rest, ok := strings.CutPrefix(sc.Text(), `sluice_service_packets_total{`)
 		if !ok {
 			continue
@@ -75,11 +75,7 @@ func (s *Served) scrape(node string, c *http.Client) {
 		if !ok {
 			continue
 		}
-		svc := labels // the labels name a series
-		_, name, _ := strings.Cut(labels, `service="`)
-		if name, _, ok = strings.Cut(name, `"`); ok {
-			svc = name + "/" + scopeOf(labels)
-		}
+		svc := labels
 		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
 		if err == nil && v > s.peak[node][svc] {
 			s.peak[node][svc] = v
@@ -112,10 +108,4 @@ func (s *Served) String() string {
 		parts = append(parts, fmt.Sprintf("%s: %.0f packets for %d service ports", o.Node, o.Packets, o.Services))
 	}
 	return strings.Join(parts, "; ")
-}
-
-func scopeOf(labels string) string {
-	_, v, _ := strings.Cut(labels, `scope="`)
-	v, _, _ = strings.Cut(v, `"`)
-	return v
 }

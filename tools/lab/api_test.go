@@ -359,7 +359,7 @@ func (c *apiCluster) checkMetrics(t *testing.T) {
 		"sluice_sync_duration_seconds_count",
 		"sluice_network_programming_duration_seconds_count",
 		"sluice_services_programmed 1",
-		`sluice_service_packets_total{scope="external",service="` + c.ns + `/web:http"}`,
+		`sluice_service_packets_total{family="IPv4",scope="external",service="` + c.ns + `/web:http"}`,
 		`sluice_datapath_packets_total{reason="reject_tcp_rst"}`,
 		`sluice_map_max_entries{map="sluice_ct"} 524288`,
 		`sluice_services_failed{reason="map_full"} 0`,
