@@ -6,31 +6,31 @@
 SEC("cgroup/connect4")
 int sluice_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_forward(ctx);
+	return sock_forward(ctx);
 }
 
 SEC("cgroup/sendmsg4")
 int sluice_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_forward(ctx);
+	return sock_forward(ctx);
 }
 
 SEC("cgroup/recvmsg4")
 int sluice_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_reverse(ctx);
+	return sock_reverse(ctx);
 }
 
 SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr *ctx)
 {
-	return sock4_reverse(ctx);
+	return sock_reverse(ctx);
 }
 
 SEC("cgroup/post_bind4")
 int sluice_post_bind4(struct bpf_sock *ctx)
 {
-	return sock4_post_bind(ctx);
+	return sock_post_bind(ctx);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

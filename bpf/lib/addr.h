@@ -40,6 +40,7 @@ static __always_inline bool addr6_eq(const union addr6 *a, const union addr6 *b)
 #define sluice_device_addrs sluice_device_addrs6
 #define sluice_trace sluice_trace6
 #define sluice_scratch sluice_scratch6
+#define sluice_sock_revnat sluice_sock_revnat6
 #else
 typedef __be32 addr_t;
 

@@ -3,7 +3,9 @@
  * a connect() or an unconnected sendmsg() to a frontend is pointed at the chosen backend once,
  * at the socket, so that no packet of the flow needs translating; recvmsg() and getpeername()
  * show the frontend again. The same frontends, slots and backends as the packet path: the
- * agent writes once. Kernel 5.10: the cgroup sock_addr hooks, socket and netns cookies. */
+ * agent writes once. Kernel 5.10: the cgroup sock_addr hooks, socket and netns cookies.
+ * Written once for both families (addr.h): bpf/sock.c compiles it for IPv4's hooks,
+ * bpf/sock6.c for IPv6's, each on its family's frontends and backends. */
 #ifndef SLUICE_SOCK_H
 #define SLUICE_SOCK_H
 
@@ -35,15 +37,26 @@ volatile const __u8 cfg_hostns_only = 0;
  * getpeername show it. Go: datapath.SluiceSockRevnatKey */
 struct sock_revnat_key {
 	__u64 cookie; /* bpf_get_socket_cookie: unique for the socket's life */
+#ifdef SLUICE_IPV6
+	addr_t addr;  /* the backend. Go: datapath.SluiceSock6SockRevnatKey */
+#else
 	__be32 addr;  /* the backend */
+#endif
 	__be16 port;
 	__u8 proto;
 	__u8 pad;
+#ifdef SLUICE_IPV6
+	__u32 pad6; /* named, so that initializers zero it: the key is hashed whole */
+#endif
 };
 
 /* Go: datapath.SluiceSockRevnat */
 struct sock_revnat {
+#ifdef SLUICE_IPV6
+	addr_t addr; /* the frontend the application asked for. Go: datapath.SluiceSock6SockRevnat */
+#else
 	__be32 addr; /* the frontend the application asked for */
+#endif
 	__be16 port;
 	__u8 scope; /* the frontend entry's (FE_SCOPE_*) */
 	__u8 pad;
@@ -98,6 +111,50 @@ static __always_inline __u32 sock_pick_id(const struct frontend *fe, __u64 netns
 	return id;
 }
 
+/* The address a sock_addr hook is asked for, and rewriting it: user_ip4, or user_ip6 a word at
+ * a time (the context allows 4-byte accesses). */
+static __always_inline void sock_user_addr(const struct bpf_sock_addr *ctx, addr_t *a)
+{
+#ifdef SLUICE_IPV6
+	a->w[0] = ctx->user_ip6[0];
+	a->w[1] = ctx->user_ip6[1];
+	a->w[2] = ctx->user_ip6[2];
+	a->w[3] = ctx->user_ip6[3];
+#else
+	*a = ctx->user_ip4;
+#endif
+}
+
+static __always_inline void sock_set_user_addr(struct bpf_sock_addr *ctx, const addr_t *a)
+{
+#ifdef SLUICE_IPV6
+	ctx->user_ip6[0] = a->w[0];
+	ctx->user_ip6[1] = a->w[1];
+	ctx->user_ip6[2] = a->w[2];
+	ctx->user_ip6[3] = a->w[3];
+#else
+	ctx->user_ip4 = *a;
+#endif
+}
+
+/* A loopback address: every one is localhost's NodePort entry in IPv4 (127.0.0.0/8). IPv6 has
+ * none: kube-proxy serves no NodePort on ::1. */
+static __always_inline bool sock_loopback(const addr_t *a)
+{
+#ifdef SLUICE_IPV6
+	return false;
+#else
+	return (bpf_ntohl(*a) >> 24) == LOOPBACK_NET;
+#endif
+}
+
+static __always_inline void sock_set_localhost(addr_t *a)
+{
+#ifndef SLUICE_IPV6
+	*a = bpf_htonl(LOCALHOST);
+#endif
+}
+
 /* The socket's protocol if sluice balances it (TCP, UDP), else 0. A narrowing through
  * constants: the verifier then knows the byte the map keys get. */
 static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
@@ -113,25 +170,27 @@ static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
  * address). Returns 1, but for a frontend with no endpoint where the kernel lets the call be
  * refused: a socket to no frontend, or to one sluice leaves to the kernel, goes on untouched
  * (0 alone would fail the call with EPERM). */
-static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
+static __always_inline int sock_forward(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = sock_proto(ctx);
 	if (!proto)
 		return 1;
 	struct frontend_key fk = {
-		.addr = ctx->user_ip4,
 		.port = (__be16)ctx->user_port,
 		.proto = proto,
 		.scope = FE_SCOPE_SOCK,
 	};
+	addr_t asked;
+	sock_user_addr(ctx, &asked);
+	fk.addr = asked;
 	bool host = cfg_host_netns_cookie && bpf_get_netns_cookie(ctx) == cfg_host_netns_cookie;
 	if (cfg_hostns_only && !host)
 		return 1;
-	if ((bpf_ntohl(fk.addr) >> 24) == LOOPBACK_NET) {
+	if (sock_loopback(&fk.addr)) {
 		/* Every loopback address is localhost's NodePort entry (socket scope only). */
 		if (!cfg_localhost || !host)
 			return 1;
-		fk.addr = bpf_htonl(LOCALHOST);
+		sock_set_localhost(&fk.addr);
 	}
 	struct frontend *fe = lb_frontend_node(&fk);
 	if (!fe)
@@ -159,41 +218,41 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx)
 		return 1;
 	struct sock_revnat_key rk = { .cookie = cookie, .addr = be->addr, .port = be->port, .proto = proto };
 	/* The address the application asked for (a loopback one may not be the entry's). */
-	struct sock_revnat rv = { .addr = ctx->user_ip4, .port = fk.port, .scope = fk.scope, .svc_id = fe->svc_id };
+	struct sock_revnat rv = { .addr = asked, .port = fk.port, .scope = fk.scope, .svc_id = fe->svc_id };
 	/* Without its reverse entry the application would see replies from the backend: then
 	 * leave the socket alone rather than translate it half. */
 	if (bpf_map_update_elem(&sluice_sock_revnat, &rk, &rv, BPF_ANY))
 		return 1;
-	ctx->user_ip4 = be->addr;
+	sock_set_user_addr(ctx, &be->addr);
 	ctx->user_port = (__u32)be->port;
 	return 1;
 }
 
 /* recvmsg4 and getpeername4: a translated socket's peer is shown as the frontend it asked for,
  * if that frontend still leads to the same service. Must return 1. */
-static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
+static __always_inline int sock_reverse(struct bpf_sock_addr *ctx)
 {
 	__u8 proto = sock_proto(ctx);
 	if (!proto)
 		return 1;
 	struct sock_revnat_key rk = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
 		.port = (__be16)ctx->user_port,
 		.proto = proto,
 	};
+	sock_user_addr(ctx, &rk.addr);
 	struct sock_revnat *rv = bpf_map_lookup_elem(&sluice_sock_revnat, &rk);
 	if (!rv)
 		return 1;
 	struct frontend_key fk = { .addr = rv->addr, .port = rv->port, .proto = proto, .scope = rv->scope };
-	if ((bpf_ntohl(fk.addr) >> 24) == LOOPBACK_NET)
-		fk.addr = bpf_htonl(LOCALHOST);
+	if (sock_loopback(&fk.addr))
+		sock_set_localhost(&fk.addr);
 	struct frontend *fe = bpf_map_lookup_elem(&sluice_frontends, &fk);
 	if (!fe || fe->svc_id != rv->svc_id) {
 		bpf_map_delete_elem(&sluice_sock_revnat, &rk);
 		return 1;
 	}
-	ctx->user_ip4 = rv->addr;
+	sock_set_user_addr(ctx, &rv->addr);
 	ctx->user_port = (__u32)rv->port;
 	return 1;
 }
@@ -206,21 +265,31 @@ static __always_inline int sock4_reverse(struct bpf_sock_addr *ctx)
  * ports are its own), for the NodePorts served on loopback (their localhost entries say which:
  * 5.14+, with cfg_localhost). A specific address needs no namespace test: only the node holds
  * its addresses. Returns 1 to let the bind be. */
-static __always_inline int sock4_post_bind(struct bpf_sock *ctx)
+static __always_inline int sock_post_bind(struct bpf_sock *ctx)
 {
 	__u8 proto = ctx->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
 	struct frontend_key fk = {
-		.addr = ctx->src_ip4,
 		.port = bpf_htons((__u16)ctx->src_port),
 		.proto = proto,
 	};
+#ifdef SLUICE_IPV6
+	fk.addr.w[0] = ctx->src_ip6[0];
+	fk.addr.w[1] = ctx->src_ip6[1];
+	fk.addr.w[2] = ctx->src_ip6[2];
+	fk.addr.w[3] = ctx->src_ip6[3];
+	/* The wildcard [::] has no NodePort of its own: localhost's are IPv4's. */
+	if (ADDR_IS_ZERO(fk.addr))
+		return 1;
+#else
+	fk.addr = ctx->src_ip4;
 	if (!fk.addr || (bpf_ntohl(fk.addr) >> 24) == LOOPBACK_NET) {
 		if (!cfg_localhost || bpf_get_netns_cookie(ctx) != cfg_host_netns_cookie)
 			return 1;
 		fk.addr = bpf_htonl(LOCALHOST);
 	}
+#endif
 	return lb_frontend_node(&fk) ? 0 : 1;
 }
 

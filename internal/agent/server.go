@@ -180,7 +180,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
 	}
 	revnat, localhost, err := setupSocketLB(dp, o.SocketLBCgroup,
-		datapath.SocketLBConfig{LocalhostNodePorts: o.LocalhostNodePorts, HostNamespaceOnly: o.SocketLBHostOnly}, dlog)
+		datapath.SocketLBConfig{LocalhostNodePorts: o.LocalhostNodePorts, HostNamespaceOnly: o.SocketLBHostOnly}, v6 != nil, dlog)
 	if err != nil {
 		return err
 	}
@@ -435,7 +435,7 @@ func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
 // setupSocketLB attaches the socket programs to the cgroup, or, with none given, takes away
 // what a previous agent attached. It returns their reverse map (nil without): what the
 // sockets were pointed at; and whether NodePorts are served on loopback.
-func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConfig, log *zap.Logger) (*ebpf.Map, bool, error) {
+func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConfig, ipv6 bool, log *zap.Logger) (*ebpf.Map, bool, error) {
 	if cgroup == "" {
 		dp.DetachSocketLB()
 		return nil, false, nil
@@ -449,10 +449,17 @@ func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConf
 		return nil, false, err
 	}
 	defer s.Close() // the pinned links hold the programs
+	if ipv6 {
+		if err := dp.LoadSocketLB6(s); err != nil {
+			return nil, false, err
+		}
+	} else {
+		dp.DetachSocketLB6() // a previous agent's, with IPv6 on
+	}
 	if err := dp.AttachSocketLB(s, cgroup); err != nil {
 		return nil, false, err
 	}
-	log.Info("Balancing sockets", zap.String("cgroup", cgroup), zap.Bool("localhostNodePorts", s.Localhost), zap.Bool("hostNamespaceOnly", c.HostNamespaceOnly))
+	log.Info("Balancing sockets", zap.String("cgroup", cgroup), zap.Bool("ipv6", ipv6), zap.Bool("localhostNodePorts", s.Localhost), zap.Bool("hostNamespaceOnly", c.HostNamespaceOnly))
 	if c.LocalhostNodePorts && !s.Localhost {
 		log.Warn("Not serving NodePorts on 127.0.0.1: this kernel cannot tell the node's network namespace from a pod's (SO_NETNS_COOKIE, Linux 5.14)")
 	}

@@ -19,7 +19,7 @@ const lastHelper510 = asm.BuiltinFunc(155)
 
 // gatedHelpers are newer helpers a program calls only behind a frozen constant the agent sets
 // after probing the kernel: the verifier prunes the call unseen where the constant is 0
-// (TestSocketLB loads them so under make test-kernel's 5.10).
+// (TestSocketLB and TestSocketLBIPv6 load them so under make test-kernel's 5.10).
 var gatedHelpers = map[asm.BuiltinFunc]string{
 	asm.FnSetRetval: "cfg_set_retval",
 }
@@ -39,8 +39,12 @@ func TestHelpersExistOnLinux510(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sock6, err := datapath.LoadSluiceSock6()
+	if err != nil {
+		t.Fatal(err)
+	}
 	progs := map[string]*ebpf.ProgramSpec{}
-	for _, s := range []*ebpf.CollectionSpec{spec, sock, v6} {
+	for _, s := range []*ebpf.CollectionSpec{spec, sock, v6, sock6} {
 		for name, p := range s.Programs {
 			progs[name] = p
 		}

@@ -19,8 +19,12 @@ import (
 // 5.10, has every hook and helper it uses.
 type SocketLB struct {
 	objs sockObjects
+	// objs6 are the IPv6 hooks (bpf/sock6.c), once LoadSocketLB6 loaded them.
+	objs6 *sock6Objects
 	// Localhost: NodePorts are served on loopback to the host namespace's processes.
 	Localhost bool
+	// vars are the settings the programs were loaded with, for IPv6's to get the same.
+	vars map[string]any
 }
 
 // SocketLBConfig are the socket programs' settings.
@@ -44,6 +48,17 @@ type sockObjects struct {
 	PostBind4    *ebpf.Program `ebpf:"sluice_post_bind4"`
 	Revnat       *ebpf.Map     `ebpf:"sluice_sock_revnat"`
 	Affinity     *ebpf.Map     `ebpf:"sluice_sock_affinity"`
+}
+
+// sock6Objects are bpf/sock6.c's programs and the map of its own; its other maps are IPv6's
+// packet path's and the IPv4 socket programs'.
+type sock6Objects struct {
+	Connect6     *ebpf.Program `ebpf:"sluice_connect6"`
+	Sendmsg6     *ebpf.Program `ebpf:"sluice_sendmsg6"`
+	Recvmsg6     *ebpf.Program `ebpf:"sluice_recvmsg6"`
+	Getpeername6 *ebpf.Program `ebpf:"sluice_getpeername6"`
+	PostBind6    *ebpf.Program `ebpf:"sluice_post_bind6"`
+	Revnat6      *ebpf.Map     `ebpf:"sluice_sock_revnat6"`
 }
 
 // sockShared are the packet path's maps the socket programs read.
@@ -81,7 +96,7 @@ func (d *Datapath) LoadSocketLB(c SocketLBConfig) (*SocketLB, error) {
 	if err := spec.Variables[SluiceSockVarCfgSetRetval].Set(refuse); err != nil {
 		return nil, fmt.Errorf("set %s: %w", SluiceSockVarCfgSetRetval, err)
 	}
-	s := &SocketLB{}
+	s := &SocketLB{vars: map[string]any{SluiceSockVarCfgMaglevSize: d.Config.MaglevSize, SluiceSockVarCfgSetRetval: refuse}}
 	if c.LocalhostNodePorts || c.HostNamespaceOnly {
 		cookie, err := netnsCookie()
 		if err != nil {
@@ -96,6 +111,7 @@ func (d *Datapath) LoadSocketLB(c SocketLBConfig) (*SocketLB, error) {
 			if err := spec.Variables[name].Set(v); err != nil {
 				return nil, fmt.Errorf("set %s: %w", name, err)
 			}
+			s.vars[name] = v
 		}
 	}
 	opts := &ebpf.CollectionOptions{
@@ -112,6 +128,52 @@ func (d *Datapath) LoadSocketLB(c SocketLBConfig) (*SocketLB, error) {
 	return s, nil
 }
 
+// LoadSocketLB6 loads the IPv6 socket programs into s, on the IPv6 datapath's frontends and
+// backends (LoadIPv6 first) and s's session affinity, with s's settings: AttachSocketLB then
+// attaches them too.
+func (d *Datapath) LoadSocketLB6(s *SocketLB) error {
+	if d.v6 == nil {
+		return errors.New("load IPv6 socket programs: the IPv6 datapath is not loaded")
+	}
+	spec, err := LoadSluiceSock6()
+	if err != nil {
+		return fmt.Errorf("load IPv6 socket spec: %w", err)
+	}
+	sizeMaps(spec, d.Config)
+	if d.Config.PinPath == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	for name, v := range s.vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	shared := d.sockShared()
+	delete(shared, SluiceMapSluiceFrontends)
+	delete(shared, SluiceMapSluiceBackends)
+	shared[Sluice6MapSluiceFrontends6] = d.v6.Objs.SluiceFrontends6
+	shared[Sluice6MapSluiceBackends6] = d.v6.Objs.SluiceBackends6
+	shared[SluiceSockMapSluiceSockAffinity] = s.objs.Affinity // keyed by service ID: both families'
+	for name, m := range shared {
+		if ms := spec.Maps[name]; ms != nil {
+			ms.MaxEntries = m.MaxEntries()
+		}
+	}
+	var o sock6Objects
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.Config.PinPath}, MapReplacements: shared}
+	if err := spec.LoadAndAssign(&o, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load IPv6 socket programs: %+v", ve)
+		}
+		return fmt.Errorf("load IPv6 socket programs: %w", err)
+	}
+	s.objs6 = &o
+	return nil
+}
+
 type sockHook struct {
 	name string
 	typ  ebpf.AttachType
@@ -121,12 +183,26 @@ type sockHook struct {
 // sockHooks are the attach types, in the order they are attached: the reverse hooks first,
 // so that no socket is pointed at a backend before its replies can be shown as the frontend.
 func (s *SocketLB) sockHooks() []sockHook {
-	return []sockHook{
+	hooks := []sockHook{
 		{"recvmsg4", ebpf.AttachCGroupUDP4Recvmsg, s.objs.Recvmsg4},
 		{"getpeername4", ebpf.AttachCgroupInet4GetPeername, s.objs.Getpeername4},
 		{"connect4", ebpf.AttachCGroupInet4Connect, s.objs.Connect4},
 		{"sendmsg4", ebpf.AttachCGroupUDP4Sendmsg, s.objs.Sendmsg4},
 		{"post_bind4", ebpf.AttachCGroupInet4PostBind, s.objs.PostBind4},
+	}
+	if o := s.objs6; o != nil {
+		hooks = append(hooks, sock6Hooks(o)...)
+	}
+	return hooks
+}
+
+func sock6Hooks(o *sock6Objects) []sockHook {
+	return []sockHook{
+		{"recvmsg6", ebpf.AttachCGroupUDP6Recvmsg, o.Recvmsg6},
+		{"getpeername6", ebpf.AttachCgroupInet6GetPeername, o.Getpeername6},
+		{"connect6", ebpf.AttachCGroupInet6Connect, o.Connect6},
+		{"sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, o.Sendmsg6},
+		{"post_bind6", ebpf.AttachCGroupInet6PostBind, o.PostBind6},
 	}
 }
 
@@ -153,7 +229,7 @@ func (d *Datapath) AttachSocketLB(s *SocketLB, cgroup string) error {
 
 // DetachSocketLB removes the socket programs' links (pinned, by a previous agent too, or not).
 func (d *Datapath) DetachSocketLB() {
-	for _, h := range (&SocketLB{}).sockHooks() {
+	for _, h := range (&SocketLB{objs6: &sock6Objects{}}).sockHooks() {
 		unpinLink(d.linkPath("cgroup", h.name))
 	}
 	for _, l := range d.sockLinks {
@@ -168,8 +244,20 @@ func (s *SocketLB) Revnat() *ebpf.Map { return s.objs.Revnat }
 
 // Close releases the programs' and maps' descriptors; attached links and pins stay.
 func (s *SocketLB) Close() error {
-	return errors.Join(s.objs.Connect4.Close(), s.objs.Sendmsg4.Close(), s.objs.Recvmsg4.Close(),
-		s.objs.Getpeername4.Close(), s.objs.Revnat.Close(), s.objs.Affinity.Close())
+	err := errors.Join(s.objs.Connect4.Close(), s.objs.Sendmsg4.Close(), s.objs.Recvmsg4.Close(),
+		s.objs.Getpeername4.Close(), s.objs.PostBind4.Close(), s.objs.Revnat.Close(), s.objs.Affinity.Close())
+	if o := s.objs6; o != nil {
+		err = errors.Join(err, o.Connect6.Close(), o.Sendmsg6.Close(), o.Recvmsg6.Close(), o.Getpeername6.Close(),
+			o.PostBind6.Close(), o.Revnat6.Close())
+	}
+	return err
+}
+
+// DetachSocketLB6 removes the IPv6 socket programs' links only (an agent with IPv6 off).
+func (d *Datapath) DetachSocketLB6() {
+	for _, h := range sock6Hooks(&sock6Objects{}) {
+		unpinLink(d.linkPath("cgroup", h.name))
+	}
 }
 
 // canSetRetval says whether cgroup sock_addr programs may call bpf_set_retval (Linux 5.18).

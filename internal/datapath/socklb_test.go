@@ -20,13 +20,24 @@ import (
 // serve answers on 127.0.0.1 in ns, TCP and UDP, with its name: a backend.
 func serve(t *testing.T, ns *testutil.Netns, name string) (tcp, udp netip.AddrPort) {
 	t.Helper()
+	return serveOn(t, ns, name, netip.MustParseAddr("127.0.0.1"))
+}
+
+// serveOn is serve on addr.
+func serveOn(t *testing.T, ns *testutil.Netns, name string, addr netip.Addr) (tcp, udp netip.AddrPort) {
+	t.Helper()
 	var l net.Listener
 	var pc net.PacketConn
+	fam := "4"
+	if addr.Is6() {
+		fam = "6"
+	}
+	at := netip.AddrPortFrom(addr, 0).String()
 	if err := ns.Do(func() (err error) {
-		if l, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+		if l, err = net.Listen("tcp"+fam, at); err != nil {
 			return err
 		}
-		pc, err = net.ListenPacket("udp4", "127.0.0.1:0")
+		pc, err = net.ListenPacket("udp"+fam, at)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -280,5 +291,86 @@ func TestSocketLBHostNamespaceOnly(t *testing.T) {
 	}
 	if r := testutil.SockRequest(t, cg, pod.Path(), "tcp", "10.0.0.1:30080"); r.Err == "" || !strings.Contains(r.Err, "unreachable") {
 		t.Errorf("a pod: %+v, want it left alone (no route to the address)", r)
+	}
+}
+
+// TestSocketLBIPv6: IPv6 sockets in the cgroup are balanced as IPv4's are, on the IPv6
+// datapath's frontends and backends (connect6, sendmsg6, recvmsg6, getpeername6), IPv4's beside
+// them unchanged; a bind to an IPv6 frontend is refused (post_bind6).
+func TestSocketLBIPv6(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	dp := loadShared(t, datapath.Config{})
+	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	v6, err := dp.LoadIPv6()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v6.Close() })
+	if err := dp.LoadSocketLB6(s); err != nil {
+		t.Fatal(err)
+	}
+	cg := testutil.Cgroup2(t)
+	if err := dp.AttachSocketLB(s, cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.DetachSocketLB)
+	k := maps.NewKernel(&dp.Objs.SluiceMaps).WithIPv6(&v6.Objs.Sluice6Maps)
+
+	ns := testutil.NewTestNetns(t, "sk6")
+	// The "node address" is the namespace's own, so that a bind to it gets as far as post_bind6.
+	ns.MustExec(t, "ip", "-6", "addr", "add", "fd00::1/128", "dev", "lo", "nodad")
+	aTCP, aUDP := serveOn(t, ns, "backend-a6", netip.MustParseAddr("::1"))
+	v4TCP, _ := serve(t, ns, "backend-a4")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, ap := range map[uint32]netip.AddrPort{1: aTCP, 2: aUDP, 3: v4TCP} {
+		must(k.UpdateBackend(id, lb.Backend{Addr: ap.Addr(), Port: ap.Port(), Local: true}))
+	}
+	fe6, fe4 := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.1")
+	for _, sv := range []struct {
+		id, backend uint32
+		key         lb.FrontendKey
+	}{
+		{11, 1, lb.FrontendKey{Addr: fe6, Port: 30080, Proto: lb.TCP}},
+		{12, 2, lb.FrontendKey{Addr: fe6, Port: 30053, Proto: lb.UDP}},
+		{13, 0, lb.FrontendKey{Addr: fe6, Port: 30081, Proto: lb.TCP}},
+		{14, 3, lb.FrontendKey{Addr: fe4, Port: 30080, Proto: lb.TCP}},
+	} {
+		count := uint16(0)
+		if sv.backend != 0 {
+			must(k.UpdateSlot(maps.SlotKey{ServiceID: sv.id, Slot: 1}, sv.backend))
+			count = 1
+		}
+		must(k.UpdateFrontend(sv.key, lb.Frontend{ServiceID: sv.id, Count: count}))
+	}
+	for _, c := range []struct{ kind, addr, reply string }{
+		{"tcp", "[fd00::1]:30080", "backend-a6"},
+		{"udp-connected", "[fd00::1]:30053", "backend-a6"},
+		{"udp-unconnected", "[fd00::1]:30053", "backend-a6"},
+		{"tcp", "10.0.0.1:30080", "backend-a4"},
+	} {
+		r := testutil.SockRequest(t, cg, ns.Path(), c.kind, c.addr)
+		if r.Err != "" || r.Reply != c.reply || r.Peer != c.addr {
+			t.Errorf("%s to %s: got reply %q from peer %q (error %q); want %q from %s", c.kind, c.addr, r.Reply, r.Peer, r.Err, c.reply, c.addr)
+		}
+	}
+	// No endpoint: refused where the kernel has bpf_set_retval, else the kernel's (nothing
+	// listens on the namespace's fd00::1:30081: refused too).
+	if r := testutil.SockRequest(t, cg, ns.Path(), "tcp", "[fd00::1]:30081"); !strings.Contains(r.Err, "refused") {
+		t.Errorf("tcp to an IPv6 frontend with no endpoint: %+v, want refused", r)
+	}
+	if r := testutil.SockRequest(t, cg, ns.Path(), "bind-tcp", "[fd00::1]:30080"); !strings.Contains(r.Err, "not permitted") {
+		t.Errorf("bind to an IPv6 frontend: %+v, want it refused", r)
+	}
+	if r := testutil.SockRequest(t, cg, ns.Path(), "bind-tcp", "[fd00::1]:30999"); r.Reply != "bound" {
+		t.Errorf("bind to another port: %+v, want bound", r)
 	}
 }

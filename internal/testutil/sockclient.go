@@ -80,13 +80,18 @@ func sockClient() int {
 }
 
 func sockRequest(kind, addr string) (reply, peer string, err error) {
+	// The address's family picks the socket's: "4" or "6" after tcp or udp.
+	fam := "4"
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() {
+		fam = "6"
+	}
 	// bind-tcp, bind-udp: only whether the address can be bound ("bound", or the error).
 	if proto, ok := strings.CutPrefix(kind, "bind-"); ok {
 		var c io.Closer
 		if proto == "tcp" {
-			c, err = net.Listen("tcp4", addr)
+			c, err = net.Listen("tcp"+fam, addr)
 		} else {
-			c, err = net.ListenPacket("udp4", addr)
+			c, err = net.ListenPacket("udp"+fam, addr)
 		}
 		if err != nil {
 			return "", "", err
@@ -96,12 +101,12 @@ func sockRequest(kind, addr string) (reply, peer string, err error) {
 	}
 	buf := make([]byte, 512)
 	if kind == "udp-unconnected" {
-		c, err := net.ListenUDP("udp4", nil)
+		c, err := net.ListenUDP("udp"+fam, nil)
 		if err != nil {
 			return "", "", err
 		}
 		defer c.Close()
-		dst, _ := net.ResolveUDPAddr("udp4", addr)
+		dst, _ := net.ResolveUDPAddr("udp"+fam, addr)
 		if _, err := c.WriteTo([]byte("ping"), dst); err != nil {
 			return "", "", err
 		}
@@ -112,7 +117,7 @@ func sockRequest(kind, addr string) (reply, peer string, err error) {
 		}
 		return string(buf[:n]), from.String(), nil
 	}
-	c, err := net.DialTimeout(strings.TrimSuffix(kind, "-connected")+"4", addr, 2*time.Second)
+	c, err := net.DialTimeout(strings.TrimSuffix(kind, "-connected")+fam, addr, 2*time.Second)
 	if err != nil {
 		return "", "", err
 	}
@@ -121,8 +126,11 @@ func sockRequest(kind, addr string) (reply, peer string, err error) {
 	rc, _ := c.(syscall.Conn).SyscallConn()
 	_ = rc.Control(func(fd uintptr) {
 		if sa, e := syscall.Getpeername(int(fd)); e == nil {
-			if in, ok := sa.(*syscall.SockaddrInet4); ok {
+			switch in := sa.(type) {
+			case *syscall.SockaddrInet4:
 				peer = netip.AddrPortFrom(netip.AddrFrom4(in.Addr), uint16(in.Port)).String()
+			case *syscall.SockaddrInet6:
+				peer = netip.AddrPortFrom(netip.AddrFrom16(in.Addr), uint16(in.Port)).String()
 			}
 		}
 	})
