@@ -206,3 +206,44 @@ func TestE2EDualStackRestart(t *testing.T) {
 	}
 	c.checkSpreadAndAddresses(t, "tcp", 30180, 10)
 }
+
+// Every client over IPv6, without kube-proxy: node1 itself and its pod reach the IPv6
+// ClusterIP (TCP, connected and unconnected UDP) and node1's IPv6 NodePort through the IPv6
+// socket hooks, on both pods, each shown the address it asked for.
+func TestE2EDualStackEveryClient(t *testing.T) {
+	cg := testutil.Cgroup2(t)
+	c := startDualStack(t, lab.Plain, "", "--socket-lb-cgroup", cg, "--kube-proxy-replacement")
+	clusterIP := netip.MustParseAddr("fd00:96::80")
+	targets := []struct {
+		kind string
+		to   netip.AddrPort
+	}{
+		{"tcp", netip.AddrPortFrom(clusterIP, 80)},
+		{"udp-connected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"udp-unconnected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"tcp", netip.AddrPortFrom(c.Node1IP6, 30180)},
+		{"udp-unconnected", netip.AddrPortFrom(c.Node1IP6, 30153)},
+	}
+	for _, from := range []struct {
+		name string
+		ns   *testutil.Netns
+	}{{"node1", c.Node1}, {"pod1", c.Pod1}} {
+		for _, k := range targets {
+			seen := map[string]int{}
+			for _, r := range testutil.SockRequests(t, cg, from.ns.Path(), k.kind, k.to.String(), 16) {
+				body := r.Reply
+				if k.kind == "tcp" {
+					_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
+				}
+				who, _, err := lab.ParseReply(body)
+				if r.Err != "" || err != nil || r.Peer != k.to.String() {
+					t.Fatalf("%s from %s to %s: reply %q, peer %q, error %q %v", k.kind, from.name, k.to, r.Reply, r.Peer, r.Err, err)
+				}
+				seen[who]++
+			}
+			if seen["pod1"] == 0 || seen["pod2"] == 0 {
+				t.Errorf("%s from %s to %s reached %v; want both pods", k.kind, from.name, k.to, seen)
+			}
+		}
+	}
+}

@@ -71,10 +71,11 @@ func startCluster(t *testing.T, mode string, extra ...string) *cluster {
 	return c
 }
 
-// waitReady waits for the agent's /readyz (its first full sync is written).
+// waitReady waits for the agent's /readyz (its first full sync is written). Up to 20 s: the
+// verifier's work at start (both families' objects, with IPv6) slows under a loaded CI machine.
 func (c *cluster) waitReady(t *testing.T) {
 	t.Helper()
-	c.waitFor(t, "the agent's /readyz", func() error {
+	c.waitForUpTo(t, 20*time.Second, "the agent's /readyz", func() error {
 		status, body, err := lab.HTTPGetPath(c.Node1, netip.MustParseAddrPort("127.0.0.1:9871"), "/readyz")
 		if err == nil && status != 200 {
 			err = fmt.Errorf("%d %s", status, body)
@@ -169,7 +170,13 @@ func (c *cluster) nodePort(p uint16) netip.AddrPort { return netip.AddrPortFrom(
 // waitFor polls fn until it succeeds, for up to 5 s.
 func (c *cluster) waitFor(t *testing.T, what string, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	c.waitForUpTo(t, 5*time.Second, what, fn)
+}
+
+// waitForUpTo is waitFor for up to d.
+func (c *cluster) waitForUpTo(t *testing.T, d time.Duration, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		err := fn()
 		if err == nil {
