@@ -36,6 +36,27 @@ int sluice_tc6_new_flow(struct __sk_buff *skb)
 	return nodeport_new_flow_call(skb, false, false);
 }
 
+/* A pod's device (the host side of its veth), from the IPv4 programs there: ingress is what
+ * the pod sends, egress what it receives. */
+SEC("tc")
+int sluice_tc_from_pod6(struct __sk_buff *skb)
+{
+	return nodeport_ingress(skb, false, true);
+}
+
+SEC("tc")
+int sluice_tc_to_pod6(struct __sk_buff *skb)
+{
+	return nodeport_egress(skb, true);
+}
+
+/* A new flow a pod opens, by tail call from sluice_tc_from_pod6. */
+SEC("tc")
+int sluice_tc6_new_flow_pod(struct __sk_buff *skb)
+{
+	return nodeport_new_flow_call(skb, false, true);
+}
+
 /* A translated packet too big for its next hop, by tail call (fwd_too_big_to). */
 SEC("tc")
 int sluice_tc6_too_big(struct __sk_buff *skb)

@@ -15,7 +15,8 @@
 #define CALL_TOO_BIG 1  /* packet too big for the next hop (mtu6.h), tc only */
 #define CALL_ICMP 2     /* an ICMPv6 error about a flow (icmp6.h), tc only */
 #define CALL_HOSTNAT 3  /* a kernel NAT flow to track (hostnat.h), tc egress only */
-#define CALL_MAX 4
+#define CALL_NEW_FLOW_POD 4 /* a new flow a pod opens, at its device (tc only) */
+#define CALL_MAX 5
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);

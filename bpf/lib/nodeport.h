@@ -211,6 +211,8 @@ static __always_inline int nodeport_new_flow(void *ctx, const bool xdp, const bo
  * would cut IPv6 off when the agent restarts. */
 #define PROG6_INGRESS 0  /* a NIC's XDP or tc ingress */
 #define PROG6_EGRESS 1   /* a NIC's tc egress */
+#define PROG6_FROM_POD 2 /* a pod's device's tc ingress (what the pod sends) */
+#define PROG6_TO_POD 3   /* a pod's device's tc egress */
 #define PROG6_MAX 4
 
 struct {
@@ -256,7 +258,7 @@ static __always_inline int nodeport_call_new_flow(void *ctx, const bool xdp, con
 	if (xdp)
 		bpf_tail_call(ctx, &sluice_calls_xdp6, CALL_NEW_FLOW);
 	else
-		bpf_tail_call(ctx, &sluice_calls_tc6, CALL_NEW_FLOW);
+		bpf_tail_call(ctx, &sluice_calls_tc6, pod ? CALL_NEW_FLOW_POD : CALL_NEW_FLOW);
 	/* No program there: the agent has not filled the array. */
 	count_reason(REASON_DROP_NO_BACKEND);
 	return VERDICT_DROP(xdp);
@@ -292,9 +294,8 @@ static __always_inline int nodeport_ingress(void *ctx, const bool xdp, const boo
 	PKT_DECL(p, xdp);
 	int res = parse_pkt(ctx, xdp, p);
 #ifndef SLUICE_IPV6
-	/* (The pods' devices have no IPv6 programs yet.) */
-	if (res == PARSE_IPV6 && !pod)
-		return nodeport_to_ipv6(ctx, xdp, PROG6_INGRESS);
+	if (res == PARSE_IPV6)
+		return nodeport_to_ipv6(ctx, xdp, pod ? PROG6_FROM_POD : PROG6_INGRESS);
 #endif
 	if (!xdp && res == PARSE_OTHER_L4 && p->proto == L4_ICMP)
 		return icmp_related((struct __sk_buff *)ctx, false);
@@ -393,8 +394,8 @@ static __always_inline int nodeport_egress(struct __sk_buff *skb, const bool pod
 	PKT_DECL(p, false);
 	int res = parse_pkt(skb, false, p);
 #ifndef SLUICE_IPV6
-	if (res == PARSE_IPV6 && !pod)
-		return nodeport_to_ipv6(skb, false, PROG6_EGRESS);
+	if (res == PARSE_IPV6)
+		return nodeport_to_ipv6(skb, false, pod ? PROG6_TO_POD : PROG6_EGRESS);
 #endif
 	if (res == PARSE_OTHER_L4 && p->proto == L4_ICMP)
 		return icmp_related(skb, true);

@@ -150,11 +150,7 @@ func Spec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if !cfg.PodPrograms {
 		// Not followed: a stub under each name (TC_ACT_OK), so that the verifier, which
 		// takes as long again for the pod path as for a NIC's ingress, is spared it.
-		for _, name := range []string{"sluice_tc_from_pod", "sluice_tc_to_pod"} {
-			if p := spec.Programs[name]; p != nil {
-				p.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
-			}
-		}
+		stubPrograms(spec, "sluice_tc_from_pod", "sluice_tc_to_pod")
 	}
 	return spec, nil
 }
@@ -361,5 +357,14 @@ func (m *SluiceMaps) Pinned() map[string]*ebpf.Map {
 		SluiceMapSluiceDevices: m.SluiceDevices, SluiceMapSluiceSvcInfo: m.SluiceSvcInfo, SluiceMapSluiceAgent: m.SluiceAgent,
 		SluiceMapSluiceAffinity: m.SluiceAffinity, SluiceMapSluiceAffinityMatch: m.SluiceAffinityMatch,
 		SluiceMapSluiceSourceRanges: m.SluiceSourceRanges, SluiceMapSluiceMaglev: m.SluiceMaglev,
+	}
+}
+
+// stubPrograms replaces the named programs of spec with TC_ACT_OK (see Spec).
+func stubPrograms(spec *ebpf.CollectionSpec, names ...string) {
+	for _, name := range names {
+		if p := spec.Programs[name]; p != nil {
+			p.Instructions = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+		}
 	}
 }

@@ -31,12 +31,15 @@ var sharedWithIPv6 = []string{
 // The IPv6 programs' call arrays (bpf/lib/calls6.h); the IPv4 programs' hand-off arrays:
 // which IPv6 program an IPv4 one passes an IPv6 packet to (bpf/lib/nodeport.h).
 const (
-	callNewFlow  = 0
-	callTooBig   = 1
-	callICMP     = 2
-	callHostNAT  = 3
-	prog6Ingress = 0
-	prog6Egress  = 1
+	callNewFlow    = 0
+	callTooBig     = 1
+	callICMP       = 2
+	callHostNAT    = 3
+	callNewFlowPod = 4
+	prog6Ingress   = 0
+	prog6Egress    = 1
+	prog6FromPod   = 2
+	prog6ToPod     = 3
 )
 
 // SpecIPv6 returns the IPv6 object's spec configured by cfg, as Spec does IPv4's.
@@ -51,6 +54,9 @@ func SpecIPv6(cfg Config) (*ebpf.CollectionSpec, error) {
 	}
 	if err := configure(spec, cfg); err != nil {
 		return nil, err
+	}
+	if !cfg.PodPrograms {
+		stubPrograms(spec, "sluice_tc_from_pod6", "sluice_tc_to_pod6", "sluice_tc6_new_flow_pod")
 	}
 	return spec, nil
 }
@@ -127,6 +133,7 @@ func (d *Datapath) loadIPv6(pinPath string, own map[string]*ebpf.Map) (*IPv6, er
 		{v6.Objs.SluiceCallsTc6, callTooBig, v6.Objs.SluiceTc6TooBig},
 		{v6.Objs.SluiceCallsTc6, callICMP, v6.Objs.SluiceTc6Icmp},
 		{v6.Objs.SluiceCallsTc6, callHostNAT, v6.Objs.SluiceTc6Hostnat},
+		{v6.Objs.SluiceCallsTc6, callNewFlowPod, v6.Objs.SluiceTc6NewFlowPod},
 	}
 	for _, c := range calls {
 		if err := c.m.Put(c.key, c.p); err != nil {
@@ -144,6 +151,8 @@ func (d *Datapath) loadIPv6(pinPath string, own map[string]*ebpf.Map) (*IPv6, er
 		{d.Objs.SluiceProgs6Xdp, prog6Ingress, v6.Objs.SluiceXdp6},
 		{d.Objs.SluiceProgs6Tc, prog6Ingress, v6.Objs.SluiceTcIngress6},
 		{d.Objs.SluiceProgs6Tc, prog6Egress, v6.Objs.SluiceTcEgress6},
+		{d.Objs.SluiceProgs6Tc, prog6FromPod, v6.Objs.SluiceTcFromPod6},
+		{d.Objs.SluiceProgs6Tc, prog6ToPod, v6.Objs.SluiceTcToPod6},
 	}
 	for _, p := range progs {
 		if err := p.m.Put(p.key, p.p); err != nil {
@@ -172,7 +181,7 @@ func (m *SluiceMaps) all() map[string]*ebpf.Map {
 // its entries outlives it to name a backend ID the IPv4 side hands out meanwhile.
 func (d *Datapath) StopIPv6() error {
 	for _, m := range []*ebpf.Map{d.Objs.SluiceProgs6Xdp, d.Objs.SluiceProgs6Tc} {
-		for _, k := range []uint32{prog6Ingress, prog6Egress} {
+		for _, k := range []uint32{prog6Ingress, prog6Egress, prog6FromPod, prog6ToPod} {
 			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("stop handing IPv6 to its programs: %w", err)
 			}

@@ -291,47 +291,50 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	Sluice6MapSluiceAffinity6     = "sluice_affinity6"
-	Sluice6MapSluiceAffinityMatch = "sluice_affinity_match"
-	Sluice6MapSluiceAgent         = "sluice_agent"
-	Sluice6MapSluiceBackendPorts  = "sluice_backend_ports"
-	Sluice6MapSluiceBackends6     = "sluice_backends6"
-	Sluice6MapSluiceCallsTc6      = "sluice_calls_tc6"
-	Sluice6MapSluiceCallsXdp6     = "sluice_calls_xdp6"
-	Sluice6MapSluiceCt6           = "sluice_ct6"
-	Sluice6MapSluiceDeviceAddrs6  = "sluice_device_addrs6"
-	Sluice6MapSluiceDevices       = "sluice_devices"
-	Sluice6MapSluiceFrags6        = "sluice_frags6"
-	Sluice6MapSluiceFrontendPorts = "sluice_frontend_ports"
-	Sluice6MapSluiceFrontends6    = "sluice_frontends6"
-	Sluice6MapSluiceMaglev        = "sluice_maglev"
-	Sluice6MapSluiceReasons       = "sluice_reasons"
-	Sluice6MapSluiceScratch6      = "sluice_scratch6"
-	Sluice6MapSluiceSlots         = "sluice_slots"
-	Sluice6MapSluiceSourceRanges6 = "sluice_source_ranges6"
-	Sluice6MapSluiceStackDev      = "sluice_stack_dev"
-	Sluice6MapSluiceSvcInfo       = "sluice_svc_info"
-	Sluice6MapSluiceSvcStats      = "sluice_svc_stats"
-	Sluice6MapSluiceTrace6        = "sluice_trace6"
-	Sluice6ProgSluiceTc6Hostnat   = "sluice_tc6_hostnat"
-	Sluice6ProgSluiceTc6Icmp      = "sluice_tc6_icmp"
-	Sluice6ProgSluiceTc6NewFlow   = "sluice_tc6_new_flow"
-	Sluice6ProgSluiceTc6TooBig    = "sluice_tc6_too_big"
-	Sluice6ProgSluiceTcEgress6    = "sluice_tc_egress6"
-	Sluice6ProgSluiceTcIngress6   = "sluice_tc_ingress6"
-	Sluice6ProgSluiceXdp6         = "sluice_xdp6"
-	Sluice6ProgSluiceXdp6NewFlow  = "sluice_xdp6_new_flow"
-	Sluice6VarCfgCtCloseTimeoutS  = "cfg_ct_close_timeout_s"
-	Sluice6VarCfgCtSynTimeoutS    = "cfg_ct_syn_timeout_s"
-	Sluice6VarCfgCtTcpTimeoutS    = "cfg_ct_tcp_timeout_s"
-	Sluice6VarCfgCtUdpTimeoutS    = "cfg_ct_udp_timeout_s"
-	Sluice6VarCfgMaglevSize       = "cfg_maglev_size"
-	Sluice6VarCfgMaxServices      = "cfg_max_services"
-	Sluice6VarCfgSnatPortMax      = "cfg_snat_port_max"
-	Sluice6VarCfgSnatPortMin      = "cfg_snat_port_min"
-	Sluice6VarCfgSnatReuseS       = "cfg_snat_reuse_s"
-	Sluice6VarCfgTrace            = "cfg_trace"
-	Sluice6VarCfgXdpIfindex       = "cfg_xdp_ifindex"
+	Sluice6MapSluiceAffinity6      = "sluice_affinity6"
+	Sluice6MapSluiceAffinityMatch  = "sluice_affinity_match"
+	Sluice6MapSluiceAgent          = "sluice_agent"
+	Sluice6MapSluiceBackendPorts   = "sluice_backend_ports"
+	Sluice6MapSluiceBackends6      = "sluice_backends6"
+	Sluice6MapSluiceCallsTc6       = "sluice_calls_tc6"
+	Sluice6MapSluiceCallsXdp6      = "sluice_calls_xdp6"
+	Sluice6MapSluiceCt6            = "sluice_ct6"
+	Sluice6MapSluiceDeviceAddrs6   = "sluice_device_addrs6"
+	Sluice6MapSluiceDevices        = "sluice_devices"
+	Sluice6MapSluiceFrags6         = "sluice_frags6"
+	Sluice6MapSluiceFrontendPorts  = "sluice_frontend_ports"
+	Sluice6MapSluiceFrontends6     = "sluice_frontends6"
+	Sluice6MapSluiceMaglev         = "sluice_maglev"
+	Sluice6MapSluiceReasons        = "sluice_reasons"
+	Sluice6MapSluiceScratch6       = "sluice_scratch6"
+	Sluice6MapSluiceSlots          = "sluice_slots"
+	Sluice6MapSluiceSourceRanges6  = "sluice_source_ranges6"
+	Sluice6MapSluiceStackDev       = "sluice_stack_dev"
+	Sluice6MapSluiceSvcInfo        = "sluice_svc_info"
+	Sluice6MapSluiceSvcStats       = "sluice_svc_stats"
+	Sluice6MapSluiceTrace6         = "sluice_trace6"
+	Sluice6ProgSluiceTc6Hostnat    = "sluice_tc6_hostnat"
+	Sluice6ProgSluiceTc6Icmp       = "sluice_tc6_icmp"
+	Sluice6ProgSluiceTc6NewFlow    = "sluice_tc6_new_flow"
+	Sluice6ProgSluiceTc6NewFlowPod = "sluice_tc6_new_flow_pod"
+	Sluice6ProgSluiceTc6TooBig     = "sluice_tc6_too_big"
+	Sluice6ProgSluiceTcEgress6     = "sluice_tc_egress6"
+	Sluice6ProgSluiceTcFromPod6    = "sluice_tc_from_pod6"
+	Sluice6ProgSluiceTcIngress6    = "sluice_tc_ingress6"
+	Sluice6ProgSluiceTcToPod6      = "sluice_tc_to_pod6"
+	Sluice6ProgSluiceXdp6          = "sluice_xdp6"
+	Sluice6ProgSluiceXdp6NewFlow   = "sluice_xdp6_new_flow"
+	Sluice6VarCfgCtCloseTimeoutS   = "cfg_ct_close_timeout_s"
+	Sluice6VarCfgCtSynTimeoutS     = "cfg_ct_syn_timeout_s"
+	Sluice6VarCfgCtTcpTimeoutS     = "cfg_ct_tcp_timeout_s"
+	Sluice6VarCfgCtUdpTimeoutS     = "cfg_ct_udp_timeout_s"
+	Sluice6VarCfgMaglevSize        = "cfg_maglev_size"
+	Sluice6VarCfgMaxServices       = "cfg_max_services"
+	Sluice6VarCfgSnatPortMax       = "cfg_snat_port_max"
+	Sluice6VarCfgSnatPortMin       = "cfg_snat_port_min"
+	Sluice6VarCfgSnatReuseS        = "cfg_snat_reuse_s"
+	Sluice6VarCfgTrace             = "cfg_trace"
+	Sluice6VarCfgXdpIfindex        = "cfg_xdp_ifindex"
 )
 
 // LoadSluice6 returns the embedded CollectionSpec for Sluice6.
@@ -376,14 +379,17 @@ type Sluice6Specs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type Sluice6ProgramSpecs struct {
-	SluiceTc6Hostnat  *ebpf.ProgramSpec `ebpf:"sluice_tc6_hostnat"`
-	SluiceTc6Icmp     *ebpf.ProgramSpec `ebpf:"sluice_tc6_icmp"`
-	SluiceTc6NewFlow  *ebpf.ProgramSpec `ebpf:"sluice_tc6_new_flow"`
-	SluiceTc6TooBig   *ebpf.ProgramSpec `ebpf:"sluice_tc6_too_big"`
-	SluiceTcEgress6   *ebpf.ProgramSpec `ebpf:"sluice_tc_egress6"`
-	SluiceTcIngress6  *ebpf.ProgramSpec `ebpf:"sluice_tc_ingress6"`
-	SluiceXdp6        *ebpf.ProgramSpec `ebpf:"sluice_xdp6"`
-	SluiceXdp6NewFlow *ebpf.ProgramSpec `ebpf:"sluice_xdp6_new_flow"`
+	SluiceTc6Hostnat    *ebpf.ProgramSpec `ebpf:"sluice_tc6_hostnat"`
+	SluiceTc6Icmp       *ebpf.ProgramSpec `ebpf:"sluice_tc6_icmp"`
+	SluiceTc6NewFlow    *ebpf.ProgramSpec `ebpf:"sluice_tc6_new_flow"`
+	SluiceTc6NewFlowPod *ebpf.ProgramSpec `ebpf:"sluice_tc6_new_flow_pod"`
+	SluiceTc6TooBig     *ebpf.ProgramSpec `ebpf:"sluice_tc6_too_big"`
+	SluiceTcEgress6     *ebpf.ProgramSpec `ebpf:"sluice_tc_egress6"`
+	SluiceTcFromPod6    *ebpf.ProgramSpec `ebpf:"sluice_tc_from_pod6"`
+	SluiceTcIngress6    *ebpf.ProgramSpec `ebpf:"sluice_tc_ingress6"`
+	SluiceTcToPod6      *ebpf.ProgramSpec `ebpf:"sluice_tc_to_pod6"`
+	SluiceXdp6          *ebpf.ProgramSpec `ebpf:"sluice_xdp6"`
+	SluiceXdp6NewFlow   *ebpf.ProgramSpec `ebpf:"sluice_xdp6_new_flow"`
 }
 
 // Sluice6MapSpecs contains maps before they are loaded into the kernel.
@@ -523,14 +529,17 @@ type Sluice6Variables struct {
 //
 // It can be passed to LoadSluice6Objects or ebpf.CollectionSpec.LoadAndAssign.
 type Sluice6Programs struct {
-	SluiceTc6Hostnat  *ebpf.Program `ebpf:"sluice_tc6_hostnat"`
-	SluiceTc6Icmp     *ebpf.Program `ebpf:"sluice_tc6_icmp"`
-	SluiceTc6NewFlow  *ebpf.Program `ebpf:"sluice_tc6_new_flow"`
-	SluiceTc6TooBig   *ebpf.Program `ebpf:"sluice_tc6_too_big"`
-	SluiceTcEgress6   *ebpf.Program `ebpf:"sluice_tc_egress6"`
-	SluiceTcIngress6  *ebpf.Program `ebpf:"sluice_tc_ingress6"`
-	SluiceXdp6        *ebpf.Program `ebpf:"sluice_xdp6"`
-	SluiceXdp6NewFlow *ebpf.Program `ebpf:"sluice_xdp6_new_flow"`
+	SluiceTc6Hostnat    *ebpf.Program `ebpf:"sluice_tc6_hostnat"`
+	SluiceTc6Icmp       *ebpf.Program `ebpf:"sluice_tc6_icmp"`
+	SluiceTc6NewFlow    *ebpf.Program `ebpf:"sluice_tc6_new_flow"`
+	SluiceTc6NewFlowPod *ebpf.Program `ebpf:"sluice_tc6_new_flow_pod"`
+	SluiceTc6TooBig     *ebpf.Program `ebpf:"sluice_tc6_too_big"`
+	SluiceTcEgress6     *ebpf.Program `ebpf:"sluice_tc_egress6"`
+	SluiceTcFromPod6    *ebpf.Program `ebpf:"sluice_tc_from_pod6"`
+	SluiceTcIngress6    *ebpf.Program `ebpf:"sluice_tc_ingress6"`
+	SluiceTcToPod6      *ebpf.Program `ebpf:"sluice_tc_to_pod6"`
+	SluiceXdp6          *ebpf.Program `ebpf:"sluice_xdp6"`
+	SluiceXdp6NewFlow   *ebpf.Program `ebpf:"sluice_xdp6_new_flow"`
 }
 
 func (p *Sluice6Programs) Close() error {
@@ -538,9 +547,12 @@ func (p *Sluice6Programs) Close() error {
 		p.SluiceTc6Hostnat,
 		p.SluiceTc6Icmp,
 		p.SluiceTc6NewFlow,
+		p.SluiceTc6NewFlowPod,
 		p.SluiceTc6TooBig,
 		p.SluiceTcEgress6,
+		p.SluiceTcFromPod6,
 		p.SluiceTcIngress6,
+		p.SluiceTcToPod6,
 		p.SluiceXdp6,
 		p.SluiceXdp6NewFlow,
 	)
