@@ -247,3 +247,44 @@ func TestE2EDualStackEveryClient(t *testing.T) {
 		}
 	}
 }
+
+// Pods over IPv6 without socket hooks (--socket-lb-hostns-only leaves pods' sockets alone): the
+// IPv6 pod programs on pod1's device translate what it sends to the IPv6 ClusterIP and
+// NodePort, DNAT only (the remote pod sees pod1), hairpin to itself shown node1's address.
+func TestE2EDualStackPodsWithoutSocketHooks(t *testing.T) {
+	cg := testutil.Cgroup2(t)
+	c := startDualStack(t, lab.Plain, "", "--socket-lb-cgroup", cg, "--socket-lb-hostns-only", "--kube-proxy-replacement")
+	clusterIP := netip.MustParseAddr("fd00:96::80")
+	for _, k := range []struct {
+		kind string
+		to   netip.AddrPort
+	}{
+		{"tcp", netip.AddrPortFrom(clusterIP, 80)},
+		{"udp-connected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"udp-unconnected", netip.AddrPortFrom(clusterIP, 5353)},
+		{"tcp", netip.AddrPortFrom(c.Node1IP6, 30180)},
+	} {
+		seen := map[string]int{}
+		for _, r := range testutil.SockRequests(t, cg, c.Pod1.Path(), k.kind, k.to.String(), 16) {
+			body := r.Reply
+			if k.kind == "tcp" {
+				_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
+			}
+			who, client, err := lab.ParseReply(body)
+			if r.Err != "" || err != nil || r.Peer != k.to.String() {
+				t.Fatalf("%s from pod1 to %s: reply %q, peer %q, error %q %v", k.kind, k.to, r.Reply, r.Peer, r.Err, err)
+			}
+			want := c.Pod1IP6
+			if who == "pod1" {
+				want = c.Node1IP6 // hairpin
+			}
+			if client.Addr() != want {
+				t.Errorf("%s from pod1 to %s: %s saw the client as %v, want %v", k.kind, k.to, who, client, want)
+			}
+			seen[who]++
+		}
+		if seen["pod1"] == 0 || seen["pod2"] == 0 {
+			t.Errorf("%s from pod1 to %s reached %v; want both itself and the remote pod", k.kind, k.to, seen)
+		}
+	}
+}
