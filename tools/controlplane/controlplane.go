@@ -163,7 +163,9 @@ func (cp *ControlPlane) start() error {
 		"--authorization-mode", "RBAC",
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", saPub, "--service-account-signing-key-file", saKey,
-		"--service-cluster-ip-range", "10.96.0.0/12", "--service-node-port-range", cp.opts.NodePortRange,
+		// Dual-stack, IPv4 first: services are IPv4 unless they ask for IPv6 (the lab's IPv6
+		// parity runs do).
+		"--service-cluster-ip-range", "10.96.0.0/12,fd00:96::/112", "--service-node-port-range", cp.opts.NodePortRange,
 		"--enable-priority-and-fairness=false", "--profiling=false",
 		"--max-requests-inflight", "2000", "--max-mutating-requests-inflight", "1000")
 	cp.api.Stdout, cp.api.Stderr = apiLog, apiLog

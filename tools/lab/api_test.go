@@ -3,6 +3,7 @@ package lab_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -92,14 +93,22 @@ func startAPICluster(t *testing.T, mode string) *apiCluster {
 
 // newAPILab is a lab with pods, node1's 127.0.0.1:6443 relayed to the shared API server, and a
 // namespace of its own; it returns the kubeconfig a proxy on node1 uses.
-func newAPILab(t *testing.T) (*apiCluster, string) {
+func newAPILab(t *testing.T) (*apiCluster, string) { return newAPILabOf(t, false) }
+
+// newAPILabOf is newAPILab on a dual-stack lab when dual.
+func newAPILabOf(t *testing.T, dual bool) (*apiCluster, string) {
 	t.Helper()
 	cp := sharedControlPlane(t)
 	client, err := cp.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := lab.UpForTest(t)
+	var l *lab.Lab
+	if dual {
+		l = lab.UpDualStackForTest(t, lab.Plain)
+	} else {
+		l = lab.UpForTest(t)
+	}
 	c := &apiCluster{cluster: &cluster{Lab: l}, client: client, ns: "t-" + l.ID}
 	startPods(t, l)
 	// The agent runs in node1's namespace: relay its 127.0.0.1:6443 to the API server.
@@ -154,9 +163,12 @@ func (c *apiCluster) within(t *testing.T, limit time.Duration, what string, chec
 			return time.Since(start)
 		}
 		if time.Since(start) > limit {
+			// sluice's counters, when it is the proxy (kube-proxy's runs have none).
 			var st cli.StatsJSON
-			c.sluicectlJSON(t, &st, "stats")
-			t.Fatalf("%s: not within %v: %v (datapath: %v)", what, limit, err, nonZero(st.Reasons))
+			if out, serr := c.sluicectl(t, nil, "-o", "json", "stats"); serr == nil && json.Unmarshal([]byte(out), &st) == nil {
+				t.Fatalf("%s: not within %v: %v (datapath: %v)", what, limit, err, nonZero(st.Reasons))
+			}
+			t.Fatalf("%s: not within %v: %v", what, limit, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -20,7 +20,7 @@ func StartStreamServer(ns *testutil.Netns, name string, port uint16) (func(), er
 	var ln net.Listener
 	if err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)) // both families
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("listen for streams in %s: %w", ns.Name, err)
