@@ -2,6 +2,7 @@ package lab_test
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,7 +69,13 @@ func startLoadCluster(t *testing.T, mode string) *loadCluster {
 
 func startLoadClusterWith(t *testing.T, agent, mode string, extra ...string) *loadCluster {
 	t.Helper()
-	c := &loadCluster{cluster: startClusterWith(t, agent, mode, extra...)}
+	return startLoad(t, startClusterWith(t, agent, mode, extra...))
+}
+
+// startLoad puts the churn service and its load on a started cluster.
+func startLoad(t *testing.T, cl *cluster) *loadCluster {
+	t.Helper()
+	c := &loadCluster{cluster: cl}
 	c.waitReady(t)
 	writeAtomic(t, filepath.Join(c.manifests, "churn.yaml"), churnManifest(true))
 	for name, ns := range map[string]*testutil.Netns{"pod1": c.Pod1, "pod2": c.Pod2} {
@@ -269,6 +276,38 @@ func TestE2EUpgradeUnderLoad(t *testing.T) {
 	if logs := a.Logs(); !strings.Contains(logs, "Migrated pinned map") || !strings.Contains(logs, "sluice_frontends") {
 		t.Errorf("the new agent did not report migrating sluice_frontends:\n%s", logs)
 	}
+	time.Sleep(500 * time.Millisecond)
+	c.finish(t)
+}
+
+// On a dual-stack node, an upgrade under load from the previous release, which serves IPv4
+// only, keeps every IPv4 flow as on an IPv4 node, and the new agent serves IPv6 besides.
+func TestE2EUpgradeUnderLoadDualStack(t *testing.T) {
+	old := previousAgent(t)
+	testutil.RequirePrivileges(t)
+	c := startLoad(t, startClusterIn(t, lab.UpDualStackForTest(t, lab.NICLike), old, "native",
+		"--devices", "eth0", "--metrics-addr", "127.0.0.1:9871"))
+	c.startWrk(t, 4*time.Second, true)
+	time.Sleep(500 * time.Millisecond)
+	if err := c.agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agent = a
+	c.waitReady(t)
+	c.pingStreams(t, "after the upgrade")
+	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "dual-stack.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, filepath.Join(c.manifests, "dual-stack.yaml"), string(b))
+	c.waitFor(t, "the IPv6 NodePort", func() error {
+		_, err := lab.HTTPGet(c.Client, netip.AddrPortFrom(c.Node1IP6, 30180))
+		return err
+	})
 	time.Sleep(500 * time.Millisecond)
 	c.finish(t)
 }

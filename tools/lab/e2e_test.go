@@ -111,7 +111,12 @@ func startClusterWith(t *testing.T, bin, mode string, extra ...string) *cluster 
 func startClusterOn(t *testing.T, v lab.Variant, bin, mode string, extra ...string) *cluster {
 	t.Helper()
 	testutil.RequirePrivileges(t)
-	l := lab.UpVariantForTest(t, v)
+	return startClusterIn(t, lab.UpVariantForTest(t, v), bin, mode, extra...)
+}
+
+// startClusterIn is startClusterOn on a lab of the caller's making (a dual-stack one, say).
+func startClusterIn(t *testing.T, l *lab.Lab, bin, mode string, extra ...string) *cluster {
+	t.Helper()
 	c := &cluster{Lab: l, manifests: t.TempDir()}
 	copyExamples(t, c.manifests)
 	startPods(t, l)
