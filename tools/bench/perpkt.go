@@ -363,6 +363,16 @@ func runPerPacket(ctx context.Context, cfg *config) (*PerPacket, error) {
 			res.Points = append(res.Points, p)
 		}
 	}
+	// IPv6 beside IPv4 at one point: 1,000 services of 10 backends in each family.
+	if err := node.addIPv6(); err != nil {
+		return nil, fmt.Errorf("give the node IPv6: %w", err)
+	}
+	if res.IPv6, err = perPacketIPv6(node, 1000, 10, s); err != nil {
+		return nil, fmt.Errorf("per-packet cost in IPv6: %w", err)
+	}
+	for _, c := range res.IPv6.Cases {
+		logf("per-packet, 1000 services x 10 backends: %s: IPv4 %.1f ns, IPv6 %.1f ns (%.2fx)", c.Case, c.IPv4Ns, c.IPv6Ns, c.IPv6Ns/c.IPv4Ns)
+	}
 	return res, nil
 }
 

@@ -212,6 +212,15 @@ func markdown(res *Results, charts map[string]string, jsonRel, jsonPath string) 
 		if f, ok := charts["perpacket"]; ok {
 			w("![ns per packet against the number of services](%s)\n\n", f)
 		}
+		if p6 := pp.IPv6; p6 != nil {
+			w("### IPv6 beside IPv4\n\n%s services of %d backends in each family, in one datapath; each case's IPv4 and IPv6 frames through the same attached program (IPv4's, which hands IPv6 packets to the IPv6 programs by tail call), in the same rounds.\n\n",
+				commas(int64(p6.Services)), p6.Backends)
+			w("| Case | IPv4 | IPv6 | IPv6 / IPv4 |\n|---|---|---|---|\n")
+			for _, c := range p6.Cases {
+				w("| %s | %s ns | %s ns | %.2fx |\n", c.Case, f1(c.IPv4Ns), f1(c.IPv6Ns), c.IPv6Ns/c.IPv4Ns)
+			}
+			w("\n")
+		}
 	}
 
 	if len(res.Sweep) > 0 {

@@ -164,6 +164,23 @@ type PerPacket struct {
 	BareNs          float64        `json:"bareForwarderNs"`
 	Points          []*PerPktPoint `json:"points"`
 	Samples         map[string]int `json:"samples"`
+	// IPv6 is one point measured in both families side by side (perpkt6.go).
+	IPv6 *PerPkt6 `json:"ipv6,omitempty"`
+}
+
+// PerPkt6 is IPv4 and IPv6 through the same program, with Services services of Backends each
+// in each family.
+type PerPkt6 struct {
+	Services int           `json:"services"`
+	Backends int           `json:"backendsPerService"`
+	Cases    []PerPkt6Case `json:"cases"`
+}
+
+// PerPkt6Case is one case's ns per packet in each family.
+type PerPkt6Case struct {
+	Case   string  `json:"case"`
+	IPv4Ns float64 `json:"ipv4Ns"`
+	IPv6Ns float64 `json:"ipv6Ns"`
 }
 
 // PerPktPoint is the sluice XDP program's cost with Services services of Backends each.
