@@ -88,10 +88,14 @@ cluster-build:
 # kube-proxy. Left running; prints its KUBECONFIG. KUBE_PROXY=none leaves kube-proxy out and
 # deploys manifests-kube-proxy-free/: sluice serves every Service alone. KUBE_PROXY=none-hostns
 # is that with socket LB for the nodes' own processes only: pods' traffic goes by their devices.
+# DUAL_STACK=1: a dual-stack cluster (IPv4 and IPv6, IPv4 first), judged by the upstream
+# [Feature:IPv6DualStack] tests in tools/cluster/e2e/dualstack.txt.
 KUBE_PROXY ?= iptables
+DUAL_STACK ?= 0
+DUAL := --dual-stack=$(if $(filter 1,$(DUAL_STACK)),true,false)
 cluster-up: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
-	bin/sluice-cluster up --version $(VERSION) --kube-proxy $(KUBE_PROXY)
+	bin/sluice-cluster up --version $(VERSION) --kube-proxy $(KUBE_PROXY) $(DUAL)
 
 # Removes everything cluster-up made, also after a failed or interrupted run.
 cluster-down:
@@ -104,8 +108,8 @@ cluster-down:
 e2e-k8s: deps cluster-build
 	$(GO) build -o bin/ ./tools/cluster/cmd/sluice-cluster
 	trap 'bin/sluice-cluster down' EXIT INT TERM; \
-		bin/sluice-cluster up --version $(VERSION) --kube-proxy $(KUBE_PROXY) && \
-		bin/sluice-cluster e2e --version $(VERSION) --kube-proxy $(KUBE_PROXY) --report docs/conformance.md
+		bin/sluice-cluster up --version $(VERSION) --kube-proxy $(KUBE_PROXY) $(DUAL) && \
+		bin/sluice-cluster e2e --version $(VERSION) --kube-proxy $(KUBE_PROXY) $(DUAL) --report docs/conformance.md
 
 clean:
 	rm -rf bin

@@ -30,6 +30,9 @@ const (
 	apiPort  = 6443
 	podCIDR  = "10.244.0.0/16"
 	svcCIDR  = "10.96.0.0/16"
+	// A dual-stack cluster's IPv6 sides (Config.DualStack): a /64 per node, IPv4 first.
+	podCIDR6 = "fd00:244::/56"
+	svcCIDR6 = "fd00:96::/112"
 	dnsIP    = "10.96.0.10"
 	// HostRelay is where the API server answers on the host's loopback (kubectl, e2e.test).
 	HostRelay = "127.0.0.1:16443"
@@ -38,19 +41,23 @@ const (
 var (
 	gwIP     = netip.MustParseAddr("10.90.0.1")
 	clientIP = netip.MustParseAddr("10.90.0.10")
-	apiIP    = netip.MustParseAddr("10.96.0.1") // the kubernetes Service
+	// The IPv6 addresses of a dual-stack cluster (br0's, the client's).
+	gwIP6     = netip.MustParseAddr("fd00:90::1")
+	clientIP6 = netip.MustParseAddr("fd00:90::10")
+	apiIP     = netip.MustParseAddr("10.96.0.1") // the kubernetes Service
 )
 
 // Node is one worker.
 type Node struct {
 	Name string     // the Node object's name and its network namespace's
 	IP   netip.Addr // eth0's address, the Node's InternalIP
+	IP6  netip.Addr // eth0's IPv6 address in a dual-stack cluster, its second InternalIP
 }
 
 // Nodes are the cluster's workers.
 var Nodes = []Node{
-	{"sluice-node1", netip.MustParseAddr("10.90.0.11")},
-	{"sluice-node2", netip.MustParseAddr("10.90.0.12")},
+	{"sluice-node1", netip.MustParseAddr("10.90.0.11"), netip.MustParseAddr("fd00:90::11")},
+	{"sluice-node2", netip.MustParseAddr("10.90.0.12"), netip.MustParseAddr("fd00:90::12")},
 }
 
 // KubeProxy modes: beside sluice, as users migrate, or none (sluice alone); none-hostns is
@@ -73,6 +80,9 @@ type Config struct {
 	Version   string // sluice's version: the image's tag and VERSION build arg (default "dev")
 	NoSluice  bool   // a cluster without sluice (kube-proxy alone), for side-by-side runs
 	KubeProxy string // KubeProxyIPTables (default) or KubeProxyNone
+	// DualStack: IPv6 beside IPv4 everywhere (nodes, pods, services), IPv4 first, as a
+	// dual-stack kind cluster.
+	DualStack bool
 	// RelayCmd starts the host relay to the API server (a detached `sluice-cluster relay`);
 	// empty: no relay, the API server is reachable only from the cluster's namespaces.
 	RelayCmd []string

@@ -113,7 +113,7 @@ func (c *Config) startControlPlane() error {
 		"--allow-privileged=true",
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file", f("sa.pub"), "--service-account-signing-key-file", f("sa.key"),
-		"--service-cluster-ip-range", svcCIDR, "--service-node-port-range", "30000-32767",
+		"--service-cluster-ip-range", c.svcCIDRs(), "--service-node-port-range", "30000-32767",
 		"--profiling=false"); err != nil {
 		return err
 	}
@@ -124,8 +124,8 @@ func (c *Config) startControlPlane() error {
 		"--kubeconfig", f("controller.kubeconfig"),
 		"--authentication-kubeconfig", f("controller.kubeconfig"), "--authorization-kubeconfig", f("controller.kubeconfig"),
 		"--bind-address", "127.0.0.1",
-		"--allocate-node-cidrs", "--cluster-cidr", podCIDR, "--node-cidr-mask-size", "24",
-		"--service-cluster-ip-range", svcCIDR,
+		"--allocate-node-cidrs", "--cluster-cidr", c.podCIDRs(), "--node-cidr-mask-size-ipv4", "24", "--node-cidr-mask-size-ipv6", "64",
+		"--service-cluster-ip-range", c.svcCIDRs(),
 		"--root-ca-file", f("ca.crt"), "--service-account-private-key-file", f("sa.key"),
 		"--use-service-account-credentials", "--controllers", "*,bootstrapsigner,tokencleaner",
 		"--leader-elect=false", "--profiling=false"); err != nil {
@@ -239,4 +239,19 @@ func Relay(ctx context.Context, listen string) error {
 			_, _ = io.Copy(conn, up)
 		}()
 	}
+}
+
+// podCIDRs and svcCIDRs are the cluster's ranges: IPv4's, then IPv6's in a dual-stack cluster.
+func (c *Config) podCIDRs() string {
+	if c.DualStack {
+		return podCIDR + "," + podCIDR6
+	}
+	return podCIDR
+}
+
+func (c *Config) svcCIDRs() string {
+	if c.DualStack {
+		return svcCIDR + "," + svcCIDR6
+	}
+	return svcCIDR
 }

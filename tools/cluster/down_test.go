@@ -24,7 +24,7 @@ func TestDownAfterAnInterruptedUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = Down(c) })
-	if err := upNetwork(); err != nil {
+	if err := upNetwork(false); err != nil {
 		t.Fatal(err)
 	}
 	n := Nodes[0]

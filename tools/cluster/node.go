@@ -221,17 +221,35 @@ serializeImagePulls: false
 // hairpin on (a pod reaching itself through a service), and no masquerade of the plugin's (it
 // would hide pods from pods on other nodes: masqueradePods does it as kindnet does; the routes
 // to the other nodes' podCIDRs are routePodCIDR's).
-func (c *Config) cniConfig(n Node, cidr string) string {
+func (c *Config) cniConfig(n Node, cidrs []string) string {
+	// A range and a default route per family (dual-stack: both).
+	var ranges, routes []string
+	for _, cidr := range cidrs {
+		ranges = append(ranges, fmt.Sprintf(`[{"subnet": %q}]`, cidr))
+		dst := "0.0.0.0/0"
+		if strings.Contains(cidr, ":") {
+			dst = "::/0"
+		}
+		routes = append(routes, fmt.Sprintf(`{"dst": %q}`, dst))
+	}
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "sluice-pods",
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "hairpinMode": true, "ipMasq": false,
-     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [%s], "routes": [%s]}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
-`, filepath.Join(c.nodeDir(n), "ipam"), cidr)
+`, filepath.Join(c.nodeDir(n), "ipam"), strings.Join(ranges, ", "), strings.Join(routes, ", "))
+}
+
+// nodeIPs is the kubelet's --node-ip: the node's IPv4 address, and its IPv6 one when dual-stack.
+func (c *Config) nodeIPs(n Node) string {
+	if c.DualStack {
+		return n.IP.String() + "," + n.IP6.String()
+	}
+	return n.IP.String()
 }
 
 // startNode prepares and starts the node's containerd and kubelet.
@@ -273,7 +291,7 @@ func (c *Config) startNode(n Node) error {
 	return daemon(filepath.Join(logs, n.Name+"-kubelet.log"), filepath.Join(pids, n.Name+"-kubelet.pid"), env,
 		c.inNode(n, c.bin("kubelet"), "--config", filepath.Join(d, "kubelet.yaml"),
 			"--kubeconfig", filepath.Join(c.pkiDir(), n.Name+".kubeconfig"), "--root-dir", filepath.Join(d, "kubelet"),
-			"--hostname-override", n.Name, "--node-ip", n.IP.String(), "--v", "2")...)
+			"--hostname-override", n.Name, "--node-ip", c.nodeIPs(n), "--v", "2")...)
 }
 
 // importImage loads an OCI archive into the node's containerd, where the kubelet finds it.
@@ -294,7 +312,7 @@ hostnameOverride: %s
 clientConnection: {kubeconfig: %s}
 # nf_conntrack_max and the hash size are global, not per namespace: leave the host's alone.
 conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-`, podCIDR, n.Name, filepath.Join(c.pkiDir(), "kube-proxy.kubeconfig"))
+`, c.podCIDRs(), n.Name, filepath.Join(c.pkiDir(), "kube-proxy.kubeconfig"))
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		return fmt.Errorf("write kube-proxy config: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 // Run describes one e2e run for the report.
 type Run struct {
 	KubeProxy string    // the configuration: kube-proxy beside sluice, or none
+	DualStack bool      // and the cluster dual-stack
 	Version   string    // sluice's
 	When      time.Time // start
 	Took      time.Duration
@@ -43,15 +44,19 @@ func ReadKnown(p string) (map[string]string, error) {
 	return m, nil
 }
 
-func section(kubeProxy string) (begin, end string) {
-	return "<!-- e2e-k8s " + kubeProxy + " -->", "<!-- /e2e-k8s " + kubeProxy + " -->"
+func section(r Run) (begin, end string) {
+	key := r.KubeProxy
+	if r.DualStack {
+		key += " dual-stack"
+	}
+	return "<!-- e2e-k8s " + key + " -->", "<!-- /e2e-k8s " + key + " -->"
 }
 
 // Markdown is the report of one run: what ran, a table of every test with its result and
 // duration, and the reasons of the failures known to come from outside sluice.
 func Markdown(r Run, res []Result) string {
 	var b strings.Builder
-	begin, end := section(r.KubeProxy)
+	begin, end := section(r)
 	b.WriteString(begin + "\n")
 	cfg := "sluice beside kube-proxy (iptables mode): sluice takes NodePort traffic arriving on the nodes' NICs, kube-proxy keeps ClusterIPs and in-cluster paths"
 	switch r.KubeProxy {
@@ -59,6 +64,9 @@ func Markdown(r Run, res []Result) string {
 		cfg = "sluice alone: no kube-proxy on any node"
 	case KubeProxyNoneHostNS:
 		cfg = "sluice alone, socket LB for the nodes' own processes only (--socket-lb-hostns-only): the pods' service traffic translated at their devices"
+	}
+	if r.DualStack {
+		cfg += "; the cluster dual-stack (nodes, pods and services IPv4 and IPv6, IPv4 first)"
 	}
 	fmt.Fprintf(&b, "### %s\n\n", cfg)
 	fmt.Fprintf(&b, "Last run: %s, sluice %s, %s in %s (`%s`).\n\n", r.When.UTC().Format("2006-01-02 15:04 UTC"),
@@ -115,7 +123,7 @@ func WriteReport(p string, r Run, res []Result) error {
 		return fmt.Errorf("write report: %w", err)
 	}
 	sec := []byte(Markdown(r, res))
-	begin, end := section(r.KubeProxy)
+	begin, end := section(r)
 	i, j := bytes.Index(doc, []byte(begin)), bytes.Index(doc, []byte(end))
 	if i >= 0 && j > i {
 		doc = append(append(append([]byte{}, doc[:i]...), sec...), bytes.TrimPrefix(doc[j+len(end):], []byte("\n"))...)

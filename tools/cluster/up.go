@@ -101,7 +101,7 @@ func (c *Config) up() error {
 		archives = append(archives, a)
 	}
 	c.Logf("images written (%s)", time.Since(t0).Round(time.Second))
-	if err := upNetwork(); err != nil {
+	if err := upNetwork(c.DualStack); err != nil {
 		return err
 	}
 	if _, err := c.writeCredentials(); err != nil {
@@ -158,27 +158,33 @@ func (c *Config) up() error {
 // for every node to be Ready.
 func (c *Config) wireNodes(cs kubernetes.Interface) error {
 	for _, n := range Nodes {
-		var cidr string
+		var cidrs []string
+		want := 1
+		if c.DualStack {
+			want = 2
+		}
 		if err := waitFor(n.Name+" registered with a podCIDR", 2*time.Minute, func() error {
 			node, err := cs.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
-			if cidr = node.Spec.PodCIDR; cidr == "" {
-				return errors.New("no podCIDR yet")
+			if cidrs = node.Spec.PodCIDRs; len(cidrs) < want {
+				return fmt.Errorf("podCIDRs %v, want %d", cidrs, want)
 			}
 			return nil
 		}); err != nil {
 			return err
 		}
 		conf := filepath.Join(c.nodeDir(n), "cni", "10-sluice-pods.conflist")
-		if err := os.WriteFile(conf, []byte(c.cniConfig(n, cidr)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(c.cniConfig(n, cidrs)), 0o644); err != nil {
 			return fmt.Errorf("write CNI config: %w", err)
 		}
-		if err := routePodCIDR(n, cidr); err != nil {
-			return err
+		for _, cidr := range cidrs {
+			if err := routePodCIDR(n, cidr); err != nil {
+				return err
+			}
 		}
-		if err := masqueradePods(n); err != nil {
+		if err := masqueradePods(n, c.DualStack); err != nil {
 			return err
 		}
 	}

@@ -42,6 +42,7 @@ func run(cmd string, args []string) error {
 	fs.StringVar(&c.Version, "version", "dev", "sluice's version: its image's tag")
 	fs.StringVar(&c.KubeProxy, "kube-proxy", envOr("KUBE_PROXY", cluster.KubeProxyIPTables), "kube-proxy beside sluice: iptables, or none (none-hostns: none, and socket LB for the nodes' own processes only)")
 	fs.BoolVar(&c.NoSluice, "no-sluice", false, "do not deploy sluice")
+	fs.BoolVar(&c.DualStack, "dual-stack", os.Getenv("DUAL_STACK") == "1", "up: a dual-stack cluster (IPv4 and IPv6, IPv4 first); e2e: it is one (the IPv6DualStack tests)")
 	focus := fs.String("focus-file", "", "e2e: comma-separated files of the tests to run, one exact name per line (default: tools/cluster/e2e/nodeport.txt, and clusterip.txt with --kube-proxy none)")
 	out := fs.String("out", "bin/e2e", "e2e: where the log, JUnit report and results.json go")
 	procs := fs.Int("procs", 4, "e2e: ginkgo processes")
@@ -75,6 +76,9 @@ func run(cmd string, args []string) error {
 				// Without kube-proxy, sluice is judged on ClusterIPs too.
 				files = append(files, "tools/cluster/e2e/clusterip.txt")
 			}
+			if c.DualStack {
+				files = []string{"tools/cluster/e2e/dualstack.txt"}
+			}
 		}
 		var names []string
 		for _, f := range files {
@@ -97,8 +101,11 @@ func run(cmd string, args []string) error {
 			return err
 		}
 		if *report != "" {
-			r := cluster.Run{KubeProxy: c.KubeProxy, Version: c.Version, When: start, Took: time.Since(start),
+			r := cluster.Run{KubeProxy: c.KubeProxy, DualStack: c.DualStack, Version: c.Version, When: start, Took: time.Since(start),
 				Command: "make e2e-k8s KUBE_PROXY=" + c.KubeProxy, Known: kn, Served: served.String()}
+			if c.DualStack {
+				r.Command += " DUAL_STACK=1"
+			}
 			if err := cluster.WriteReport(*report, r, res); err != nil {
 				return err
 			}
