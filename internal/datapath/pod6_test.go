@@ -68,8 +68,10 @@ func TestGoldenIPv6PodDevice(t *testing.T) {
 	}{
 		{"TCP to an IPv6 ClusterIP, remote backend: DNAT only, the reply restored at egress", []podRow{
 			{golden: golden{desc: "SYN: DNAT to the backend, the pod's address kept, to the stack", verdict: tcOK,
-				in:   func(*flow) []byte { return e.fromPod6(layers.IPProtocolTCP, 45000, ap(clusterIP6, 80)).Bytes() },
-				want: func(*flow, []byte) []byte { return e.fromPod6(layers.IPProtocolTCP, 45000, ap(backendIP6, 8080)).Bytes() }}},
+				in: func(*flow) []byte { return e.fromPod6(layers.IPProtocolTCP, 45000, ap(clusterIP6, 80)).Bytes() },
+				want: func(*flow, []byte) []byte {
+					return e.fromPod6(layers.IPProtocolTCP, 45000, ap(backendIP6, 8080)).Bytes()
+				}}},
 			{egress: true, golden: golden{desc: "backend's SYN-ACK into the pod: source restored to the ClusterIP", verdict: tcOK,
 				in: func(*flow) []byte {
 					return toPodHost(testutil.Pkt{Proto: layers.IPProtocolTCP, Src: ap(backendIP6, 8080), Dst: ap(podIP6, 45000),
