@@ -26,6 +26,8 @@ type ServedOn struct {
 	Node     string
 	Services int     // service ports that translated at least one packet
 	Packets  float64 // client packets translated (at least: the last counts before a deletion may be missed)
+	// Packets6 are those of Packets that were IPv6 (the service ports' IPv6 entries).
+	Packets6 float64
 }
 
 // sample polls every agent's /metrics until ctx ends.
@@ -90,10 +92,13 @@ func (s *Served) PerNode() []ServedOn {
 	var out []ServedOn
 	for _, n := range Nodes {
 		o := ServedOn{Node: n.Name}
-		for _, v := range s.peak[n.Name] {
+		for labels, v := range s.peak[n.Name] {
 			if v > 0 {
 				o.Services++
 				o.Packets += v
+				if strings.Contains(labels, `family="IPv6"`) {
+					o.Packets6 += v
+				}
 			}
 		}
 		out = append(out, o)
@@ -105,7 +110,11 @@ func (s *Served) PerNode() []ServedOn {
 func (s *Served) String() string {
 	var parts []string
 	for _, o := range s.PerNode() {
-		parts = append(parts, fmt.Sprintf("%s: %.0f packets for %d service ports", o.Node, o.Packets, o.Services))
+		part := fmt.Sprintf("%s: %.0f packets for %d service ports", o.Node, o.Packets, o.Services)
+		if o.Packets6 > 0 {
+			part += fmt.Sprintf(" (%.0f of them IPv6)", o.Packets6)
+		}
+		parts = append(parts, part)
 	}
 	return strings.Join(parts, "; ")
 }
