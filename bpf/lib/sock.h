@@ -90,25 +90,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_sock_affinity SEC(".maps");
 
-/* The backend for a new socket of namespace netns to fe (0: none usable). sel spreads the
- * choice: random for TCP, the socket's cookie for UDP so that every datagram an unconnected
- * socket sends to the service goes to one backend, as a connected one's do. */
-static __always_inline __u32 sock_pick_id(const struct frontend *fe, __u64 netns, __u32 sel)
+/* The backend for a new socket of namespace netns to a frontend with these fields (0: none
+ * usable); backends is the map its IDs name (IPv4's for an IPv4-mapped address, sock4in6.h).
+ * sel spreads the choice: random for TCP, the socket's cookie for UDP so that every datagram an
+ * unconnected socket sends to the service goes to one backend, as a connected one's do. */
+static __always_inline __u32 sock_pick(__u32 svc_id, __u16 count, __u16 flags, __u32 timeout_s, __u64 netns, __u32 sel,
+				       void *backends)
 {
-	__u32 svc_id = fe->svc_id;
 	__u64 now = bpf_ktime_get_ns();
 	struct sock_affinity_key ak = { .netns_cookie = netns, .svc_id = svc_id };
 	__u32 id = 0;
 
-	if (fe->flags & FE_F_AFFINITY)
-		id = lb_remembered(bpf_map_lookup_elem(&sluice_sock_affinity, &ak), svc_id, fe->affinity_timeout_s, now);
+	if (flags & FE_F_AFFINITY)
+		id = lb_remembered(bpf_map_lookup_elem(&sluice_sock_affinity, &ak), svc_id, timeout_s, now);
 	if (!id)
-		id = lb_slot_id(svc_id, fe->count, fe->flags, sel, false);
-	if ((fe->flags & FE_F_AFFINITY) && id && bpf_map_lookup_elem(&sluice_backends, &id)) {
+		id = lb_slot_id(svc_id, count, flags, sel, false);
+	if ((flags & FE_F_AFFINITY) && id && bpf_map_lookup_elem(backends, &id)) {
 		struct affinity a = { .backend_id = id, .last_seen = now };
 		bpf_map_update_elem(&sluice_sock_affinity, &ak, &a, BPF_ANY);
 	}
 	return id;
+}
+
+/* sock_pick for a frontend of the object's family. */
+static __always_inline __u32 sock_pick_id(const struct frontend *fe, __u64 netns, __u32 sel)
+{
+	return sock_pick(fe->svc_id, fe->count, fe->flags, fe->affinity_timeout_s, netns, sel, &sluice_backends);
 }
 
 /* The address a sock_addr hook is asked for, and rewriting it: user_ip4, or user_ip6 a word at
@@ -155,6 +162,8 @@ static __always_inline void sock_set_localhost(addr_t *a)
 #endif
 }
 
+#include "sock4in6.h"
+
 /* The socket's protocol if sluice balances it (TCP, UDP), else 0. A narrowing through
  * constants: the verifier then knows the byte the map keys get. */
 static __always_inline __u8 sock_proto(const struct bpf_sock_addr *ctx)
@@ -186,6 +195,10 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx)
 	bool host = cfg_host_netns_cookie && bpf_get_netns_cookie(ctx) == cfg_host_netns_cookie;
 	if (cfg_hostns_only && !host)
 		return 1;
+#ifdef SLUICE_IPV6
+	if (sock_v4_mapped(&asked))
+		return sock_forward_mapped(ctx, proto, &asked, host);
+#endif
 	if (sock_loopback(&fk.addr)) {
 		/* Every loopback address is localhost's NodePort entry (socket scope only). */
 		if (!cfg_localhost || !host)
@@ -244,6 +257,17 @@ static __always_inline int sock_reverse(struct bpf_sock_addr *ctx)
 	struct sock_revnat *rv = bpf_map_lookup_elem(&sluice_sock_revnat, &rk);
 	if (!rv)
 		return 1;
+#ifdef SLUICE_IPV6
+	if (sock_v4_mapped(&rv->addr)) {
+		if (!sock_reverse_mapped_live(rv, proto)) {
+			bpf_map_delete_elem(&sluice_sock_revnat, &rk);
+			return 1;
+		}
+		sock_set_user_addr(ctx, &rv->addr);
+		ctx->user_port = (__u32)rv->port;
+		return 1;
+	}
+#endif
 	struct frontend_key fk = { .addr = rv->addr, .port = rv->port, .proto = proto, .scope = rv->scope };
 	if (sock_loopback(&fk.addr))
 		sock_set_localhost(&fk.addr);

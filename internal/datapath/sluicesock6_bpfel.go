@@ -75,6 +75,14 @@ type SluiceSock6Backend struct {
 	Pad   uint8
 }
 
+type SluiceSock6Backend4 struct {
+	_     structs.HostLayout
+	Addr  uint32
+	Port  uint16
+	Flags uint8
+	Pad   uint8
+}
+
 type SluiceSock6CtEntry struct {
 	_         structs.HostLayout
 	NatSaddr  SluiceSock6AddrT
@@ -122,9 +130,26 @@ type SluiceSock6Frontend struct {
 	SnatAddr         SluiceSock6AddrT
 }
 
+type SluiceSock6Frontend4 struct {
+	_                structs.HostLayout
+	SvcId            uint32
+	Count            uint16
+	Flags            uint16
+	AffinityTimeoutS uint32
+	SnatAddr         uint32
+}
+
 type SluiceSock6FrontendKey struct {
 	_     structs.HostLayout
 	Addr  SluiceSock6AddrT
+	Port  uint16
+	Proto uint8
+	Scope uint8
+}
+
+type SluiceSock6FrontendKey4 struct {
+	_     structs.HostLayout
+	Addr  uint32
 	Port  uint16
 	Proto uint8
 	Scope uint8
@@ -261,12 +286,14 @@ const (
 	SluiceSock6MapSluiceAffinityMatch = "sluice_affinity_match"
 	SluiceSock6MapSluiceAgent         = "sluice_agent"
 	SluiceSock6MapSluiceBackendPorts  = "sluice_backend_ports"
+	SluiceSock6MapSluiceBackends4     = "sluice_backends4"
 	SluiceSock6MapSluiceBackends6     = "sluice_backends6"
 	SluiceSock6MapSluiceCt6           = "sluice_ct6"
 	SluiceSock6MapSluiceDeviceAddrs6  = "sluice_device_addrs6"
 	SluiceSock6MapSluiceDevices       = "sluice_devices"
 	SluiceSock6MapSluiceFrags6        = "sluice_frags6"
 	SluiceSock6MapSluiceFrontendPorts = "sluice_frontend_ports"
+	SluiceSock6MapSluiceFrontends4    = "sluice_frontends4"
 	SluiceSock6MapSluiceFrontends6    = "sluice_frontends6"
 	SluiceSock6MapSluiceMaglev        = "sluice_maglev"
 	SluiceSock6MapSluiceReasons       = "sluice_reasons"
@@ -357,12 +384,14 @@ type SluiceSock6MapSpecs struct {
 	SluiceAffinityMatch *ebpf.MapSpec `ebpf:"sluice_affinity_match"`
 	SluiceAgent         *ebpf.MapSpec `ebpf:"sluice_agent"`
 	SluiceBackendPorts  *ebpf.MapSpec `ebpf:"sluice_backend_ports"`
+	SluiceBackends4     *ebpf.MapSpec `ebpf:"sluice_backends4"`
 	SluiceBackends6     *ebpf.MapSpec `ebpf:"sluice_backends6"`
 	SluiceCt6           *ebpf.MapSpec `ebpf:"sluice_ct6"`
 	SluiceDeviceAddrs6  *ebpf.MapSpec `ebpf:"sluice_device_addrs6"`
 	SluiceDevices       *ebpf.MapSpec `ebpf:"sluice_devices"`
 	SluiceFrags6        *ebpf.MapSpec `ebpf:"sluice_frags6"`
 	SluiceFrontendPorts *ebpf.MapSpec `ebpf:"sluice_frontend_ports"`
+	SluiceFrontends4    *ebpf.MapSpec `ebpf:"sluice_frontends4"`
 	SluiceFrontends6    *ebpf.MapSpec `ebpf:"sluice_frontends6"`
 	SluiceMaglev        *ebpf.MapSpec `ebpf:"sluice_maglev"`
 	SluiceReasons       *ebpf.MapSpec `ebpf:"sluice_reasons"`
@@ -421,12 +450,14 @@ type SluiceSock6Maps struct {
 	SluiceAffinityMatch *ebpf.Map `ebpf:"sluice_affinity_match"`
 	SluiceAgent         *ebpf.Map `ebpf:"sluice_agent"`
 	SluiceBackendPorts  *ebpf.Map `ebpf:"sluice_backend_ports"`
+	SluiceBackends4     *ebpf.Map `ebpf:"sluice_backends4"`
 	SluiceBackends6     *ebpf.Map `ebpf:"sluice_backends6"`
 	SluiceCt6           *ebpf.Map `ebpf:"sluice_ct6"`
 	SluiceDeviceAddrs6  *ebpf.Map `ebpf:"sluice_device_addrs6"`
 	SluiceDevices       *ebpf.Map `ebpf:"sluice_devices"`
 	SluiceFrags6        *ebpf.Map `ebpf:"sluice_frags6"`
 	SluiceFrontendPorts *ebpf.Map `ebpf:"sluice_frontend_ports"`
+	SluiceFrontends4    *ebpf.Map `ebpf:"sluice_frontends4"`
 	SluiceFrontends6    *ebpf.Map `ebpf:"sluice_frontends6"`
 	SluiceMaglev        *ebpf.Map `ebpf:"sluice_maglev"`
 	SluiceReasons       *ebpf.Map `ebpf:"sluice_reasons"`
@@ -446,12 +477,14 @@ func (m *SluiceSock6Maps) Close() error {
 		m.SluiceAffinityMatch,
 		m.SluiceAgent,
 		m.SluiceBackendPorts,
+		m.SluiceBackends4,
 		m.SluiceBackends6,
 		m.SluiceCt6,
 		m.SluiceDeviceAddrs6,
 		m.SluiceDevices,
 		m.SluiceFrags6,
 		m.SluiceFrontendPorts,
+		m.SluiceFrontends4,
 		m.SluiceFrontends6,
 		m.SluiceMaglev,
 		m.SluiceReasons,

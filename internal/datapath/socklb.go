@@ -156,6 +156,9 @@ func (d *Datapath) LoadSocketLB6(s *SocketLB) error {
 	shared[Sluice6MapSluiceFrontends6] = d.v6.Objs.SluiceFrontends6
 	shared[Sluice6MapSluiceBackends6] = d.v6.Objs.SluiceBackends6
 	shared[SluiceSockMapSluiceSockAffinity] = s.objs.Affinity // keyed by service ID: both families'
+	// IPv4-mapped addresses on IPv6 sockets are balanced on IPv4's entries (bpf/lib/sock4in6.h).
+	shared[SluiceSock6MapSluiceFrontends4] = d.Objs.SluiceFrontends
+	shared[SluiceSock6MapSluiceBackends4] = d.Objs.SluiceBackends
 	for name, m := range shared {
 		if ms := spec.Maps[name]; ms != nil {
 			ms.MaxEntries = m.MaxEntries()

@@ -296,7 +296,8 @@ func TestSocketLBHostNamespaceOnly(t *testing.T) {
 
 // TestSocketLBIPv6: IPv6 sockets in the cgroup are balanced as IPv4's are, on the IPv6
 // datapath's frontends and backends (connect6, sendmsg6, recvmsg6, getpeername6), IPv4's beside
-// them unchanged; a bind to an IPv6 frontend is refused (post_bind6).
+// them unchanged, and an IPv6 socket to an IPv4-mapped frontend on IPv4's; a bind to an IPv6
+// frontend is refused (post_bind6).
 func TestSocketLBIPv6(t *testing.T) {
 	testutil.RequirePrivileges(t)
 	dp := loadShared(t, datapath.Config{})
@@ -356,6 +357,9 @@ func TestSocketLBIPv6(t *testing.T) {
 		{"udp-connected", "[fd00::1]:30053", "backend-a6"},
 		{"udp-unconnected", "[fd00::1]:30053", "backend-a6"},
 		{"tcp", "10.0.0.1:30080", "backend-a4"},
+		// An IPv6 socket to an IPv4 frontend through its IPv4-mapped address (Java's way):
+		// connect6 balances it on IPv4's entries.
+		{"tcp-v4mapped", "[::ffff:10.0.0.1]:30080", "backend-a4"},
 	} {
 		r := testutil.SockRequest(t, cg, ns.Path(), c.kind, c.addr)
 		if r.Err != "" || r.Reply != c.reply || r.Peer != c.addr {

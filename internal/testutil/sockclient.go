@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // The socket client runs as a process of its own (the test binary again): cgroup v2 membership
@@ -117,7 +118,15 @@ func sockRequest(kind, addr string) (reply, peer string, err error) {
 		}
 		return string(buf[:n]), from.String(), nil
 	}
-	c, err := net.DialTimeout(strings.TrimSuffix(kind, "-connected")+fam, addr, 2*time.Second)
+	var c net.Conn
+	if kind == "tcp-v4mapped" {
+		// An IPv6 socket without IPV6_V6ONLY to an IPv4-mapped address (Java's way): Go's own
+		// dialer would open an IPv4 socket for it.
+		c, err = dialV4Mapped(addr)
+		kind = "tcp"
+	} else {
+		c, err = net.DialTimeout(strings.TrimSuffix(kind, "-connected")+fam, addr, 2*time.Second)
+	}
 	if err != nil {
 		return "", "", err
 	}
@@ -290,4 +299,27 @@ func (h *HeldSock) Next(t testing.TB) SockResult {
 		t.Fatalf("held socket client: %v", err)
 	}
 	return r
+}
+
+// dialV4Mapped connects an AF_INET6 TCP socket with IPV6_V6ONLY off to addr, an IPv4-mapped
+// address ([::ffff:a.b.c.d]:port).
+func dialV4Mapped(addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4In6() {
+		return nil, fmt.Errorf("dial %s: want an IPv4-mapped address", addr)
+	}
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "v4mapped")
+	defer f.Close()
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		return nil, err
+	}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 2})
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+		return nil, fmt.Errorf("connect %s: %w", addr, err)
+	}
+	return net.FileConn(f)
 }
