@@ -120,15 +120,15 @@ func (c *Config) startControlPlane() error {
 	if err := c.waitAPI(2 * time.Minute); err != nil {
 		return err
 	}
-	if err := start("kube-controller-manager", c.bin("kube-controller-manager"),
+	if err := start("kube-controller-manager", append([]string{c.bin("kube-controller-manager"),
 		"--kubeconfig", f("controller.kubeconfig"),
 		"--authentication-kubeconfig", f("controller.kubeconfig"), "--authorization-kubeconfig", f("controller.kubeconfig"),
 		"--bind-address", "127.0.0.1",
-		"--allocate-node-cidrs", "--cluster-cidr", c.podCIDRs(), "--node-cidr-mask-size-ipv4", "24", "--node-cidr-mask-size-ipv6", "64",
+		"--allocate-node-cidrs", "--cluster-cidr", c.podCIDRs(),
 		"--service-cluster-ip-range", c.svcCIDRs(),
 		"--root-ca-file", f("ca.crt"), "--service-account-private-key-file", f("sa.key"),
 		"--use-service-account-credentials", "--controllers", "*,bootstrapsigner,tokencleaner",
-		"--leader-elect=false", "--profiling=false"); err != nil {
+		"--leader-elect=false", "--profiling=false"}, c.nodeCIDRMask()...)...); err != nil {
 		return err
 	}
 	return start("kube-scheduler", c.bin("kube-scheduler"),
@@ -254,4 +254,13 @@ func (c *Config) svcCIDRs() string {
 		return svcCIDR + "," + svcCIDR6
 	}
 	return svcCIDR
+}
+
+// nodeCIDRMask sizes each node's pod range: a /24, and a /64 of IPv6 when dual-stack (the
+// controller manager refuses the per-family flags on a single-stack cluster).
+func (c *Config) nodeCIDRMask() []string {
+	if c.DualStack {
+		return []string{"--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64"}
+	}
+	return []string{"--node-cidr-mask-size=24"}
 }
