@@ -124,15 +124,7 @@ func tupleOf(frame []byte) string {
 	}
 	switch l := p.TransportLayer().(type) {
 	case *layers.TCP:
-		flags := ""
-		for _, f := range []struct {
-			on bool
-			c  string
-		}{{l.SYN, "S"}, {l.ACK, "A"}, {l.FIN, "F"}, {l.RST, "R"}} {
-			if f.on {
-				flags += f.c
-			}
-		}
+		flags := tcpFlags(l)
 		return fmt.Sprintf("tcp %s:%d -> %s:%d [%s] ttl %d", ip.SrcIP, l.SrcPort, ip.DstIP, l.DstPort, flags, ip.TTL)
 	case *layers.UDP:
 		return fmt.Sprintf("udp %s:%d -> %s:%d ttl %d", ip.SrcIP, l.SrcPort, ip.DstIP, l.DstPort, ip.TTL)
@@ -326,15 +318,7 @@ func describeTrace(k *maps.Kernel, rec traceRec) TraceJSON {
 func tupleOf6(p gopacket.Packet, ip *layers.IPv6) string {
 	switch l := p.TransportLayer().(type) {
 	case *layers.TCP:
-		flags := ""
-		for _, f := range []struct {
-			on bool
-			c  string
-		}{{l.SYN, "S"}, {l.ACK, "A"}, {l.FIN, "F"}, {l.RST, "R"}} {
-			if f.on {
-				flags += f.c
-			}
-		}
+		flags := tcpFlags(l)
 		return fmt.Sprintf("tcp [%s]:%d -> [%s]:%d [%s] hop limit %d", ip.SrcIP, l.SrcPort, ip.DstIP, l.DstPort, flags, ip.HopLimit)
 	case *layers.UDP:
 		return fmt.Sprintf("udp [%s]:%d -> [%s]:%d hop limit %d", ip.SrcIP, l.SrcPort, ip.DstIP, l.DstPort, ip.HopLimit)
@@ -343,4 +327,18 @@ func tupleOf6(p gopacket.Packet, ip *layers.IPv6) string {
 		return fmt.Sprintf("icmpv6 %s -> %s %s", ip.SrcIP, ip.DstIP, icmp.TypeCode)
 	}
 	return fmt.Sprintf("%s %s -> %s", ip.NextHeader, ip.SrcIP, ip.DstIP)
+}
+
+// tcpFlags are l's SYN, ACK, FIN and RST as letters (SA, R, ...).
+func tcpFlags(l *layers.TCP) string {
+	flags := ""
+	for _, f := range []struct {
+		on bool
+		c  string
+	}{{l.SYN, "S"}, {l.ACK, "A"}, {l.FIN, "F"}, {l.RST, "R"}} {
+		if f.on {
+			flags += f.c
+		}
+	}
+	return flags
 }

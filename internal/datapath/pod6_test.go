@@ -100,17 +100,6 @@ func TestGoldenIPv6PodDevice(t *testing.T) {
 				}}},
 		}},
 	} {
-		t.Run(seq.desc, func(t *testing.T) {
-			f := &flow{}
-			for _, r := range seq.rows {
-				prog := e.dp.Objs.SluiceTcFromPod
-				if r.egress {
-					prog = e.dp.Objs.SluiceTcToPod
-				}
-				if !runPodRow(t, e.podEnv, prog, r.golden, f) {
-					return
-				}
-			}
-		})
+		runPodSeq(t, e.podEnv, seq.desc, seq.rows)
 	}
 }

@@ -165,19 +165,24 @@ func TestGoldenPodDevice(t *testing.T) {
 				}}},
 		}},
 	} {
-		t.Run(seq.desc, func(t *testing.T) {
-			f := &flow{}
-			for _, r := range seq.rows {
-				prog := e.dp.Objs.SluiceTcFromPod
-				if r.egress {
-					prog = e.dp.Objs.SluiceTcToPod
-				}
-				if !runPodRow(t, e, prog, r.golden, f) {
-					return
-				}
-			}
-		})
+		runPodSeq(t, e, seq.desc, seq.rows)
 	}
+}
+
+// runPodSeq runs a sequence of pod rows as a subtest, on the programs IPv4's attach.
+func runPodSeq(t *testing.T, e *podEnv, desc string, rows []podRow) {
+	t.Run(desc, func(t *testing.T) {
+		f := &flow{}
+		for _, r := range rows {
+			prog := e.dp.Objs.SluiceTcFromPod
+			if r.egress {
+				prog = e.dp.Objs.SluiceTcToPod
+			}
+			if !runPodRow(t, e, prog, r.golden, f) {
+				return
+			}
+		}
+	})
 }
 
 // runPodRow is runSteps' check on the pod device.

@@ -277,11 +277,7 @@ type MapFill struct {
 // Fill counts the entries of the agent-written and conntrack maps. Arrays are always full and
 // are not listed.
 func (k *Kernel) Fill() ([]MapFill, error) {
-	var out []MapFill
-	for _, m := range []struct {
-		name string
-		m    *ebpf.Map
-	}{
+	out, err := fill(nil, []namedMap{
 		{datapath.SluiceMapSluiceFrontends, k.objs.SluiceFrontends},
 		{datapath.SluiceMapSluiceSlots, k.objs.SluiceSlots},
 		{datapath.SluiceMapSluiceBackends, k.objs.SluiceBackends},
@@ -291,14 +287,28 @@ func (k *Kernel) Fill() ([]MapFill, error) {
 		{datapath.SluiceMapSluiceAffinityMatch, k.objs.SluiceAffinityMatch},
 		{datapath.SluiceMapSluiceSourceRanges, k.objs.SluiceSourceRanges},
 		{datapath.SluiceMapSluiceMaglev, k.objs.SluiceMaglev},
-	} {
+	})
+	if err != nil {
+		return nil, err
+	}
+	return k.fill6(out)
+}
+
+type namedMap struct {
+	name string
+	m    *ebpf.Map
+}
+
+// fill adds each map's use to out.
+func fill(out []MapFill, ms []namedMap) ([]MapFill, error) {
+	for _, m := range ms {
 		n, err := count(m.m)
 		if err != nil {
 			return nil, fmt.Errorf("count %s: %w", m.name, err)
 		}
 		out = append(out, MapFill{Name: m.name, Entries: n, MaxEntries: m.m.MaxEntries()})
 	}
-	return k.fill6(out)
+	return out, nil
 }
 
 func count(m *ebpf.Map) (int, error) {

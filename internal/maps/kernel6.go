@@ -236,23 +236,13 @@ func (k *Kernel) fill6(out []MapFill) ([]MapFill, error) {
 	if k.v6 == nil {
 		return out, nil
 	}
-	for _, m := range []struct {
-		name string
-		m    *ebpf.Map
-	}{
+	return fill(out, []namedMap{
 		{datapath.Sluice6MapSluiceFrontends6, k.v6.SluiceFrontends6},
 		{datapath.Sluice6MapSluiceBackends6, k.v6.SluiceBackends6},
 		{datapath.Sluice6MapSluiceCt6, k.v6.SluiceCt6},
 		{datapath.Sluice6MapSluiceAffinity6, k.v6.SluiceAffinity6},
 		{datapath.Sluice6MapSluiceSourceRanges6, k.v6.SluiceSourceRanges6},
-	} {
-		n, err := count(m.m)
-		if err != nil {
-			return nil, fmt.Errorf("count %s: %w", m.name, err)
-		}
-		out = append(out, MapFill{Name: m.name, Entries: n, MaxEntries: m.m.MaxEntries()})
-	}
-	return out, nil
+	})
 }
 
 // affinities6 adds the IPv6 session-affinity entries to Affinities'.

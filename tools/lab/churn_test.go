@@ -261,18 +261,7 @@ func TestE2EUpgradeUnderLoad(t *testing.T) {
 	// The old build needs --devices (it finds no device by itself) and serves its health on
 	// 127.0.0.1:10249 unless told the address this build's tests read.
 	c := startLoadClusterWith(t, old, "native", "--devices", "eth0", "--metrics-addr", "127.0.0.1:9871")
-	c.startWrk(t, 4*time.Second, true)
-	time.Sleep(500 * time.Millisecond)
-	if err := c.agent.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	a, err := c.StartAgent(lab.AgentOptions{Binary: agentBinary(t), Manifests: c.manifests, XDPMode: "native"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.agent = a
-	c.waitReady(t)
-	c.pingStreams(t, "after the upgrade")
+	a := c.upgradeUnderLoad(t)
 	if logs := a.Logs(); !strings.Contains(logs, "Migrated pinned map") || !strings.Contains(logs, "sluice_frontends") {
 		t.Errorf("the new agent did not report migrating sluice_frontends:\n%s", logs)
 	}
@@ -287,6 +276,24 @@ func TestE2EUpgradeUnderLoadDualStack(t *testing.T) {
 	testutil.RequirePrivileges(t)
 	c := startLoad(t, startClusterIn(t, lab.UpDualStackForTest(t, lab.NICLike), old, "native",
 		"--devices", "eth0", "--metrics-addr", "127.0.0.1:9871"))
+	c.upgradeUnderLoad(t)
+	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "dual-stack.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, filepath.Join(c.manifests, "dual-stack.yaml"), string(b))
+	c.waitFor(t, "the IPv6 NodePort", func() error {
+		_, err := lab.HTTPGet(c.Client, netip.AddrPortFrom(c.Node1IP6, 30180))
+		return err
+	})
+	time.Sleep(500 * time.Millisecond)
+	c.finish(t)
+}
+
+// upgradeUnderLoad replaces the running (previous release's) agent with this build's, native
+// XDP, under wrk's load, and checks that every stream kept its backend. It returns the new agent.
+func (c *loadCluster) upgradeUnderLoad(t *testing.T) *lab.Agent {
+	t.Helper()
 	c.startWrk(t, 4*time.Second, true)
 	time.Sleep(500 * time.Millisecond)
 	if err := c.agent.Stop(); err != nil {
@@ -299,15 +306,5 @@ func TestE2EUpgradeUnderLoadDualStack(t *testing.T) {
 	c.agent = a
 	c.waitReady(t)
 	c.pingStreams(t, "after the upgrade")
-	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "dual-stack.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAtomic(t, filepath.Join(c.manifests, "dual-stack.yaml"), string(b))
-	c.waitFor(t, "the IPv6 NodePort", func() error {
-		_, err := lab.HTTPGet(c.Client, netip.AddrPortFrom(c.Node1IP6, 30180))
-		return err
-	})
-	time.Sleep(500 * time.Millisecond)
-	c.finish(t)
+	return a
 }

@@ -1,11 +1,8 @@
 package lab
 
 import (
-	"fmt"
-	"net"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicelb/sluice/internal/testutil"
@@ -42,11 +39,8 @@ func (l *Lab) addIPv6() error {
 	if err := sysctl(l.Client, "net.ipv6.conf.all.accept_redirects=0", "net.ipv6.conf.eth0.accept_redirects=0"); err != nil {
 		return err
 	}
-	addrs := []struct {
-		ns   *testutil.Netns
-		dev  string
-		addr netip.Prefix
-	}{
+	// nodad: a tentative address cannot be used for a second or so, and none repeats.
+	if err := addAddrs(unix.IFA_F_NODAD, []nsAddr{
 		{l.Bridge, "br0", netip.PrefixFrom(Gateway6, 64)},
 		{l.Client, "eth0", netip.PrefixFrom(l.ClientIP6, 64)},
 		{l.Node1, "eth0", netip.PrefixFrom(l.Node1IP6, 64)},
@@ -55,42 +49,15 @@ func (l *Lab) addIPv6() error {
 		{l.Node2, "vpod2", netip.MustParsePrefix("fd00:244:2::1/64")},
 		{l.Pod1, "eth0", netip.PrefixFrom(l.Pod1IP6, 64)},
 		{l.Pod2, "eth0", netip.PrefixFrom(l.Pod2IP6, 64)},
+	}); err != nil {
+		return err
 	}
-	for _, a := range addrs {
-		if err := a.ns.Do(func() error {
-			link, err := netlink.LinkByName(a.dev)
-			if err == nil {
-				err = netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(a.addr), Flags: unix.IFA_F_NODAD})
-			}
-			if err != nil {
-				return fmt.Errorf("add address %s to %s in %s: %w", a.addr, a.dev, a.ns.Name, err)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-	}
-	routes := []struct {
-		ns      *testutil.Netns
-		dst, gw string
-	}{
+	return addRoutes([]nsRoute{
 		{l.Node1, "fd00:244:2::/64", "fd00:89::12"},
 		{l.Node2, "fd00:244:1::/64", "fd00:89::11"},
 		{l.Node1, "::/0", Gateway6.String()},
 		{l.Node2, "::/0", Gateway6.String()},
 		{l.Pod1, "::/0", "fd00:244:1::1"},
 		{l.Pod2, "::/0", "fd00:244:2::1"},
-	}
-	for _, r := range routes {
-		if err := r.ns.Do(func() error {
-			route := &netlink.Route{Dst: ipNet(netip.MustParsePrefix(r.dst)), Gw: net.ParseIP(r.gw)}
-			if err := netlink.RouteAdd(route); err != nil {
-				return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.gw, r.ns.Name, err)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
 }

@@ -209,11 +209,7 @@ func (l *Lab) build() error {
 		}
 	}
 
-	addrs := []struct {
-		ns   *testutil.Netns
-		dev  string
-		addr netip.Prefix
-	}{
+	if err := addAddrs(0, []nsAddr{
 		{l.Client, "eth0", netip.PrefixFrom(l.ClientIP, 24)},
 		{l.Node1, "eth0", netip.PrefixFrom(l.Node1IP, 24)},
 		{l.Node2, "eth0", netip.PrefixFrom(l.Node2IP, 24)},
@@ -221,43 +217,19 @@ func (l *Lab) build() error {
 		{l.Node2, "vpod2", netip.MustParsePrefix("10.244.2.1/24")},
 		{l.Pod1, "eth0", netip.PrefixFrom(l.Pod1IP, 24)},
 		{l.Pod2, "eth0", netip.PrefixFrom(l.Pod2IP, 24)},
-	}
-	for _, a := range addrs {
-		if err := a.ns.Do(func() error {
-			link, err := netlink.LinkByName(a.dev)
-			if err == nil {
-				err = netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(a.addr)})
-			}
-			if err != nil {
-				return fmt.Errorf("add address %s to %s in %s: %w", a.addr, a.dev, a.ns.Name, err)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 
-	routes := []struct {
-		ns      *testutil.Netns
-		dst, gw string
-	}{
+	if err := addRoutes([]nsRoute{
 		{l.Node1, "10.244.2.0/24", "10.89.0.12"},
 		{l.Node2, "10.244.1.0/24", "10.89.0.11"},
 		{l.Node1, "0.0.0.0/0", Gateway.String()},
 		{l.Node2, "0.0.0.0/0", Gateway.String()},
 		{l.Pod1, "0.0.0.0/0", "10.244.1.1"},
 		{l.Pod2, "0.0.0.0/0", "10.244.2.1"},
-	}
-	for _, r := range routes {
-		if err := r.ns.Do(func() error {
-			route := &netlink.Route{Dst: ipNet(netip.MustParsePrefix(r.dst)), Gw: net.ParseIP(r.gw)}
-			if err := netlink.RouteAdd(route); err != nil {
-				return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.gw, r.ns.Name, err)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
 	if l.Node1IP6.IsValid() {
 		if err := l.addIPv6(); err != nil {
@@ -376,6 +348,53 @@ func sysctl(ns *testutil.Netns, settings ...string) error {
 		}
 		return nil
 	})
+}
+
+// nsAddr is an address to give a device of a namespace; nsRoute a route to add in one.
+type nsAddr struct {
+	ns   *testutil.Netns
+	dev  string
+	addr netip.Prefix
+}
+
+type nsRoute struct {
+	ns      *testutil.Netns
+	dst, gw string
+}
+
+// addAddrs adds each address (with the IFA_F_* flags).
+func addAddrs(flags int, as []nsAddr) error {
+	for _, a := range as {
+		if err := a.ns.Do(func() error {
+			link, err := netlink.LinkByName(a.dev)
+			if err == nil {
+				err = netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(a.addr), Flags: flags})
+			}
+			if err != nil {
+				return fmt.Errorf("add address %s to %s in %s: %w", a.addr, a.dev, a.ns.Name, err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addRoutes adds each route.
+func addRoutes(rs []nsRoute) error {
+	for _, r := range rs {
+		if err := r.ns.Do(func() error {
+			route := &netlink.Route{Dst: ipNet(netip.MustParsePrefix(r.dst)), Gw: net.ParseIP(r.gw)}
+			if err := netlink.RouteAdd(route); err != nil {
+				return fmt.Errorf("add route %s via %s in %s: %w", r.dst, r.gw, r.ns.Name, err)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {
