@@ -96,7 +96,7 @@ func startParity(t *testing.T, proxy string, fam lb.Family) *parity {
 		t.Fatal(err)
 	}
 	c.stopAgentAtCleanup(t)
-	c.waitFor(t, proxy+" ready", ready)
+	c.waitForUpTo(t, 20*time.Second, proxy+" ready", ready) // start-up verifies both families' programs
 	return p
 }
 
