@@ -277,7 +277,7 @@ func TestE2EUpgradeUnderLoadDualStack(t *testing.T) {
 	c := startLoad(t, startClusterIn(t, lab.UpDualStackForTest(t, lab.NICLike), old, "native",
 		"--devices", "eth0", "--metrics-addr", "127.0.0.1:9871"))
 	c.upgradeUnderLoad(t)
-	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "dual-stack.yaml"))
+	b, err := os.ReadFile(filepath.Join("..", "..", "examples", "dual-stack", "services.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

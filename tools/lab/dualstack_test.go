@@ -22,19 +22,19 @@ import (
 // IPv6 address), as to its IPv4 ones.
 
 // startDualStack starts a dual-stack lab of variant v with backends in both pods, and the
-// agent on node1 serving examples/echo.yaml and examples/dual-stack.yaml.
+// agent on node1 serving examples/echo.yaml and examples/dual-stack/services.yaml.
 func startDualStack(t *testing.T, v lab.Variant, mode string, extra ...string) *cluster {
 	t.Helper()
 	testutil.RequirePrivileges(t)
 	bin := agentBinary(t)
 	l := lab.UpDualStackForTest(t, v)
 	c := &cluster{Lab: l, manifests: t.TempDir()}
-	for _, f := range []string{"echo.yaml", "dual-stack.yaml"} {
+	for _, f := range []string{"echo.yaml", "dual-stack/services.yaml"} {
 		b, err := os.ReadFile(filepath.Join("..", "..", "examples", f))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(c.manifests, f), b, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(c.manifests, filepath.Base(f)), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
