@@ -229,18 +229,7 @@ func TestE2EDualStackEveryClient(t *testing.T) {
 		ns   *testutil.Netns
 	}{{"node1", c.Node1}, {"pod1", c.Pod1}} {
 		for _, k := range targets {
-			seen := map[string]int{}
-			for _, r := range testutil.SockRequests(t, cg, from.ns.Path(), k.kind, k.to.String(), 16) {
-				body := r.Reply
-				if k.kind == "tcp" {
-					_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
-				}
-				who, _, err := lab.ParseReply(body)
-				if r.Err != "" || err != nil || r.Peer != k.to.String() {
-					t.Fatalf("%s from %s to %s: reply %q, peer %q, error %q %v", k.kind, from.name, k.to, r.Reply, r.Peer, r.Err, err)
-				}
-				seen[who]++
-			}
+			seen := sockAnswers(t, cg, from.ns, k.kind, k.to, 16, nil)
 			if seen["pod1"] == 0 || seen["pod2"] == 0 {
 				t.Errorf("%s from %s to %s reached %v; want both pods", k.kind, from.name, k.to, seen)
 			}
@@ -264,16 +253,7 @@ func TestE2EDualStackPodsWithoutSocketHooks(t *testing.T) {
 		{"udp-unconnected", netip.AddrPortFrom(clusterIP, 5353)},
 		{"tcp", netip.AddrPortFrom(c.Node1IP6, 30180)},
 	} {
-		seen := map[string]int{}
-		for _, r := range testutil.SockRequests(t, cg, c.Pod1.Path(), k.kind, k.to.String(), 16) {
-			body := r.Reply
-			if k.kind == "tcp" {
-				_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
-			}
-			who, client, err := lab.ParseReply(body)
-			if r.Err != "" || err != nil || r.Peer != k.to.String() {
-				t.Fatalf("%s from pod1 to %s: reply %q, peer %q, error %q %v", k.kind, k.to, r.Reply, r.Peer, r.Err, err)
-			}
+		seen := sockAnswers(t, cg, c.Pod1, k.kind, k.to, 16, func(who string, client netip.AddrPort) {
 			want := c.Pod1IP6
 			if who == "pod1" {
 				want = c.Node1IP6 // hairpin
@@ -281,8 +261,7 @@ func TestE2EDualStackPodsWithoutSocketHooks(t *testing.T) {
 			if client.Addr() != want {
 				t.Errorf("%s from pod1 to %s: %s saw the client as %v, want %v", k.kind, k.to, who, client, want)
 			}
-			seen[who]++
-		}
+		})
 		if seen["pod1"] == 0 || seen["pod2"] == 0 {
 			t.Errorf("%s from pod1 to %s reached %v; want both itself and the remote pod", k.kind, k.to, seen)
 		}

@@ -34,16 +34,7 @@ func TestE2EPodsWithoutSocketHooks(t *testing.T) {
 		{"tcp", c.nodePort(30080)},
 		{"udp-unconnected", c.nodePort(30053)},
 	} {
-		seen := map[string]int{}
-		for _, r := range testutil.SockRequests(t, cg, c.Pod1.Path(), k.kind, k.to.String(), 24) {
-			body := r.Reply
-			if k.kind == "tcp" {
-				_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
-			}
-			who, client, err := lab.ParseReply(body)
-			if r.Err != "" || err != nil || r.Peer != k.to.String() {
-				t.Fatalf("%s from pod1 to %s: reply %q, peer %q, error %q %v", k.kind, k.to, r.Reply, r.Peer, r.Err, err)
-			}
+		seen := sockAnswers(t, cg, c.Pod1, k.kind, k.to, 24, func(who string, client netip.AddrPort) {
 			want := c.Pod1IP
 			if who == "pod1" {
 				want = c.Node1IP // hairpin
@@ -51,8 +42,7 @@ func TestE2EPodsWithoutSocketHooks(t *testing.T) {
 			if client.Addr() != want {
 				t.Errorf("%s from pod1 to %s: %s saw the client as %v, want %v", k.kind, k.to, who, client, want)
 			}
-			seen[who]++
-		}
+		})
 		if seen["pod1"] == 0 || seen["pod2"] == 0 {
 			t.Errorf("%s from pod1 to %s reached %v; want both itself and the remote pod", k.kind, k.to, seen)
 		}

@@ -28,27 +28,40 @@ func TestE2ENodeToItsOwnNodePort(t *testing.T) {
 	}{{"tcp", 30080}, {"udp-connected", 30053}, {"udp-unconnected", 30053}} {
 		// Its address, and localhost (on by default, as kube-proxy's iptables mode).
 		for _, fe := range []netip.AddrPort{c.nodePort(k.port), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), k.port)} {
-			seen := map[string]int{}
-			for _, r := range testutil.SockRequests(t, cg, c.Node1.Path(), k.kind, fe.String(), 24) {
-				body := r.Reply
-				if k.kind == "tcp" {
-					_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
-				}
-				who, client, err := lab.ParseReply(body)
-				if r.Err != "" || err != nil || r.Peer != fe.String() {
-					t.Fatalf("%s from node1 to %s: reply %q, peer %q, error %q %v", k.kind, fe, r.Reply, r.Peer, r.Err, err)
-				}
+			seen := sockAnswers(t, cg, c.Node1, k.kind, fe, 24, func(who string, client netip.AddrPort) {
 				// The backend sees the node itself: no translation on the way.
 				if client.Addr() != c.Node1IP && !(who == "pod1" && client.Addr().String() == "10.244.1.1") {
 					t.Errorf("%s: %s saw the client as %v", k.kind, who, client)
 				}
-				seen[who]++
-			}
+			})
 			if seen["pod1"] == 0 || seen["pod2"] == 0 {
 				t.Errorf("%s from node1 to its own NodePort %s reached %v; want both the local and the remote pod", k.kind, fe, seen)
 			}
 		}
 	}
+}
+
+// sockAnswers makes n requests of kind from ns, a process in cgroup cg, to to, and returns how
+// often each backend answered. Every request must be answered with to shown as the peer; check,
+// if set, is given each answer's backend and the client it saw.
+func sockAnswers(t *testing.T, cg string, ns *testutil.Netns, kind string, to netip.AddrPort, n int, check func(who string, client netip.AddrPort)) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	for _, r := range testutil.SockRequests(t, cg, ns.Path(), kind, to.String(), n) {
+		body := r.Reply
+		if kind == "tcp" {
+			_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
+		}
+		who, client, err := lab.ParseReply(body)
+		if r.Err != "" || err != nil || r.Peer != to.String() {
+			t.Fatalf("%s from %s to %s: reply %q, peer %q, error %q %v", kind, ns.Name, to, r.Reply, r.Peer, r.Err, err)
+		}
+		if check != nil {
+			check(who, client)
+		}
+		seen[who]++
+	}
+	return seen
 }
 
 // stickyYAML is a ClusterIP service with session affinity on the lab's two pods.
@@ -111,18 +124,7 @@ func TestE2EEveryClientWithoutKubeProxy(t *testing.T) {
 		{"pod1", c.Pod1, append(toClusterIP, target{"tcp", c.nodePort(30080)}, target{"udp-unconnected", c.nodePort(30053)})},
 	} {
 		for _, k := range from.targets {
-			seen := map[string]int{}
-			for _, r := range testutil.SockRequests(t, cg, from.ns.Path(), k.kind, k.to.String(), 24) {
-				body := r.Reply
-				if k.kind == "tcp" {
-					_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
-				}
-				who, _, err := lab.ParseReply(body)
-				if r.Err != "" || err != nil || r.Peer != k.to.String() {
-					t.Fatalf("%s from %s to %s: reply %q, peer %q, error %q %v", k.kind, from.name, k.to, r.Reply, r.Peer, r.Err, err)
-				}
-				seen[who]++
-			}
+			seen := sockAnswers(t, cg, from.ns, k.kind, k.to, 24, nil)
 			if seen["pod1"] == 0 || seen["pod2"] == 0 {
 				t.Errorf("%s from %s to %s reached %v; want both the local and the remote pod", k.kind, from.name, k.to, seen)
 			}
