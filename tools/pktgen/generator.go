@@ -19,7 +19,8 @@ import (
 // PortRange is an inclusive range of ports.
 type PortRange struct{ Min, Max uint16 }
 
-// AddrRange is an inclusive range of IPv4 addresses.
+// AddrRange is an inclusive range of addresses of the template's family; an IPv6 range's
+// addresses differ only in their last 32 bits.
 type AddrRange struct{ First, Last netip.Addr }
 
 // Generator sends copies of Template, one flow after another, from every worker.
@@ -31,8 +32,9 @@ type Generator struct {
 	Ifindex int
 	// Redirect, when not zero, sends frames to this device with bpf_redirect instead.
 	Redirect int
-	// Template is the frame to send (see Frame): untagged Ethernet, IPv4 without options, TCP
-	// or UDP. Shorter than MinSize, it is sent padded to MinSize.
+	// Template is the frame to send (see Frame): untagged Ethernet, IPv4 without options or
+	// IPv6 without extension headers, TCP or UDP. Shorter than MinSize (MinSizeIPv6TCP for
+	// IPv6 TCP), it is sent padded to that.
 	Template []byte
 	// SrcPorts and SrcAddrs are the source ports and addresses flows are made of; zero values
 	// mean the template's.
@@ -94,18 +96,31 @@ func (g Generator) plan(t template) (flowPlan, error) {
 	if addrs == (AddrRange{}) {
 		addrs = AddrRange{t.src.Addr(), t.src.Addr()}
 	}
-	if !addrs.First.Is4() || !addrs.Last.Is4() || addrs.Last.Less(addrs.First) {
-		return flowPlan{}, fmt.Errorf("plan flows: source addresses %v-%v are not an IPv4 range", addrs.First, addrs.Last)
+	if addrs.First.Is4() != t.src.Addr().Is4() || addrs.Last.Is4() != t.src.Addr().Is4() {
+		return flowPlan{}, fmt.Errorf("plan flows: source addresses %v-%v are not of the template's family", addrs.First, addrs.Last)
 	}
-	first, last := addrs.First.As4(), addrs.Last.As4()
+	if addrs.Last.Less(addrs.First) {
+		return flowPlan{}, fmt.Errorf("plan flows: source addresses %v-%v are empty", addrs.First, addrs.Last)
+	}
+	first, last := addrs.First.As16(), addrs.Last.As16()
+	if [12]byte(first[:12]) != [12]byte(last[:12]) {
+		return flowPlan{}, fmt.Errorf("plan flows: source addresses %v-%v differ before their last 32 bits", addrs.First, addrs.Last)
+	}
 	p := flowPlan{
 		portMin:   ports.Min,
 		portCount: uint32(ports.Max-ports.Min) + 1,
-		addrMin:   binary.BigEndian.Uint32(first[:]),
-		addrCount: binary.BigEndian.Uint32(last[:]) - binary.BigEndian.Uint32(first[:]) + 1,
+		addrMin:   binary.BigEndian.Uint32(first[12:]),
+		addrCount: binary.BigEndian.Uint32(last[12:]) - binary.BigEndian.Uint32(first[12:]) + 1,
+	}
+	if t.ipv6 {
+		// The generator writes the last 32 bits over the template's: its prefix must be theirs.
+		tmpl := t.src.Addr().As16()
+		if [12]byte(tmpl[:12]) != [12]byte(first[:12]) {
+			return flowPlan{}, fmt.Errorf("plan flows: source addresses %v-%v do not share the template's first 96 bits (%v)", addrs.First, addrs.Last, t.src.Addr())
+		}
 	}
 	if p.addrCount == 0 {
-		return flowPlan{}, errors.New("plan flows: the whole IPv4 space is too many source addresses")
+		return flowPlan{}, errors.New("plan flows: 2^32 source addresses are too many")
 	}
 	all := min(uint64(p.portCount)*uint64(p.addrCount), math.MaxUint32)
 	switch {
@@ -124,14 +139,16 @@ func (g Generator) load(t template, p flowPlan) (*pktgenObjects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load generator spec: %w", err)
 	}
-	var tmpl [MinSize / 8]uint64
-	for i := range tmpl {
+	var tmpl [MinSizeIPv6TCP / 8]uint64
+	for i := range min(len(tmpl), len(t.data)/8) {
 		// Native order: the program stores these words into the frame as they lie in memory.
 		tmpl[i] = binary.NativeEndian.Uint64(t.data[i*8:])
 	}
 	vars := map[string]any{
 		pktgenVarCfgTmpl:            tmpl,
 		pktgenVarCfgProto:           uint8(t.proto),
+		pktgenVarCfgIpv6:            boolByte(t.ipv6),
+		pktgenVarCfgTmplLong:        boolByte(minSizeOf(t.ipv6, t.proto) > MinSize),
 		pktgenVarCfgFlows:           p.flows,
 		pktgenVarCfgPortMin:         p.portMin,
 		pktgenVarCfgPortCount:       p.portCount,

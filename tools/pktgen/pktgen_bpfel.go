@@ -32,11 +32,13 @@ const (
 	pktgenVarCfgAddrCount       = "cfg_addr_count"
 	pktgenVarCfgAddrMin         = "cfg_addr_min"
 	pktgenVarCfgFlows           = "cfg_flows"
+	pktgenVarCfgIpv6            = "cfg_ipv6"
 	pktgenVarCfgPortCount       = "cfg_port_count"
 	pktgenVarCfgPortMin         = "cfg_port_min"
 	pktgenVarCfgProto           = "cfg_proto"
 	pktgenVarCfgRedirectIfindex = "cfg_redirect_ifindex"
 	pktgenVarCfgTmpl            = "cfg_tmpl"
+	pktgenVarCfgTmplLong        = "cfg_tmpl_long"
 )
 
 // loadPktgen returns the embedded CollectionSpec for pktgen.
@@ -98,11 +100,13 @@ type pktgenVariableSpecs struct {
 	CfgAddrCount       *ebpf.VariableSpec `ebpf:"cfg_addr_count"`
 	CfgAddrMin         *ebpf.VariableSpec `ebpf:"cfg_addr_min"`
 	CfgFlows           *ebpf.VariableSpec `ebpf:"cfg_flows"`
+	CfgIpv6            *ebpf.VariableSpec `ebpf:"cfg_ipv6"`
 	CfgPortCount       *ebpf.VariableSpec `ebpf:"cfg_port_count"`
 	CfgPortMin         *ebpf.VariableSpec `ebpf:"cfg_port_min"`
 	CfgProto           *ebpf.VariableSpec `ebpf:"cfg_proto"`
 	CfgRedirectIfindex *ebpf.VariableSpec `ebpf:"cfg_redirect_ifindex"`
 	CfgTmpl            *ebpf.VariableSpec `ebpf:"cfg_tmpl"`
+	CfgTmplLong        *ebpf.VariableSpec `ebpf:"cfg_tmpl_long"`
 }
 
 // pktgenObjects contains all objects after they have been loaded into the kernel.
@@ -141,11 +145,13 @@ type pktgenVariables struct {
 	CfgAddrCount       *ebpf.Variable `ebpf:"cfg_addr_count"`
 	CfgAddrMin         *ebpf.Variable `ebpf:"cfg_addr_min"`
 	CfgFlows           *ebpf.Variable `ebpf:"cfg_flows"`
+	CfgIpv6            *ebpf.Variable `ebpf:"cfg_ipv6"`
 	CfgPortCount       *ebpf.Variable `ebpf:"cfg_port_count"`
 	CfgPortMin         *ebpf.Variable `ebpf:"cfg_port_min"`
 	CfgProto           *ebpf.Variable `ebpf:"cfg_proto"`
 	CfgRedirectIfindex *ebpf.Variable `ebpf:"cfg_redirect_ifindex"`
 	CfgTmpl            *ebpf.Variable `ebpf:"cfg_tmpl"`
+	CfgTmplLong        *ebpf.Variable `ebpf:"cfg_tmpl_long"`
 }
 
 // pktgenPrograms contains all programs after they have been loaded into the kernel.

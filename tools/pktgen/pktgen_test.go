@@ -59,14 +59,21 @@ func newPair(t testing.TB) *pair {
 }
 
 var (
-	srcAddr = netip.MustParseAddr("10.70.0.1")
-	dst     = netip.MustParseAddrPort("10.70.0.100:8080")
+	srcAddr  = netip.MustParseAddr("10.70.0.1")
+	dst      = netip.MustParseAddrPort("10.70.0.100:8080")
+	srcAddr6 = netip.MustParseAddr("fd00:70::1")
+	dst6     = netip.MustParseAddrPort("[fd00:70::100]:8080")
 )
 
-func (p *pair) template(t testing.TB, proto pktgen.Proto, size int) []byte {
+func (p *pair) template(t testing.TB, proto pktgen.Proto) []byte {
 	t.Helper()
-	b, err := pktgen.Frame{SrcMAC: p.txMAC, DstMAC: p.rxMAC, Src: netip.AddrPortFrom(srcAddr, 10000),
-		Dst: dst, Proto: proto, Size: size}.Bytes()
+	return p.templateFrom(t, proto, srcAddr, dst)
+}
+
+func (p *pair) templateFrom(t testing.TB, proto pktgen.Proto, src netip.Addr, to netip.AddrPort) []byte {
+	t.Helper()
+	b, err := pktgen.Frame{SrcMAC: p.txMAC, DstMAC: p.rxMAC, Src: netip.AddrPortFrom(src, 10000),
+		Dst: to, Proto: proto}.Bytes()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,22 +84,41 @@ func (p *pair) template(t testing.TB, proto pktgen.Proto, size int) []byte {
 func TestFrameMatchesTestutil(t *testing.T) {
 	src, dstMAC := net.HardwareAddr{2, 0, 0, 0, 0, 1}, net.HardwareAddr{2, 0, 0, 0, 0, 2}
 	from := netip.MustParseAddrPort("192.0.2.1:40000")
+	from6 := netip.MustParseAddrPort("[2001:db8::1]:40000")
 	for _, tc := range []struct {
-		proto pktgen.Proto
-		size  int
-		pkt   testutil.Pkt
+		proto    pktgen.Proto
+		size     int
+		ipv6     bool
+		wantSize int
+		pkt      testutil.Pkt
 	}{
-		{pktgen.UDP, 0, testutil.Pkt{Proto: layers.IPProtocolUDP, Payload: make([]byte, pktgen.MinSize-42)}},
-		{pktgen.UDP, 1500, testutil.Pkt{Proto: layers.IPProtocolUDP, Payload: make([]byte, 1500-42)}},
-		{pktgen.TCP, 0, testutil.Pkt{Proto: layers.IPProtocolTCP, SYN: true, Seq: 1, Window: 64240}},
+		{pktgen.UDP, 0, false, 64, testutil.Pkt{Proto: layers.IPProtocolUDP, Payload: make([]byte, pktgen.MinSize-42)}},
+		{pktgen.UDP, 1500, false, 1500, testutil.Pkt{Proto: layers.IPProtocolUDP, Payload: make([]byte, 1500-42)}},
+		{pktgen.TCP, 0, false, 64, testutil.Pkt{Proto: layers.IPProtocolTCP, SYN: true, Seq: 1, Window: 64240}},
+		// IPv6 UDP's headers are 62 bytes: 2 of payload in the 64.
+		{pktgen.UDP, 0, true, 64, testutil.Pkt{Proto: layers.IPProtocolUDP, Payload: make([]byte, pktgen.MinSize-62)}},
+		{pktgen.UDP, 1500, true, 1500, testutil.Pkt{Proto: layers.IPProtocolUDP, Payload: make([]byte, 1500-62)}},
+		// IPv6 TCP's 74 bytes of headers are sent in 80 (MinSizeIPv6TCP), padded.
+		{pktgen.TCP, 0, true, 80, testutil.Pkt{Proto: layers.IPProtocolTCP, SYN: true, Seq: 1, Window: 64240}},
 	} {
-		t.Run(fmt.Sprintf("%v-%d", tc.proto, tc.size), func(t *testing.T) {
-			got, err := pktgen.Frame{SrcMAC: src, DstMAC: dstMAC, Src: from, Dst: dst, Proto: tc.proto, Size: tc.size}.Bytes()
+		fam := "ipv4"
+		if tc.ipv6 {
+			fam = "ipv6"
+		}
+		t.Run(fmt.Sprintf("%s-%v-%d", fam, tc.proto, tc.size), func(t *testing.T) {
+			f, to := from, dst
+			if tc.ipv6 {
+				f, to = from6, dst6
+			}
+			got, err := pktgen.Frame{SrcMAC: src, DstMAC: dstMAC, Src: f, Dst: to, Proto: tc.proto, Size: tc.size}.Bytes()
 			if err != nil {
 				t.Fatal(err)
 			}
+			if len(got) != tc.wantSize {
+				t.Fatalf("frame of %d bytes, want %d", len(got), tc.wantSize)
+			}
 			pkt := tc.pkt
-			pkt.SrcMAC, pkt.DstMAC, pkt.Src, pkt.Dst, pkt.DF = src, dstMAC, from, dst, true
+			pkt.SrcMAC, pkt.DstMAC, pkt.Src, pkt.Dst, pkt.DF = src, dstMAC, f, to, !tc.ipv6
 			want := pkt.Bytes()
 			if len(want) < len(got) {
 				want = append(want, make([]byte, len(got)-len(want))...) // Ethernet padding
@@ -125,20 +151,32 @@ func TestGeneratorIntoSink(t *testing.T) {
 		proto    pktgen.Proto
 		workers  int
 		redirect bool
+		ipv6     bool
 	}{
-		{pktgen.UDP, 1, false},
-		{pktgen.TCP, 1, false},
-		{pktgen.UDP, 2, false},
-		{pktgen.TCP, 2, false},
-		{pktgen.UDP, 1, true},
+		{pktgen.UDP, 1, false, false},
+		{pktgen.TCP, 1, false, false},
+		{pktgen.UDP, 2, false, false},
+		{pktgen.TCP, 2, false, false},
+		{pktgen.UDP, 1, true, false},
+		{pktgen.UDP, 1, false, true},
+		{pktgen.TCP, 2, false, true},
+		{pktgen.UDP, 1, true, true},
 	} {
 		name := fmt.Sprintf("%v/workers=%d", tc.proto, tc.workers)
 		if tc.redirect {
 			name += "/redirect"
 		}
+		src, to, size := srcAddr, dst, pktgen.MinSize
+		if tc.ipv6 {
+			name = "ipv6/" + name
+			src, to = srcAddr6, dst6
+			if tc.proto == pktgen.TCP {
+				size = pktgen.MinSizeIPv6TCP
+			}
+		}
 		t.Run(name, func(t *testing.T) {
 			sink, err := pktgen.AttachSink(pktgen.SinkConfig{
-				Netns: p.rx.Path(), Dev: "rx0", Match: dst, MatchProto: tc.proto,
+				Netns: p.rx.Path(), Dev: "rx0", Match: to, MatchProto: tc.proto,
 				Sample: perCPU, SampleEvery: every, TrackSrcPorts: true, Scribble: true,
 			})
 			if err != nil {
@@ -146,11 +184,11 @@ func TestGeneratorIntoSink(t *testing.T) {
 			}
 			defer sink.Close()
 
-			tmpl := p.template(t, tc.proto, 0)
+			tmpl := p.templateFrom(t, tc.proto, src, to)
 			gen := pktgen.Generator{
 				Netns: p.tx.Path(), Ifindex: p.txIf, Template: tmpl,
 				SrcPorts: pktgen.PortRange{Min: portMin, Max: portMin + ports - 1},
-				SrcAddrs: pktgen.AddrRange{First: srcAddr, Last: srcAddr.Next()},
+				SrcAddrs: pktgen.AddrRange{First: src, Last: src.Next()},
 				Workers:  tc.workers,
 			}
 			if tc.redirect {
@@ -176,8 +214,8 @@ func TestGeneratorIntoSink(t *testing.T) {
 			// No tolerance: each sending CPU has its own veth queue, drained by the sink in
 			// that CPU's softirq after every batch of 64 frames, so its 256-frame ring never
 			// overflows. (With one queue and two senders, 1-3% are dropped: TxDropped.)
-			if got.Packets != count || got.Matched != count || got.Bytes != count*pktgen.MinSize {
-				t.Fatalf("sink saw %+v, want %d frames of %d bytes, all to %v", got, count, pktgen.MinSize, dst)
+			if got.Packets != count || got.Matched != count || got.Bytes != count*uint64(size) {
+				t.Fatalf("sink saw %+v, want %d frames of %d bytes, all to %v", got, count, size, to)
 			}
 
 			seen, err := sink.SrcPorts()
@@ -206,11 +244,14 @@ func TestGeneratorIntoSink(t *testing.T) {
 					t.Fatalf("sample %d: %v\n%v", i, err, testutil.Decode(s))
 				}
 				from := netip.AddrPortFrom(netip.AddrFrom4([4]byte(s[26:30])), binary.BigEndian.Uint16(s[34:]))
-				if from.Addr() != srcAddr && from.Addr() != srcAddr.Next() {
+				if tc.ipv6 {
+					from = netip.AddrPortFrom(netip.AddrFrom16([16]byte(s[22:38])), binary.BigEndian.Uint16(s[54:]))
+				}
+				if from.Addr() != src && from.Addr() != src.Next() {
 					t.Fatalf("sample %d from %v: not a source address of the range", i, from)
 				}
 				// All but the flow's source must be the template's.
-				want, err := pktgen.Frame{SrcMAC: p.txMAC, DstMAC: p.rxMAC, Src: from, Dst: dst, Proto: tc.proto}.Bytes()
+				want, err := pktgen.Frame{SrcMAC: p.txMAC, DstMAC: p.rxMAC, Src: from, Dst: to, Proto: tc.proto}.Bytes()
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -236,7 +277,7 @@ func TestGeneratorDuration(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	gen := pktgen.Generator{Netns: p.tx.Path(), Ifindex: p.txIf, Template: p.template(t, pktgen.UDP, 0),
+	gen := pktgen.Generator{Netns: p.tx.Path(), Ifindex: p.txIf, Template: p.template(t, pktgen.UDP),
 		SrcPorts: pktgen.PortRange{Min: 1024, Max: 65535}}
 	ctx := context.Background()
 	res, err := gen.Run(ctx, 0, 300*time.Millisecond)
@@ -268,19 +309,37 @@ func TestGeneratorRejectsBadSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tmpl6, err := pktgen.Frame{SrcMAC: make(net.HardwareAddr, 6), DstMAC: make(net.HardwareAddr, 6),
+		Src: netip.AddrPortFrom(srcAddr6, 1), Dst: dst6, Proto: pktgen.UDP}.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noCsum6 := append([]byte(nil), tmpl6...)
+	noCsum6[14+40+6], noCsum6[14+40+7] = 0, 0
+	extHdr6 := append([]byte(nil), tmpl6...)
+	extHdr6[14+6] = 0 // hop-by-hop options
 	high := netip.MustParseAddr("10.70.0.9")
 	withOpts := append([]byte(nil), tmpl...)
 	withOpts[14] = 0x46
 	for name, g := range map[string]pktgen.Generator{
-		"no device":      {Template: tmpl},
-		"ip options":     {Ifindex: 1, Template: withOpts},
-		"short":          {Ifindex: 1, Template: tmpl[:30]},
-		"empty ports":    {Ifindex: 1, Template: tmpl, SrcPorts: pktgen.PortRange{Min: 2, Max: 1}},
-		"reversed addrs": {Ifindex: 1, Template: tmpl, SrcAddrs: pktgen.AddrRange{First: high, Last: srcAddr}},
-		"too many flows": {Ifindex: 1, Template: tmpl, SrcPorts: pktgen.PortRange{Min: 1, Max: 10}, Flows: 11},
+		"no device":                       {Template: tmpl},
+		"ip options":                      {Ifindex: 1, Template: withOpts},
+		"short":                           {Ifindex: 1, Template: tmpl[:30]},
+		"empty ports":                     {Ifindex: 1, Template: tmpl, SrcPorts: pktgen.PortRange{Min: 2, Max: 1}},
+		"reversed addrs":                  {Ifindex: 1, Template: tmpl, SrcAddrs: pktgen.AddrRange{First: high, Last: srcAddr}},
+		"too many flows":                  {Ifindex: 1, Template: tmpl, SrcPorts: pktgen.PortRange{Min: 1, Max: 10}, Flows: 11},
+		"ipv6 range for an ipv4 template": {Ifindex: 1, Template: tmpl, SrcAddrs: pktgen.AddrRange{First: srcAddr6, Last: srcAddr6}},
+		"ipv6 range beyond 32 bits": {Ifindex: 1, Template: tmpl6,
+			SrcAddrs: pktgen.AddrRange{First: srcAddr6, Last: netip.MustParseAddr("fd00:70::1:0:1")}},
+		"ipv6 range of another prefix": {Ifindex: 1, Template: tmpl6,
+			SrcAddrs: pktgen.AddrRange{First: netip.MustParseAddr("fd00:71::1"), Last: netip.MustParseAddr("fd00:71::2")}},
+		"ipv6 udp without checksum": {Ifindex: 1, Template: noCsum6},
+		"ipv6 extension header":     {Ifindex: 1, Template: extHdr6},
 	} {
 		if _, err := g.Run(context.Background(), 1, 0); err == nil {
 			t.Errorf("%s: Run succeeded", name)
+		} else {
+			t.Logf("%s: %v", name, err)
 		}
 	}
 }
@@ -297,7 +356,7 @@ func BenchmarkGenerator(b *testing.B) {
 	for _, proto := range []pktgen.Proto{pktgen.UDP, pktgen.TCP} {
 		for _, workers := range []int{1, 2} {
 			b.Run(fmt.Sprintf("%v/workers=%d", proto, workers), func(b *testing.B) {
-				gen := pktgen.Generator{Netns: p.tx.Path(), Ifindex: p.txIf, Template: p.template(b, proto, 0),
+				gen := pktgen.Generator{Netns: p.tx.Path(), Ifindex: p.txIf, Template: p.template(b, proto),
 					SrcPorts: pktgen.PortRange{Min: 1024, Max: 65535}, Workers: workers}
 				before, err := sink.Count()
 				if err != nil {

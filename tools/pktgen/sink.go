@@ -23,7 +23,8 @@ type SinkConfig struct {
 	// Generic attaches in generic (SKB) mode; the default is native, which a veth has and
 	// which is what makes XDP frames sent into its peer arrive.
 	Generic bool
-	// Frames to Match over MatchProto (an expected backend) are also counted as Matched.
+	// Frames to Match (IPv4 or IPv6) over MatchProto (an expected backend) are also counted
+	// as Matched.
 	Match      netip.AddrPort
 	MatchProto Proto
 	// Sample keeps up to this many frames per CPU (their first 256 bytes) for Samples, one in
@@ -69,17 +70,30 @@ func AttachSink(cfg SinkConfig) (*Sink, error) {
 		spec.Maps[sinkMapSinkPorts].MaxEntries = 1 // the program finds no entry and skips
 	}
 	var matchAddr [4]byte
+	var matchAddr6 [4]uint32
+	ipv6 := false
 	if cfg.MatchProto != 0 {
-		if !cfg.Match.Addr().Is4() {
-			return nil, fmt.Errorf("attach sink: match %v: want an IPv4 address and port", cfg.Match)
+		a := cfg.Match.Addr()
+		switch {
+		case a.Is4():
+			matchAddr = a.As4()
+		case a.Is6() && !a.Is4In6():
+			ipv6 = true
+			b := a.As16()
+			for i := range matchAddr6 {
+				matchAddr6[i] = binary.NativeEndian.Uint32(b[4*i:])
+			}
+		default:
+			return nil, fmt.Errorf("attach sink: match %v: want an IPv4 or IPv6 address and port", cfg.Match)
 		}
-		matchAddr = cfg.Match.Addr().As4()
 	}
 	var matchPort [2]byte
 	binary.BigEndian.PutUint16(matchPort[:], cfg.Match.Port())
 	vars := map[string]any{
 		// Network order in memory, as the program compares them with the frame.
 		sinkVarCfgMatchAddr:   binary.NativeEndian.Uint32(matchAddr[:]),
+		sinkVarCfgMatchAddr6:  matchAddr6,
+		sinkVarCfgMatchIpv6:   boolByte(ipv6),
 		sinkVarCfgMatchPort:   binary.NativeEndian.Uint16(matchPort[:]),
 		sinkVarCfgMatchProto:  uint8(cfg.MatchProto),
 		sinkVarCfgSample:      uint32(max(cfg.Sample, 0)),

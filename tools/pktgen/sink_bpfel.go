@@ -30,6 +30,8 @@ const (
 	sinkMapSinkStats      = "sink_stats"
 	sinkProgSinkXdp       = "sink_xdp"
 	sinkVarCfgMatchAddr   = "cfg_match_addr"
+	sinkVarCfgMatchAddr6  = "cfg_match_addr6"
+	sinkVarCfgMatchIpv6   = "cfg_match_ipv6"
 	sinkVarCfgMatchPort   = "cfg_match_port"
 	sinkVarCfgMatchProto  = "cfg_match_proto"
 	sinkVarCfgSample      = "cfg_sample"
@@ -97,6 +99,8 @@ type sinkMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type sinkVariableSpecs struct {
 	CfgMatchAddr   *ebpf.VariableSpec `ebpf:"cfg_match_addr"`
+	CfgMatchAddr6  *ebpf.VariableSpec `ebpf:"cfg_match_addr6"`
+	CfgMatchIpv6   *ebpf.VariableSpec `ebpf:"cfg_match_ipv6"`
 	CfgMatchPort   *ebpf.VariableSpec `ebpf:"cfg_match_port"`
 	CfgMatchProto  *ebpf.VariableSpec `ebpf:"cfg_match_proto"`
 	CfgSample      *ebpf.VariableSpec `ebpf:"cfg_sample"`
@@ -143,6 +147,8 @@ func (m *sinkMaps) Close() error {
 // It can be passed to loadSinkObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sinkVariables struct {
 	CfgMatchAddr   *ebpf.Variable `ebpf:"cfg_match_addr"`
+	CfgMatchAddr6  *ebpf.Variable `ebpf:"cfg_match_addr6"`
+	CfgMatchIpv6   *ebpf.Variable `ebpf:"cfg_match_ipv6"`
 	CfgMatchPort   *ebpf.Variable `ebpf:"cfg_match_port"`
 	CfgMatchProto  *ebpf.Variable `ebpf:"cfg_match_proto"`
 	CfgSample      *ebpf.Variable `ebpf:"cfg_sample"`

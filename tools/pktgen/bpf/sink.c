@@ -9,6 +9,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -20,7 +21,7 @@
 struct stats {
 	__u64 packets; /* every frame */
 	__u64 bytes;
-	__u64 matched; /* IPv4 frames to cfg_match_addr:cfg_match_port over cfg_match_proto */
+	__u64 matched; /* frames to cfg_match_addr(6):cfg_match_port over cfg_match_proto */
 	__u64 sampled; /* frames copied to sink_samples */
 };
 
@@ -56,6 +57,8 @@ struct {
 
 /* Settings, written from Go (spec.Variables) before load. */
 volatile const __be32 cfg_match_addr = 0;
+volatile const __u8 cfg_match_ipv6 = 0;   /* match cfg_match_addr6, in IPv6 frames */
+volatile const __be32 cfg_match_addr6[4];
 volatile const __be16 cfg_match_port = 0;
 volatile const __u8 cfg_match_proto = 0;   /* 0: nothing counts as matched */
 volatile const __u32 cfg_sample = 0;       /* frames to keep, per CPU */
@@ -87,17 +90,38 @@ int sink_xdp(struct xdp_md *ctx)
 	st->bytes += len;
 
 	struct ethhdr *eth = data;
-	struct iphdr *iph = data + sizeof(*eth);
-	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
-		goto out;
-	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+	if ((void *)(eth + 1) > data_end)
 		goto out;
 	/* TCP and UDP both start with the source and destination ports. */
-	struct udphdr *ports = (void *)iph + iph->ihl * 4;
-	if (iph->ihl < 5 || (void *)(ports + 1) > data_end)
+	struct udphdr *ports;
+	int matched;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+			goto out;
+		if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+			goto out;
+		ports = (void *)iph + iph->ihl * 4;
+		if ((void *)(ports + 1) > data_end)
+			goto out;
+		matched = !cfg_match_ipv6 && iph->protocol == cfg_match_proto && iph->daddr == cfg_match_addr;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		/* What the generator sends and a NAT forwards: no extension headers. */
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			goto out;
+		if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+			goto out;
+		ports = (void *)(ip6 + 1);
+		if ((void *)(ports + 1) > data_end)
+			goto out;
+		const __be32 *d = ip6->daddr.in6_u.u6_addr32;
+		matched = cfg_match_ipv6 && ip6->nexthdr == cfg_match_proto && d[0] == cfg_match_addr6[0] &&
+			  d[1] == cfg_match_addr6[1] && d[2] == cfg_match_addr6[2] && d[3] == cfg_match_addr6[3];
+	} else {
 		goto out;
-	if (cfg_match_proto && iph->protocol == cfg_match_proto && iph->daddr == cfg_match_addr &&
-	    ports->dest == cfg_match_port)
+	}
+	if (cfg_match_proto && matched && ports->dest == cfg_match_port)
 		st->matched++;
 	if (cfg_track_ports) {
 		__u32 key = bpf_ntohs(ports->source);
