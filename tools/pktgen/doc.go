@@ -4,7 +4,9 @@
 // The generator (bpf/pktgen.c, Generator) is attached nowhere: Go runs it with
 // BPF_PROG_TEST_RUN in live-frame mode (BPF_F_TEST_XDP_LIVE_FRAMES, Linux 5.18 or newer),
 // where each repetition is a real frame sent out of the device it "arrived" on (XDP_TX) or
-// redirected to another. It cycles through flows by source port, then source address, and
+// redirected to another. Templates are IPv4 or IPv6 (Frame), TCP SYNs or UDP; 64-byte frames
+// in both families but IPv6 TCP, whose headers need 80. It cycles through flows by source
+// port, then source address (an IPv6 address's last 32 bits), and
 // rebuilds every frame's headers from the template, because live-frame pages come back
 // recycled with whatever the receiver (a NAT, the kernel's forwarding) wrote into them. One
 // worker per CPU, each with an exact share of a fixed count, or until a deadline.
