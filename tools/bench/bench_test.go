@@ -85,9 +85,17 @@ func TestReport(t *testing.T) {
 		name string
 		mpps float64
 	}{{"plain", 3}, {"bare-xdp", 13.8}, {"sluice-xdp", 4.7}, {"sluice-tc", 2.2}, {"kube-proxy-iptables", 0.85}} {
-		res.Datapaths = append(res.Datapaths, &Datapath{Name: d.name, PPS: pps(d.mpps), PPSLocal: pps(d.mpps),
-			Iperf: &Iperf{Gbps: 4}, WrkKeep: wrk(70000), WrkClose: wrk(15000)})
+		dp := &Datapath{Name: d.name, PPS: pps(d.mpps), PPSLocal: pps(d.mpps),
+			Iperf: &Iperf{Gbps: 4}, WrkKeep: wrk(70000), WrkClose: wrk(15000)}
+		if d.name != "bare-xdp" {
+			dp.PPS6, dp.PPSLocal6 = pps(d.mpps*0.8), pps(d.mpps*0.8)
+		}
+		if d.name == "sluice-tc" {
+			dp.PPS6, dp.PPSLocal6, dp.Error6 = nil, nil, "IPv6 services not served"
+		}
+		res.Datapaths = append(res.Datapaths, dp)
 	}
+	res.Floor6 = pps(18)
 	res.Datapaths = append(res.Datapaths, &Datapath{Name: "kube-proxy-nftables", Error: "nft: not found"})
 	computeRatios(res)
 
@@ -106,6 +114,9 @@ func TestReport(t *testing.T) {
 	check("forwarded >= 0.85", 4.7/13.8, false)
 	check("per-packet <= 1.1", 470.0/450, true)
 	check("established <= 1.5", 100.0/5, false)
+	if v := res.ratio("sluice-xdp / kube-proxy-iptables, forwarded Mpps, IPv6, remote backend"); abs(v-4.7/0.85) > 1e-6 {
+		t.Errorf("IPv6 ratio against kube-proxy iptables: %v, want %v", v, 4.7/0.85)
+	}
 
 	dir := t.TempDir()
 	jsonPath := filepath.Join(dir, "results.json")
@@ -122,7 +133,9 @@ func TestReport(t *testing.T) {
 	}
 	for _, want := range []string{"## Goals", "## Where we stand, and why", "## Datapaths side by side", "## Per-packet cost",
 		"## Scale sweep", "kube-proxy-nftables | failed: nft: not found", "over the 120 s budget at 10,000 services",
-		"(../results.json)", "bench-mpps.svg", "bench-perpacket.svg", "bench-scale-mpps.svg"} {
+		"(../results.json)", "bench-mpps.svg",
+		"### Packet rate in IPv6", "**IPv6: 5.5× kube-proxy.**", "| bare-xdp | not measured (IPv4 only) |", "| sluice-tc | failed: IPv6 services not served |",
+		"| sluice-xdp | **3.76** (gen 3.76, 0.0% lost) | 0.80× |", "bench-perpacket.svg", "bench-scale-mpps.svg"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("report lacks %q", want)
 		}

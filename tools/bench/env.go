@@ -148,7 +148,8 @@ func newEnv(ctx context.Context, cfg *config) (_ *env, err error) {
 	}
 	// NIC-like veths on purpose: the benchmark stands in for a node with a NIC, where sluice
 	// runs native XDP (auto's choice on such drivers); sluice-tc is measured on the same lab.
-	if e.l, err = lab.UpVariant(lab.NICLike); err != nil {
+	// Dual-stack, for the IPv6 packet rate (pps6.go).
+	if e.l, err = lab.UpDualStack(lab.NICLike); err != nil {
 		return nil, err
 	}
 	e.defer_(e.l.Down)
@@ -219,6 +220,9 @@ func newEnv(ctx context.Context, cfg *config) (_ *env, err error) {
 	if _, err := l.Node1.Exec("ip", "neigh", "replace", l.Pod1IP.String(), "lladdr", e.pod1MAC.String(), "dev", "vpod1", "nud", "permanent"); err != nil {
 		return nil, err
 	}
+	if err := e.setUpIPv6(e.pod1MAC); err != nil {
+		return nil, err
+	}
 
 	// node1's 127.0.0.1:6443 is the API server.
 	var ln net.Listener
@@ -262,7 +266,7 @@ func linkOf(ns *testutil.Netns, name string) (net.HardwareAddr, int, error) {
 
 func (e *env) createObjects(ctx context.Context) error {
 	c := e.client
-	for name, ip := range map[string]netip.Addr{"node1": e.l.Node1IP, "node2": e.l.Node2IP} {
+	for name, ips := range map[string][]netip.Addr{"node1": {e.l.Node1IP, e.l.Node1IP6}, "node2": {e.l.Node2IP, e.l.Node2IP6}} {
 		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
 		if _, err := c.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return err
@@ -271,7 +275,10 @@ func (e *env) createObjects(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		n.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: ip.String()}}
+		n.Status.Addresses = nil
+		for _, ip := range ips {
+			n.Status.Addresses = append(n.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: ip.String()})
+		}
 		if _, err := c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 			return err
 		}
@@ -288,6 +295,15 @@ func (e *env) createObjects(ctx context.Context) error {
 			return err
 		}
 	}
+	for _, s := range benchSvcs6 {
+		addr, node := e.l.Pod2IP6, "node2"
+		if s.pod == "pod1" {
+			addr, node = e.l.Pod1IP6, "node1"
+		}
+		if err := createService(ctx, c, s.name, s.proto, s.port, s.nodePort, s.targetPort, []endpoint{{addr, node}}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -296,18 +312,26 @@ type endpoint struct {
 	node string
 }
 
+// createService creates a NodePort service and its slice of eps: single-stack IPv6 when the
+// endpoints are IPv6, the API server's default (IPv4) otherwise.
 func createService(ctx context.Context, c kubernetes.Interface, name string, proto v1.Protocol, port int32, nodePort, target uint16, eps []endpoint) error {
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: benchNS, Name: name}, Spec: v1.ServiceSpec{
 		Type: v1.ServiceTypeNodePort, Selector: map[string]string{"app": name},
 		Ports: []v1.ServicePort{{Name: "p", Protocol: proto, Port: port, TargetPort: intstr.FromInt32(int32(target)), NodePort: int32(nodePort)}},
 	}}
+	addrType := discoveryv1.AddressTypeIPv4
+	if len(eps) > 0 && eps[0].addr.Is6() {
+		single := v1.IPFamilyPolicySingleStack
+		svc.Spec.IPFamilies, svc.Spec.IPFamilyPolicy = []v1.IPFamily{v1.IPv6Protocol}, &single
+		addrType = discoveryv1.AddressTypeIPv6
+	}
 	if _, err := c.CoreV1().Services(benchNS).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create service %s: %w", name, err)
 	}
 	pname, tport := "p", int32(target)
 	sl := &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: benchNS, Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		AddressType: addrType,
 		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Protocol: &proto, Port: &tport}},
 	}
 	ready := true

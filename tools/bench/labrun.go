@@ -27,6 +27,10 @@ func runLab(ctx context.Context, cfg *config, res *Results) (err error) {
 			return fmt.Errorf("harness floor: %w", err)
 		}
 		logf("harness floor (generator straight into a sink on node1): %s", res.Floor)
+		if res.Floor6, err = e.measurePPS(ctx, e.floorSpec6(), cfg.ppsRuns, cfg.ppsDuration); err != nil {
+			return fmt.Errorf("harness floor, IPv6: %w", err)
+		}
+		logf("harness floor, IPv6: %s", res.Floor6)
 		for _, k := range datapaths {
 			if cfg.datapaths != "" && !slices.Contains(strings.Split(cfg.datapaths, ","), k.name) {
 				continue
@@ -48,6 +52,11 @@ func runLab(ctx context.Context, cfg *config, res *Results) (err error) {
 			}
 			if d.PPSLocal != nil && res.Floor != nil && res.Floor.NsPerPkt > 0 {
 				d.PPSLocal.NodeNsPerPkt = d.PPSLocal.NsPerPkt - res.Floor.NsPerPkt
+			}
+			for _, p := range []*PPS{d.PPS6, d.PPSLocal6} {
+				if p != nil && res.Floor6 != nil && res.Floor6.NsPerPkt > 0 {
+					p.NodeNsPerPkt = p.NsPerPkt - res.Floor6.NsPerPkt
+				}
 			}
 		}
 		logf("datapaths section took %v", time.Since(t0).Round(time.Second))
@@ -105,6 +114,9 @@ func (e *env) runDatapath(ctx context.Context, k dpKind) (d *Datapath, err error
 		return d, fmt.Errorf("packet rate, local backend: %w", err)
 	}
 	logf("%s: local backend: %s", k.name, d.PPSLocal)
+	if k != dpBare {
+		e.measureIPv6(ctx, r, d)
+	}
 	// Traffic through the datapath again, after the sinks took frames away for a while.
 	if _, err := r.waitServing(ctx, 10*time.Second+time.Since(r.start), 0); err != nil {
 		return d, fmt.Errorf("after the packet rate: %w", err)

@@ -28,6 +28,7 @@ import (
 // ppsSpec says what one packet-rate measurement sends and where it counts.
 type ppsSpec struct {
 	path     string // remote, local or floor
+	ipv6     bool   // IPv6 frames (pps6.go)
 	dst      netip.AddrPort
 	sinkNS   string // namespace path of the sink's device
 	sinkDev  string
@@ -49,7 +50,7 @@ func (e *env) localSpec(dst netip.AddrPort, restore func() error) ppsSpec {
 	return ppsSpec{path: "local", dst: dst, sinkNS: l.Pod1.Path(), sinkDev: "eth0",
 		match:    netip.AddrPortFrom(l.Pod1IP, svcUDPLocal.targetPort),
 		prepared: func() error { _ = clearXDP(l.Pod1, "eth0"); return nil },
-		restore:  restore}
+		restore:  restore} // nil: nothing to put back
 }
 
 // floorSpec: the generator into a sink on node1's own eth0, nothing forwarded.
@@ -81,7 +82,11 @@ func (e *env) measurePPS(ctx context.Context, s ppsSpec, runs int, d time.Durati
 		return nil, err
 	}
 	defer sink.Close()
-	tmpl, err := pktgen.Frame{SrcMAC: l.ClientMAC, DstMAC: l.Node1MAC, Src: netip.AddrPortFrom(l.ClientIP, 1024),
+	src := l.ClientIP
+	if s.ipv6 {
+		src = l.ClientIP6
+	}
+	tmpl, err := pktgen.Frame{SrcMAC: l.ClientMAC, DstMAC: l.Node1MAC, Src: netip.AddrPortFrom(src, 1024),
 		Dst: s.dst, Proto: pktgen.UDP}.Bytes()
 	if err != nil {
 		return nil, err
@@ -103,7 +108,7 @@ func (e *env) measurePPS(ctx context.Context, s ppsSpec, runs int, d time.Durati
 		return nil, fmt.Errorf("nothing reached the sink on %s for %v (it saw %d other frames): the datapath does not forward to %v",
 			s.sinkDev, s.match, warm.Packets, s.dst)
 	}
-	res = &PPS{Path: s.path, Proto: "udp"}
+	res = &PPS{Path: s.path, Proto: "udp", IPv6: s.ipv6}
 	var gens, fwds, drops []float64
 	for i := 0; i < runs; i++ {
 		before, err := sink.Count()

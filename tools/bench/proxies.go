@@ -98,7 +98,7 @@ func (e *env) startDatapath(k dpKind) (*running, error) {
 	case dpKPIPT, dpKPNFT:
 		mode := strings.TrimPrefix(k.name, "kube-proxy-")
 		r.agent, err = l.StartKubeProxy(lab.KubeProxyOptions{Binary: filepath.Join(controlplane.Bin(), "kube-proxy"),
-			Kubeconfig: e.kubeconfig, Mode: mode})
+			Kubeconfig: e.kubeconfig, Mode: mode, Extra: kubeProxyDualStack})
 	default:
 		err = fmt.Errorf("unknown datapath %s", k.name)
 	}

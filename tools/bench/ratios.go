@@ -62,6 +62,7 @@ func computeRatios(r *Results) {
 		return v
 	}
 	inClusterRatios(r, add)
+	ipv6Ratios(r, add)
 	slu, tc, ipt, nft := r.datapath("sluice-xdp"), r.datapath("sluice-tc"), r.datapath("kube-proxy-iptables"), r.datapath("kube-proxy-nftables")
 	bare, plain := r.datapath("bare-xdp"), r.datapath("plain")
 	type pair struct {

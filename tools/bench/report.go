@@ -195,6 +195,7 @@ func markdown(res *Results, charts map[string]string, jsonRel, jsonPath string) 
 		if f, ok := charts["mpps"]; ok {
 			w("![Forwarded Mpps per datapath](%s)\n\n", f)
 		}
+		w("%s", ipv6Table(res))
 	}
 
 	w("%s", inClusterTable(res))

@@ -17,6 +17,7 @@ type Results struct {
 
 	PerPacket    *PerPacket    `json:"perPacket,omitempty"`
 	Floor        *PPS          `json:"harnessFloor,omitempty"`
+	Floor6       *PPS          `json:"harnessFloorIPv6,omitempty"`
 	Datapaths    []*Datapath   `json:"datapaths,omitempty"`
 	Sweep        []*SweepPoint `json:"sweep,omitempty"`
 	InCluster    []*InCluster  `json:"inCluster,omitempty"`
@@ -71,6 +72,7 @@ type Settings struct {
 type PPS struct {
 	Path      string   `json:"path"` // remote or local backend, or floor
 	Proto     string   `json:"proto"`
+	IPv6      bool     `json:"ipv6,omitempty"`
 	Runs      []PPSRun `json:"runs"`
 	GenMpps   float64  `json:"generatorMpps"`
 	FwdMpps   float64  `json:"forwardedMpps"`
@@ -120,16 +122,20 @@ type Wrk struct {
 
 // Datapath is one datapath under test with every measurement of the main table.
 type Datapath struct {
-	Name        string  `json:"name"`
-	Description string  `json:"description"`
-	Target      string  `json:"target"` // where the client sends
-	Error       string  `json:"error,omitempty"`
-	PPS         *PPS    `json:"ppsRemote,omitempty"`
-	PPSLocal    *PPS    `json:"ppsLocal,omitempty"`
-	Iperf       *Iperf  `json:"iperf3,omitempty"`
-	WrkKeep     *Wrk    `json:"wrkKeepAlive,omitempty"`
-	WrkClose    *Wrk    `json:"wrkNewConnection,omitempty"`
-	ReadySecs   float64 `json:"startToServingSeconds"`
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	Target      string `json:"target"` // where the client sends
+	Error       string `json:"error,omitempty"`
+	PPS         *PPS   `json:"ppsRemote,omitempty"`
+	PPSLocal    *PPS   `json:"ppsLocal,omitempty"`
+	// PPS6 and PPSLocal6 are the same in IPv6 (pps6.go); bare-xdp has none.
+	PPS6      *PPS    `json:"ppsRemoteIPv6,omitempty"`
+	PPSLocal6 *PPS    `json:"ppsLocalIPv6,omitempty"`
+	Error6    string  `json:"errorIPv6,omitempty"`
+	Iperf     *Iperf  `json:"iperf3,omitempty"`
+	WrkKeep   *Wrk    `json:"wrkKeepAlive,omitempty"`
+	WrkClose  *Wrk    `json:"wrkNewConnection,omitempty"`
+	ReadySecs float64 `json:"startToServingSeconds"`
 	// NewServiceSecs is from creating a service (the new-connection run's) to its first
 	// answer through the datapath.
 	NewServiceSecs float64 `json:"newServiceToServedSeconds"`
