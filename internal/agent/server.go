@@ -449,12 +449,13 @@ func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConf
 		return nil, false, err
 	}
 	defer s.Close() // the pinned links hold the programs
-	if ipv6 {
-		if err := dp.LoadSocketLB6(s); err != nil {
+	// With IPv6 off they still balance IPv4-mapped addresses (IPv6 sockets to IPv4 services).
+	if err := dp.LoadSocketLB6(s); err != nil {
+		if ipv6 {
 			return nil, false, err
 		}
-	} else {
-		dp.DetachSocketLB6() // a previous agent's, with IPv6 on
+		log.Warn("Not balancing IPv6 sockets' IPv4-mapped addresses (Java's way to IPv4 services)", zap.Error(err))
+		dp.DetachSocketLB6() // a previous agent's
 	}
 	if err := dp.AttachSocketLB(s, cgroup); err != nil {
 		return nil, false, err

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -129,12 +130,11 @@ func (d *Datapath) LoadSocketLB(c SocketLBConfig) (*SocketLB, error) {
 }
 
 // LoadSocketLB6 loads the IPv6 socket programs into s, on the IPv6 datapath's frontends and
-// backends (LoadIPv6 first) and s's session affinity, with s's settings: AttachSocketLB then
-// attaches them too.
+// backends and s's session affinity, with s's settings: AttachSocketLB then attaches them too.
+// Without the IPv6 datapath (LoadIPv6), on an IPv4-only node, they balance IPv4-mapped
+// addresses only: an IPv6 socket reaching an IPv4 service (Java's, by default) must be
+// balanced there too, and the IPv6 maps they would read are empty stubs.
 func (d *Datapath) LoadSocketLB6(s *SocketLB) error {
-	if d.v6 == nil {
-		return errors.New("load IPv6 socket programs: the IPv6 datapath is not loaded")
-	}
 	spec, err := LoadSluiceSock6()
 	if err != nil {
 		return fmt.Errorf("load IPv6 socket spec: %w", err)
@@ -145,6 +145,15 @@ func (d *Datapath) LoadSocketLB6(s *SocketLB) error {
 			m.Pinning = ebpf.PinNone
 		}
 	}
+	if d.v6 == nil {
+		for name, m := range spec.Maps {
+			// Not pinned: a pin named like the IPv6 datapath's would say it is loaded
+			// (sluicectl, the next agent). The reverse table is the socket programs' own.
+			if strings.HasSuffix(name, "6") && name != SluiceSock6MapSluiceSockRevnat6 {
+				m.Pinning, m.MaxEntries = ebpf.PinNone, 1
+			}
+		}
+	}
 	for name, v := range s.vars {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
@@ -153,8 +162,10 @@ func (d *Datapath) LoadSocketLB6(s *SocketLB) error {
 	shared := d.sockShared()
 	delete(shared, SluiceMapSluiceFrontends)
 	delete(shared, SluiceMapSluiceBackends)
-	shared[Sluice6MapSluiceFrontends6] = d.v6.Objs.SluiceFrontends6
-	shared[Sluice6MapSluiceBackends6] = d.v6.Objs.SluiceBackends6
+	if d.v6 != nil {
+		shared[Sluice6MapSluiceFrontends6] = d.v6.Objs.SluiceFrontends6
+		shared[Sluice6MapSluiceBackends6] = d.v6.Objs.SluiceBackends6
+	}
 	shared[SluiceSockMapSluiceSockAffinity] = s.objs.Affinity // keyed by service ID: both families'
 	// IPv4-mapped addresses on IPv6 sockets are balanced on IPv4's entries (bpf/lib/sock4in6.h).
 	shared[SluiceSock6MapSluiceFrontends4] = d.Objs.SluiceFrontends

@@ -378,3 +378,53 @@ func TestSocketLBIPv6(t *testing.T) {
 		t.Errorf("bind to another port: %+v, want bound", r)
 	}
 }
+
+// TestSocketLBIPv4MappedWithoutIPv6: on a node without IPv6 (no IPv6 datapath loaded), the
+// IPv6 socket programs still balance an IPv6 socket's IPv4-mapped connect to an IPv4 frontend
+// (Java's way) and show it the address it asked for; IPv6 destinations are left alone.
+func TestSocketLBIPv4MappedWithoutIPv6(t *testing.T) {
+	testutil.RequirePrivileges(t)
+	// Not a shared datapath: one that has had the IPv6 datapath keeps it.
+	dp, err := datapath.Load(datapath.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := dp.LoadSocketLB6(s); err != nil {
+		t.Fatal(err)
+	}
+	cg := testutil.Cgroup2(t)
+	if err := dp.AttachSocketLB(s, cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.DetachSocketLB)
+	k := maps.NewKernel(&dp.Objs.SluiceMaps)
+
+	ns := testutil.NewTestNetns(t, "sk4in6")
+	v4TCP, _ := serve(t, ns, "backend-a4")
+	v6TCP, _ := serveOn(t, ns, "plain6", netip.MustParseAddr("::1"))
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(k.UpdateBackend(3, lb.Backend{Addr: v4TCP.Addr(), Port: v4TCP.Port(), Local: true}))
+	must(k.UpdateSlot(maps.SlotKey{ServiceID: 14, Slot: 1}, 3))
+	must(k.UpdateFrontend(lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30080, Proto: lb.TCP}, lb.Frontend{ServiceID: 14, Count: 1}))
+	for _, c := range []struct{ kind, addr, reply string }{
+		{"tcp-v4mapped", "[::ffff:10.0.0.1]:30080", "backend-a4"},
+		{"tcp", "10.0.0.1:30080", "backend-a4"},
+		{"tcp", v6TCP.String(), "plain6"},
+	} {
+		r := testutil.SockRequest(t, cg, ns.Path(), c.kind, c.addr)
+		if r.Err != "" || r.Reply != c.reply || r.Peer != c.addr {
+			t.Errorf("%s to %s: got reply %q from peer %q (error %q); want %q from %s", c.kind, c.addr, r.Reply, r.Peer, r.Err, c.reply, c.addr)
+		}
+	}
+}

@@ -49,7 +49,7 @@ func sockAnswers(t *testing.T, cg string, ns *testutil.Netns, kind string, to ne
 	seen := map[string]int{}
 	for _, r := range testutil.SockRequests(t, cg, ns.Path(), kind, to.String(), n) {
 		body := r.Reply
-		if kind == "tcp" {
+		if strings.HasPrefix(kind, "tcp") {
 			_, body, _ = strings.Cut(r.Reply, "\r\n\r\n")
 		}
 		who, client, err := lab.ParseReply(body)
@@ -88,7 +88,8 @@ endpoints:
 
 // TestE2EEveryClientWithoutKubeProxy: with --kube-proxy-replacement and socket LB on node1's
 // cgroup, and no kube-proxy, node1 itself and its pod reach the ClusterIP (TCP, connected and
-// unconnected UDP) and the pod its own node's NodePort, on both the local and the remote pod
+// unconnected UDP; an IPv6 socket through the IPv4-mapped address too) and the pod its own
+// node's NodePort, on both the local and the remote pod
 // (the local one being, for the pod, itself: hairpin), each shown the address it asked for;
 // session affinity keeps a client on one backend.
 func TestE2EEveryClientWithoutKubeProxy(t *testing.T) {
@@ -120,7 +121,8 @@ func TestE2EEveryClientWithoutKubeProxy(t *testing.T) {
 		ns      *testutil.Netns
 		targets []target
 	}{
-		{"node1", c.Node1, toClusterIP},
+		// An IPv6 socket to the IPv4-mapped ClusterIP (Java's way), on this IPv4-only node.
+		{"node1", c.Node1, append(toClusterIP, target{"tcp-v4mapped", netip.AddrPortFrom(netip.AddrFrom16(clusterIP.As16()), 80)})},
 		{"pod1", c.Pod1, append(toClusterIP, target{"tcp", c.nodePort(30080)}, target{"udp-unconnected", c.nodePort(30053)})},
 	} {
 		for _, k := range from.targets {
