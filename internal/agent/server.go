@@ -179,15 +179,18 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 	if len(devs.Names()) == 0 {
 		alog.Warn("No device to attach to yet: none named by --devices exists, or none carries the node's addresses or default route; waiting for one")
 	}
-	revnat, localhost, err := setupSocketLB(dp, o.SocketLBCgroup,
+	sock, err := setupSocketLB(dp, o.SocketLBCgroup,
 		datapath.SocketLBConfig{LocalhostNodePorts: o.LocalhostNodePorts, HostNamespaceOnly: o.SocketLBHostOnly}, v6 != nil, dlog)
 	if err != nil {
 		return err
 	}
-	if revnat != nil {
-		defer revnat.Close()
+	if sock.revnat != nil {
+		defer sock.revnat.Close()
+		if sock.revnat6 != nil {
+			defer sock.revnat6.Close()
+		}
 		// UDP sockets pointed at an endpoint that stopped serving end with its flows.
-		t := &sockterm.Terminator{Revnat: revnat, ProcFS: o.ProcFS, Log: log.Named("sockterm")}
+		t := &sockterm.Terminator{Revnat: sock.revnat, Revnat6: sock.revnat6, ProcFS: o.ProcFS, Log: log.Named("sockterm")}
 		rec.Terminate = t.Terminate
 	}
 	rec.FlushInBackground(ctx) // a flush walks the whole connection table: not on the sync loop
@@ -236,7 +239,7 @@ func Run(ctx context.Context, o *Options, version string, log *zap.Logger) error
 			}
 		},
 		Tracker: tracker, Reconciler: rec, Options: desired.Options{NodeName: o.NodeName, NodePortRange: portRange, Maglev: o.maglev,
-			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "" || devs.Pods, LocalhostNodePorts: localhost,
+			ClusterIPs: o.KubeProxyReplacement, NodeClients: o.SocketLBCgroup != "" || devs.Pods, LocalhostNodePorts: sock.localhost,
 			IPv6: v6 != nil}, FullEvery: o.SyncPeriod,
 		NodeZone: func() string { return tracker.NodeZone(o.NodeName) },
 		Addresses: func() ([]netip.Addr, error) {
@@ -432,43 +435,56 @@ func filterAddresses(addrs []netip.Addr, cidrs []netip.Prefix) []netip.Addr {
 	return out
 }
 
+// socketLB is what setupSocketLB leaves the agent: the reverse maps (nil without socket LB;
+// revnat6 nil without the IPv6 socket programs), what the sockets were pointed at, and
+// whether NodePorts are served on loopback.
+type socketLB struct {
+	revnat, revnat6 *ebpf.Map
+	localhost       bool
+}
+
 // setupSocketLB attaches the socket programs to the cgroup, or, with none given, takes away
-// what a previous agent attached. It returns their reverse map (nil without): what the
-// sockets were pointed at; and whether NodePorts are served on loopback.
-func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConfig, ipv6 bool, log *zap.Logger) (*ebpf.Map, bool, error) {
+// what a previous agent attached.
+func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConfig, ipv6 bool, log *zap.Logger) (socketLB, error) {
 	if cgroup == "" {
 		dp.DetachSocketLB()
-		return nil, false, nil
+		return socketLB{}, nil
 	}
 	cgroup, err := cgroup2Dir(cgroup)
 	if err != nil {
-		return nil, false, err
+		return socketLB{}, err
 	}
 	s, err := dp.LoadSocketLB(c)
 	if err != nil {
-		return nil, false, err
+		return socketLB{}, err
 	}
 	defer s.Close() // the pinned links hold the programs
 	// With IPv6 off they still balance IPv4-mapped addresses (IPv6 sockets to IPv4 services).
 	if err := dp.LoadSocketLB6(s); err != nil {
 		if ipv6 {
-			return nil, false, err
+			return socketLB{}, err
 		}
 		log.Warn("Not balancing IPv6 sockets' IPv4-mapped addresses (Java's way to IPv4 services)", zap.Error(err))
 		dp.DetachSocketLB6() // a previous agent's
 	}
 	if err := dp.AttachSocketLB(s, cgroup); err != nil {
-		return nil, false, err
+		return socketLB{}, err
 	}
 	log.Info("Balancing sockets", zap.String("cgroup", cgroup), zap.Bool("ipv6", ipv6), zap.Bool("localhostNodePorts", s.Localhost), zap.Bool("hostNamespaceOnly", c.HostNamespaceOnly))
 	if c.LocalhostNodePorts && !s.Localhost {
 		log.Warn("Not serving NodePorts on 127.0.0.1: this kernel cannot tell the node's network namespace from a pod's (SO_NETNS_COOKIE, Linux 5.14)")
 	}
-	revnat, err := s.Revnat().Clone()
-	if err != nil {
-		return nil, false, fmt.Errorf("open socket reverse map: %w", err)
+	out := socketLB{localhost: s.Localhost}
+	if out.revnat, err = s.Revnat().Clone(); err != nil {
+		return socketLB{}, fmt.Errorf("open socket reverse map: %w", err)
 	}
-	return revnat, s.Localhost, nil
+	if m := s.Revnat6(); m != nil {
+		if out.revnat6, err = m.Clone(); err != nil {
+			out.revnat.Close()
+			return socketLB{}, fmt.Errorf("open IPv6 socket reverse map: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // restConfig is the kubeconfig's, else the in-cluster config; apiServer, if set, replaces the

@@ -256,6 +256,15 @@ func (d *Datapath) DetachSocketLB() {
 // backend (sockterm finds the sockets to end in it).
 func (s *SocketLB) Revnat() *ebpf.Map { return s.objs.Revnat }
 
+// Revnat6 is the IPv6 socket programs' reverse map (IPv6 and IPv4-mapped backends), nil
+// unless LoadSocketLB6 loaded them.
+func (s *SocketLB) Revnat6() *ebpf.Map {
+	if s.objs6 == nil {
+		return nil
+	}
+	return s.objs6.Revnat6
+}
+
 // Close releases the programs' and maps' descriptors; attached links and pins stay.
 func (s *SocketLB) Close() error {
 	err := errors.Join(s.objs.Connect4.Close(), s.objs.Sendmsg4.Close(), s.objs.Recvmsg4.Close(),

@@ -9,7 +9,9 @@
 // ECONNABORTED (a recv() reports it; a send() without an address fails): connecting again goes
 // through the service and reaches a serving endpoint, as Cilium's socket LB makes applications
 // do. Unconnected sockets need none of this: the socket programs pick a backend for every
-// sendmsg().
+// sendmsg(). IPv6 sockets are found the same way in the IPv6 socket programs' reverse map
+// (sluice_sock_revnat6), those pointed at IPv6 endpoints and those at IPv4 ones through
+// IPv4-mapped addresses.
 package sockterm
 
 import (
@@ -36,6 +38,8 @@ import (
 type Terminator struct {
 	// Revnat is the socket programs' reverse map (datapath.SocketLB's).
 	Revnat *ebpf.Map
+	// Revnat6 is the IPv6 socket programs' (SocketLB.Revnat6), nil without them.
+	Revnat6 *ebpf.Map
 	// ProcFS is where the node's procfs is mounted: every process's network namespace is
 	// found at <ProcFS>/<pid>/ns/net (the DaemonSet mounts the node's at /host/proc).
 	ProcFS string
@@ -47,33 +51,44 @@ type Terminator struct {
 // enter (a process gone meanwhile) is skipped; the sockets it found and could not destroy are
 // in the error.
 func (t *Terminator) Terminate(gone map[maps.FlowTarget]bool) (int, error) {
-	cookies, keys, err := t.translated(gone)
-	if err != nil || len(cookies) == 0 {
+	f, err := t.translated(gone)
+	if err != nil || len(f.cookies) == 0 {
 		return 0, err
 	}
 	destroyed := 0
 	var errs []error
 	for _, ns := range t.namespaces() {
-		n, err := destroyIn(ns, cookies)
+		n, err := destroyIn(ns, f.cookies)
 		destroyed += n
 		if err != nil {
 			errs = append(errs, fmt.Errorf("destroy sockets in %s: %w", ns, err))
 		}
 	}
 	// The entries go with their sockets (a socket that was not found is closed already).
-	for _, k := range keys {
+	for _, k := range f.keys4 {
 		if err := t.Revnat.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("delete socket reverse entry: %w", err))
+		}
+	}
+	for _, k := range f.keys6 {
+		if err := t.Revnat6.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete IPv6 socket reverse entry: %w", err))
 		}
 	}
 	return destroyed, errors.Join(errs...)
 }
 
-// translated finds the cookies of the UDP sockets translated to gone's endpoints, with the
-// endpoint each was pointed at.
-func (t *Terminator) translated(gone map[maps.FlowTarget]bool) (map[uint64]netip.AddrPort, []datapath.SluiceSockSockRevnatKey, error) {
-	cookies := map[uint64]netip.AddrPort{}
-	var keys []datapath.SluiceSockSockRevnatKey
+// found is what translated finds: the sockets to end by cookie, each with the peer it has
+// (an IPv4, IPv6 or IPv4-mapped address), and their reverse entries in each family's map.
+type found struct {
+	cookies map[uint64]netip.AddrPort
+	keys4   []datapath.SluiceSockSockRevnatKey
+	keys6   []datapath.SluiceSock6SockRevnatKey
+}
+
+// translated finds the UDP sockets translated to gone's endpoints.
+func (t *Terminator) translated(gone map[maps.FlowTarget]bool) (found, error) {
+	f := found{cookies: map[uint64]netip.AddrPort{}}
 	var k datapath.SluiceSockSockRevnatKey
 	var v datapath.SluiceSockSockRevnat
 	it := t.Revnat.Iterate()
@@ -83,14 +98,35 @@ func (t *Terminator) translated(gone map[maps.FlowTarget]bool) (map[uint64]netip
 		}
 		be := netip.AddrPortFrom(maps.AddrFrom4(k.Addr), maps.PortFrom16(k.Port))
 		if gone[maps.FlowTarget{ServiceID: v.SvcId, Backend: be}] {
-			cookies[k.Cookie] = be
-			keys = append(keys, k)
+			f.cookies[k.Cookie] = be
+			f.keys4 = append(f.keys4, k)
 		}
 	}
 	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("dump socket reverse entries: %w", err)
+		return found{}, fmt.Errorf("dump socket reverse entries: %w", err)
 	}
-	return cookies, keys, nil
+	if t.Revnat6 == nil {
+		return f, nil
+	}
+	var k6 datapath.SluiceSock6SockRevnatKey
+	var v6 datapath.SluiceSock6SockRevnat
+	it = t.Revnat6.Iterate()
+	for it.Next(&k6, &v6) {
+		if lb.Proto(k6.Proto) != lb.UDP {
+			continue
+		}
+		// The socket's peer as it is, IPv4-mapped or not; the endpoint as the service has it.
+		peer := netip.AddrPortFrom(netip.AddrFrom16(k6.Addr.B), maps.PortFrom16(k6.Port))
+		be := netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+		if gone[maps.FlowTarget{ServiceID: v6.SvcId, Backend: be}] {
+			f.cookies[k6.Cookie] = peer
+			f.keys6 = append(f.keys6, k6)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return found{}, fmt.Errorf("dump IPv6 socket reverse entries: %w", err)
+	}
+	return f, nil
 }
 
 // namespaces are the paths of the node's network namespaces, each once: the agent's own and
@@ -140,32 +176,50 @@ func destroyIn(path string, cookies map[uint64]netip.AddrPort) (int, error) {
 	defer s.Close()
 	sh := map[int]*nl.SocketHandle{unix.NETLINK_INET_DIAG: {Socket: s}}
 
+	n := 0
+	var errs []error
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		k, err := destroyFamily(sh, family, cookies)
+		n += k
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// destroyFamily is destroyIn for the family's UDP sockets.
+func destroyFamily(sh map[int]*nl.SocketHandle, family uint8, cookies map[uint64]netip.AddrPort) (int, error) {
 	dump := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
 	dump.Sockets = sh
-	dump.AddData(&diagReq{family: unix.AF_INET, protocol: unix.IPPROTO_UDP, states: 0xffffffff})
+	dump.AddData(&diagReq{family: family, protocol: unix.IPPROTO_UDP, states: 0xffffffff})
 	var found [][]byte // the sockid of each socket to destroy
-	err = dump.ExecuteIter(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY, func(msg []byte) bool {
+	err := dump.ExecuteIter(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY, func(msg []byte) bool {
 		if len(msg) < diagMsgLen {
 			return true
 		}
 		id := msg[4 : 4+sockIDLen]
 		cookie := uint64(binary.NativeEndian.Uint32(id[40:44])) | uint64(binary.NativeEndian.Uint32(id[44:48]))<<32
 		be, ok := cookies[cookie]
-		peer := netip.AddrPortFrom(netip.AddrFrom4([4]byte(id[20:24])), binary.BigEndian.Uint16(id[2:4]))
-		if ok && peer == be {
+		// idiag_dst: 16 bytes, of which an IPv4 socket's address is the first 4.
+		dst := netip.AddrFrom16([16]byte(id[20:36]))
+		if family == unix.AF_INET {
+			dst = netip.AddrFrom4([4]byte(id[20:24]))
+		}
+		if ok && netip.AddrPortFrom(dst, binary.BigEndian.Uint16(id[2:4])) == be {
 			found = append(found, append([]byte(nil), id...))
 		}
 		return true
 	})
 	if err != nil {
-		return 0, fmt.Errorf("dump UDP sockets: %w", err)
+		return 0, fmt.Errorf("dump UDP sockets (family %d): %w", family, err)
 	}
 	n := 0
 	var errs []error
 	for _, id := range found {
 		req := nl.NewNetlinkRequest(nl.SOCK_DESTROY, unix.NLM_F_ACK)
 		req.Sockets = sh
-		req.AddData(&diagReq{family: unix.AF_INET, protocol: unix.IPPROTO_UDP, states: 0xffffffff, id: id})
+		req.AddData(&diagReq{family: family, protocol: unix.IPPROTO_UDP, states: 0xffffffff, id: id})
 		if _, err := req.Execute(unix.NETLINK_INET_DIAG, 0); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // closed meanwhile

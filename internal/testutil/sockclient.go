@@ -226,7 +226,11 @@ func SockRequests(t testing.TB, cgroup, nsPath, kind, addr string, n int) []Sock
 // socket had pending (SO_ERROR) too: an ended socket is disconnected, and sends then fail for
 // want of an address.
 func heldClient(addr string, enc *json.Encoder) int {
-	c, err := net.Dial("udp4", addr)
+	network := "udp4"
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() {
+		network = "udp6"
+	}
+	c, err := net.Dial(network, addr)
 	if err != nil {
 		_ = enc.Encode(SockResult{Err: err.Error()})
 		return 0
