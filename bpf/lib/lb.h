@@ -66,15 +66,22 @@ static __always_inline __u32 lb_hash(__u32 a, __u32 b, __u32 c)
  * one of the service's, and still there. A backend deleted while the set still names it (the
  * agent mid-update, or a failed write) must not keep the client, refreshed after, pinned to
  * nothing. The packet and socket paths keep their own affinity maps, and share this. */
-static __always_inline __u32 lb_remembered(const struct affinity *a, __u32 svc_id, __u32 timeout_s, __u64 now)
+static __always_inline __u32 lb_remembered_in(const struct affinity *a, __u32 svc_id, __u32 timeout_s, __u64 now,
+					       void *backends)
 {
 	if (!a || now - a->last_seen > (__u64)timeout_s * NSEC_PER_SEC)
 		return 0;
 	struct affinity_match m = { .svc_id = svc_id, .backend_id = a->backend_id };
 	__u32 id = a->backend_id;
-	if (!bpf_map_lookup_elem(&sluice_affinity_match, &m) || !bpf_map_lookup_elem(&sluice_backends, &id))
+	if (!bpf_map_lookup_elem(&sluice_affinity_match, &m) || !bpf_map_lookup_elem(backends, &id))
 		return 0;
 	return id;
+}
+
+/* lb_remembered_in the object's own family's backends. */
+static __always_inline __u32 lb_remembered(const struct affinity *a, __u32 svc_id, __u32 timeout_s, __u64 now)
+{
+	return lb_remembered_in(a, svc_id, timeout_s, now, &sluice_backends);
 }
 
 /* The backend a new flow gets from the service's Maglev table (by sel) or its slots 1..count

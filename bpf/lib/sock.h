@@ -102,7 +102,8 @@ static __always_inline __u32 sock_pick(__u32 svc_id, __u16 count, __u16 flags, _
 	__u32 id = 0;
 
 	if (flags & FE_F_AFFINITY)
-		id = lb_remembered(bpf_map_lookup_elem(&sluice_sock_affinity, &ak), svc_id, timeout_s, now);
+		/* backends, not the object's: an IPv4-mapped connect's are IPv4's (sock4in6.h). */
+		id = lb_remembered_in(bpf_map_lookup_elem(&sluice_sock_affinity, &ak), svc_id, timeout_s, now, backends);
 	if (!id)
 		id = lb_slot_id(svc_id, count, flags, sel, false);
 	if ((flags & FE_F_AFFINITY) && id && bpf_map_lookup_elem(backends, &id)) {

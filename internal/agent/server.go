@@ -470,7 +470,8 @@ func setupSocketLB(dp *datapath.Datapath, cgroup string, c datapath.SocketLBConf
 	if err := dp.AttachSocketLB(s, cgroup); err != nil {
 		return socketLB{}, err
 	}
-	log.Info("Balancing sockets", zap.String("cgroup", cgroup), zap.Bool("ipv6", ipv6), zap.Bool("localhostNodePorts", s.Localhost), zap.Bool("hostNamespaceOnly", c.HostNamespaceOnly))
+	log.Info("Balancing sockets", zap.String("cgroup", cgroup), zap.Bool("ipv6", ipv6), zap.Bool("ipv4MappedOnIPv6Sockets", s.Revnat6() != nil),
+		zap.Bool("localhostNodePorts", s.Localhost), zap.Bool("hostNamespaceOnly", c.HostNamespaceOnly))
 	if c.LocalhostNodePorts && !s.Localhost {
 		log.Warn("Not serving NodePorts on 127.0.0.1: this kernel cannot tell the node's network namespace from a pod's (SO_NETNS_COOKIE, Linux 5.14)")
 	}

@@ -13,7 +13,9 @@ import (
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/lb"
 	"github.com/sluicelb/sluice/internal/maps"
+	"github.com/sluicelb/sluice/internal/sockterm"
 	"github.com/sluicelb/sluice/internal/testutil"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -406,7 +408,8 @@ func TestSocketLBIPv4MappedWithoutIPv6(t *testing.T) {
 	k := maps.NewKernel(&dp.Objs.SluiceMaps)
 
 	ns := testutil.NewTestNetns(t, "sk4in6")
-	v4TCP, _ := serve(t, ns, "backend-a4")
+	v4TCP, v4UDP := serve(t, ns, "backend-a4")
+	bTCP, _ := serve(t, ns, "backend-b4")
 	v6TCP, _ := serveOn(t, ns, "plain6", netip.MustParseAddr("::1"))
 	must := func(err error) {
 		t.Helper()
@@ -417,6 +420,14 @@ func TestSocketLBIPv4MappedWithoutIPv6(t *testing.T) {
 	must(k.UpdateBackend(3, lb.Backend{Addr: v4TCP.Addr(), Port: v4TCP.Port(), Local: true}))
 	must(k.UpdateSlot(maps.SlotKey{ServiceID: 14, Slot: 1}, 3))
 	must(k.UpdateFrontend(lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30080, Proto: lb.TCP}, lb.Frontend{ServiceID: 14, Count: 1}))
+	// Session affinity over two backends: the remembered one is looked up among IPv4's backends.
+	must(k.UpdateBackend(4, lb.Backend{Addr: bTCP.Addr(), Port: bTCP.Port(), Local: true}))
+	for slot, id := range []uint32{3, 4} {
+		must(k.UpdateSlot(maps.SlotKey{ServiceID: 15, Slot: uint32(slot + 1)}, id))
+		must(k.UpdateAffinityMatch(maps.AffinityMatch{ServiceID: 15, BackendID: id}))
+	}
+	must(k.UpdateFrontend(lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 30081, Proto: lb.TCP},
+		lb.Frontend{ServiceID: 15, Count: 2, Flags: lb.FrontendAffinity, AffinityTimeout: 60}))
 	for _, c := range []struct{ kind, addr, reply string }{
 		{"tcp-v4mapped", "[::ffff:10.0.0.1]:30080", "backend-a4"},
 		{"tcp", "10.0.0.1:30080", "backend-a4"},
@@ -426,5 +437,32 @@ func TestSocketLBIPv4MappedWithoutIPv6(t *testing.T) {
 		if r.Err != "" || r.Reply != c.reply || r.Peer != c.addr {
 			t.Errorf("%s to %s: got reply %q from peer %q (error %q); want %q from %s", c.kind, c.addr, r.Reply, r.Peer, r.Err, c.reply, c.addr)
 		}
+	}
+	seen := map[string]int{}
+	for _, r := range testutil.SockRequests(t, cg, ns.Path(), "tcp-v4mapped", "[::ffff:10.0.0.1]:30081", 16) {
+		if r.Err != "" {
+			t.Fatalf("tcp-v4mapped to the affinity frontend: %+v", r)
+		}
+		seen[r.Reply]++
+	}
+	if len(seen) != 1 {
+		t.Errorf("with session affinity, IPv4-mapped connects reached %v; want one backend", seen)
+	}
+
+	// A connected IPv6 UDP socket translated through the IPv4-mapped address is ended, as its
+	// endpoint stops serving, from the entry the program wrote in the IPv6 reverse map.
+	must(k.UpdateBackend(5, lb.Backend{Addr: v4UDP.Addr(), Port: v4UDP.Port(), Local: true}))
+	must(k.UpdateSlot(maps.SlotKey{ServiceID: 16, Slot: 1}, 5))
+	must(k.UpdateFrontend(lb.FrontendKey{Addr: netip.MustParseAddr("10.0.0.1"), Port: 5353, Proto: lb.UDP}, lb.Frontend{ServiceID: 16, Count: 1}))
+	h := testutil.SockHeld(t, cg, ns.Path(), "[::ffff:10.0.0.1]:5353")
+	if h.First.Err != "" || h.First.Reply != "backend-a4" {
+		t.Fatalf("held IPv4-mapped UDP socket: %+v", h.First)
+	}
+	term := &sockterm.Terminator{Revnat: s.Revnat(), Revnat6: s.Revnat6(), ProcFS: "/proc", Log: zap.NewNop()}
+	if n, err := term.Terminate(map[maps.FlowTarget]bool{{ServiceID: 16, Backend: v4UDP}: true}); err != nil || n != 1 {
+		t.Fatalf("terminated %d sockets (%v), want the held one", n, err)
+	}
+	if r := h.Next(t); !strings.Contains(r.Err, unix.ECONNABORTED.Error()) {
+		t.Errorf("the held IPv4-mapped socket after its endpoint went: %+v, want it ended", r)
 	}
 }

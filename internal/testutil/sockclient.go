@@ -226,11 +226,16 @@ func SockRequests(t testing.TB, cgroup, nsPath, kind, addr string, n int) []Sock
 // socket had pending (SO_ERROR) too: an ended socket is disconnected, and sends then fail for
 // want of an address.
 func heldClient(addr string, enc *json.Encoder) int {
-	network := "udp4"
-	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() {
-		network = "udp6"
+	var c net.Conn
+	var err error
+	switch ap, _ := netip.ParseAddrPort(addr); {
+	case ap.Addr().Is4In6():
+		c, err = dialMapped(unix.SOCK_DGRAM, addr) // Go's dialer would open an IPv4 socket
+	case ap.Addr().Is6():
+		c, err = net.Dial("udp6", addr)
+	default:
+		c, err = net.Dial("udp4", addr)
 	}
-	c, err := net.Dial(network, addr)
 	if err != nil {
 		_ = enc.Encode(SockResult{Err: err.Error()})
 		return 0
@@ -307,12 +312,15 @@ func (h *HeldSock) Next(t testing.TB) SockResult {
 
 // dialV4Mapped connects an AF_INET6 TCP socket with IPV6_V6ONLY off to addr, an IPv4-mapped
 // address ([::ffff:a.b.c.d]:port).
-func dialV4Mapped(addr string) (net.Conn, error) {
+func dialV4Mapped(addr string) (net.Conn, error) { return dialMapped(unix.SOCK_STREAM, addr) }
+
+// dialMapped connects an IPv6 socket of type typ (stream or datagram) to an IPv4-mapped addr.
+func dialMapped(typ int, addr string) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil || !ap.Addr().Is4In6() {
 		return nil, fmt.Errorf("dial %s: want an IPv4-mapped address", addr)
 	}
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}

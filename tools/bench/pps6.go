@@ -27,9 +27,10 @@ var (
 	benchSvcs6   = []service{svcUDP6, svcUDP6Local}
 )
 
-// kubeProxyDualStack are kube-proxy's flags for both families (after the lab's IPv4 ones,
-// which they override).
-var kubeProxyDualStack = []string{"--nodeport-addresses", "10.89.0.0/24,fd00:89::/64", "--cluster-cidr", "10.244.0.0/16,fd00:244::/48"}
+// kubeProxyDualStack are kube-proxy's flags for both families, after the lab's IPv4 ones:
+// --cluster-cidr replaces the lab's, --nodeport-addresses adds to it (a repeated CIDR is
+// harmless).
+var kubeProxyDualStack = []string{"--nodeport-addresses", "10.89.0.0/24,fd00:89::/64", "--cluster-cidr", "10.244.0.0/16,fd00:244::/32"}
 
 // setUpIPv6 is newEnv's IPv4 routing again in IPv6: the client reaches the pods through node1
 // (plain forwarding), node2 answers the client through node1, and node1 knows its next hops

@@ -82,7 +82,7 @@ func startParity(t *testing.T, proxy string, fam lb.Family) *parity {
 		extra := []string{"--iptables-min-sync-period", "50ms"}
 		if fam == lb.IPv6 {
 			// Both families' proxiers (ip6tables beside iptables), as on a dual-stack node.
-			extra = append(extra, "--nodeport-addresses", "10.89.0.0/24,fd00:89::/64", "--cluster-cidr", "10.244.0.0/16,fd00:244::/48")
+			extra = append(extra, "--nodeport-addresses", "10.89.0.0/24,fd00:89::/64", "--cluster-cidr", "10.244.0.0/16,fd00:244::/32")
 		}
 		c.agent, err = c.StartKubeProxy(lab.KubeProxyOptions{Binary: filepath.Join(controlplane.Bin(), "kube-proxy"),
 			Kubeconfig: kubeconfig, Mode: "iptables", Extra: extra})

@@ -72,9 +72,8 @@ type Frame struct {
 	Src, Dst       netip.AddrPort
 	Proto          Proto
 	// Size is the frame's length without FCS; below MinSize (MinSizeIPv6TCP for IPv6 TCP), 0
-	// included, means that. A UDP
-	// datagram fills it with zero payload; a TCP SYN carries none and the rest is Ethernet
-	// padding, as a NIC pads short frames.
+	// included, means that. A UDP datagram fills it with zero payload; a TCP SYN carries none
+	// and the rest is Ethernet padding, as a NIC pads short frames.
 	Size int
 	TTL  uint8 // 0 means 64
 }

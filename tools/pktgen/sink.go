@@ -33,8 +33,8 @@ type SinkConfig struct {
 	SampleEvery int
 	// TrackSrcPorts counts frames per source port, for SrcPorts.
 	TrackSrcPorts bool
-	// Scribble overwrites each frame's first 64 bytes after counting, as a NAT rewriting in
-	// place would; tests use it to show the generator rebuilds every frame.
+	// Scribble overwrites each frame's first 64 bytes (80 when it has them) after counting, as
+	// a NAT rewriting in place would; tests use it to show the generator rebuilds every frame.
 	Scribble bool
 }
 

@@ -16,6 +16,7 @@
 
 #define SAMPLE_MAX 256 /* bytes of a frame kept in a sample */
 #define SCRIBBLE_LEN 64
+#define SCRIBBLE_LEN_LONG 80 /* the generator's IPv6 TCP frames */
 
 /* Per-CPU counters. Go: sinkStats */
 struct stats {
@@ -131,7 +132,12 @@ int sink_xdp(struct xdp_md *ctx)
 	}
 
 out:
-	if (cfg_scribble && data + SCRIBBLE_LEN <= data_end) {
+	if (cfg_scribble && data + SCRIBBLE_LEN_LONG <= data_end) {
+		__u64 *w = data;
+#pragma unroll
+		for (int i = 0; i < SCRIBBLE_LEN_LONG / 8; i++)
+			w[i] = 0xa5a5a5a5a5a5a5a5ULL;
+	} else if (cfg_scribble && data + SCRIBBLE_LEN <= data_end) {
 		__u64 *w = data;
 #pragma unroll
 		for (int i = 0; i < SCRIBBLE_LEN / 8; i++)
