@@ -57,10 +57,10 @@ func holdNamespace(t *testing.T, ns *testutil.Netns) {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 }
 
-// Only the sockets the socket programs pointed at an endpoint that stopped serving are ended,
-// in whichever namespace they are: one pointed at a serving endpoint, and one an application
-// connected to the endpoint itself, are left alone.
-func TestTerminateEndsSocketsOfGoneEndpoints(t *testing.T) {
+// loadSocketLB loads a datapath and its socket programs, both families' (the IPv6 ones
+// without the IPv6 datapath: for IPv4-mapped sockets, and their reverse map), unattached.
+func loadSocketLB(t *testing.T) *datapath.SocketLB {
+	t.Helper()
 	testutil.RequirePrivileges(t)
 	dp, err := datapath.Load(datapath.Config{}, nil)
 	if err != nil {
@@ -72,6 +72,17 @@ func TestTerminateEndsSocketsOfGoneEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	if err := dp.LoadSocketLB6(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Only the sockets the socket programs pointed at an endpoint that stopped serving are ended,
+// in whichever namespace they are: one pointed at a serving endpoint, and one an application
+// connected to the endpoint itself, are left alone.
+func TestTerminateEndsSocketsOfGoneEndpoints(t *testing.T) {
+	s := loadSocketLB(t)
 	pod := testutil.NewTestNetns(t, "skt")
 	holdNamespace(t, pod)
 	for _, cmd := range [][]string{{"ip", "link", "set", "lo", "up"}, {"ip", "addr", "add", "10.244.1.5/24", "dev", "lo"}} {
@@ -128,21 +139,7 @@ func revnatCookies(m *ebpf.Map) (map[uint64]bool, error) {
 // gone IPv6 endpoint, one at a gone IPv4 endpoint through its IPv4-mapped address (Java's
 // way); one pointed at a serving IPv6 endpoint is left alone.
 func TestTerminateEndsIPv6Sockets(t *testing.T) {
-	testutil.RequirePrivileges(t)
-	dp, err := datapath.Load(datapath.Config{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	// Without the IPv6 datapath: the IPv6 socket programs still come, for IPv4-mapped sockets.
-	if err := dp.LoadSocketLB6(s); err != nil {
-		t.Fatal(err)
-	}
+	s := loadSocketLB(t)
 	pod := testutil.NewTestNetns(t, "skt6")
 	holdNamespace(t, pod)
 	for _, cmd := range [][]string{{"ip", "link", "set", "lo", "up"}, {"ip", "addr", "add", "10.244.1.5/24", "dev", "lo"},

@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"github.com/sluicelb/sluice/internal/datapath"
 	"github.com/sluicelb/sluice/internal/testutil"
 	"github.com/sluicelb/sluice/tools/lab"
-	"golang.org/x/sys/unix"
 )
 
 // Dual-stack end to end: the lab with IPv6 beside IPv4 (client, nodes and pods have both), the
@@ -277,35 +275,8 @@ func TestE2EDualStackPodsWithoutSocketHooks(t *testing.T) {
 func TestE2EDualStackConnectedUDPMovesOn(t *testing.T) {
 	cg := testutil.Cgroup2(t)
 	c := startDualStack(t, lab.Plain, "", "--socket-lb-cgroup", cg, "--kube-proxy-replacement")
-	const clusterIP = "[fd00:96::80]:5353"
-	h := testutil.SockHeld(t, cg, c.Node1.Path(), clusterIP)
-	who, _, err := lab.ParseReply(h.First.Reply)
-	if h.First.Err != "" || err != nil {
-		t.Fatalf("first request: %+v %v", h.First, err)
-	}
-	ips := map[string]string{"pod1": "fd00:244:1::10", "pod2": "fd00:244:2::10"}
-	other := map[string]string{"pod1": "pod2", "pod2": "pod1"}[who]
-	path := filepath.Join(c.manifests, "services.yaml")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line := `  - {addresses: ["` + ips[who] + `"], conditions: {ready: true}, nodeName: node` + who[3:] + "}\n"
-	edited := strings.Replace(string(b), line, "", 1)
-	if edited == string(b) {
-		t.Fatal("examples/dual-stack/services.yaml changed shape; update this test")
-	}
-	writeAtomic(t, path, edited)
-	c.waitFor(t, "the held IPv6 socket to be ended", func() error {
-		r := h.Next(t)
-		if !strings.Contains(r.Err, unix.ECONNABORTED.Error()) {
-			return fmt.Errorf("the held socket, pointed at %s, still answers: %+v", who, r)
-		}
-		return nil
+	heldUDPMovesOn(t, c, cg, "[fd00:96::80]:5353", "services.yaml", func(pod string) string {
+		ip := map[string]string{"pod1": "fd00:244:1::10", "pod2": "fd00:244:2::10"}[pod]
+		return `  - {addresses: ["` + ip + `"], conditions: {ready: true}, nodeName: node` + pod[3:] + "}\n"
 	})
-	for _, r := range testutil.SockRequests(t, cg, c.Node1.Path(), "udp-connected", clusterIP, 5) {
-		if got, _, err := lab.ParseReply(r.Reply); err != nil || got != other {
-			t.Errorf("a new socket after %s left: %+v (%v), want %s", who, r, err, other)
-		}
-	}
 }

@@ -154,27 +154,35 @@ func TestE2EEveryClientWithoutKubeProxy(t *testing.T) {
 func TestE2EConnectedUDPMovesOnWhenItsBackendGoes(t *testing.T) {
 	cg := testutil.Cgroup2(t)
 	c := startCluster(t, "", "--socket-lb-cgroup", cg, "--kube-proxy-replacement")
-	const clusterIP = "10.96.0.80:5353"
+	heldUDPMovesOn(t, c, cg, "10.96.0.80:5353", "echo.yaml", func(pod string) string {
+		ip := map[string]string{"pod1": "10.244.1.10", "pod2": "10.244.2.10"}[pod]
+		return `  - addresses: ["` + ip + `"]
+    conditions: {ready: true}
+    nodeName: node` + pod[3:] + "\n"
+	})
+}
+
+// heldUDPMovesOn holds a connected UDP socket on node1 to clusterIP, takes the pod it reached
+// out of the service (removing endpointOf(pod) from manifest), waits until the socket is
+// ended, and checks that new sockets reach the other pod.
+func heldUDPMovesOn(t *testing.T, c *cluster, cg, clusterIP, manifest string, endpointOf func(pod string) string) {
+	t.Helper()
 	h := testutil.SockHeld(t, cg, c.Node1.Path(), clusterIP)
 	who, _, err := lab.ParseReply(h.First.Reply)
 	if h.First.Err != "" || err != nil {
 		t.Fatalf("first request: %+v %v", h.First, err)
 	}
-	ips := map[string]string{"pod1": "10.244.1.10", "pod2": "10.244.2.10"}
 	other := map[string]string{"pod1": "pod2", "pod2": "pod1"}[who]
-	echo := filepath.Join(c.manifests, "echo.yaml")
-	b, err := os.ReadFile(echo)
+	path := filepath.Join(c.manifests, manifest)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	edited := strings.Replace(string(b), `  - addresses: ["`+ips[who]+`"]
-    conditions: {ready: true}
-    nodeName: node`+who[3:]+`
-`, "", 1)
+	edited := strings.Replace(string(b), endpointOf(who), "", 1)
 	if edited == string(b) {
-		t.Fatal("example manifest changed shape; update this test")
+		t.Fatalf("%s changed shape; update this test", manifest)
 	}
-	writeAtomic(t, echo, edited)
+	writeAtomic(t, path, edited)
 	c.waitFor(t, "the held socket to be ended", func() error {
 		r := h.Next(t)
 		if !strings.Contains(r.Err, unix.ECONNABORTED.Error()) {
