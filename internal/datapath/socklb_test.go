@@ -303,24 +303,7 @@ func TestSocketLBHostNamespaceOnly(t *testing.T) {
 func TestSocketLBIPv6(t *testing.T) {
 	testutil.RequirePrivileges(t)
 	dp := loadShared(t, datapath.Config{})
-	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	v6, err := dp.LoadIPv6()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { v6.Close() })
-	if err := dp.LoadSocketLB6(s); err != nil {
-		t.Fatal(err)
-	}
-	cg := testutil.Cgroup2(t)
-	if err := dp.AttachSocketLB(s, cg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dp.DetachSocketLB)
+	_, v6, cg := attachBothFamilies(t, dp, true)
 	k := maps.NewKernel(&dp.Objs.SluiceMaps).WithIPv6(&v6.Objs.Sluice6Maps)
 
 	ns := testutil.NewTestNetns(t, "sk6")
@@ -381,6 +364,34 @@ func TestSocketLBIPv6(t *testing.T) {
 	}
 }
 
+// attachBothFamilies loads both families' socket programs on dp, with the IPv6 datapath
+// first when ipv6 (else they serve IPv4-mapped addresses only), and attaches them to a cgroup
+// of the test's.
+func attachBothFamilies(t *testing.T, dp *datapath.Datapath, ipv6 bool) (*datapath.SocketLB, *datapath.IPv6, string) {
+	t.Helper()
+	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	var v6 *datapath.IPv6
+	if ipv6 {
+		if v6, err = dp.LoadIPv6(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { v6.Close() })
+	}
+	if err := dp.LoadSocketLB6(s); err != nil {
+		t.Fatal(err)
+	}
+	cg := testutil.Cgroup2(t)
+	if err := dp.AttachSocketLB(s, cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.DetachSocketLB)
+	return s, v6, cg
+}
+
 // TestSocketLBIPv4MappedWithoutIPv6: on a node without IPv6 (no IPv6 datapath loaded), the
 // IPv6 socket programs still balance an IPv6 socket's IPv4-mapped connect to an IPv4 frontend
 // (Java's way) and show it the address it asked for; IPv6 destinations are left alone.
@@ -392,19 +403,7 @@ func TestSocketLBIPv4MappedWithoutIPv6(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close() })
-	s, err := dp.LoadSocketLB(datapath.SocketLBConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := dp.LoadSocketLB6(s); err != nil {
-		t.Fatal(err)
-	}
-	cg := testutil.Cgroup2(t)
-	if err := dp.AttachSocketLB(s, cg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dp.DetachSocketLB)
+	s, _, cg := attachBothFamilies(t, dp, false)
 	k := maps.NewKernel(&dp.Objs.SluiceMaps)
 
 	ns := testutil.NewTestNetns(t, "sk4in6")
